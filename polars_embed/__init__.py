@@ -1,0 +1,1 @@
+"""Embed and search text inside Polars and DuckDB."""
