@@ -1,0 +1,203 @@
+"""The provider registry: a pluggy plugin manager and name lookup.
+
+Providers come from plugins: the built-in ones, and any distribution that
+declares an entry point in the ``polars_embed`` group. A provider is looked up
+by ``"name"`` or ``"name:model"``.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+import importlib.metadata
+import logging
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import pluggy
+
+from polars_embed import hookspecs
+from polars_embed.errors import ConfigError, DuplicateProviderError, UnknownProviderError
+from polars_embed.provider import CallableProvider, Provider
+
+log = logging.getLogger(__name__)
+
+DEFAULT_PROVIDER = "sentence-transformers"
+BUILTIN_PLUGINS = (
+    "polars_embed.providers.sentence_transformers",
+    "polars_embed.providers.hashing",
+)
+
+ProviderLike = str | Provider | Callable[[list[str]], Any] | None
+
+
+@dataclass(frozen=True)
+class ProviderEntry:
+    """A registered provider: its name, class, and where it came from."""
+
+    name: str
+    provider_class: type[Provider]
+    origin: str
+    registry: Registry = field(repr=False, compare=False)
+
+    def create(self, **options: Any) -> Provider:
+        """Build the provider from options (references stay unresolved until used)."""
+        return self.provider_class.create(**options).bind(self.registry)
+
+
+class Registry:
+    """Providers by name, collected from plugins.
+
+    Parameters
+    ----------
+    entry_points
+        Whether to load third-party plugins from the ``polars_embed`` entry-point group.
+    """
+
+    def __init__(self, *, entry_points: bool = True) -> None:
+        self._lock = threading.RLock()
+        self._entries: dict[str, ProviderEntry] = {}
+        self._broken: dict[str, str] = {}
+        self._variables: dict[str, Any] = {}
+        self._plugins = pluggy.PluginManager(hookspecs.PROJECT_NAME)
+        self._plugins.add_hookspecs(hookspecs)
+        for module in BUILTIN_PLUGINS:
+            self.register_plugin(importlib.import_module(module), origin="built-in")
+        if entry_points:
+            self._load_entry_points()
+
+    def _load_entry_points(self) -> None:
+        for entry_point in importlib.metadata.entry_points(group=hookspecs.PROJECT_NAME):
+            distribution = entry_point.dist.name if entry_point.dist else entry_point.value
+            try:
+                plugin = entry_point.load()
+                self.register_plugin(plugin, name=entry_point.name, origin=distribution)
+            except Exception as error:  # one broken plugin must not take the others down
+                self._broken[entry_point.name] = f"{distribution}: {type(error).__name__}: {error}"
+                log.warning("polars_embed plugin %r was not loaded: %s", entry_point.name, error)
+
+    def register_plugin(self, plugin: object, *, name: str | None = None, origin: str = "user") -> None:
+        """Register a plugin (a module or object with ``@hookimpl`` functions).
+
+        All of its providers are added, or none: a taken name is an error.
+        """
+        with self._lock:
+            self._plugins.register(plugin, name=name)
+            try:
+                entries = [
+                    self._new_entry(provider_class, origin)
+                    for hookimpl in self._plugins.hook.polars_embed_providers.get_hookimpls()
+                    if hookimpl.plugin is plugin
+                    for provider_class in hookimpl.function()
+                ]
+                names = [entry.name for entry in entries]
+                if len(set(names)) < len(names):
+                    raise DuplicateProviderError(f"plugin {origin} offers a name twice: {names}")
+            except Exception:
+                self._plugins.unregister(plugin)
+                raise
+            self._entries.update((entry.name, entry) for entry in entries)
+
+    def register(self, provider_class: type[Provider], *, origin: str = "user") -> None:
+        """Register one provider class under its ``name``; a taken name is an error."""
+        with self._lock:
+            entry = self._new_entry(provider_class, origin)
+            self._entries[entry.name] = entry
+
+    def _new_entry(self, provider_class: type[Provider], origin: str) -> ProviderEntry:
+        if not (isinstance(provider_class, type) and issubclass(provider_class, Provider)):
+            raise TypeError(f"{provider_class!r} is not a polars_embed.Provider subclass")
+        name = provider_class.name
+        if not name or ":" in name:
+            raise ConfigError(f"{provider_class.__name__} needs a name without ':', got {name!r}")
+        existing = self._entries.get(name)
+        if existing is not None:
+            raise DuplicateProviderError(
+                f"provider name {name!r} is registered twice: by {existing.origin} "
+                f"({existing.provider_class.__qualname__}) and by {origin} "
+                f"({provider_class.__qualname__})"
+            )
+        return ProviderEntry(name, provider_class, origin, self)
+
+    def names(self) -> list[str]:
+        """The names of the registered providers, sorted."""
+        return sorted(self._entries)
+
+    def get(self, name: str) -> ProviderEntry:
+        """The provider registered as ``name``; the error lists what is installed."""
+        entry = self._entries.get(name)
+        if entry is not None:
+            return entry
+        message = f"no embedding provider named {name!r}; installed: {', '.join(self.names())}"
+        close = difflib.get_close_matches(name, self.names(), n=1)
+        if close:
+            message += f". Did you mean {close[0]!r}?"
+        if self._broken:
+            broken = "; ".join(f"{key} ({why})" for key, why in self._broken.items())
+            message += f". Plugins that failed to load: {broken}"
+        raise UnknownProviderError(message)
+
+    def create(self, spec: str, **options: Any) -> Provider:
+        """Build a provider from ``"name"`` or ``"name:model"`` and options."""
+        name, _, model = spec.partition(":")
+        if model:
+            if "model" in options and options["model"] != model:
+                raise ConfigError(f"{spec!r} names model {model!r} but model={options['model']!r}")
+            options["model"] = model
+        return self.get(name).create(**options)
+
+    @property
+    def variables(self) -> Mapping[str, Any]:
+        """Registry variables, read by ``"$var:name"`` references."""
+        return self._variables
+
+    def set_var(self, name: str, value: Any) -> None:
+        """Set a variable that options can reference as ``"$var:name"``."""
+        with self._lock:
+            self._variables[name] = value
+
+    def get_var(self, name: str, default: Any = None) -> Any:
+        """The value of a registry variable."""
+        return self._variables.get(name, default)
+
+
+_default_registry: Registry | None = None
+_default_lock = threading.Lock()
+
+
+def get_registry() -> Registry:
+    """The process-wide registry, built on first use."""
+    global _default_registry
+    if _default_registry is None:
+        with _default_lock:
+            if _default_registry is None:
+                _default_registry = Registry()
+    return _default_registry
+
+
+def list_providers() -> list[str]:
+    """The names of the installed providers."""
+    return get_registry().names()
+
+
+def resolve_provider(provider: ProviderLike = None, **options: Any) -> Provider:
+    """Turn anything accepted as a provider into a :class:`Provider`.
+
+    ``None`` is the default local model; a string is ``"name"`` or ``"name:model"``;
+    a :class:`Provider` is used as is (with ``options`` applied); any other
+    callable is wrapped as a :class:`CallableProvider`.
+    """
+    if provider is None:
+        provider = DEFAULT_PROVIDER
+    if isinstance(provider, str):
+        return get_registry().create(provider, **options)
+    if isinstance(provider, Provider):
+        return provider.with_options(**options)
+    if callable(provider):
+        return CallableProvider.create(function=provider, **options)
+    raise TypeError(
+        f"provider must be a name, a 'name:model' string, a Provider or a callable; "
+        f"got {type(provider).__name__}"
+    )

@@ -1,0 +1,94 @@
+"""Test providers: real Provider subclasses whose vectors are a pure function of the text.
+
+They count what they are sent, so tests can prove what reached a provider, and can be
+told to fail in the ways real services fail.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import zlib
+from dataclasses import dataclass
+from typing import ClassVar
+
+import numpy as np
+
+from polars_embed import Embedded, Provider, ProviderError, RetryableProviderError, option
+
+
+def vector_for(text: str, dims: int) -> np.ndarray:
+    """A unit vector that depends only on the text."""
+    generator = np.random.default_rng(zlib.crc32(text.encode()))
+    vector = generator.standard_normal(dims).astype(np.float32)
+    return vector / np.linalg.norm(vector)
+
+
+class Recorder:
+    """What a provider was sent, safe to update from several threads."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.batches: list[list[str]] = []
+        self.in_flight = 0
+        self.most_in_flight = 0
+
+    @property
+    def texts(self) -> list[str]:
+        return [text for batch in self.batches for text in batch]
+
+
+@dataclass(frozen=True, kw_only=True, repr=False)
+class CountingProvider(Provider):
+    """Deterministic vectors; records every batch; fails on request.
+
+    ``flaky``: the first N requests raise a retryable error. ``fail_on``: request
+    number N (1-based) raises a non-retryable error. ``mangle``: return a bad answer
+    ("width", "count", "nan", "strings"). ``delay``: seconds each request takes.
+    """
+
+    name: ClassVar[str] = "counting"
+
+    model: str = "counting-v1"
+    dims: int = 8
+    flaky: int = 0
+    fail_on: int = 0
+    mangle: str = ""
+    delay: float = option(0.0, runtime=True)
+    api_key: str | None = option(None, secret=True)
+    recorder: Recorder = option(default_factory=Recorder, runtime=True)
+
+    @property
+    def dimension(self) -> int:
+        return self.resolve("dims")
+
+    def embed_batch(self, texts: list[str], *, kind: str) -> Embedded:
+        recorder = self.recorder
+        with recorder.lock:
+            recorder.batches.append(list(texts))
+            request_number = len(recorder.batches)
+            recorder.in_flight += 1
+            recorder.most_in_flight = max(recorder.most_in_flight, recorder.in_flight)
+        try:
+            time.sleep(self.delay)
+            if request_number <= self.flaky:
+                raise RetryableProviderError("429 slow down", retry_after=0.01)
+            if request_number == self.fail_on:
+                raise ProviderError(f"400 bad request (key {self.resolve('api_key')})")
+            vectors = np.stack([vector_for(f"{kind}:{text}", self.dimension) for text in texts])
+            return Embedded(_mangled(vectors, self.mangle), tokens=sum(len(t.split()) for t in texts))
+        finally:
+            with recorder.lock:
+                recorder.in_flight -= 1
+
+
+def _mangled(vectors: np.ndarray, how: str) -> object:
+    if how == "width":
+        return vectors[:, :-1]
+    if how == "count":
+        return vectors[:-1]
+    if how == "nan":
+        vectors[-1, 0] = np.nan
+    if how == "strings":
+        return vectors.astype(str)
+    return vectors
