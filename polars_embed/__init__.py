@@ -1,1 +1,61 @@
-"""Embed and search text inside Polars and DuckDB."""
+"""Embed and search text inside Polars and DuckDB.
+
+>>> import polars_embed
+>>> "hashing" in polars_embed.list_providers()
+True
+"""
+
+from importlib.metadata import PackageNotFoundError, version
+
+from polars_embed.engine import aembed, embed
+from polars_embed.errors import (
+    AuthenticationError,
+    ConfigError,
+    DimensionMismatchError,
+    DuplicateProviderError,
+    EmbeddingIncompleteError,
+    InvalidEmbeddingError,
+    MissingDependencyError,
+    PolarsEmbedError,
+    ProviderError,
+    RetryableProviderError,
+    UnknownProviderError,
+)
+from polars_embed.hookspecs import hookimpl
+from polars_embed.provider import CallableProvider, Embedded, Provider, option
+from polars_embed.registry import Registry, get_registry, list_providers, resolve_provider
+from polars_embed.stats import EmbedStats, last_stats, track_stats
+
+try:
+    __version__ = version("polars-embed")
+except PackageNotFoundError:  # running from a source tree that is not installed
+    __version__ = "0+unknown"
+
+__all__ = [
+    "AuthenticationError",
+    "CallableProvider",
+    "ConfigError",
+    "DimensionMismatchError",
+    "DuplicateProviderError",
+    "EmbedStats",
+    "Embedded",
+    "EmbeddingIncompleteError",
+    "InvalidEmbeddingError",
+    "MissingDependencyError",
+    "PolarsEmbedError",
+    "Provider",
+    "ProviderError",
+    "Registry",
+    "RetryableProviderError",
+    "UnknownProviderError",
+    "__version__",
+    "aembed",
+    "embed",
+    "get_registry",
+    "hookimpl",
+    "last_stats",
+    "list_providers",
+    "option",
+    "resolve_provider",
+    "track_stats",
+]
