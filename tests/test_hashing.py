@@ -22,6 +22,12 @@ def test_unit_length_float32_of_the_configured_width() -> None:
     np.testing.assert_allclose(np.linalg.norm(result, axis=1), 1.0, rtol=1e-6)
 
 
+def test_texts_shorter_than_the_longest_ngram() -> None:
+    for batch in (["a"], ["a", "b"], ["é"]):
+        result = vectors(batch)
+        np.testing.assert_allclose(np.linalg.norm(result, axis=1), 1.0, rtol=1e-6)
+
+
 def test_the_same_in_every_process() -> None:
     script = (
         "import polars_embed; print(polars_embed.embed(['the same in every process'], 'hashing').to_list())"

@@ -102,9 +102,9 @@ class HashingProvider(Provider):
 
 def _ngram_hashes(data: np.ndarray, n: int) -> np.ndarray:
     """Polynomial hash of every run of ``n`` bytes (uint64 arithmetic wraps, as intended)."""
-    count = len(data) - n + 1
-    hashes = np.zeros(max(count, 0), dtype=np.uint64)
-    for offset in range(n):
+    count = max(len(data) - n + 1, 0)
+    hashes = np.zeros(count, dtype=np.uint64)
+    for offset in range(n if count else 0):
         hashes = hashes * _BASE + data[offset : offset + count]
     return hashes
 
