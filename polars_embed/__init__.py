@@ -7,6 +7,7 @@ True
 
 from importlib.metadata import PackageNotFoundError, version
 
+from polars_embed.cache import cache_settings, configure_cache
 from polars_embed.engine import aembed, embed
 from polars_embed.errors import (
     AuthenticationError,
@@ -50,6 +51,8 @@ __all__ = [
     "UnknownProviderError",
     "__version__",
     "aembed",
+    "cache_settings",
+    "configure_cache",
     "embed",
     "get_registry",
     "hookimpl",

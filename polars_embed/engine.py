@@ -29,6 +29,7 @@ import polars as pl
 import pyarrow as pa
 from tqdm.auto import tqdm
 
+from polars_embed.cache import cache_for
 from polars_embed.errors import (
     ConfigError,
     EmbeddingIncompleteError,
@@ -177,7 +178,14 @@ def _embed_distinct(
     """Embed distinct non-blank texts into one ``(len(texts), d)`` float32 array."""
     width = provider.dimension
     vectors = np.empty((len(texts), width), dtype=np.float32)
-    batches = _plan_batches(texts, provider)
+    cache = cache_for(provider)
+    keys = cache.keys(provider, kind, texts) if cache else []
+    cached = cache.get(keys, width) if cache else {}
+    if cached:
+        vectors[list(cached)] = np.stack(list(cached.values()))
+    stats.cache_hits = len(cached)
+    pending = [position for position in range(len(texts)) if position not in cached]
+    batches = [[pending[i] for i in batch] for batch in _plan_batches([texts[p] for p in pending], provider)]
     limit = _concurrency_limit(provider)
 
     def request(batch: list[int]) -> tuple[Embedded, int]:
@@ -186,22 +194,27 @@ def _embed_distinct(
     def store(batch: list[int], answer: tuple[Embedded, int]) -> None:
         embedded, retries = answer
         vectors[batch] = _validated(embedded.vectors, provider, [texts[i] for i in batch], width)
+        if cache:  # as each batch lands, so that a failed column resumes from here
+            cache.put([keys[i] for i in batch], vectors[batch])
         stats.embedded += len(batch)
         stats.requests += 1
         stats.retries += retries
         stats.tokens += embedded.tokens
         bar.update(len(batch))
 
-    with _progress_bar(stats.distinct, provider.label, progress) as bar:
+    with _progress_bar(len(pending), provider.label, progress) as bar:
         try:
             _run_batches(batches, request, store, provider.resolve("max_concurrency"))
         except ProviderError as error:
             # The provider's error is chained below, so it must not show a secret either.
             error.args = tuple(provider.redact(arg) if isinstance(arg, str) else arg for arg in error.args)
+            done = stats.cache_hits + stats.embedded
+            kept = " Finished batches are in the embedding cache: a rerun resumes." if cache else ""
             raise EmbeddingIncompleteError(
-                f"{provider.label} failed after embedding {stats.embedded} of {len(texts)} distinct "
-                f"texts; nothing was returned. {provider.redact(str(error))}",
-                done=stats.embedded,
+                f"{provider.label} failed after {done} of {len(texts)} distinct texts were embedded "
+                f"({stats.cache_hits} from the cache); nothing was returned.{kept} "
+                f"{provider.redact(str(error))}",
+                done=done,
                 total=len(texts),
             ) from error
     return vectors

@@ -125,6 +125,8 @@ class Provider:
     max_text_tokens: ClassVar[int | None] = None
     #: Bump when the same options start giving different vectors (it changes the spec).
     version: ClassVar[int] = 1
+    #: Whether the embedding cache keeps this provider's vectors.
+    cacheable: ClassVar[bool] = True
 
     model: str
     batch_size: int = option(32, runtime=True)
@@ -297,6 +299,7 @@ class CallableProvider(Provider):
     """
 
     name: ClassVar[str] = "callable"
+    cacheable: ClassVar[bool] = False  # a function has no stable identity to key vectors on
 
     function: Callable[[list[str]], Any]
     model: str = ""

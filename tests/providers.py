@@ -51,9 +51,9 @@ class CountingProvider(Provider):
 
     model: str = "counting-v1"
     dims: int = 8
-    flaky: int = 0
-    fail_on: int = 0
-    mangle: str = ""
+    flaky: int = option(0, runtime=True)
+    fail_on: int = option(0, runtime=True)
+    mangle: str = option("", runtime=True)
     delay: float = option(0.0, runtime=True)
     api_key: str | None = option(None, secret=True)
     recorder: Recorder = option(default_factory=Recorder, runtime=True)

@@ -206,7 +206,7 @@ class TestFailures:
     def test_a_failure_mid_column_says_how_far_it_got_and_returns_nothing(self) -> None:
         provider = CountingProvider(fail_on=3, batch_size=2)
         with pytest.raises(
-            EmbeddingIncompleteError, match="after embedding 4 of 10 distinct texts"
+            EmbeddingIncompleteError, match="after 4 of 10 distinct texts were embedded"
         ) as raised:
             polars_embed.embed([f"t{i}" for i in range(10)], provider)
         assert (raised.value.done, raised.value.total) == (4, 10)

@@ -41,6 +41,7 @@ class HashingProvider(Provider):
     """
 
     name: ClassVar[str] = "hashing"
+    cacheable: ClassVar[bool] = False  # recomputing is cheaper than a lookup
 
     model: str = "words+chars"
     dims: int = 256
