@@ -37,6 +37,7 @@ from polars_embed.errors import (
     ProviderError,
     RetryableProviderError,
 )
+from polars_embed.metadata import remember
 from polars_embed.provider import KINDS, Embedded, Kind, Provider
 from polars_embed.registry import ProviderLike, resolve_provider
 from polars_embed.stats import EmbedStats, record
@@ -169,6 +170,7 @@ def embed_series(
         {"text": distinct, "position": pl.int_range(len(distinct), dtype=pl.UInt32, eager=True)}
     )
     positions = pl.DataFrame({"text": texts}).join(lookup, on="text", how="left", maintain_order="left")
+    remember(pl.Series(vectors), provider)
     return pl.Series(texts.name, vectors).gather(positions["position"])
 
 
