@@ -23,6 +23,7 @@ from polars_embed.errors import (
     UnknownProviderError,
 )
 from polars_embed.hookspecs import hookimpl
+from polars_embed.kernels import l2_normalize, pairwise_scores, topk
 from polars_embed.provider import CallableProvider, Embedded, Provider, option
 from polars_embed.registry import Registry, get_registry, list_providers, resolve_provider
 from polars_embed.stats import EmbedStats, last_stats, track_stats
@@ -56,9 +57,12 @@ __all__ = [
     "embed",
     "get_registry",
     "hookimpl",
+    "l2_normalize",
     "last_stats",
     "list_providers",
     "option",
+    "pairwise_scores",
     "resolve_provider",
+    "topk",
     "track_stats",
 ]
