@@ -28,6 +28,7 @@ DEFAULT_PROVIDER = "sentence-transformers"
 BUILTIN_PLUGINS = (
     "polars_embed.providers.sentence_transformers",
     "polars_embed.providers.hashing",
+    "polars_embed.providers.cohere",
 )
 
 ProviderLike = str | Provider | Callable[[list[str]], Any] | None
