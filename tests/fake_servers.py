@@ -46,7 +46,6 @@ class Request:
     path: str
     headers: dict[str, str]
     body: dict[str, Any]
-    size: int
     started: float
     texts: list[str]
 
@@ -114,9 +113,7 @@ class FakeServer:
     ) -> tuple[int, dict[str, str], bytes]:
         body = json.loads(raw_body)
         with self._lock:
-            self.requests.append(
-                Request(path, headers, body, len(raw_body), time.monotonic(), self.texts_of(body))
-            )
+            self.requests.append(Request(path, headers, body, time.monotonic(), self.texts_of(body)))
             plan = self._plans.popleft() if self._plans else Plan()
             self.in_flight += 1
             self.most_in_flight = max(self.most_in_flight, self.in_flight)

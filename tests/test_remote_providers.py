@@ -1,13 +1,16 @@
-"""The Cohere provider, through the real SDK, against a fake service on 127.0.0.1."""
+"""The Cohere and OpenAI providers, through the real SDKs, against fake services on 127.0.0.1."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import socket
+import sys
 import time
 import traceback
+import types
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from email.utils import format_datetime
@@ -25,15 +28,17 @@ from polars_embed import (
     ProviderError,
     RetryableProviderError,
 )
+from polars_embed.providers import openai as openai_provider
 from polars_embed.providers._remote import retry_after_seconds, service_message
-from tests.fake_servers import FakeCohere, FakeServer, Plan
+from tests.fake_servers import FakeCohere, FakeOpenAI, FakeServer, Plan
 from tests.providers import vector_for
 
 pytest.importorskip("cohere")
+pytest.importorskip("openai")
 
 KEY = "test-key"
 SECRET = "sk-secret-0123456789"  # a key that must never be shown
-SDK_VARIABLES = ("CO_API_KEY", "COHERE_API_KEY", "CO_API_URL")
+SDK_VARIABLES = ("CO_API_KEY", "COHERE_API_KEY", "CO_API_URL", "OPENAI_API_KEY", "OPENAI_BASE_URL")
 
 
 @pytest.fixture(autouse=True)
@@ -68,10 +73,19 @@ def cohere_service(server: FakeCohere) -> Service:
     return Service("cohere", server, server.url, "CO_API_KEY", 384, {"model": "embed-english-light-v3.0"})
 
 
-@pytest.fixture(params=["cohere"])
+def openai_service(server: FakeOpenAI) -> Service:
+    options = {"model": "text-embedding-3-small", "dimensions": 16}
+    return Service("openai", server, f"{server.url}/v1", "OPENAI_API_KEY", 16, options)
+
+
+@pytest.fixture(params=["cohere", "openai"])
 def service(request: pytest.FixtureRequest) -> Iterator[Service]:
-    with FakeCohere() as server:
-        yield cohere_service(server)
+    if request.param == "cohere":
+        with FakeCohere() as server:
+            yield cohere_service(server)
+    else:
+        with FakeOpenAI() as server:
+            yield openai_service(server)
 
 
 def failure(raised: pytest.ExceptionInfo[EmbeddingIncompleteError]) -> BaseException:
@@ -108,12 +122,17 @@ class TestEveryRemoteProvider:
         vectors = asyncio.run(polars_embed.aembed(texts, service.provider(), kind="query"))
         assert vectors.to_list() == service.expected(texts, kind="query")
 
-    def test_a_rate_limit_is_retried_after_the_wait_the_server_asks_for(self, service: Service) -> None:
-        service.server.then(Plan(status=429, headers={"retry-after-ms": "250"}))
+    @pytest.mark.parametrize(
+        ("header", "value", "wait"), [("retry-after-ms", "250", 0.25), ("Retry-After", "1", 1.0)]
+    )
+    def test_a_rate_limit_is_retried_after_the_wait_the_server_asks_for(
+        self, service: Service, header: str, value: str, wait: float
+    ) -> None:
+        service.server.then(Plan(status=429, headers={header: value}))
         vectors = polars_embed.embed(["a", "b"], service.provider())
         assert vectors.to_list() == service.expected(["a", "b"])
         first, second = service.server.requests
-        assert second.started - first.started >= 0.25  # the engine's own backoff is 1 ms here
+        assert second.started - first.started >= wait  # the engine's own backoff is 1 ms here
         assert polars_embed.last_stats().retries == 1
 
     @pytest.mark.parametrize("status", [408, 409, 429, 500, 502, 503, 504])
@@ -244,6 +263,12 @@ def cohere_server() -> Iterator[FakeCohere]:
         yield server
 
 
+@pytest.fixture
+def openai_server() -> Iterator[FakeOpenAI]:
+    with FakeOpenAI() as server:
+        yield server
+
+
 class TestCohere:
     def test_never_more_than_96_texts_a_request(self, cohere_server: FakeCohere) -> None:
         service = cohere_service(cohere_server)
@@ -346,6 +371,169 @@ class TestCohere:
         assert cohere_server.requests == []
 
 
+class TestOpenAI:
+    def test_the_request_asks_for_base64_and_the_vectors_decode(self, openai_server: FakeOpenAI) -> None:
+        service = openai_service(openai_server)
+        vectors = polars_embed.embed(["a", "b"], service.provider(dimensions=None), kind="query")
+        assert vectors.to_list() == [vector_for(text, 1536).tolist() for text in ["a", "b"]]
+        (request,) = openai_server.requests
+        assert request.path == "/v1/embeddings"
+        assert request.body == {
+            "model": "text-embedding-3-small",
+            "input": ["a", "b"],
+            "encoding_format": "base64",
+        }
+
+    @pytest.mark.parametrize(
+        ("model", "width"),
+        [
+            ("text-embedding-3-small", 1536),
+            ("text-embedding-3-large", 3072),
+            ("text-embedding-ada-002", 1536),
+        ],
+    )
+    def test_widths_are_known_without_a_request(self, model: str, width: int) -> None:
+        provider = polars_embed.resolve_provider(f"openai:{model}")
+        assert provider.dimension == width
+
+    def test_dimensions_shorten_the_vectors(self, openai_server: FakeOpenAI) -> None:
+        provider = openai_service(openai_server).provider(model="text-embedding-3-large", dimensions=256)
+        assert provider.dimension == 256
+        polars_embed.embed(["a"], provider)
+        assert openai_server.requests[0].body["dimensions"] == 256
+
+    @pytest.mark.parametrize(
+        ("model", "dimensions", "message"),
+        [
+            ("text-embedding-ada-002", 256, "does not take dimensions"),
+            ("text-embedding-3-small", 2000, "from 1 to the model's width, not 2000"),
+            ("text-embedding-3-large", 0, "not 0"),
+            ("my-server-model", 0, "not 0"),
+        ],
+    )
+    def test_impossible_dimensions_are_refused_before_any_request(
+        self, openai_server: FakeOpenAI, model: str, dimensions: int, message: str
+    ) -> None:
+        provider = openai_service(openai_server).provider(model=model, dimensions=dimensions)
+        with pytest.raises(ConfigError, match=message):
+            polars_embed.embed(["a"], provider)
+        assert openai_server.requests == []
+
+    def test_never_more_than_2048_texts_a_request(self, openai_server: FakeOpenAI) -> None:
+        service = openai_service(openai_server)
+        texts = [f"t{i}" for i in range(5000)]
+        vectors = polars_embed.embed(texts, service.provider(dimensions=2, batch_size=10_000))
+        assert vectors.to_list() == [vector_for(text, 2).tolist() for text in texts]
+        assert sorted(len(request.texts) for request in openai_server.requests) == [904, 2048, 2048]
+
+    def test_requests_stay_under_the_token_budget(self, openai_server: FakeOpenAI) -> None:
+        texts = [f"{i:05d}" + "x" * 23_995 for i in range(80)]  # 8,000 estimated tokens each
+        polars_embed.embed(texts, openai_service(openai_server).provider())
+        requests = openai_server.requests
+        assert len(requests) == 3
+        assert all(sum(len(text) for text in request.texts) / 3 <= 300_000 for request in requests)
+        assert sorted(openai_server.texts) == texts
+
+    def test_a_text_over_the_token_limit_is_refused_before_any_request(
+        self, openai_server: FakeOpenAI
+    ) -> None:
+        with pytest.raises(ConfigError, match=r"1 texts are over .* limit of 8191 tokens"):
+            polars_embed.embed(["short", "y" * 30_000], openai_service(openai_server).provider())
+        assert openai_server.requests == []
+
+    def test_token_estimate_is_utf8_bytes_over_3_rounded_up(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch.setitem(sys.modules, "tiktoken", None)  # not installed
+        openai_provider._tokenizer.cache_clear()
+        provider = polars_embed.resolve_provider("openai")
+        assert provider.count_tokens(["abc", "abcd", "日本", ""]) == [1, 2, 2, 0]
+        openai_provider._tokenizer.cache_clear()
+
+    @pytest.mark.parametrize("loads", [True, False])
+    def test_tiktoken_counts_when_its_encoding_loads(
+        self, monkeypatch: pytest.MonkeyPatch, loads: bool
+    ) -> None:
+        class Encoding:
+            def encode_ordinary_batch(self, texts: list[str]) -> list[list[int]]:
+                return [list(range(len(text.split()))) for text in texts]
+
+        def get_encoding(name: str) -> Encoding:
+            assert name == "cl100k_base"
+            if not loads:
+                raise OSError("cannot fetch https://openaipublic.blob.core.windows.net/... offline")
+            return Encoding()
+
+        monkeypatch.setitem(sys.modules, "tiktoken", types.SimpleNamespace(get_encoding=get_encoding))
+        openai_provider._tokenizer.cache_clear()
+        counts = polars_embed.resolve_provider("openai").count_tokens(["one two three four"])
+        openai_provider._tokenizer.cache_clear()
+        assert counts == ([4] if loads else [6])
+
+    def test_no_key_for_the_openai_service_is_a_clear_error(self) -> None:
+        # No base_url, so a request would go to OpenAI: the error comes before the client exists.
+        with pytest.raises(ConfigError, match="needs an API key: set OPENAI_API_KEY"):
+            polars_embed.embed(["a"], "openai")
+
+
+class TestOpenAICompatibleServers:
+    @pytest.fixture
+    def local_server(self) -> Iterator[FakeOpenAI]:
+        with FakeOpenAI(key=None, widths={"nomic-embed-text": 12}) as server:
+            yield server
+
+    def provider(self, server: FakeOpenAI, **options: Any) -> Provider:
+        return polars_embed.resolve_provider(
+            "openai:nomic-embed-text", base_url=f"{server.url}/v1", **options
+        )
+
+    def test_no_key_needed_and_the_width_is_probed_once(self, local_server: FakeOpenAI) -> None:
+        provider = self.provider(local_server)
+        for texts in (["a", "b"], ["c"], ["a", "d", None]):
+            vectors = polars_embed.embed(texts, provider)
+            assert vectors.to_list() == [vector_for(t, 12).tolist() if t else None for t in texts]
+        assert provider.dimension == 12
+        assert [request.texts for request in local_server.requests] == [
+            [openai_provider.PROBE_TEXT],
+            ["a", "b"],
+            ["c"],
+            ["a", "d"],
+        ]
+        assert local_server.requests[0].headers["authorization"] == f"Bearer {openai_provider.NO_KEY}"
+
+    def test_the_probe_is_made_once_when_many_threads_start_together(self, local_server: FakeOpenAI) -> None:
+        local_server.delay = 0.05
+        provider = self.provider(local_server)
+        with ThreadPoolExecutor(4) as pool:
+            list(pool.map(lambda i: polars_embed.embed([f"text {i}"], provider), range(4)))
+        probes = [
+            request for request in local_server.requests if request.texts == [openai_provider.PROBE_TEXT]
+        ]
+        assert len(probes) == 1 and len(local_server.requests) == 5
+
+    def test_a_rate_limited_probe_is_retried(self, local_server: FakeOpenAI) -> None:
+        local_server.then(Plan(status=429, headers={"retry-after-ms": "1"}))
+        vectors = polars_embed.embed(["a"], self.provider(local_server))
+        assert vectors.to_list() == [vector_for("a", 12).tolist()]
+        assert len(local_server.requests) == 3  # the refused probe, the probe, the batch
+        assert polars_embed.last_stats().retries == 1
+
+    def test_dims_skips_the_probe(self, local_server: FakeOpenAI) -> None:
+        polars_embed.embed(["a"], self.provider(local_server, dims=12))
+        assert [request.texts for request in local_server.requests] == [["a"]]
+
+    def test_a_server_that_sends_floats_in_any_order_is_read_right(self) -> None:
+        with FakeOpenAI(key=None, widths={"nomic-embed-text": 12}, floats_only=True, shuffled=True) as server:
+            texts = [f"text {i}" for i in range(10)]
+            vectors = polars_embed.embed(texts, self.provider(server, dims=12))
+        assert vectors.to_list() == [vector_for(text, 12).tolist() for text in texts]
+
+    def test_a_key_is_sent_when_given(
+        self, local_server: FakeOpenAI, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        monkeypatch.setenv("OPENAI_API_KEY", KEY)
+        polars_embed.embed(["a"], self.provider(local_server, dims=12))
+        assert local_server.requests[0].headers["authorization"] == f"Bearer {KEY}"
+
+
 class TestRetryAfter:
     @pytest.mark.parametrize(
         ("headers", "seconds"),
@@ -386,5 +574,5 @@ def test_the_services_own_words_are_found_in_its_error_body(body: object, words:
     assert service_message(body) == words
 
 
-def test_cohere_is_registered() -> None:
-    assert "cohere" in set(polars_embed.list_providers())
+def test_both_are_registered() -> None:
+    assert {"cohere", "openai"} <= set(polars_embed.list_providers())
