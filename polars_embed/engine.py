@@ -22,7 +22,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import CancelledError, ThreadPoolExecutor, as_completed
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import polars as pl
@@ -54,6 +54,8 @@ RETRY_AFTER_CAP = 120.0
 
 _limits: dict[Provider, threading.BoundedSemaphore] = {}
 _limits_lock = threading.Lock()
+
+_T = TypeVar("_T")
 
 
 def embed(
@@ -178,7 +180,9 @@ def _embed_distinct(
     texts: list[str], provider: Provider, kind: Kind, progress: bool | None, stats: EmbedStats
 ) -> np.ndarray:
     """Embed distinct non-blank texts into one ``(len(texts), d)`` float32 array."""
-    width = provider.dimension
+    limit = _concurrency_limit(provider)
+    # Some providers learn their width from a request (a probe), retried like any other.
+    width, stats.retries = _with_retries(provider, lambda: provider.dimension, limit)
     vectors = np.empty((len(texts), width), dtype=np.float32)
     cache = cache_for(provider)
     keys = cache.keys(provider, kind, texts) if cache else []
@@ -188,7 +192,6 @@ def _embed_distinct(
     stats.cache_hits = len(cached)
     pending = [position for position in range(len(texts)) if position not in cached]
     batches = [[pending[i] for i in batch] for batch in _plan_batches([texts[p] for p in pending], provider)]
-    limit = _concurrency_limit(provider)
 
     def request(batch: list[int]) -> tuple[Embedded, int]:
         return _request_with_retries(provider, [texts[i] for i in batch], kind, limit)
@@ -300,12 +303,20 @@ def _request_with_retries(
     provider: Provider, texts: list[str], kind: Kind, limit: threading.BoundedSemaphore
 ) -> tuple[Embedded, int]:
     """One batch, retried on retryable failures only; returns the answer and the retries made."""
+    answer, retries = _with_retries(provider, lambda: provider.embed_batch(texts, kind=kind), limit)
+    return (answer if isinstance(answer, Embedded) else Embedded(answer)), retries
+
+
+def _with_retries(
+    provider: Provider, call: Callable[[], _T], limit: threading.BoundedSemaphore
+) -> tuple[_T, int]:
+    """``call()`` within the concurrency limit, retried on retryable failures only;
+    returns its answer and the retries made."""
     retries = provider.resolve("max_retries")
     for attempt in range(retries + 1):
         try:
             with limit:
-                answer = provider.embed_batch(texts, kind=kind)
-            return (answer if isinstance(answer, Embedded) else Embedded(answer)), attempt
+                return call(), attempt
         except RetryableProviderError as error:
             if attempt == retries:
                 raise

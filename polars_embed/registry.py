@@ -28,6 +28,8 @@ DEFAULT_PROVIDER = "sentence-transformers"
 BUILTIN_PLUGINS = (
     "polars_embed.providers.sentence_transformers",
     "polars_embed.providers.hashing",
+    "polars_embed.providers.cohere",
+    "polars_embed.providers.openai",
 )
 
 ProviderLike = str | Provider | Callable[[list[str]], Any] | None

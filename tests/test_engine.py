@@ -197,6 +197,25 @@ class TestFailures:
         assert isinstance(raised.value.__cause__, RetryableProviderError)
         assert len(provider.recorder.batches) == 3
 
+    def test_a_width_learned_from_a_request_is_retried_like_one(self) -> None:
+        refused: list[str] = []
+
+        class Probing(CountingProvider):
+            """Learns its width from a request, as a remote provider does for a model in no table."""
+
+            @property
+            def dimension(self) -> int:
+                if not refused:
+                    refused.append("probe")
+                    raise RetryableProviderError("429 slow down", retry_after=0.01)
+                return self.dims
+
+        provider = Probing()
+        vectors = polars_embed.embed(["a"], provider)
+        assert vectors.to_list() == expected(["a"])
+        assert refused == ["probe"] and provider.recorder.batches == [["a"]]
+        assert polars_embed.last_stats().retries == 1
+
     def test_non_retryable_failures_fail_at_once(self) -> None:
         provider = CountingProvider(fail_on=1)
         with pytest.raises(EmbeddingIncompleteError, match="400 bad request"):
