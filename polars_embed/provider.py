@@ -23,8 +23,10 @@ used and never stored resolved: ``"$env:NAME"``, ``"$env:NAME:default"``,
 from __future__ import annotations
 
 import dataclasses
+import functools
 import importlib
 import os
+import typing
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cached_property
@@ -254,10 +256,21 @@ class Provider:
         return f"{type(self).__name__}({', '.join(shown)})"
 
 
+_SIMPLE_TYPES = (bool, int, float, str)
+
+
+@functools.cache
+def _simple_type(cls: type, name: str) -> type | None:
+    """The simple type an option holds, from its annotation: ``int`` for ``int | None``."""
+    annotation = typing.get_type_hints(cls)[name]
+    members = [member for member in typing.get_args(annotation) or (annotation,) if member is not type(None)]
+    return members[0] if len(members) == 1 and members[0] in _SIMPLE_TYPES else None
+
+
 def _check_type(cls: type, field: dataclasses.Field, value: Any) -> None:
     """Reject a value of the wrong simple type early; references are checked when used."""
-    expected = type(field.default) if field.default is not dataclasses.MISSING else None
-    if is_reference(value) or value is None or expected not in (bool, int, float, str):
+    expected = _simple_type(cls, field.name)
+    if is_reference(value) or value is None or expected is None:
         return
     accepted = (int, float) if expected is float else (expected,)
     # bool is an int in Python, but batch_size=True is a mistake, not a number
@@ -271,8 +284,8 @@ def _check_type(cls: type, field: dataclasses.Field, value: Any) -> None:
 
 def _coerce(value: Any, field: dataclasses.Field, cls: type) -> Any:
     """Turn a string read from the environment into the option's type."""
-    expected = type(field.default) if field.default is not dataclasses.MISSING else str
-    if not isinstance(value, str) or expected in (str, type(None)):
+    expected = _simple_type(cls, field.name)
+    if not isinstance(value, str) or expected in (str, None):
         return value
     try:
         if expected is bool:

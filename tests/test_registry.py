@@ -149,6 +149,15 @@ class TestReferences:
         with pytest.raises(ConfigError, match="takes a int; its reference gave 'wide'"):
             _ = provider.dimension
 
+    def test_optional_numbers_are_checked_and_converted_too(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        with pytest.raises(ConfigError, match="option 'dims' of provider 'openai' takes a int, got 'wide'"):
+            polars_embed.get_registry().create("openai", dims="wide")
+        monkeypatch.setenv("PE_TEST_DIMS", "768")
+        provider = polars_embed.get_registry().create(
+            "openai:local-model", base_url="http://x", dims="$env:PE_TEST_DIMS"
+        )
+        assert provider.dimension == 768
+
     def test_registry_variables(self) -> None:
         registry = Registry(entry_points=False)
         provider = registry.create("hashing", dims="$var:width", model="$var:features:chars")
