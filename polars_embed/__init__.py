@@ -24,6 +24,8 @@ from polars_embed.errors import (
 )
 from polars_embed.hookspecs import hookimpl
 from polars_embed.kernels import l2_normalize, pairwise_scores, topk
+from polars_embed.metadata import read_parquet, scan_parquet
+from polars_embed.namespaces import EmbedExprNamespace, EmbedFrameNamespace, EmbedLazyFrameNamespace
 from polars_embed.provider import CallableProvider, Embedded, Provider, option
 from polars_embed.registry import Registry, get_registry, list_providers, resolve_provider
 from polars_embed.stats import EmbedStats, last_stats, track_stats
@@ -39,6 +41,9 @@ __all__ = [
     "ConfigError",
     "DimensionMismatchError",
     "DuplicateProviderError",
+    "EmbedExprNamespace",
+    "EmbedFrameNamespace",
+    "EmbedLazyFrameNamespace",
     "EmbedStats",
     "Embedded",
     "EmbeddingIncompleteError",
@@ -62,7 +67,9 @@ __all__ = [
     "list_providers",
     "option",
     "pairwise_scores",
+    "read_parquet",
     "resolve_provider",
+    "scan_parquet",
     "topk",
     "track_stats",
 ]
