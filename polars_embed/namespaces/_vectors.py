@@ -78,7 +78,7 @@ def _is_single_vector(value: Any) -> bool:
 
 def check_same_width(vectors: pl.Series, other: pl.Series) -> None:
     """Fail, naming both widths and the models when known, when two vector columns differ in width."""
-    if vectors.dtype.shape[0] != other.dtype.shape[0]:
+    if vector_width(vectors.dtype, column=vectors.name) != vector_width(other.dtype, column=other.name):
         raise DimensionMismatchError(
             f"cannot compare {_described(vectors)} with {_described(other)}: "
             "vectors of different widths come from different models"
