@@ -206,6 +206,8 @@ class TestSearch:
             animals.embed.search(["cat", "  "])
         with pytest.raises(ValueError, match="these queries are vectors already"):
             animals.embed.search(np.ones(64), provider="hashing")
+        with pytest.raises(ValueError, match=r"options \['dims'\] are for provider="):
+            animals.embed.search("cat", dims=64)
 
     def test_an_all_null_column_costs_no_provider_call(self, counting: CountingProvider) -> None:
         frame = pl.DataFrame({"vec": [None, None]}, schema={"vec": pl.Array(pl.Float32, 8)})

@@ -11,7 +11,7 @@ which walks the corpus in blocks: memory grows with the results, never with
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from os import PathLike
 from typing import Any, Generic, Literal, TypeVar, get_args
 
@@ -87,7 +87,7 @@ class _EmbedNamespace(Generic[FrameT]):
             For a batch of queries only: name of the first column, the position
             (``pl.UInt32``) of the query each row answers.
         **options
-            Provider options, e.g. ``dims=64``.
+            Options of ``provider``, e.g. ``dims=64``; only with ``provider``.
 
         Returns
         -------
@@ -315,8 +315,10 @@ class _Search:
     ) -> _Search:
         _check_column(schema, on)
         texts, vectors, single = _parse_query(query)
-        if texts is None and (provider is not None or options):
+        if texts is None and provider is not None:
             raise ValueError("provider= embeds text queries, but these queries are vectors already")
+        if options and provider is None:
+            raise ValueError(f"options {sorted(options)} are for provider=, which is not given")
         search = cls(
             on=on,
             k=_check_k(k),
@@ -326,7 +328,7 @@ class _Search:
             query_index=None if single else query_index,
             texts=texts,
             vectors=vectors,
-            provider=resolve_provider(provider, **options) if provider is not None or options else None,
+            provider=None if provider is None else resolve_provider(provider, **options),
         )
         _check_new_names(schema, [name for name in (search.query_index, score) if name is not None])
         return search
@@ -378,7 +380,7 @@ class _Search:
         return provider
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class _KnnJoin:
     """A validated k-nearest-neighbour join, run on the left DataFrame."""
 
@@ -391,7 +393,7 @@ class _KnnJoin:
     normalized: bool | None
     keep_unmatched: bool
     score: str
-    right_names: dict[str, str] = field(default_factory=dict)  # right column -> output name
+    right_names: dict[str, str]  # right column -> output name
 
     @classmethod
     def plan(
