@@ -219,8 +219,14 @@ class TestVectorExpressions:
     @pytest.mark.parametrize("metric", METHODS)
     @pytest.mark.parametrize(
         "as_query",
-        [list, np.asarray, lambda values: np.asarray(values, dtype=np.float64), pl.Series],
-        ids=["list", "numpy", "float64", "series"],
+        [
+            list,
+            np.asarray,
+            lambda values: np.asarray(values, dtype=np.float64),
+            pl.Series,
+            lambda values: pl.Series([values], dtype=pl.Array(pl.Float32, 4)),
+        ],
+        ids=["list", "numpy", "float64", "series", "batch-of-one"],
     )
     def test_against_a_query_vector(self, vectors: pl.DataFrame, metric: str, as_query: object) -> None:
         query = [0.5, -1.0, 2.0, 0.25]

@@ -95,8 +95,9 @@ class EmbedExprNamespace:
         Parameters
         ----------
         other
-            One vector (a list of numbers, a 1-D numpy array or a numeric Series),
-            converted once to float32; or a vector column, by name or expression.
+            One vector (a list of numbers, a 1-D numpy array, a numeric Series, or
+            a batch of one such as ``polars_embed.embed(["a query"])``), converted
+            once to float32; or a vector column, by name or expression.
 
         Returns
         -------
@@ -227,8 +228,8 @@ class EmbedExprNamespace:
                 return_dtype=pl.Float32,
                 is_elementwise=True,
             )
-        vectors, single = as_query_vectors(other)
-        if not single:
+        vectors, _ = as_query_vectors(other)
+        if len(vectors) != 1:  # a batch of one, such as embed(["a query"]), is one vector
             raise ValueError(
                 f"compare with one vector, or with a column by name or expression; got {len(vectors)} vectors"
             )
