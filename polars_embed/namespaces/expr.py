@@ -240,7 +240,7 @@ class EmbedExprNamespace:
 
 
 def _embedded(texts: pl.Series, provider: Provider, kind: Kind) -> pl.Series:
-    return embed_series(as_text_series(texts, texts.name), provider, kind=kind)
+    return embed_series(as_text_series(texts), provider, kind=kind)
 
 
 def _column_scores(columns: list[pl.Series], metric: Metric) -> pl.Series:
