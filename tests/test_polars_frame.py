@@ -63,10 +63,8 @@ def check_hits(
 
 
 vector_rows = st.integers(min_value=0, max_value=30)
-metrics = st.sampled_from(["cosine", "dot", "l2"])
-
-
 widths = st.integers(min_value=1, max_value=5)
+metrics = st.sampled_from(["cosine", "dot", "l2"])
 
 
 @st.composite
