@@ -9,6 +9,10 @@
 Run: ``python -m pytest benchmarks/test_bench_polars.py``. For a quick smoke run,
 shrink the sizes, e.g. ``POLARS_EMBED_BENCH_TEXTS=200 POLARS_EMBED_BENCH_SEARCH_ROWS=20000
 POLARS_EMBED_BENCH_JOIN=100x5000 POLARS_EMBED_BENCH_CROSS=20x1000``.
+
+On a machine others are using, set ``OMP_WAIT_POLICY=PASSIVE``: otherwise torch's
+OpenMP threads spin while they wait, and the MiniLM figures swing threefold from run
+to run under load.
 """
 
 from __future__ import annotations
