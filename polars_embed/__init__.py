@@ -7,6 +7,7 @@ True
 
 from importlib.metadata import PackageNotFoundError, version
 
+from polars_embed import namespaces  # noqa: F401  (registers .embed on expressions and frames)
 from polars_embed.cache import cache_settings, configure_cache
 from polars_embed.engine import aembed, embed
 from polars_embed.errors import (
@@ -24,6 +25,7 @@ from polars_embed.errors import (
 )
 from polars_embed.hookspecs import hookimpl
 from polars_embed.kernels import l2_normalize, pairwise_scores, topk
+from polars_embed.metadata import read_parquet, scan_parquet
 from polars_embed.provider import CallableProvider, Embedded, Provider, option
 from polars_embed.registry import Registry, get_registry, list_providers, resolve_provider
 from polars_embed.stats import EmbedStats, last_stats, track_stats
@@ -62,7 +64,9 @@ __all__ = [
     "list_providers",
     "option",
     "pairwise_scores",
+    "read_parquet",
     "resolve_provider",
+    "scan_parquet",
     "topk",
     "track_stats",
 ]

@@ -1,0 +1,262 @@
+"""The ``embed`` namespace on Polars expressions: text to vectors, and vector arithmetic.
+
+Each method builds one expression and does no work beyond resolving the provider
+and its width: the work happens when a query runs, batch by batch, in the
+in-memory and the streaming engine alike. Every expression passes its
+``return_dtype``, so Polars never calls a provider to learn a schema.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import Any
+
+import polars as pl
+
+from polars_embed.engine import as_text_series, embed_series
+from polars_embed.errors import ConfigError
+from polars_embed.kernels import Metric, l2_normalize, pairwise_scores
+from polars_embed.namespaces._vectors import (
+    VectorsLike,
+    as_matrix,
+    as_query_vectors,
+    check_same_width,
+    null_where,
+)
+from polars_embed.provider import KINDS, Kind, Provider
+from polars_embed.registry import ProviderLike, resolve_provider
+
+__all__ = ["EmbedExprNamespace"]
+
+VectorOrColumn = VectorsLike | pl.Expr | str
+
+
+@pl.api.register_expr_namespace("embed")
+class EmbedExprNamespace:
+    """Namespace for embedding text and comparing vectors, as ``pl.col(...).embed``."""
+
+    def __init__(self, expr: pl.Expr) -> None:
+        self._expr = expr
+
+    def with_provider(
+        self, provider: ProviderLike = None, *, kind: Kind = "document", **options: Any
+    ) -> pl.Expr:
+        """Embed a text column, one vector per row.
+
+        Null and blank texts give null vectors and are never sent to the provider;
+        each distinct text in a batch is embedded once. A column that is not text
+        fails with a ``TypeError`` before any provider call.
+
+        Parameters
+        ----------
+        provider
+            A registered name (``"hashing"``), ``"name:model"``, a
+            :class:`~polars_embed.Provider` or a callable from a list of strings to
+            vectors. Default: the local ``sentence-transformers`` model.
+        kind
+            ``"document"`` or ``"query"``: many models embed the two differently.
+        **options
+            Provider options, e.g. ``model="..."``, ``batch_size=64``.
+
+        Returns
+        -------
+        pl.Expr
+            ``pl.Array(pl.Float32, d)``, named like the text column.
+
+        Examples
+        --------
+        >>> import polars as pl
+        >>> import polars_embed
+        >>> df = pl.DataFrame({"text": ["a cat", None, "a dog"]})
+        >>> df.with_columns(vec=pl.col("text").embed.with_provider("hashing", dims=4))
+        shape: (3, 2)
+        ┌───────┬─────────────────────────────────┐
+        │ text  ┆ vec                             │
+        │ ---   ┆ ---                             │
+        │ str   ┆ array[f32, 4]                   │
+        ╞═══════╪═════════════════════════════════╡
+        │ a cat ┆ [0.520756, 0.650945, … 0.39056… │
+        │ null  ┆ null                            │
+        │ a dog ┆ [0.356035, 0.118678, … 0.71206… │
+        └───────┴─────────────────────────────────┘
+        """
+        if kind not in KINDS:
+            raise ConfigError(f"kind must be one of {KINDS}, got {kind!r}")
+        resolved = resolve_provider(provider, **options)
+        return self._expr.map_batches(
+            partial(_embedded, provider=resolved, kind=kind),
+            return_dtype=pl.Array(pl.Float32, resolved.dimension),
+            is_elementwise=True,
+        )
+
+    def cosine_similarity(self, other: VectorOrColumn) -> pl.Expr:
+        """Cosine similarity of each vector with a query vector or, row by row, another column.
+
+        Parameters
+        ----------
+        other
+            One vector (a list of numbers, a 1-D numpy array, a numeric Series, or
+            a batch of one such as ``polars_embed.embed(["a query"])``), converted
+            once to float32; or a vector column, by name or expression.
+
+        Returns
+        -------
+        pl.Expr
+            ``pl.Float32``: null where either vector is null, NaN where either is zero.
+
+        Examples
+        --------
+        >>> import polars as pl
+        >>> import polars_embed
+        >>> df = pl.DataFrame(
+        ...     {"vec": [[3.0, 4.0], None, [1.0, 0.0]]}, schema={"vec": pl.Array(pl.Float32, 2)}
+        ... )
+        >>> df.select(pl.col("vec").embed.cosine_similarity([1.0, 0.0]))
+        shape: (3, 1)
+        ┌──────┐
+        │ vec  │
+        │ ---  │
+        │ f32  │
+        ╞══════╡
+        │ 0.6  │
+        │ null │
+        │ 1.0  │
+        └──────┘
+        """
+        return self._score(other, "cosine")
+
+    def dot(self, other: VectorOrColumn) -> pl.Expr:
+        """Dot product of each vector with a query vector or, row by row, another column.
+
+        Parameters
+        ----------
+        other
+            As for :meth:`cosine_similarity`.
+
+        Returns
+        -------
+        pl.Expr
+            ``pl.Float32``: null where either vector is null.
+
+        Examples
+        --------
+        >>> import polars as pl
+        >>> import polars_embed
+        >>> df = pl.DataFrame(
+        ...     {"a": [[3.0, 4.0], None], "b": [[1.0, 2.0], [1.0, 1.0]]},
+        ...     schema={"a": pl.Array(pl.Float32, 2), "b": pl.Array(pl.Float32, 2)},
+        ... )
+        >>> df.select(pl.col("a").embed.dot(pl.col("b")))
+        shape: (2, 1)
+        ┌──────┐
+        │ a    │
+        │ ---  │
+        │ f32  │
+        ╞══════╡
+        │ 11.0 │
+        │ null │
+        └──────┘
+        """
+        return self._score(other, "dot")
+
+    def l2_distance(self, other: VectorOrColumn) -> pl.Expr:
+        """Euclidean distance of each vector to a query vector or, row by row, another column.
+
+        Parameters
+        ----------
+        other
+            As for :meth:`cosine_similarity`.
+
+        Returns
+        -------
+        pl.Expr
+            ``pl.Float32``: null where either vector is null.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> import polars as pl
+        >>> import polars_embed
+        >>> df = pl.DataFrame({"vec": [[3.0, 4.0], None]}, schema={"vec": pl.Array(pl.Float32, 2)})
+        >>> df.select(pl.col("vec").embed.l2_distance(np.zeros(2)))
+        shape: (2, 1)
+        ┌──────┐
+        │ vec  │
+        │ ---  │
+        │ f32  │
+        ╞══════╡
+        │ 5.0  │
+        │ null │
+        └──────┘
+        """
+        return self._score(other, "l2")
+
+    def normalize(self) -> pl.Expr:
+        """Scale each vector to unit length; null and zero vectors stay as they are.
+
+        Returns
+        -------
+        pl.Expr
+            Vectors of the column's own dtype.
+
+        Examples
+        --------
+        >>> import polars as pl
+        >>> import polars_embed
+        >>> df = pl.DataFrame(
+        ...     {"vec": [[3.0, 4.0], None, [0.0, 0.0]]}, schema={"vec": pl.Array(pl.Float32, 2)}
+        ... )
+        >>> df.select(pl.col("vec").embed.normalize())
+        shape: (3, 1)
+        ┌───────────────┐
+        │ vec           │
+        │ ---           │
+        │ array[f32, 2] │
+        ╞═══════════════╡
+        │ [0.6, 0.8]    │
+        │ null          │
+        │ [0.0, 0.0]    │
+        └───────────────┘
+        """
+        return self._expr.map_batches(_normalized, return_dtype=pl.self_dtype(), is_elementwise=True)
+
+    def _score(self, other: VectorOrColumn, metric: Metric) -> pl.Expr:
+        if isinstance(other, pl.Expr | str):
+            return pl.map_batches(
+                [self._expr, other],
+                partial(_column_scores, metric=metric),
+                return_dtype=pl.Float32,
+                is_elementwise=True,
+            )
+        vectors, _ = as_query_vectors(other)
+        if len(vectors) != 1:  # a batch of one, such as embed(["a query"]), is one vector
+            raise ValueError(
+                f"compare with one vector, or with a column by name or expression; got {len(vectors)} vectors"
+            )
+        query = pl.Series("query", vectors)
+        return self._expr.map_batches(
+            partial(_scores, other=query, metric=metric), return_dtype=pl.Float32, is_elementwise=True
+        )
+
+
+def _embedded(texts: pl.Series, provider: Provider, kind: Kind) -> pl.Series:
+    return embed_series(as_text_series(texts), provider, kind=kind)
+
+
+def _column_scores(columns: list[pl.Series], metric: Metric) -> pl.Series:
+    vectors, other = columns
+    return _scores(vectors, other, metric)
+
+
+def _scores(vectors: pl.Series, other: pl.Series, metric: Metric) -> pl.Series:
+    """Row-aligned scores; ``other`` of one row is compared with every row."""
+    check_same_width(vectors, other)
+    other_matrix = as_matrix(other)
+    scores = pairwise_scores(as_matrix(vectors), other_matrix[0] if len(other) == 1 else other_matrix, metric)
+    missing = vectors.is_null().to_numpy() | other.is_null().to_numpy()
+    return null_where(pl.Series(vectors.name, scores), missing)
+
+
+def _normalized(vectors: pl.Series) -> pl.Series:
+    unit = pl.Series(vectors.name, l2_normalize(as_matrix(vectors))).cast(vectors.dtype)
+    return null_where(unit, vectors.is_null().to_numpy())

@@ -1,0 +1,523 @@
+"""The ``embed`` namespace on DataFrames and LazyFrames: search, k-nearest-neighbour join, Parquet.
+
+Each method validates its arguments against the frame's schema and builds a plan:
+a DataFrame runs it at once; a LazyFrame hands it to ``LazyFrame.map_batches``
+with the output schema, so nothing runs and no provider is called until the
+query is collected. Top-k selection is always :func:`polars_embed.kernels.topk`,
+which walks the corpus in blocks: memory grows with the results, never with
+``queries x rows``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from os import PathLike
+from typing import Any, Generic, Literal, TypeVar, get_args
+
+import numpy as np
+import polars as pl
+
+from polars_embed import metadata
+from polars_embed.engine import embed_queries
+from polars_embed.errors import ConfigError
+from polars_embed.kernels import Metric, _check_k, topk
+from polars_embed.metadata import check_same_provider, check_width, provider_of
+from polars_embed.namespaces._vectors import (
+    VectorsLike,
+    as_matrix,
+    as_query_vectors,
+    check_same_width,
+    null_where,
+    valid_rows,
+    vector_width,
+)
+from polars_embed.provider import Provider
+from polars_embed.registry import ProviderLike, resolve_provider
+
+__all__ = ["EmbedFrameNamespace", "EmbedLazyFrameNamespace"]
+
+QueryLike = str | Sequence[str] | VectorsLike
+FrameT = TypeVar("FrameT", pl.DataFrame, pl.LazyFrame)
+
+
+class _EmbedNamespace(Generic[FrameT]):
+    """What the DataFrame and LazyFrame namespaces share: everything but how a plan runs."""
+
+    def __init__(self, frame: FrameT) -> None:
+        self._frame = frame
+
+    def search(
+        self,
+        query: QueryLike,
+        *,
+        on: str = "vec",
+        k: int = 10,
+        provider: ProviderLike = None,
+        metric: Metric = "cosine",
+        normalized: bool | None = None,
+        score: str = "score",
+        query_index: str = "query_index",
+        **options: Any,
+    ) -> FrameT:
+        """The ``k`` rows whose vectors best match a query, best first, with a score column.
+
+        Parameters
+        ----------
+        query
+            A string, embedded as a query; a vector (a list of numbers or a 1-D
+            array); or a batch: a list of strings, a 2-D array, a list of vectors.
+        on
+            The vector column to search.
+        k
+            Results per query; more than the searchable rows returns them all.
+        provider
+            Embeds text queries. Default: the provider that made column ``on``,
+            when this process knows it (it made the vectors, or read them from a
+            file written by :meth:`write_parquet`); otherwise this is required.
+            A provider that is not the column's own is an error.
+        metric
+            ``"cosine"`` or ``"dot"`` (higher is better) or ``"l2"`` (lower is better).
+        normalized
+            Promise that the vectors have unit length, so cosine skips the norms.
+            Default: what the column's provider says, when it is known.
+        score
+            Name of the score column (``pl.Float32``).
+        query_index
+            For a batch of queries only: name of the first column, the position
+            (``pl.UInt32``) of the query each row answers.
+        **options
+            Options of ``provider``, e.g. ``dims=64``; only with ``provider``.
+
+        Returns
+        -------
+        DataFrame or LazyFrame
+            The matching rows, all columns kept. A batch gives each query's rows in
+            turn. Null vectors never match; ties go to the earlier row.
+
+        Raises
+        ------
+        ValueError
+            If ``k <= 0``, the metric is unknown, or an output name is taken.
+        DimensionMismatchError
+            If the query's width is not the column's.
+        ConfigError
+            If a text query has no provider to embed it, or ``provider`` is not
+            the one that made the column.
+
+        Examples
+        --------
+        >>> import polars as pl
+        >>> import polars_embed
+        >>> df = pl.DataFrame({"text": ["a cat sat", "stock prices fell", None, "the cat slept"]})
+        >>> df = df.with_columns(vec=pl.col("text").embed.with_provider("hashing", dims=64))
+        >>> df.embed.search("cat", k=2).select("text", "score")
+        shape: (2, 2)
+        ┌───────────────┬──────────┐
+        │ text          ┆ score    │
+        │ ---           ┆ ---      │
+        │ str           ┆ f32      │
+        ╞═══════════════╪══════════╡
+        │ a cat sat     ┆ 0.484182 │
+        │ the cat slept ┆ 0.398137 │
+        └───────────────┴──────────┘
+
+        A LazyFrame searches when collected, and a batch of queries says which
+        query each row answers:
+
+        >>> df.lazy().embed.search(["cat", "prices"], k=1).select("query_index", "text").collect()
+        shape: (2, 2)
+        ┌─────────────┬───────────────────┐
+        │ query_index ┆ text              │
+        │ ---         ┆ ---               │
+        │ u32         ┆ str               │
+        ╞═════════════╪═══════════════════╡
+        │ 0           ┆ a cat sat         │
+        │ 1           ┆ stock prices fell │
+        └─────────────┴───────────────────┘
+        """
+        search = _Search.plan(
+            self._schema(),
+            query,
+            on=on,
+            k=k,
+            provider=provider,
+            metric=metric,
+            normalized=normalized,
+            score=score,
+            query_index=query_index,
+            options=options,
+        )
+        return self._run(search)
+
+    def knn_join(
+        self,
+        other: pl.DataFrame | pl.LazyFrame,
+        *,
+        on: str | None = None,
+        left_on: str | None = None,
+        right_on: str | None = None,
+        k: int = 5,
+        metric: Metric = "cosine",
+        normalized: bool | None = None,
+        how: Literal["inner", "left"] = "inner",
+        suffix: str = "_right",
+        score: str = "score",
+    ) -> FrameT:
+        """Join each row to the ``k`` rows of ``other`` whose vectors match its own best.
+
+        Computed by exact top-k search in blocks, never by a cross join: the
+        memory it takes grows with ``k`` times the rows of this frame.
+
+        Parameters
+        ----------
+        other
+            The frame to search; a LazyFrame is collected when this join runs.
+        on
+            The vector column, when it has the same name in both frames.
+        left_on, right_on
+            The vector columns of this frame and of ``other``.
+        k
+            Matches per row; fewer when ``other`` has fewer non-null vectors.
+        metric
+            ``"cosine"``, ``"dot"`` or ``"l2"``, as in :meth:`search`.
+        normalized
+            Promise that ``other``'s vectors have unit length (default: what
+            their provider says, when it is known).
+        how
+            What becomes of a row whose vector is null (or cannot match, such as
+            a zero vector under cosine): ``"inner"`` drops it, like an inner join;
+            ``"left"`` keeps it once, with nulls for ``other``'s columns and the score.
+        suffix
+            Added to the name of each column of ``other`` that this frame has too.
+        score
+            Name of the score column (``pl.Float32``).
+
+        Returns
+        -------
+        DataFrame or LazyFrame
+            This frame's columns, ``other``'s, and the score: each row's matches
+            in turn, best first, ties to the earlier row of ``other``.
+
+        Examples
+        --------
+        >>> import polars as pl
+        >>> import polars_embed
+        >>> embed = pl.col("text").embed.with_provider("hashing", dims=64)
+        >>> questions = pl.DataFrame({"text": ["where is the cat", None]}).with_columns(vec=embed)
+        >>> answers = pl.DataFrame({"text": ["the cat is on the mat", "prices fell"]}).with_columns(
+        ...     vec=embed
+        ... )
+        >>> questions.embed.knn_join(answers, on="vec", k=1, how="left").select(
+        ...     "text", "text_right", "score"
+        ... )
+        shape: (2, 3)
+        ┌──────────────────┬───────────────────────┬──────────┐
+        │ text             ┆ text_right            ┆ score    │
+        │ ---              ┆ ---                   ┆ ---      │
+        │ str              ┆ str                   ┆ f32      │
+        ╞══════════════════╪═══════════════════════╪══════════╡
+        │ where is the cat ┆ the cat is on the mat ┆ 0.718587 │
+        │ null             ┆ null                  ┆ null     │
+        └──────────────────┴───────────────────────┴──────────┘
+        """
+        right_schema = other.collect_schema() if isinstance(other, pl.LazyFrame) else other.schema
+        join = _KnnJoin.plan(
+            self._schema(),
+            other,
+            right_schema,
+            left_on=left_on or on,
+            right_on=right_on or on,
+            k=k,
+            metric=metric,
+            normalized=normalized,
+            how=how,
+            suffix=suffix,
+            score=score,
+        )
+        return self._run(join)
+
+    def _schema(self) -> pl.Schema:
+        raise NotImplementedError
+
+    def _run(self, plan: _Search | _KnnJoin) -> FrameT:
+        raise NotImplementedError
+
+
+@pl.api.register_dataframe_namespace("embed")
+class EmbedFrameNamespace(_EmbedNamespace[pl.DataFrame]):
+    """Namespace for searching and joining on vector columns, as ``df.embed``."""
+
+    def write_parquet(self, path: str | PathLike[str], **options: Any) -> None:
+        """``DataFrame.write_parquet``, storing which provider made each vector column.
+
+        A later :func:`polars_embed.read_parquet` or :func:`polars_embed.scan_parquet`
+        of the file, in any process, lets :meth:`search` embed text queries with
+        that provider without being told.
+
+        Parameters
+        ----------
+        path
+            Where to write.
+        **options
+            Passed to ``DataFrame.write_parquet``, e.g. ``row_group_size``.
+        """
+        metadata.write_parquet(self._frame, path, **options)
+
+    def _schema(self) -> pl.Schema:
+        return self._frame.schema
+
+    def _run(self, plan: _Search | _KnnJoin) -> pl.DataFrame:
+        return plan(self._frame)
+
+
+@pl.api.register_lazyframe_namespace("embed")
+class EmbedLazyFrameNamespace(_EmbedNamespace[pl.LazyFrame]):
+    """Namespace for searching and joining on vector columns, as ``lf.embed``; lazy until collected."""
+
+    def _schema(self) -> pl.Schema:
+        return self._frame.collect_schema()
+
+    def _run(self, plan: _Search | _KnnJoin) -> pl.LazyFrame:
+        # Not streamable: top-k needs every row before it can answer. No pushdown
+        # either: a filter or slice after a search must not change what it searched.
+        return self._frame.map_batches(plan, schema=plan.output_schema(self._schema()))
+
+
+@dataclass(frozen=True, eq=False)
+class _Search:
+    """A validated search, run on a DataFrame holding the column to search."""
+
+    on: str
+    k: int
+    metric: Metric
+    normalized: bool | None
+    score: str
+    query_index: str | None  # None for a single query: no query column
+    texts: tuple[str, ...] | None  # text queries, embedded when the search runs
+    vectors: np.ndarray | None  # (q, d) float32 vector queries
+    provider: Provider | None
+
+    @classmethod
+    def plan(
+        cls,
+        schema: pl.Schema,
+        query: QueryLike,
+        *,
+        on: str,
+        k: int,
+        provider: ProviderLike,
+        metric: Metric,
+        normalized: bool | None,
+        score: str,
+        query_index: str,
+        options: dict[str, Any],
+    ) -> _Search:
+        _check_column(schema, on)
+        texts, vectors, single = _parse_query(query)
+        if texts is None and provider is not None:
+            raise ValueError("provider= embeds text queries, but these queries are vectors already")
+        if options and provider is None:
+            raise ValueError(f"options {sorted(options)} are for provider=, which is not given")
+        search = cls(
+            on=on,
+            k=_check_k(k),
+            metric=_check_metric(metric),
+            normalized=normalized,
+            score=score,
+            query_index=None if single else query_index,
+            texts=texts,
+            vectors=vectors,
+            provider=None if provider is None else resolve_provider(provider, **options),
+        )
+        _check_new_names(schema, [name for name in (search.query_index, score) if name is not None])
+        return search
+
+    def output_schema(self, schema: pl.Schema) -> pl.Schema:
+        query_column = {self.query_index: pl.UInt32} if self.query_index else {}
+        return pl.Schema({**query_column, **schema, self.score: pl.Float32})
+
+    def __call__(self, frame: pl.DataFrame) -> pl.DataFrame:
+        column = frame[self.on]
+        stored = provider_of(column)
+        if self.texts is None:
+            queries = self.vectors
+            check_same_width(column, pl.Series("query", queries))
+        elif column.null_count() == len(column):  # nothing can match: spare the provider a call
+            queries = np.zeros((len(self.texts), column.dtype.shape[0]), dtype=np.float32)
+        else:
+            queries = embed_queries(list(self.texts), self._query_provider(column, stored))
+        indices, scores = topk(
+            queries,
+            as_matrix(column),
+            self.k,
+            metric=self.metric,
+            valid=valid_rows(column),
+            normalized=_normalized(self.normalized, stored),
+        )
+        found = indices.ravel() >= 0
+        hits = frame.gather(pl.Series(indices.ravel()[found])).with_columns(
+            pl.Series(self.score, scores.ravel()[found])
+        )
+        if self.query_index is not None:
+            query_numbers = np.repeat(np.arange(len(queries), dtype=np.uint32), indices.shape[1])
+            hits.insert_column(0, pl.Series(self.query_index, query_numbers[found]))
+        return hits
+
+    def _query_provider(self, column: pl.Series, stored: Provider | None) -> Provider:
+        """The provider that embeds the text queries: the one given, else the column's own."""
+        provider = self.provider or stored
+        if provider is None:
+            raise ConfigError(
+                f"which model made column {self.on!r} is not known in this process, so the query "
+                "cannot be embedded with it: pass provider= (the column's own provider), or read the "
+                "vectors with polars_embed.read_parquet/scan_parquet from a file written by "
+                "df.embed.write_parquet"
+            )
+        check_width(provider, column.dtype.shape[0], column=self.on, made_by=stored.label if stored else None)
+        if self.provider is not None and stored is not None:
+            check_same_provider(self.provider, stored, column=self.on)
+        return provider
+
+
+@dataclass(frozen=True, eq=False)
+class _KnnJoin:
+    """A validated k-nearest-neighbour join, run on the left DataFrame."""
+
+    right: pl.DataFrame | pl.LazyFrame
+    right_schema: pl.Schema
+    left_on: str
+    right_on: str
+    k: int
+    metric: Metric
+    normalized: bool | None
+    keep_unmatched: bool
+    score: str
+    right_names: dict[str, str]  # right column -> output name
+
+    @classmethod
+    def plan(
+        cls,
+        left_schema: pl.Schema,
+        right: pl.DataFrame | pl.LazyFrame,
+        right_schema: pl.Schema,
+        *,
+        left_on: str | None,
+        right_on: str | None,
+        k: int,
+        metric: Metric,
+        normalized: bool | None,
+        how: str,
+        suffix: str,
+        score: str,
+    ) -> _KnnJoin:
+        if left_on is None or right_on is None:
+            raise ValueError("knn_join needs the vector columns: on=, or left_on= and right_on=")
+        if how not in ("inner", "left"):
+            raise ValueError(f"how must be 'inner' or 'left', got {how!r}")
+        _check_column(left_schema, left_on)
+        _check_column(right_schema, right_on)
+        right_names = {name: name + suffix if name in left_schema else name for name in right_schema}
+        _check_new_names(left_schema, [*right_names.values(), score])
+        return cls(
+            right=right,
+            right_schema=right_schema,
+            left_on=left_on,
+            right_on=right_on,
+            k=_check_k(k),
+            metric=_check_metric(metric),
+            normalized=normalized,
+            keep_unmatched=how == "left",
+            score=score,
+            right_names=right_names,
+        )
+
+    def output_schema(self, left_schema: pl.Schema) -> pl.Schema:
+        renamed = {self.right_names[name]: dtype for name, dtype in self.right_schema.items()}
+        return pl.Schema({**left_schema, **renamed, self.score: pl.Float32})
+
+    def __call__(self, left: pl.DataFrame) -> pl.DataFrame:
+        right = self.right.collect() if isinstance(self.right, pl.LazyFrame) else self.right
+        queries, corpus = left[self.left_on], right[self.right_on]
+        check_same_width(queries, corpus)
+        left_provider, right_provider = provider_of(queries), provider_of(corpus)
+        if left_provider and right_provider and left_provider.spec() != right_provider.spec():
+            raise ConfigError(
+                f"column {self.left_on!r} was embedded with {left_provider.label} and column "
+                f"{self.right_on!r} with {right_provider.label}: vectors from different models "
+                "cannot be compared"
+            )
+        indices, scores = topk(
+            as_matrix(queries),
+            as_matrix(corpus),
+            self.k,
+            metric=self.metric,
+            valid=valid_rows(corpus),
+            normalized=_normalized(self.normalized, right_provider),
+        )
+        if indices.shape[1] == 0:  # no row of other can match: one empty slot per row
+            indices = np.full((len(left), 1), -1, dtype=np.int64)
+            scores = np.full((len(left), 1), np.nan, dtype=np.float32)
+        found = indices >= 0
+        keep = found.copy()
+        if self.keep_unmatched:
+            keep[:, 0] |= ~found.any(axis=1)
+        left_rows = np.repeat(np.arange(len(left)), indices.shape[1])[keep.ravel()]
+        unmatched = ~found[keep]
+        right_rows = null_where(pl.Series(indices[keep]), unmatched)
+        return pl.concat(
+            [
+                left.gather(pl.Series(left_rows)),
+                right.rename(self.right_names).gather(right_rows),
+                null_where(pl.Series(self.score, scores[keep]), unmatched).to_frame(),
+            ],
+            how="horizontal",
+        )
+
+
+def _parse_query(query: QueryLike) -> tuple[tuple[str, ...] | None, np.ndarray | None, bool]:
+    """Text queries or vector queries, and whether there was a single query."""
+    if isinstance(query, str):
+        return (query,), None, True
+    if isinstance(query, pl.Series | Sequence) and len(query) == 0:
+        raise ValueError("search needs at least one query")
+    if isinstance(query, pl.Series) and query.dtype == pl.String:
+        return tuple(query.to_list()), None, False
+    if isinstance(query, Sequence) and all(isinstance(item, str) for item in query):
+        return tuple(query), None, False
+    vectors, single = as_query_vectors(query)
+    return None, vectors, single
+
+
+def _check_column(schema: pl.Schema, column: str) -> None:
+    if column not in schema:
+        raise pl.exceptions.ColumnNotFoundError(
+            f"no vector column {column!r}; the columns are {', '.join(map(repr, schema))}"
+        )
+    vector_width(schema[column], column=column)
+
+
+def _check_metric(metric: str) -> Metric:
+    if metric not in get_args(Metric):
+        raise ValueError(f"unknown metric {metric!r}; expected one of {', '.join(get_args(Metric))}")
+    return metric
+
+
+def _check_new_names(schema: pl.Schema, names: list[str]) -> None:
+    """Output columns must not take a name the frame already has, nor each other's."""
+    taken = [name for name in names if name in schema]
+    if taken:
+        raise pl.exceptions.DuplicateError(
+            f"the output would have two columns named {taken[0]!r}: pass another name "
+            "(score=, query_index= or suffix=)"
+        )
+    if len(set(names)) < len(names):
+        repeated = next(name for name in names if names.count(name) > 1)
+        raise pl.exceptions.DuplicateError(f"the output would have two columns named {repeated!r}")
+
+
+def _normalized(promised: bool | None, stored: Provider | None) -> bool:
+    """Whether cosine may skip the norms: as promised, else as the column's provider says."""
+    if promised is not None:
+        return promised
+    return stored is not None and stored.normalized
