@@ -8,8 +8,9 @@ import sys
 from collections.abc import Sequence
 from importlib.resources import files
 
+import polars as pl
+
 import polars_embed
-from polars_embed.kernels import topk
 
 DEMO_QUERIES = ("how do I cook pasta?", "what happened on the stock market?", "looking after a young cat")
 
@@ -43,13 +44,15 @@ def _demo(provider_name: str | None, queries: list[str], k: int) -> int:
     corpus = files("polars_embed").joinpath("data/demo_corpus.txt").read_text().splitlines()
     provider = polars_embed.resolve_provider(provider_name)
     print(f"embedding {len(corpus)} sentences with {provider.label} ...")
-    documents = polars_embed.embed(corpus, provider).to_numpy()
-    query_vectors = polars_embed.embed(queries, provider, kind="query").to_numpy()
-    indices, scores = topk(query_vectors, documents, k=k, metric="cosine", normalized=provider.normalized)
-    for query, rows, row_scores in zip(queries, indices, scores, strict=True):
+    documents = pl.DataFrame({"text": corpus}).with_columns(vec=pl.col("text").embed.with_provider(provider))
+    # No provider named here: the column knows the model that made it.
+    hits = documents.embed.search(queries, on="vec", k=k)
+    for query_index, query in enumerate(queries):
         print(f"\n{query}")
-        for row, score in zip(rows, row_scores, strict=True):
-            print(f"  {score:.3f}  {corpus[row]}")
+        for text, score in (
+            hits.filter(pl.col("query_index") == query_index).select("text", "score").iter_rows()
+        ):
+            print(f"  {score:.3f}  {text}")
     return 0
 
 
