@@ -7,7 +7,7 @@ Run (full size, about ten minutes and 10 GiB of memory)::
 
 Every group holds one reference (``extra_info["reference"]``); ratios.py
 divides each entry's time by it. Shrink the data for a smoke run with
-``POLARS_EMBED_BENCH_N=20000`` (also ``..._D`` and ``..._Q``).
+``POLARS_EMBED_BENCH_N=20000`` (also ``..._D``, ``..._Q`` and ``..._ROUNDS``).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ N_ROWS = int(os.environ.get("POLARS_EMBED_BENCH_N", "1000000"))
 WIDTH = int(os.environ.get("POLARS_EMBED_BENCH_D", "384"))
 N_QUERIES = int(os.environ.get("POLARS_EMBED_BENCH_Q", "100"))
 K = 10
-ROUNDS = 5
+ROUNDS = int(os.environ.get("POLARS_EMBED_BENCH_ROUNDS", "5"))
 
 
 @pytest.fixture(scope="module")

@@ -448,8 +448,9 @@ def _merge_block(
         axis=1,
     )
     # Stable, so equal keys keep their order: kept entries (lower row numbers, already
-    # ordered) before candidates (in row-number order).
-    order = xp.argsort(all_keys, axis=1, descending=True, stable=True)[:, :k]
+    # ordered) before candidates (in row-number order). Negating rather than asking for
+    # descending order spares the flips that array_api_compat adds for numpy.
+    order = xp.argsort(-all_keys, axis=1, stable=True)[:, :k]
     merged_keys = xp.take_along_axis(all_keys, order, axis=1)
     merged_indices = xp.take_along_axis(all_indices, order, axis=1)
     if n_active == n_queries:
