@@ -40,10 +40,10 @@ _METRICS: tuple[str, ...] = get_args(Metric)
 # multiple of 8 MiB.
 _SCORE_BLOCK_ELEMENTS = 2 * 2**20
 # Corpus rows per block on the CPU: at least enough that each BLAS call has real
-# work; at most a quarter of a 1M-row corpus, so that a single query still skips
+# work; at most 128k rows, so that a single query over a large corpus still skips
 # most blocks after a glance at their maximum instead of partitioning every key.
 _MIN_CORPUS_BLOCK = 1024
-_MAX_CORPUS_BLOCK = 262144
+_MAX_CORPUS_BLOCK = 131072
 # Past this many candidates in one query row, a partition first cuts the row down
 # to its best k (plus ties): sorting a whole block row would cost more.
 _SPARSE_CANDIDATES = 64
