@@ -33,17 +33,17 @@ logger = logging.getLogger(__name__)
 Metric = Literal["cosine", "dot", "l2"]
 _METRICS: tuple[str, ...] = get_args(Metric)
 
-# Corpus rows per block: enough scores per block (about _BLOCK_SCORES) that the
-# Python work per block stays small next to the multiply, but few enough rows
-# that a query whose k-th best is beaten re-reads little, and that the block is
-# still in cache when its norms are computed. Tuned on 1M x 384 for 1 and 100
-# queries (see benchmarks/README.md).
-_BLOCK_SCORES = 2**18
-_MIN_CORPUS_BLOCK = 2048
-_MAX_CORPUS_BLOCK = 16384
-# Score entries per (query chunk x corpus block); the selection makes a few
-# temporaries of this size, so peak extra memory is a small multiple of 16 MiB.
-_SCORE_BLOCK_ELEMENTS = 4 * 2**20
+# Score entries per (query chunk x corpus block). Large blocks keep the number of
+# BLAS calls low, which matters most when other processes compete for the cores:
+# every multi-threaded call then waits for its threads to be scheduled. The
+# selection makes a few temporaries of this size, so peak extra memory is a small
+# multiple of 8 MiB.
+_SCORE_BLOCK_ELEMENTS = 2 * 2**20
+# Corpus rows per block on the CPU: at least enough that each BLAS call has real
+# work; at most 128k rows, so that a single query over a large corpus still skips
+# most blocks after a glance at their maximum instead of partitioning every key.
+_MIN_CORPUS_BLOCK = 1024
+_MAX_CORPUS_BLOCK = 131072
 # Past this many candidates in one query row, a partition first cuts the row down
 # to its best k (plus ties): sorting a whole block row would cost more.
 _SPARSE_CANDIDATES = 64
@@ -104,12 +104,15 @@ def topk(
     ``k_eff = min(k, number of searchable corpus rows)``. A row is not
     searchable when ``valid`` is False, when it holds NaN or infinity (or is so
     large that its squared norm overflows float32) and, for cosine, when its
-    norm is zero. A query row that is not searchable in the same sense gets
-    indices -1 and scores NaN.
+    norm is zero. A query row holding NaN or infinity, or all zeros for
+    cosine, gets indices -1 and scores NaN. Queries are always normalised for
+    cosine; ``normalized`` only concerns the corpus.
 
     Extra memory is bounded by the block size, whatever ``q`` and ``n`` are.
-    The L2 distances of the results are recomputed directly from the vectors,
-    so they are accurate even for near-duplicates.
+    Ties are exact ties of the computed float32 scores, which can differ in
+    the last bit between block sizes or BLAS builds. The L2 distances of the
+    results are recomputed directly from the vectors, so they are accurate
+    even for near-duplicates.
 
     Examples
     --------
@@ -139,8 +142,7 @@ def topk(
         logger.debug("converting the %s corpus to float32 block by block", corpus.dtype)
 
     if block_size is None:
-        block_size = _BLOCK_SCORES // max(queries.shape[0], 1)
-        block_size = min(max(block_size, _MIN_CORPUS_BLOCK, 4 * k), _MAX_CORPUS_BLOCK)
+        block_size = _default_block_size(xp, queries.shape[0], corpus, k)
     query_block = max(1, _SCORE_BLOCK_ELEMENTS // block_size)
     with _xp.float_errors_ignored():
         query_keys, query_ok = _query_keys(xp, queries, metric)
@@ -374,6 +376,19 @@ def _search(
     return keys, indices, n_searchable
 
 
+def _default_block_size(xp: Namespace, n_queries: int, corpus: Array, k: int) -> int:
+    rows = max(_SCORE_BLOCK_ELEMENTS // max(n_queries, 1), 4 * k)
+    if corpus.dtype != xp.float32:
+        # Each block is converted to float32: keep that copy within the budget too.
+        rows = min(rows, max(_SCORE_BLOCK_ELEMENTS // max(corpus.shape[1], 1), 4 * k))
+    if array_api_compat.is_cupy_namespace(xp):
+        # Each block costs a few device-to-host synchronisations (block maxima, candidate
+        # counts), which dwarf a GPU's multiply of a CPU-sized block: no cap.
+        # Not measured yet: no GPU was available when this was written.
+        return rows
+    return min(max(rows, _MIN_CORPUS_BLOCK), _MAX_CORPUS_BLOCK)
+
+
 def _chunks(length: int, size: int) -> list[slice]:
     """Split ``range(length)`` into slices of ``size``; at least one, possibly empty.
 
@@ -422,7 +437,10 @@ def _merge_block(
     n_active = int(xp.count_nonzero(active))
     if n_active == 0:
         return best_keys, best_indices
-    if n_active < n_queries:
+    # Gathering the active queries only pays when they are few; the others would merely
+    # contribute no candidates.
+    subset = 2 * n_active < n_queries
+    if subset:
         (active_rows,) = xp.nonzero(active)
         keys = xp.take(keys, active_rows, axis=0)
         kept_keys = xp.take(best_keys, active_rows, axis=0)
@@ -439,11 +457,12 @@ def _merge_block(
         axis=1,
     )
     # Stable, so equal keys keep their order: kept entries (lower row numbers, already
-    # ordered) before candidates (in row-number order).
-    order = xp.argsort(all_keys, axis=1, descending=True, stable=True)[:, :k]
+    # ordered) before candidates (in row-number order). Negating rather than asking for
+    # descending order spares the flips that array_api_compat adds for numpy.
+    order = xp.argsort(-all_keys, axis=1, stable=True)[:, :k]
     merged_keys = xp.take_along_axis(all_keys, order, axis=1)
     merged_indices = xp.take_along_axis(all_indices, order, axis=1)
-    if n_active == n_queries:
+    if not subset:
         return merged_keys, merged_indices
 
     # Spread the merged rows back over all queries without integer-array assignment,
@@ -479,13 +498,6 @@ def _candidates(
         positions, starts, counts = _runs_by_row(xp, beats)
         cut = int(xp.max(counts)) > most
     if cut:
-        if unchecked_rows is not None:
-            # Check the whole block before the cut, or rows that turn out unsearchable
-            # could fill the cut and push searchable rows out of it.
-            searchable = _searchable(xp, xp.vecdot(unchecked_rows, unchecked_rows), metric)
-            keys = xp.where(searchable, keys, -xp.inf)
-            beats = beats & searchable
-            unchecked_rows = None
         beats = beats & (keys >= _xp.kth_largest(xp, keys, k)[:, None])
         positions, starts, counts = _runs_by_row(xp, beats)
 
@@ -495,9 +507,16 @@ def _candidates(
     picked = xp.take(positions, xp.reshape(xp.where(present, starts[:, None] + slot, 0), (-1,)))
     columns = picked % n_columns
     if unchecked_rows is not None:
-        present = present & xp.reshape(
+        searchable = xp.reshape(
             _searchable_columns(xp, unchecked_rows, columns, metric), (n_rows, width)
         )
+        if cut and not bool(xp.all(searchable | ~present)):
+            # Unsearchable rows took places in the cut that searchable rows behind them
+            # should have had: check the whole block and cut again (rare).
+            searchable = _searchable(xp, xp.vecdot(unchecked_rows, unchecked_rows), metric)
+            keys = xp.where(searchable, keys, -xp.inf)
+            return _candidates(xp, keys, kth_best, k, None, metric)
+        present = present & searchable
     values = xp.reshape(xp.take(xp.reshape(keys, (-1,)), picked), (n_rows, width))
     return (
         xp.where(present, values, -xp.inf),
