@@ -135,9 +135,7 @@ def topk(
     if valid is not None and valid.dtype != xp.bool:
         raise TypeError(f"valid must be a boolean array, got {valid.dtype}")
     if valid is not None and valid.shape != (n_rows,):
-        raise ValueError(
-            f"valid must have shape ({n_rows},) like the corpus rows, got {valid.shape}"
-        )
+        raise ValueError(f"valid must have shape ({n_rows},) like the corpus rows, got {valid.shape}")
     if corpus.dtype != xp.float32:
         logger.debug("converting the %s corpus to float32 block by block", corpus.dtype)
 
@@ -254,8 +252,7 @@ def _check_vectors(xp: Namespace, queries: Array, corpus: Array) -> tuple[Array,
         raise ValueError(f"queries must be 1-D (d,) or 2-D (q, d), got shape {queries.shape}")
     if queries.shape[1] != corpus.shape[1]:
         raise ValueError(
-            f"vector widths differ: queries have {queries.shape[1]} columns, "
-            f"corpus has {corpus.shape[1]}"
+            f"vector widths differ: queries have {queries.shape[1]} columns, corpus has {corpus.shape[1]}"
         )
     if not xp.isdtype(corpus.dtype, ("real floating", "integral")):
         raise TypeError(f"corpus must hold real numbers, got {corpus.dtype}")
@@ -342,9 +339,7 @@ def _search(
                 column_scale = 1.0 / xp.sqrt(safe_squared_norms)
             elif metric == "l2":
                 column_shift = safe_squared_norms
-        n_block_searchable = (
-            rows.shape[0] if searchable is None else int(xp.count_nonzero(searchable))
-        )
+        n_block_searchable = rows.shape[0] if searchable is None else int(xp.count_nonzero(searchable))
         n_searchable += n_block_searchable
         if n_block_searchable == 0:
             continue
@@ -448,9 +443,7 @@ def _merge_block(
     else:
         kept_keys, kept_indices = best_keys, best_indices
 
-    candidate_keys, candidate_columns = _candidates(
-        xp, keys, kept_keys[:, k - 1], k, unchecked_rows, metric
-    )
+    candidate_keys, candidate_columns = _candidates(xp, keys, kept_keys[:, k - 1], k, unchecked_rows, metric)
     all_keys = xp.concat([kept_keys, candidate_keys], axis=1)
     all_indices = xp.concat(
         [kept_indices, xp.where(candidate_columns >= 0, candidate_columns + first_row, -1)],
@@ -507,9 +500,7 @@ def _candidates(
     picked = xp.take(positions, xp.reshape(xp.where(present, starts[:, None] + slot, 0), (-1,)))
     columns = picked % n_columns
     if unchecked_rows is not None:
-        searchable = xp.reshape(
-            _searchable_columns(xp, unchecked_rows, columns, metric), (n_rows, width)
-        )
+        searchable = xp.reshape(_searchable_columns(xp, unchecked_rows, columns, metric), (n_rows, width))
         if cut and not bool(xp.all(searchable | ~present)):
             # Unsearchable rows took places in the cut that searchable rows behind them
             # should have had: check the whole block and cut again (rare).

@@ -147,9 +147,7 @@ def test_topk_matches_brute_force(problem):
             block_size=problem["block_size"],
         )
     exact = metric == "dot"
-    check_against_reference(
-        queries, corpus, problem["k"], metric, problem["valid"], indices, scores, exact
-    )
+    check_against_reference(queries, corpus, problem["k"], metric, problem["valid"], indices, scores, exact)
 
 
 @pytest.mark.parametrize("metric", METRICS)
@@ -430,9 +428,7 @@ def test_only_standard_calls_outside_the_shim():
                 np.testing.assert_array_equal(np.asarray(got[1]), want[1])
         got = pairwise_scores(xp.asarray(corpus), xp.asarray(queries[0]), metric)
         np.testing.assert_array_equal(np.asarray(got), pairwise_scores(corpus, queries[0], metric))
-    np.testing.assert_array_equal(
-        np.asarray(l2_normalize(xp.asarray(corpus))), l2_normalize(corpus)
-    )
+    np.testing.assert_array_equal(np.asarray(l2_normalize(xp.asarray(corpus))), l2_normalize(corpus))
 
 
 def test_cupy_matches_numpy():
