@@ -7,17 +7,21 @@ DuckDB only creates an HNSW index in a database file when
 persistent=True)`` turns it on for that statement). The index is then written
 whole at each checkpoint and read back whole when its table is first used.
 
-The unsafe part is the write-ahead log: changes committed since the last
-checkpoint are replayed when the file is next opened, and if vss is not loaded
-at that moment the rows are restored but the index never hears of them. It
-silently misses those rows from then on (measured with DuckDB 1.5.5 and vss
-1.5.5: a row inserted after the last checkpoint, then a crash, then a plain
-``duckdb.connect(path)``, then ``LOAD vss``: search never returns the row). So:
+The unsafe part is the write-ahead log. Changes committed since the last
+checkpoint (all of them, after a crash or a killed process) are replayed when
+the file is next opened, and the index only hears of them once it is bound,
+which needs vss. A process that opens the file without vss, or loads vss but
+closes before the index is bound, checkpoints the replayed rows into the table
+but not into the index, which then silently misses them for good (measured with
+DuckDB 1.5.5 and vss 1.5.5: after a crash, one plain ``duckdb.connect(path)``
+and close, search never returns the rows in the log). So:
 
-- open such files with :func:`connect`, which loads vss *before* attaching the
-  file, so the log is replayed with the index present;
-- run ``CHECKPOINT`` after writing to an indexed table, so the log is empty;
-- after a crash, if a file was opened without vss, drop and re-create the index.
+- open such files with :func:`connect`, which loads vss before attaching the
+  file and checkpoints it straight away, so the log reaches the index;
+- never open them with a tool that lacks vss (the DuckDB CLI, a plain
+  ``duckdb.connect``) after an unclean exit;
+- run ``CHECKPOINT`` after writing to an indexed table, so the log stays empty;
+- if a file was opened without vss after a crash, drop and re-create the index.
 
 An in-memory database has none of these problems (and no index after it closes).
 """
@@ -38,6 +42,8 @@ log = logging.getLogger(__name__)
 HnswMetric = Literal["cosine", "l2sq", "ip"]
 _METRICS = ("cosine", "l2sq", "ip")
 _PERSISTENCE = "hnsw_enable_experimental_persistence"
+#: Search-time candidates of the indexes this package builds (see create_hnsw_index).
+DEFAULT_EF_SEARCH = 200
 
 
 def load_vss(con: duckdb.DuckDBPyConnection) -> None:
@@ -98,16 +104,18 @@ def connect(
     """Open a database with vss loaded before the file is read, and make it current.
 
     ``duckdb.connect(path)`` replays the write-ahead log before any extension
-    can be loaded, which leaves an HNSW index without the rows in the log (see
-    the module notes). This opens an in-memory database, loads vss, then
-    ``ATTACH``-es the file and ``USE``-s it.
+    can be loaded, and rows replayed into an HNSW-indexed table reach the index
+    only if it is bound before the file is closed (see the module notes). This
+    opens an in-memory database, loads vss, ``ATTACH``-es the file, checkpoints
+    it (which binds the indexes and writes the replayed rows into them; it is
+    nearly free when the log is empty) and ``USE``-s it.
 
     Parameters
     ----------
     database
         A database file, or ``":memory:"``.
     read_only
-        Attach the file read-only.
+        Attach the file read-only (nothing is written, so nothing is checkpointed).
     config
         DuckDB configuration, as for ``duckdb.connect``.
     """
@@ -121,6 +129,8 @@ def connect(
     (name,) = con.execute(
         "SELECT database_name FROM duckdb_databases() WHERE NOT internal ORDER BY database_oid DESC LIMIT 1"
     ).fetchone()
+    if not read_only:
+        con.execute(f"CHECKPOINT {quote_identifier(name)}")
     con.execute(f"USE {quote_identifier(name)}")
     return con
 
@@ -133,6 +143,7 @@ def create_hnsw_index(
     metric: HnswMetric = "cosine",
     m: int | None = None,
     ef_construction: int | None = None,
+    ef_search: int = DEFAULT_EF_SEARCH,
     name: str | None = None,
     persistent: bool = False,
 ) -> str:
@@ -150,6 +161,10 @@ def create_hnsw_index(
         ``"cosine"`` (what :func:`search` ranks by), ``"l2sq"`` or ``"ip"``.
     m, ef_construction
         HNSW's neighbours per node and build-time candidate list (vss defaults 16 and 128).
+    ef_search
+        The candidate list of a search (at least ``k``), stored with the index;
+        ``SET hnsw_ef_search`` overrides it per connection. vss defaults to 64,
+        which gave a recall@10 of 0.87 on 20,000 MiniLM vectors; 200 gave 0.97.
     name
         The index name; ``<table>_<column>_hnsw`` by default.
     persistent
@@ -165,7 +180,7 @@ def create_hnsw_index(
     if metric not in _METRICS:
         raise ConfigError(f"metric must be one of {_METRICS}, got {metric!r}")
     settings = [f"metric = {quote_literal(metric)}"]
-    for option, value in (("M", m), ("ef_construction", ef_construction)):
+    for option, value in (("M", m), ("ef_construction", ef_construction), ("ef_search", ef_search)):
         if value is not None:
             if isinstance(value, bool) or not isinstance(value, int) or value < 2:
                 raise ConfigError(f"{option} must be an integer of at least 2, got {value!r}")
