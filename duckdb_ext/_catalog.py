@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import duckdb
 import numpy as np
@@ -40,42 +40,24 @@ def quote_literal(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
 
 
-def float_list(values: np.ndarray) -> str:
-    """A SQL list literal that casts back to exactly these float32 values.
+def float_literal(values: np.ndarray, sql_type: str) -> str:
+    """A constant of ``sql_type`` (``FLOAT[d]``, ``FLOAT[]``) holding exactly these float32 values.
 
-    Nine significant digits give back every float32 exactly, and the exponent
-    makes DuckDB read each number as a DOUBLE rather than a DECIMAL.
+    Nine significant digits give back every float32 exactly. One string cast is
+    much cheaper for DuckDB to plan than a list of hundreds of number literals.
     """
-    return "[" + ", ".join(format(float(value), ".8e") for value in values) + "]"
+    return "'[" + ", ".join(format(float(value), ".8e") for value in values) + f"]'::{sql_type}"
 
 
 def vector_literal(vector: np.ndarray) -> str:
     """A constant ``FLOAT[d]`` expression holding exactly ``vector``'s values."""
-    return f"{float_list(vector)}::FLOAT[{len(vector)}]"
-
-
-@dataclass(frozen=True)
-class Table:
-    """A base table, as the catalog names it."""
-
-    database: str
-    schema: str
-    name: str
-
-    @property
-    def sql(self) -> str:
-        """The fully qualified, quoted name."""
-        return ".".join(map(quote_identifier, (self.database, self.schema, self.name)))
-
-    def __str__(self) -> str:
-        return f"{self.database}.{self.schema}.{self.name}"
+    return float_literal(vector, f"FLOAT[{len(vector)}]")
 
 
 @dataclass(frozen=True)
 class Column:
-    """A column of a table: its name as the catalog spells it, type and comment."""
+    """A table column: its name as the catalog spells it, its type and its comment."""
 
-    table: Table
     name: str
     data_type: str
     comment: str | None
@@ -90,9 +72,7 @@ class Column:
         """The vector width ``d`` of a ``FLOAT[d]`` column; any other type is an error."""
         match = _VECTOR_TYPE.fullmatch(self.data_type)
         if match is None:
-            raise ConfigError(
-                f"column {self.name!r} of {self.table} is {self.data_type}, not a FLOAT[d] vector column"
-            )
+            raise ConfigError(f"column {self.name!r} is {self.data_type}, not a FLOAT[d] vector column")
         return int(match.group(1))
 
     def stored_spec(self) -> VectorSpec | None:
@@ -112,10 +92,46 @@ class Column:
         return VectorSpec.from_json(self.comment)
 
 
+@dataclass(frozen=True)
+class Table:
+    """A base table as the catalog names it, with its columns when it was looked up."""
+
+    database: str
+    schema: str
+    name: str
+    columns: tuple[Column, ...] = field(default=(), compare=False, repr=False)
+
+    @property
+    def sql(self) -> str:
+        """The fully qualified, quoted name."""
+        return ".".join(map(quote_identifier, (self.database, self.schema, self.name)))
+
+    def __str__(self) -> str:
+        return f"{self.database}.{self.schema}.{self.name}"
+
+    def column(self, name: str) -> Column | None:
+        """The column ``name`` (matched without regard to case, as DuckDB does), or None."""
+        quote_identifier(name)
+        return next((column for column in self.columns if column.name.lower() == name.lower()), None)
+
+    def check_row_ids(self) -> None:
+        """Fail if a column named ``rowid`` hides the row ids that name rows to update or return."""
+        if self.column("rowid") is not None:
+            raise ConfigError(f"table {self} has a column named 'rowid', which hides DuckDB's row ids")
+
+    def require_column(self, name: str) -> Column:
+        """The column ``name``; a missing one is an error naming those that exist."""
+        column = self.column(name)
+        if column is None:
+            names = [column.name for column in self.columns]
+            raise ConfigError(f"table {self} has no column {name!r}; its columns are {names}")
+        return column
+
+
 def resolve_table(con: duckdb.DuckDBPyConnection, table: TableName) -> Table:
-    """Find a base table the way DuckDB resolves a name: temporary tables first, then
-    the current schema; a two-part name is a schema in the current database, or a
-    database's ``main`` schema."""
+    """Find a base table and its columns the way DuckDB resolves a name: temporary
+    tables first, then the current schema; a two-part name is a schema in the
+    current database, or a database's ``main`` schema."""
     parts = tuple(table) if isinstance(table, tuple | list) else (table,)
     if not 1 <= len(parts) <= 3:
         raise ConfigError(
@@ -123,59 +139,35 @@ def resolve_table(con: duckdb.DuckDBPyConnection, table: TableName) -> Table:
         )
     for part in parts:
         quote_identifier(part)
-    current_database, current_schema = con.execute("SELECT current_database(), current_schema()").fetchone()
     *qualifiers, name = parts
-    if len(qualifiers) == 2:
-        places = [tuple(qualifiers)]
-    elif len(qualifiers) == 1:
-        places = [(current_database, qualifiers[0]), (qualifiers[0], "main")]
-    else:
-        places = [("temp", "main"), (current_database, current_schema)]
-    found = con.execute(
-        "SELECT database_name, schema_name, table_name FROM duckdb_tables() "
-        "WHERE lower(table_name) = lower(?)",
+    rows = con.execute(
+        "SELECT database_name, schema_name, table_name, column_name, data_type, comment, "
+        "current_database(), current_schema() FROM duckdb_columns() AS c "
+        "WHERE lower(table_name) = lower(?) AND EXISTS (SELECT 1 FROM duckdb_tables() AS t "
+        "WHERE t.database_name = c.database_name AND t.schema_name = c.schema_name "
+        "AND t.table_name = c.table_name) ORDER BY column_index",
         [name],
     ).fetchall()
-    by_place = {
-        (database.lower(), schema.lower()): Table(database, schema, spelled)
-        for database, schema, spelled in found
-    }
-    for database, schema in places:
-        match = by_place.get((database.lower(), schema.lower()))
-        if match is not None:
-            return match
+    columns: dict[tuple[str, str, str], list[Column]] = {}
+    for database, schema, spelled, column_name, data_type, comment, _, _ in rows:
+        columns.setdefault((database, schema, spelled), []).append(Column(column_name, data_type, comment))
+    if rows:
+        current_database, current_schema = rows[0][-2:]
+        if len(qualifiers) == 2:
+            places = [tuple(qualifiers)]
+        elif len(qualifiers) == 1:
+            places = [(current_database, qualifiers[0]), (qualifiers[0], "main")]
+        else:
+            places = [("temp", "main"), (current_database, current_schema)]
+        for place in places:
+            for (database, schema, spelled), found in columns.items():
+                if (database.lower(), schema.lower()) == (place[0].lower(), place[1].lower()):
+                    return Table(database, schema, spelled, tuple(found))
     raise ConfigError(
         f"no table {'.'.join(parts)!r} (views are not searchable: search needs a base table's rowid)"
     )
 
 
-def column_of(con: duckdb.DuckDBPyConnection, table: Table, name: str) -> Column | None:
-    """The column ``name`` of ``table`` (matched without regard to case), or None."""
-    quote_identifier(name)
-    row = con.execute(
-        "SELECT column_name, data_type, comment FROM duckdb_columns() "
-        "WHERE database_name = ? AND schema_name = ? AND table_name = ? AND lower(column_name) = lower(?)",
-        [table.database, table.schema, table.name, name],
-    ).fetchone()
-    return Column(table, *row) if row else None
-
-
-def require_column(con: duckdb.DuckDBPyConnection, table: Table, name: str) -> Column:
-    """The column ``name`` of ``table``; a missing one is an error naming what exists."""
-    column = column_of(con, table, name)
-    if column is None:
-        names = [
-            row[0]
-            for row in con.execute(
-                "SELECT column_name FROM duckdb_columns() WHERE database_name = ? AND schema_name = ? "
-                "AND table_name = ? ORDER BY column_index",
-                [table.database, table.schema, table.name],
-            ).fetchall()
-        ]
-        raise ConfigError(f"table {table} has no column {name!r}; its columns are {names}")
-    return column
-
-
-def set_comment(con: duckdb.DuckDBPyConnection, column: Column, comment: str) -> None:
-    """Store ``comment`` on ``column``."""
-    con.execute(f"COMMENT ON COLUMN {column.table.sql}.{column.sql} IS {quote_literal(comment)}")
+def set_comment(con: duckdb.DuckDBPyConnection, table: Table, column: Column, comment: str) -> None:
+    """Store ``comment`` on ``column`` of ``table``."""
+    con.execute(f"COMMENT ON COLUMN {table.sql}.{column.sql} IS {quote_literal(comment)}")

@@ -15,9 +15,7 @@ from duckdb_ext._catalog import (
     Column,
     Table,
     TableName,
-    column_of,
     quote_identifier,
-    require_column,
     resolve_table,
     set_comment,
 )
@@ -127,9 +125,9 @@ def record_provider(
     """
     resolved = resolve_provider(provider)
     target = resolve_table(con, table)
-    vectors = require_column(con, target, column)
+    vectors = target.require_column(column)
     check_width(resolved, vectors.width, column=vectors.name)
-    set_comment(con, vectors, VectorSpec.of(resolved).to_json())
+    set_comment(con, target, vectors, VectorSpec.of(resolved).to_json())
 
 
 def embed_table(
@@ -193,11 +191,12 @@ def embed_table(
     if isinstance(batch_rows, bool) or not isinstance(batch_rows, int) or batch_rows < 1:
         raise ConfigError(f"batch_rows must be a positive integer, got {batch_rows!r}")
     target = resolve_table(con, table)
-    texts = require_column(con, target, column)
+    target.check_row_ids()
+    texts = target.require_column(column)
     if texts.data_type != "VARCHAR":
         raise ConfigError(f"column {column!r} of {target} is {texts.data_type}, not VARCHAR text")
     vectors_name = into or f"{texts.name}_embedding"
-    existing = column_of(con, target, vectors_name)
+    existing = target.column(vectors_name)
     stored = _stored_provider(existing)
     chosen = (
         stored.with_options(**options)
@@ -209,7 +208,7 @@ def embed_table(
     vectors = _vector_column(con, target, vectors_name, existing, chosen)
     # Described before any row is written, so that a partial fill is described too.
     try:
-        set_comment(con, vectors, VectorSpec.of(chosen).to_json())
+        set_comment(con, target, vectors, VectorSpec.of(chosen).to_json())
     except ConfigError as error:  # a plain callable has no name another process could look up
         log.warning("column %r of %s is filled without a description: %s", vectors.name, target, error)
     return _fill(con, target, texts, vectors, chosen, batch_rows, progress)
@@ -225,10 +224,9 @@ def _vector_column(
 ) -> Column:
     """The ``FLOAT[d]`` column to fill, added when missing; a foreign comment on it is an error."""
     if existing is None:
-        con.execute(
-            f"ALTER TABLE {table.sql} ADD COLUMN {quote_identifier(name)} FLOAT[{provider.dimension}]"
-        )
-        return require_column(con, table, name)
+        added = Column(name, f"FLOAT[{provider.dimension}]", None)
+        con.execute(f"ALTER TABLE {table.sql} ADD COLUMN {added.sql} {added.data_type}")
+        return added
     check_width(provider, existing.width, column=existing.name)
     if existing.comment and existing.stored_spec() is None:
         raise ConfigError(

@@ -30,10 +30,8 @@ from duckdb_ext._catalog import (
     Column,
     Table,
     TableName,
-    column_of,
-    float_list,
+    float_literal,
     quote_identifier,
-    require_column,
     resolve_table,
     vector_literal,
 )
@@ -124,22 +122,31 @@ def search(
     if where is not None and not where.strip():
         where = None
     target = resolve_table(con, table)
-    vectors = require_column(con, target, column)
+    vectors = target.require_column(column)
     width = vectors.width
-    if column_of(con, target, "score") is not None:
+    if target.column("score") is not None:
         raise ConfigError(f"table {target} has a column named 'score', which search adds; rename it first")
+    target.check_row_ids()
     if isinstance(query, str):
-        query_vector = embed_queries([query], _query_provider(con, vectors, width, provider))[0]
+        query_vector = embed_queries([query], _query_provider(con, target, vectors, provider))[0]
     elif provider is not None:
         raise ConfigError("provider= embeds a text query, but the query is already a vector")
     else:
         query_vector = _as_vector(query)
-    _check_query(query_vector, vectors, width)
+    if query_vector.shape[0] != width:
+        raise DimensionMismatchError(
+            f"the query vector has width {query_vector.shape[0]}, but column {vectors.name!r} of "
+            f"{target} holds vectors of width {width}"
+        )
+    if not (np.isfinite(query_vector).all() and query_vector.any()):
+        raise ValueError(
+            "the query vector must be finite and not all zeros: cosine similarity needs a direction"
+        )
     if not exact:
-        indexed = _indexed_search(con, vectors, query_vector, k, where)
+        indexed = _indexed_search(con, target, vectors, query_vector, k, where)
         if indexed is not None:
             return indexed
-    return _exact_search(con, vectors, query_vector, k, where)
+    return _exact_search(con, target, vectors, query_vector, k, where)
 
 
 def _checked_k(k: int) -> int:
@@ -152,7 +159,7 @@ def _checked_k(k: int) -> int:
 
 
 def _query_provider(
-    con: duckdb.DuckDBPyConnection, vectors: Column, width: int, provider: ProviderLike
+    con: duckdb.DuckDBPyConnection, table: Table, vectors: Column, provider: ProviderLike
 ) -> Provider:
     """The provider that must embed a text query: the given one, the recorded one, or the recognised one."""
     spec = vectors.stored_spec()
@@ -165,19 +172,19 @@ def _query_provider(
         chosen = stored
     else:
         sample = con.execute(
-            f"SELECT {vectors.sql} FROM {vectors.table.sql} WHERE {vectors.sql} IS NOT NULL "
+            f"SELECT {vectors.sql} FROM {table.sql} WHERE {vectors.sql} IS NOT NULL "
             f"LIMIT {_RECOGNITION_SAMPLE}"
         ).pl()
         recognised = provider_of(sample.to_series()) if sample.height else None
         if recognised is None:
             raise ConfigError(
-                f"cannot tell which model made column {vectors.name!r} of {vectors.table}, so a text query "
+                f"cannot tell which model made column {vectors.name!r} of {table}, so a text query "
                 "cannot be embedded to match it: its comment does not say (fill it with "
                 "duckdb_ext.embed_table, or describe it with duckdb_ext.record_provider) and this process "
                 "did not make those vectors. Pass provider=, or a query vector"
             )
         chosen = recognised
-    check_width(chosen, width, column=vectors.name, made_by=spec.label if spec else None)
+    check_width(chosen, vectors.width, column=vectors.name, made_by=spec.label if spec else None)
     return chosen
 
 
@@ -193,23 +200,15 @@ def _as_vector(query: QueryLike) -> np.ndarray:
     return vector
 
 
-def _check_query(vector: np.ndarray, vectors: Column, width: int) -> None:
-    if vector.shape[0] != width:
-        raise DimensionMismatchError(
-            f"the query vector has width {vector.shape[0]}, but column {vectors.name!r} of "
-            f"{vectors.table} holds vectors of width {width}"
-        )
-    if not (np.isfinite(vector).all() and vector.any()):
-        raise ValueError(
-            "the query vector must be finite and not all zeros: cosine similarity needs a direction"
-        )
-
-
 def _indexed_search(
-    con: duckdb.DuckDBPyConnection, vectors: Column, query: np.ndarray, k: int, where: str | None
+    con: duckdb.DuckDBPyConnection,
+    table: Table,
+    vectors: Column,
+    query: np.ndarray,
+    k: int,
+    where: str | None,
 ) -> duckdb.DuckDBPyRelation | None:
     """The search through an HNSW index, or None where DuckDB would not use one."""
-    table = vectors.table
     if not _has_hnsw_index(con, table):
         return None
     try:
@@ -218,8 +217,9 @@ def _indexed_search(
         log.warning("table %s has an HNSW index, but the search is exact: %s", table, error)
         return None
     literal = vector_literal(query)
-    unfiltered = _index_sql(vectors, literal, fetch=k, k=k, where=None)
-    if INDEX_SCAN not in con.sql(unfiltered).explain():
+    unfiltered = _index_sql(table, vectors, literal, fetch=k, k=k, where=None)
+    # Whether the planner picks the index (metric, column, query shape) is read off its plan.
+    if INDEX_SCAN not in str(con.execute(f"EXPLAIN (FORMAT json) {unfiltered}").fetchall()):
         return None
     if where is None:
         return con.sql(unfiltered)
@@ -231,7 +231,7 @@ def _indexed_search(
         return None  # the exact search scores just those rows
     fetch = math.ceil(k * searchable / matching * _FETCH_MARGIN)
     while fetch <= _MAX_FETCH_SHARE * matching:
-        filtered = _index_sql(vectors, literal, fetch=fetch, k=k, where=where)
+        filtered = _index_sql(table, vectors, literal, fetch=fetch, k=k, where=where)
         if con.execute(f"SELECT count(*) FROM ({filtered})").fetchone()[0] == k:
             return con.sql(filtered)
         fetch *= _FETCH_GROWTH
@@ -249,7 +249,7 @@ def _has_hnsw_index(con: duckdb.DuckDBPyConnection, table: Table) -> bool:
     )
 
 
-def _index_sql(vectors: Column, literal: str, *, fetch: int, k: int, where: str | None) -> str:
+def _index_sql(table: Table, vectors: Column, literal: str, *, fetch: int, k: int, where: str | None) -> str:
     """The nearest ``fetch`` rows by the index, then the first ``k`` that pass ``where``.
 
     The inner query has the one shape vss rewrites into an index scan: ORDER BY
@@ -257,7 +257,6 @@ def _index_sql(vectors: Column, literal: str, *, fetch: int, k: int, where: str 
     cannot be pushed below the LIMIT; the subquery takes the table's name so
     that ``where`` may qualify columns with it.
     """
-    table = vectors.table
     condition = f"WHERE (\n{where}\n)\n" if where else ""
     return (
         f"SELECT * EXCLUDE ({_DISTANCE}), 1 - {_DISTANCE} AS score\n"
@@ -268,9 +267,13 @@ def _index_sql(vectors: Column, literal: str, *, fetch: int, k: int, where: str 
 
 
 def _exact_search(
-    con: duckdb.DuckDBPyConnection, vectors: Column, query: np.ndarray, k: int, where: str | None
+    con: duckdb.DuckDBPyConnection,
+    table: Table,
+    vectors: Column,
+    query: np.ndarray,
+    k: int,
+    where: str | None,
 ) -> duckdb.DuckDBPyRelation:
-    table = vectors.table
     condition = f" AND (\n{where}\n)" if where else ""
     candidates = con.execute(
         f"SELECT rowid, {vectors.sql} FROM {table.sql} AS {quote_identifier(table.name)} "
@@ -284,6 +287,6 @@ def _exact_search(
     row_list = ", ".join(str(int(row)) for row in rows)
     return con.sql(
         f"SELECT target.*, hits.score FROM {table.sql} AS target JOIN (SELECT "
-        f"unnest([{row_list}]::BIGINT[]) AS row, unnest({float_list(scores)}::FLOAT[]) AS score, "
+        f"unnest([{row_list}]::BIGINT[]) AS row, unnest({float_literal(scores, 'FLOAT[]')}) AS score, "
         f"unnest(range({len(rows)})) AS rank) AS hits ON target.rowid = hits.row ORDER BY hits.rank"
     )

@@ -34,7 +34,7 @@ from typing import Any, Literal
 
 import duckdb
 
-from duckdb_ext._catalog import TableName, quote_identifier, quote_literal, require_column, resolve_table
+from duckdb_ext._catalog import TableName, quote_identifier, quote_literal, resolve_table
 from polars_embed.errors import ConfigError, MissingDependencyError
 
 log = logging.getLogger(__name__)
@@ -186,7 +186,7 @@ def create_hnsw_index(
                 raise ConfigError(f"{option} must be an integer of at least 2, got {value!r}")
             settings.append(f"{option} = {value}")
     target = resolve_table(con, table)
-    vectors = require_column(con, target, column)
+    vectors = target.require_column(column)
     width = vectors.width
     index_name = name or f"{target.name}_{vectors.name}_hnsw"
     load_vss(con)

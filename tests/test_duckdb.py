@@ -12,9 +12,13 @@ import duckdb
 import numpy as np
 import polars as pl
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
 
 import duckdb_ext
 import polars_embed
+from duckdb_ext._catalog import vector_literal
 from polars_embed import (
     ConfigError,
     DimensionMismatchError,
@@ -324,6 +328,11 @@ class TestExactSearch:
             duckdb_ext.search(con, "nope", "vector", "blue")
         with pytest.raises(ConfigError, match="already a vector"):
             duckdb_ext.search(con, "docs", "vector", np.ones(32), provider="hashing")
+        con.sql("ALTER TABLE docs ADD COLUMN RowId BIGINT")
+        with pytest.raises(ConfigError, match="column named 'rowid'"):
+            duckdb_ext.search(con, "docs", "vector", "blue")
+        with pytest.raises(ConfigError, match="column named 'rowid'"):
+            duckdb_ext.embed_table(con, "docs", "body")
         con.sql("ALTER TABLE docs ADD COLUMN score DOUBLE")
         with pytest.raises(ConfigError, match="column named 'score'"):
             duckdb_ext.search(con, "docs", "vector", "blue")
@@ -340,6 +349,18 @@ class TestExactSearch:
         )
         printed = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
         assert printed.stdout.split() == ["7"]
+
+
+@settings(max_examples=50, deadline=None)
+@given(
+    hnp.arrays(
+        np.float32, st.integers(1, 40), elements=st.floats(width=32, allow_nan=False, allow_infinity=False)
+    )
+)
+def test_query_vectors_reach_sql_exactly(vector: np.ndarray) -> None:
+    with duckdb.connect() as con:
+        (back,) = con.sql(f"SELECT {vector_literal(vector)}").fetchone()
+    assert np.array_equal(np.array(back, dtype=np.float32), vector)
 
 
 class TestQuoting:
