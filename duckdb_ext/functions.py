@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 import duckdb
@@ -75,7 +76,7 @@ def register(
     resolved = resolve_provider(provider, **options)
     vector_type = f"FLOAT[{resolved.dimension}]"
     for function_name, kind in ((name, "document"), (f"{name}_query", "query")):
-        with contextlib.suppress(duckdb.InvalidInputException):  # nothing registered by that name yet
+        with contextlib.suppress(duckdb.Error):  # nothing registered by that name yet
             con.remove_function(function_name)
         con.create_function(
             function_name,
@@ -86,19 +87,18 @@ def register(
             # DuckDB 1.5's default NULL handling misaligns FLOAT[d] results after a NULL
             # row; the engine already turns NULL texts into NULL vectors itself.
             null_handling="special",
-            # Pure, so that DuckDB folds embed_query('constant') into a constant at plan
-            # time: embedded once, and an HNSW index can match it.
+            # Pure, so that DuckDB folds embed_query('constant') into a constant while
+            # planning (not once per row), which an HNSW index can then match.
             side_effects=False,
         )
     log.debug("registered SQL functions %s and %s_query for %s", name, name, resolved.label)
     return resolved
 
 
-def _sql_function(provider: Provider, kind: Kind) -> Any:
+def _sql_function(provider: Provider, kind: Kind) -> Callable[[pa.ChunkedArray], pa.Array]:
     def embed_chunk(texts: pa.ChunkedArray) -> pa.Array:
         return embed_series(as_text_series(texts), provider, kind=kind).to_arrow()
 
-    embed_chunk.__name__ = f"embed_{kind}s"
     return embed_chunk
 
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import logging
 import math
-import operator
 from collections.abc import Sequence
 
 import duckdb
@@ -38,7 +37,7 @@ from duckdb_ext._catalog import (
 from duckdb_ext.vss import load_vss
 from polars_embed.engine import embed_queries
 from polars_embed.errors import ConfigError, DimensionMismatchError, MissingDependencyError
-from polars_embed.kernels import topk
+from polars_embed.kernels import _check_k, topk
 from polars_embed.metadata import check_same_provider, check_width, provider_of
 from polars_embed.provider import Provider
 from polars_embed.registry import ProviderLike, resolve_provider
@@ -118,7 +117,7 @@ def search(
     >>> dogs.select("body").fetchall()
     [('a black dog',), ('a small dog',)]
     """
-    k = _checked_k(k)
+    k = _check_k(k)  # before it reaches SQL text
     if where is not None and not where.strip():
         where = None
     target = resolve_table(con, table)
@@ -147,15 +146,6 @@ def search(
         if indexed is not None:
             return indexed
     return _exact_search(con, target, vectors, query_vector, k, where)
-
-
-def _checked_k(k: int) -> int:
-    if isinstance(k, bool):
-        raise TypeError("k must be an integer, not a bool")
-    k = operator.index(k)
-    if k < 1:
-        raise ValueError(f"k must be a positive number of rows, got {k}")
-    return k
 
 
 def _query_provider(
