@@ -49,6 +49,11 @@ def register(
     again on the same connection replaces the earlier functions, so several
     providers can live on one connection under different names.
 
+    DuckDB may run the function on one of its worker threads while the calling
+    thread waits busily for results, taking a core from a local model: on 2
+    cores, 2,000 texts then took 15 s instead of 7.8 s (DuckDB 1.5.5, MiniLM).
+    :func:`embed_table` always runs the model on the calling thread.
+
     Parameters
     ----------
     con

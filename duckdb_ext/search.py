@@ -225,7 +225,12 @@ def _indexed_search(
         if con.execute(f"SELECT count(*) FROM ({filtered})").fetchone()[0] == k:
             return con.sql(filtered)
         fetch *= _FETCH_GROWTH
-    log.debug("the filter on %s keeps too few of the index's nearest rows; searching exactly", table)
+    log.debug(
+        "the filter on %s keeps %d of %d rows, too few for the index: exact search",
+        table,
+        matching,
+        searchable,
+    )
     return None
 
 
