@@ -1,1 +1,30 @@
-"""DuckDB SQL functions over the polars-embed engine, and the vss HNSW index helpers."""
+"""DuckDB front end: ``embed()`` in SQL, table backfills, and vector search with vss HNSW indexes.
+
+>>> import duckdb, duckdb_ext
+>>> con = duckdb.connect()
+>>> _ = duckdb_ext.register(con, "hashing", dims=64)
+>>> con.sql("SELECT len(embed('a cat')), embed_query(NULL)").fetchone()
+(64, None)
+
+Every vector goes through the polars-embed engine, so SQL gets the same NULL
+and blank handling, deduplication, batching, retries and checks as Polars.
+Table and column names are always quoted; ``where=`` in :func:`search` is SQL
+written by the caller. vss (HNSW indexes) is optional: everything but
+:func:`load_vss`, :func:`connect` and :func:`create_hnsw_index` works without it.
+"""
+
+from duckdb_ext._catalog import TableName
+from duckdb_ext.functions import embed_table, record_provider, register
+from duckdb_ext.search import search
+from duckdb_ext.vss import connect, create_hnsw_index, load_vss
+
+__all__ = [
+    "TableName",
+    "connect",
+    "create_hnsw_index",
+    "embed_table",
+    "load_vss",
+    "record_provider",
+    "register",
+    "search",
+]

@@ -1,0 +1,173 @@
+"""Names and column facts from the DuckDB catalog, and the SQL text built from them.
+
+Every table and column name the package writes into SQL goes through
+:func:`quote_identifier`; a name is looked up in the catalog once and then used
+fully qualified, so the statements the package runs name exactly the table
+that was looked up, whatever the search path says.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import duckdb
+import numpy as np
+
+from polars_embed.errors import ConfigError
+from polars_embed.metadata import VectorSpec
+
+TableName = str | Sequence[str]
+"""A table: ``"docs"``, ``("schema", "docs")`` or ``("database", "schema", "docs")``.
+
+Each part is one identifier, taken literally: ``"a.b"`` is a table named ``a.b``.
+"""
+
+_VECTOR_TYPE = re.compile(r"FLOAT\[(\d+)\]")
+
+
+def quote_identifier(name: str) -> str:
+    """``name`` as a quoted SQL identifier, whatever characters it holds."""
+    if not isinstance(name, str) or not name or "\x00" in name:
+        raise ConfigError(f"a table or column name must be a non-empty string without NUL, got {name!r}")
+    return '"' + name.replace('"', '""') + '"'
+
+
+def quote_literal(text: str) -> str:
+    """``text`` as a single-quoted SQL string literal."""
+    return "'" + text.replace("'", "''") + "'"
+
+
+def float_literal(values: np.ndarray, sql_type: str) -> str:
+    """A constant of ``sql_type`` (``FLOAT[d]``, ``FLOAT[]``) holding exactly these float32 values.
+
+    Nine significant digits give back every float32 exactly. One string cast is
+    much cheaper for DuckDB to plan than a list of hundreds of number literals.
+    """
+    return "'[" + ", ".join(format(float(value), ".8e") for value in values) + f"]'::{sql_type}"
+
+
+def vector_literal(vector: np.ndarray) -> str:
+    """A constant ``FLOAT[d]`` expression holding exactly ``vector``'s values."""
+    return float_literal(vector, f"FLOAT[{len(vector)}]")
+
+
+@dataclass(frozen=True)
+class Column:
+    """A table column: its name as the catalog spells it, its type and its comment."""
+
+    name: str
+    data_type: str
+    comment: str | None
+
+    @property
+    def sql(self) -> str:
+        """The quoted column name, to use inside a query over its table."""
+        return quote_identifier(self.name)
+
+    @property
+    def width(self) -> int:
+        """The vector width ``d`` of a ``FLOAT[d]`` column; any other type is an error."""
+        match = _VECTOR_TYPE.fullmatch(self.data_type)
+        if match is None:
+            raise ConfigError(f"column {self.name!r} is {self.data_type}, not a FLOAT[d] vector column")
+        return int(match.group(1))
+
+    def stored_spec(self) -> VectorSpec | None:
+        """The description of the vectors kept in the comment, if the comment is one.
+
+        A comment that is not a JSON object naming a provider is someone else's
+        note and is ignored; one that names a provider must be a valid spec.
+        """
+        if not self.comment:
+            return None
+        try:
+            data = json.loads(self.comment)
+        except ValueError:
+            return None
+        if not isinstance(data, dict) or "provider" not in data:
+            return None
+        return VectorSpec.from_json(self.comment)
+
+
+@dataclass(frozen=True)
+class Table:
+    """A base table as the catalog names it, with its columns when it was looked up."""
+
+    database: str
+    schema: str
+    name: str
+    columns: tuple[Column, ...] = field(default=(), compare=False, repr=False)
+
+    @property
+    def sql(self) -> str:
+        """The fully qualified, quoted name."""
+        return ".".join(map(quote_identifier, (self.database, self.schema, self.name)))
+
+    def __str__(self) -> str:
+        return f"{self.database}.{self.schema}.{self.name}"
+
+    def column(self, name: str) -> Column | None:
+        """The column ``name`` (matched without regard to case, as DuckDB does), or None."""
+        quote_identifier(name)
+        return next((column for column in self.columns if column.name.lower() == name.lower()), None)
+
+    def check_row_ids(self) -> None:
+        """Fail if a column named ``rowid`` hides the row ids that name rows to update or return."""
+        if self.column("rowid") is not None:
+            raise ConfigError(f"table {self} has a column named 'rowid', which hides DuckDB's row ids")
+
+    def require_column(self, name: str) -> Column:
+        """The column ``name``; a missing one is an error naming those that exist."""
+        column = self.column(name)
+        if column is None:
+            names = [column.name for column in self.columns]
+            raise ConfigError(f"table {self} has no column {name!r}; its columns are {names}")
+        return column
+
+
+def resolve_table(con: duckdb.DuckDBPyConnection, table: TableName) -> Table:
+    """Find a base table and its columns the way DuckDB resolves a name: temporary
+    tables first, then the current schema; a two-part name is a schema in the
+    current database, or a database's ``main`` schema."""
+    parts = tuple(table) if isinstance(table, tuple | list) else (table,)
+    if not 1 <= len(parts) <= 3:
+        raise ConfigError(
+            f"a table is a name or a (schema, name) or (database, schema, name) tuple, got {table!r}"
+        )
+    for part in parts:
+        quote_identifier(part)
+    *qualifiers, name = parts
+    rows = con.execute(
+        "SELECT database_name, schema_name, table_name, column_name, data_type, comment, "
+        "current_database(), current_schema() FROM duckdb_columns() AS c "
+        "WHERE lower(table_name) = lower(?) AND EXISTS (SELECT 1 FROM duckdb_tables() AS t "
+        "WHERE t.database_name = c.database_name AND t.schema_name = c.schema_name "
+        "AND t.table_name = c.table_name) ORDER BY column_index",
+        [name],
+    ).fetchall()
+    columns: dict[tuple[str, str, str], list[Column]] = {}
+    for database, schema, spelled, column_name, data_type, comment, _, _ in rows:
+        columns.setdefault((database, schema, spelled), []).append(Column(column_name, data_type, comment))
+    if rows:
+        current_database, current_schema = rows[0][-2:]
+        if len(qualifiers) == 2:
+            places = [tuple(qualifiers)]
+        elif len(qualifiers) == 1:
+            places = [(current_database, qualifiers[0]), (qualifiers[0], "main")]
+        else:
+            places = [("temp", "main"), (current_database, current_schema)]
+        for place in places:
+            for (database, schema, spelled), found in columns.items():
+                if (database.lower(), schema.lower()) == (place[0].lower(), place[1].lower()):
+                    return Table(database, schema, spelled, tuple(found))
+    raise ConfigError(
+        f"no table {'.'.join(parts)!r} (views are not searchable: search needs a base table's rowid)"
+    )
+
+
+def set_comment(con: duckdb.DuckDBPyConnection, table: Table, column: Column, comment: str) -> None:
+    """Store ``comment`` on ``column`` of ``table``."""
+    con.execute(f"COMMENT ON COLUMN {table.sql}.{column.sql} IS {quote_literal(comment)}")

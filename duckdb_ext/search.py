@@ -1,0 +1,287 @@
+"""Nearest neighbours of a query in a table's vector column, by cosine similarity.
+
+Two paths give the same kind of answer, a relation of the table's rows plus a
+``score`` column, best first:
+
+- **HNSW**, when the column has a vss cosine index that DuckDB's planner picks
+  for the query (checked on the plan itself: ``HNSW_INDEX_SCAN``). vss applies a
+  WHERE filter *after* the index has returned its ``LIMIT`` rows, so a filtered
+  search asks the index for more rows than ``k`` (as many as the filter's
+  selectivity says are needed, twice over, growing if that was not enough) and
+  keeps the first ``k`` that pass the filter.
+- **Exact**, otherwise: the vectors of the rows that pass the filter are read
+  into memory and ranked by :func:`polars_embed.topk`. It is also where a
+  filtered search goes when the filter is so selective that the index would
+  have to return more than a quarter of the rows the exact search would score.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Sequence
+
+import duckdb
+import numpy as np
+import polars as pl
+
+from duckdb_ext._catalog import (
+    Column,
+    Table,
+    TableName,
+    float_literal,
+    quote_identifier,
+    resolve_table,
+    vector_literal,
+)
+from duckdb_ext.vss import load_vss
+from polars_embed.engine import embed_queries
+from polars_embed.errors import ConfigError, DimensionMismatchError, MissingDependencyError
+from polars_embed.kernels import _check_k, topk
+from polars_embed.metadata import check_same_provider, check_width, provider_of
+from polars_embed.provider import Provider
+from polars_embed.registry import ProviderLike, resolve_provider
+
+log = logging.getLogger(__name__)
+
+QueryLike = str | Sequence[float] | np.ndarray | pl.Series
+
+INDEX_SCAN = "HNSW_INDEX_SCAN"
+_DISTANCE = "__polars_embed_distance"
+# A filtered index search first asks for this many times the rows the filter's
+# selectivity says it needs, then grows the request by _FETCH_GROWTH while it
+# stays within _MAX_FETCH_SHARE of the rows an exact search would score.
+_FETCH_MARGIN = 2
+_FETCH_GROWTH = 4
+_MAX_FETCH_SHARE = 0.25
+_RECOGNITION_SAMPLE = 16
+
+
+def search(
+    con: duckdb.DuckDBPyConnection,
+    table: TableName,
+    column: str,
+    query: QueryLike,
+    *,
+    k: int = 10,
+    where: str | None = None,
+    provider: ProviderLike = None,
+    exact: bool = False,
+) -> duckdb.DuckDBPyRelation:
+    """Find the ``k`` rows whose vectors are most similar to ``query``.
+
+    Parameters
+    ----------
+    con
+        The connection.
+    table
+        The table: a name, or a (schema, name) or (database, schema, name) tuple.
+    column
+        Its ``FLOAT[d]`` vector column.
+    query
+        A text, embedded as a search query, or a vector of width ``d``.
+    k
+        How many rows to return (fewer when fewer rows have a vector and pass ``where``).
+    where
+        A SQL condition on the table's columns, e.g. ``"lang = 'en'"``. It is
+        inserted into the query as written: it is SQL, so never build it from
+        untrusted input.
+    provider
+        The provider that embeds a text query. By default the one recorded in
+        the column's comment (:func:`embed_table`, :func:`record_provider`),
+        else the one that made the vectors if this process made them (e.g.
+        with ``embed()`` in SQL). A provider that differs from the recorded
+        one is an error.
+    exact
+        Skip any HNSW index and rank every row exactly.
+
+    Returns
+    -------
+    duckdb.DuckDBPyRelation
+        The table's columns and ``score`` (cosine similarity), best first. The
+        relation is lazy: through an index it searches again each time it is
+        read; an exact search's rows are fixed when ``search`` returns.
+
+    Examples
+    --------
+    >>> import duckdb, duckdb_ext
+    >>> con = duckdb.connect()
+    >>> _ = duckdb_ext.register(con, "hashing", dims=64)
+    >>> _ = con.sql(
+    ...     "CREATE TABLE pets AS SELECT body, embed(body) AS vector FROM "
+    ...     "(VALUES ('a black cat'), ('a small dog'), ('a black dog')) t(body)"
+    ... )
+    >>> duckdb_ext.search(con, "pets", "vector", "black cat", k=2).select("body").fetchall()
+    [('a black cat',), ('a black dog',)]
+    >>> dogs = duckdb_ext.search(con, "pets", "vector", "black cat", k=2, where="body LIKE '%dog'")
+    >>> dogs.select("body").fetchall()
+    [('a black dog',), ('a small dog',)]
+    """
+    k = _check_k(k)  # before it reaches SQL text
+    if where is not None and not where.strip():
+        where = None
+    target = resolve_table(con, table)
+    vectors = target.require_column(column)
+    width = vectors.width
+    if target.column("score") is not None:
+        raise ConfigError(f"table {target} has a column named 'score', which search adds; rename it first")
+    target.check_row_ids()
+    if isinstance(query, str):
+        query_vector = embed_queries([query], _query_provider(con, target, vectors, provider))[0]
+    elif provider is not None:
+        raise ConfigError("provider= embeds a text query, but the query is already a vector")
+    else:
+        query_vector = _as_vector(query)
+    if query_vector.shape[0] != width:
+        raise DimensionMismatchError(
+            f"the query vector has width {query_vector.shape[0]}, but column {vectors.name!r} of "
+            f"{target} holds vectors of width {width}"
+        )
+    if not (np.isfinite(query_vector).all() and query_vector.any()):
+        raise ValueError(
+            "the query vector must be finite and not all zeros: cosine similarity needs a direction"
+        )
+    if not exact:
+        indexed = _indexed_search(con, target, vectors, query_vector, k, where)
+        if indexed is not None:
+            return indexed
+    return _exact_search(con, target, vectors, query_vector, k, where)
+
+
+def _query_provider(
+    con: duckdb.DuckDBPyConnection, table: Table, vectors: Column, provider: ProviderLike
+) -> Provider:
+    """The provider that must embed a text query: the given one, the recorded one, or the recognised one."""
+    spec = vectors.stored_spec()
+    stored = spec.create_provider() if spec else None
+    if provider is not None:
+        chosen = resolve_provider(provider)
+        if stored is not None:
+            check_same_provider(chosen, stored, column=vectors.name)
+    elif stored is not None:
+        chosen = stored
+    else:
+        sample = con.execute(
+            f"SELECT {vectors.sql} FROM {table.sql} WHERE {vectors.sql} IS NOT NULL "
+            f"LIMIT {_RECOGNITION_SAMPLE}"
+        ).pl()
+        recognised = provider_of(sample.to_series()) if sample.height else None
+        if recognised is None:
+            raise ConfigError(
+                f"cannot tell which model made column {vectors.name!r} of {table}, so a text query "
+                "cannot be embedded to match it: its comment does not say (fill it with "
+                "duckdb_ext.embed_table, or describe it with duckdb_ext.record_provider) and this process "
+                "did not make those vectors. Pass provider=, or a query vector"
+            )
+        chosen = recognised
+    check_width(chosen, vectors.width, column=vectors.name, made_by=spec.label if spec else None)
+    return chosen
+
+
+def _as_vector(query: QueryLike) -> np.ndarray:
+    try:
+        vector = np.asarray(query, dtype=np.float32)
+    except (TypeError, ValueError) as error:
+        raise TypeError(f"a query is a text or a vector of numbers: {error}") from None
+    if vector.ndim == 2 and vector.shape[0] == 1:
+        vector = vector[0]
+    if vector.ndim != 1:
+        raise ValueError(f"a query vector must be one row of numbers, got shape {vector.shape}")
+    return vector
+
+
+def _indexed_search(
+    con: duckdb.DuckDBPyConnection,
+    table: Table,
+    vectors: Column,
+    query: np.ndarray,
+    k: int,
+    where: str | None,
+) -> duckdb.DuckDBPyRelation | None:
+    """The search through an HNSW index, or None where DuckDB would not use one."""
+    if not _has_hnsw_index(con, table):
+        return None
+    try:
+        load_vss(con)
+    except MissingDependencyError as error:
+        log.warning("table %s has an HNSW index, but the search is exact: %s", table, error)
+        return None
+    literal = vector_literal(query)
+    unfiltered = _index_sql(table, vectors, literal, fetch=k, k=k, where=None)
+    # Whether the planner picks the index (metric, column, query shape) is read off its plan.
+    if INDEX_SCAN not in str(con.execute(f"EXPLAIN (FORMAT json) {unfiltered}").fetchall()):
+        return None
+    if where is None:
+        return con.sql(unfiltered)
+    matching, searchable = con.execute(
+        f"SELECT count(*) FILTER (WHERE (\n{where}\n)), count(*) "
+        f"FROM {table.sql} AS {quote_identifier(table.name)} WHERE {vectors.sql} IS NOT NULL"
+    ).fetchone()
+    if matching <= k:
+        return None  # the exact search scores just those rows
+    fetch = math.ceil(k * searchable / matching * _FETCH_MARGIN)
+    while fetch <= _MAX_FETCH_SHARE * matching:
+        filtered = _index_sql(table, vectors, literal, fetch=fetch, k=k, where=where)
+        if con.execute(f"SELECT count(*) FROM ({filtered})").fetchone()[0] == k:
+            return con.sql(filtered)
+        fetch *= _FETCH_GROWTH
+    log.debug(
+        "the filter on %s keeps %d of %d rows, too few for the index: exact search",
+        table,
+        matching,
+        searchable,
+    )
+    return None
+
+
+def _has_hnsw_index(con: duckdb.DuckDBPyConnection, table: Table) -> bool:
+    return bool(
+        con.execute(
+            "SELECT count(*) FROM duckdb_indexes() WHERE database_name = ? AND schema_name = ? "
+            "AND table_name = ? AND sql ILIKE '%USING HNSW%'",
+            [table.database, table.schema, table.name],
+        ).fetchone()[0]
+    )
+
+
+def _index_sql(table: Table, vectors: Column, literal: str, *, fetch: int, k: int, where: str | None) -> str:
+    """The nearest ``fetch`` rows by the index, then the first ``k`` that pass ``where``.
+
+    The inner query has the one shape vss rewrites into an index scan: ORDER BY
+    a distance to a constant, then LIMIT. The filter stays outside it, where it
+    cannot be pushed below the LIMIT; the subquery takes the table's name so
+    that ``where`` may qualify columns with it.
+    """
+    condition = f"WHERE (\n{where}\n)\n" if where else ""
+    return (
+        f"SELECT * EXCLUDE ({_DISTANCE}), 1 - {_DISTANCE} AS score\n"
+        f"FROM (SELECT *, array_cosine_distance({vectors.sql}, {literal}) AS {_DISTANCE} "
+        f"FROM {table.sql} ORDER BY {_DISTANCE} LIMIT {fetch}) AS {quote_identifier(table.name)}\n"
+        f"{condition}ORDER BY {_DISTANCE} LIMIT {k}"
+    )
+
+
+def _exact_search(
+    con: duckdb.DuckDBPyConnection,
+    table: Table,
+    vectors: Column,
+    query: np.ndarray,
+    k: int,
+    where: str | None,
+) -> duckdb.DuckDBPyRelation:
+    condition = f" AND (\n{where}\n)" if where else ""
+    candidates = con.execute(
+        f"SELECT rowid, {vectors.sql} FROM {table.sql} AS {quote_identifier(table.name)} "
+        f"WHERE {vectors.sql} IS NOT NULL{condition}"
+    ).pl()
+    if candidates.height:
+        indices, scores = topk(query, candidates.to_series(1).to_numpy(), k, metric="cosine")
+        rows, scores = candidates.to_series(0).to_numpy()[indices[0]], scores[0]
+    else:
+        rows, scores = np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)
+    row_list = ", ".join(str(int(row)) for row in rows)
+    return con.sql(
+        f"SELECT target.*, hits.score FROM {table.sql} AS target JOIN (SELECT "
+        f"unnest([{row_list}]::BIGINT[]) AS row, unnest({float_literal(scores, 'FLOAT[]')}) AS score, "
+        f"unnest(range({len(rows)})) AS rank) AS hits ON target.rowid = hits.row ORDER BY hits.rank"
+    )

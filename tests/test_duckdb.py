@@ -1,0 +1,409 @@
+"""DuckDB without vss: embed() in SQL, embed_table backfills, exact search, and quoting."""
+
+from __future__ import annotations
+
+import contextlib
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import duckdb
+import numpy as np
+import polars as pl
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+import duckdb_ext
+import polars_embed
+from duckdb_ext._catalog import vector_literal
+from polars_embed import (
+    ConfigError,
+    DimensionMismatchError,
+    DuplicateProviderError,
+    EmbeddingIncompleteError,
+)
+from polars_embed.metadata import VectorSpec
+from tests.providers import CountingProvider
+
+HOSTILE_TABLE = 'we"ird; DROP TABLE victim; --'
+HOSTILE_TEXT = "bo'dy\"; DELETE FROM victim; --"
+HOSTILE_VECTOR = 'v"e;c'
+
+
+@pytest.fixture(scope="module", autouse=True)
+def counting_is_registered() -> None:
+    """Specs stored in comments name their provider, which must be in the registry to be read back."""
+    with contextlib.suppress(DuplicateProviderError):
+        polars_embed.get_registry().register(CountingProvider, origin="tests")
+
+
+@pytest.fixture
+def con() -> Iterator[duckdb.DuckDBPyConnection]:
+    connection = duckdb.connect()
+    yield connection
+    connection.close()
+
+
+def texts_with_gaps(count: int) -> list[str | None]:
+    """Distinct texts with NULLs and blanks scattered between them."""
+    return [None if i % 7 == 3 else "  " if i % 11 == 5 else f"text number {i}" for i in range(count)]
+
+
+def create_docs(con: duckdb.DuckDBPyConnection, texts: list[str | None], name: str = "docs") -> None:
+    frame = pl.DataFrame({"id": range(len(texts)), "body": texts}, schema={"id": pl.Int64, "body": pl.String})
+    con.register("docs_frame", frame)
+    con.execute(f'CREATE TABLE "{name}" AS SELECT * FROM docs_frame')
+    con.unregister("docs_frame")
+
+
+def vectors_by_id(con: duckdb.DuckDBPyConnection, sql: str) -> list[list[float] | None]:
+    return con.sql(sql).pl()["vector"].to_list()
+
+
+class TestSqlFunctions:
+    def test_nulls_and_blanks_between_texts_stay_aligned_across_chunks(
+        self, con: duckdb.DuckDBPyConnection
+    ) -> None:
+        # DuckDB 1.5's default NULL handling zeroes or shifts the vectors after a NULL row.
+        texts = texts_with_gaps(5000)  # several 2,048-row chunks
+        create_docs(con, texts)
+        duckdb_ext.register(con, "hashing", dims=16)
+        got = vectors_by_id(con, "SELECT embed(body) AS vector FROM docs ORDER BY id")
+        assert got == polars_embed.embed(texts, "hashing", dims=16).to_list()
+
+    def test_the_default_model_in_sql_gives_the_engines_vectors(self, con: duckdb.DuckDBPyConnection) -> None:
+        texts = ["a cat sat on the mat", None, "quarterly revenue grew", "", "a cat sat on the mat", "rain"]
+        create_docs(con, texts)
+        provider = duckdb_ext.register(con)
+        assert provider.label == "sentence-transformers:all-MiniLM-L6-v2"
+        got = con.sql("SELECT embed(body) AS vector, typeof(embed(body)) AS type FROM docs ORDER BY id").pl()
+        assert set(got["type"]) == {"FLOAT[384]"}
+        expected = polars_embed.embed(texts)
+        assert got["vector"].is_null().to_list() == expected.is_null().to_list()
+        np.testing.assert_allclose(
+            got["vector"].drop_nulls().to_numpy(), expected.drop_nulls().to_numpy(), atol=1e-6
+        )
+
+    def test_embed_query_of_a_constant_is_folded_into_a_constant(
+        self, con: duckdb.DuckDBPyConnection, counting: CountingProvider
+    ) -> None:
+        duckdb_ext.register(con, counting)
+        statement = "SELECT max(array_cosine_similarity(embed(body), embed_query('needle'))) FROM {}"
+        calls = []
+        for table, rows in (("one_row", 1), ("three_chunks", 5000)):
+            create_docs(con, [f"text {i}" for i in range(rows)], name=table)
+            assert "embed_query" not in con.sql(f"EXPLAIN {statement.format(table)}").fetchall()[0][1]
+            before = counting.recorder.texts.count("needle")
+            con.sql(statement.format(table)).fetchall()
+            calls.append(counting.recorder.texts.count("needle") - before)
+        # Planning folds it (a few times per statement), never once per row or per chunk.
+        assert calls[0] == calls[1] <= 3
+
+    def test_embed_query_embeds_as_a_query(
+        self, con: duckdb.DuckDBPyConnection, counting: CountingProvider
+    ) -> None:
+        duckdb_ext.register(con, counting)
+        query = con.sql("SELECT embed_query('x') AS vector").pl()["vector"].to_list()
+        assert query == polars_embed.embed(["x"], counting, kind="query").to_list()
+        assert query != polars_embed.embed(["x"], counting, kind="document").to_list()
+
+    def test_several_providers_live_on_one_connection(
+        self, con: duckdb.DuckDBPyConnection, counting: CountingProvider
+    ) -> None:
+        duckdb_ext.register(con, "hashing", name="narrow", dims=8)
+        duckdb_ext.register(con, "hashing:chars", name="wide", dims=32)
+        duckdb_ext.register(con, counting, name="counted")
+        row = con.sql("SELECT narrow('x') AS a, wide('x') AS b, counted_query('x') AS c").pl().row(0)
+        assert list(row[0]) == polars_embed.embed(["x"], "hashing", dims=8).to_list()[0]
+        assert list(row[1]) == polars_embed.embed(["x"], "hashing:chars", dims=32).to_list()[0]
+        assert list(row[2]) == polars_embed.embed(["x"], counting, kind="query").to_list()[0]
+
+    def test_registering_a_name_again_replaces_its_functions(self, con: duckdb.DuckDBPyConnection) -> None:
+        duckdb_ext.register(con, "hashing", dims=8)
+        duckdb_ext.register(con, "hashing", dims=12)
+        assert con.sql("SELECT typeof(embed('x')), typeof(embed_query('x'))").fetchone() == ("FLOAT[12]",) * 2
+
+    def test_create_table_as_and_insert_select(self, con: duckdb.DuckDBPyConnection) -> None:
+        texts = texts_with_gaps(300)
+        create_docs(con, texts)
+        duckdb_ext.register(con, "hashing", dims=16)
+        con.sql("CREATE TABLE made AS SELECT id, embed(body) AS vector FROM docs")
+        con.sql("INSERT INTO made SELECT id + 1000, embed(body) FROM docs")
+        expected = polars_embed.embed(texts, "hashing", dims=16).to_list()
+        assert vectors_by_id(con, "SELECT vector FROM made ORDER BY id") == expected * 2
+        assert con.sql("SELECT data_type FROM duckdb_columns() WHERE column_name = 'vector'").fetchone() == (
+            "FLOAT[16]",
+        )
+
+    def test_over_parquet(self, con: duckdb.DuckDBPyConnection, tmp_path: Path) -> None:
+        texts = texts_with_gaps(3000)
+        pl.DataFrame({"id": range(len(texts)), "body": texts}).write_parquet(tmp_path / "docs.parquet")
+        duckdb_ext.register(con, "hashing", dims=16)
+        got = con.execute(
+            "SELECT embed(body) AS vector FROM read_parquet(?) ORDER BY id", [str(tmp_path / "docs.parquet")]
+        ).pl()
+        assert got["vector"].to_list() == polars_embed.embed(texts, "hashing", dims=16).to_list()
+
+    def test_over_a_polars_frame(self, con: duckdb.DuckDBPyConnection) -> None:
+        texts = texts_with_gaps(3000)
+        frame = pl.DataFrame({"id": range(len(texts)), "body": texts})  # found by DuckDB's replacement scan
+        duckdb_ext.register(con, "hashing", dims=16)
+        got = con.sql("SELECT embed(body) AS vector FROM frame ORDER BY id").pl()
+        assert frame.height == len(got)
+        assert got["vector"].to_list() == polars_embed.embed(texts, "hashing", dims=16).to_list()
+
+    def test_a_provider_failure_is_a_duckdb_error_carrying_its_message(
+        self, con: duckdb.DuckDBPyConnection
+    ) -> None:
+        create_docs(con, ["alpha", "beta"])
+        duckdb_ext.register(con, CountingProvider(fail_on=1, api_key="sk-secret-key"))
+        with pytest.raises(duckdb.Error, match="400 bad request") as caught:
+            con.sql("SELECT embed(body) FROM docs").fetchall()
+        assert "sk-secret-key" not in str(caught.value)
+
+
+class TestEmbedTable:
+    def test_a_rerun_after_a_failure_embeds_only_the_rows_still_null(
+        self, con: duckdb.DuckDBPyConnection
+    ) -> None:
+        texts = texts_with_gaps(60)
+        create_docs(con, texts)
+        failing = CountingProvider(fail_on=2)
+        with pytest.raises(EmbeddingIncompleteError, match="400 bad request"):
+            duckdb_ext.embed_table(con, "docs", "body", into="vector", provider=failing, batch_rows=20)
+        kept = con.sql("SELECT count(vector) FROM docs").fetchone()[0]
+        assert 0 < kept < len([t for t in texts if t and t.strip()])
+
+        resumed = CountingProvider()
+        written = duckdb_ext.embed_table(con, "docs", "body", into="vector", provider=resumed, batch_rows=20)
+        assert written == len(resumed.recorder.texts)
+        first_run = [text for batch in failing.recorder.batches[:1] for text in batch]
+        assert sorted(resumed.recorder.texts + first_run) == sorted(t for t in texts if t and t.strip())
+        expected = polars_embed.embed(texts, resumed).to_list()
+        assert vectors_by_id(con, "SELECT vector FROM docs ORDER BY id") == expected
+
+    def test_the_provider_is_recorded_and_a_rerun_needs_none(self, con: duckdb.DuckDBPyConnection) -> None:
+        create_docs(con, ["alpha", "beta", None])
+        assert duckdb_ext.embed_table(con, "docs", "body", provider="hashing:words", dims=24) == 2
+        comment = con.sql(
+            "SELECT comment FROM duckdb_columns() WHERE column_name = 'body_embedding'"
+        ).fetchone()
+        spec = VectorSpec.from_json(comment[0])
+        assert (spec.provider, spec.options["model"], spec.dimension) == ("hashing", "words", 24)
+
+        con.sql("INSERT INTO docs (id, body) VALUES (10, 'gamma')")
+        assert duckdb_ext.embed_table(con, "docs", "body") == 1
+        got = vectors_by_id(con, "SELECT body_embedding AS vector FROM docs ORDER BY id")
+        assert got == polars_embed.embed(["alpha", "beta", None, "gamma"], "hashing:words", dims=24).to_list()
+
+    def test_a_plain_function_fills_the_column_without_a_description(
+        self, con: duckdb.DuckDBPyConnection, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        create_docs(con, ["alpha", "beta"])
+        written = duckdb_ext.embed_table(con, "docs", "body", provider=lambda texts: np.ones((len(texts), 4)))
+        assert written == 2 and "without a description" in caplog.text
+        assert con.sql(
+            "SELECT comment FROM duckdb_columns() WHERE column_name = 'body_embedding'"
+        ).fetchone() == (None,)
+
+    def test_a_provider_other_than_the_recorded_one_is_refused(self, con: duckdb.DuckDBPyConnection) -> None:
+        create_docs(con, ["alpha"])
+        duckdb_ext.embed_table(con, "docs", "body", provider="hashing", dims=16)
+        with pytest.raises(ConfigError, match="was embedded with hashing"):
+            duckdb_ext.embed_table(con, "docs", "body", provider="hashing:chars", dims=16)
+
+    def test_an_existing_column_of_another_width_is_refused(self, con: duckdb.DuckDBPyConnection) -> None:
+        create_docs(con, ["alpha"])
+        con.sql("ALTER TABLE docs ADD COLUMN vector FLOAT[8]")
+        with pytest.raises(DimensionMismatchError, match=r"width 8.*width 16"):
+            duckdb_ext.embed_table(con, "docs", "body", into="vector", provider="hashing", dims=16)
+
+    def test_a_comment_that_is_not_a_description_is_not_overwritten(
+        self, con: duckdb.DuckDBPyConnection
+    ) -> None:
+        create_docs(con, ["alpha"])
+        con.sql("ALTER TABLE docs ADD COLUMN vector FLOAT[8]")
+        con.sql("COMMENT ON COLUMN docs.vector IS 'owned by the search team'")
+        with pytest.raises(ConfigError, match="owned by the search team"):
+            duckdb_ext.embed_table(con, "docs", "body", into="vector", provider="hashing", dims=8)
+
+    def test_only_text_columns_are_embedded(self, con: duckdb.DuckDBPyConnection) -> None:
+        create_docs(con, ["alpha"])
+        with pytest.raises(ConfigError, match="BIGINT, not VARCHAR"):
+            duckdb_ext.embed_table(con, "docs", "id", provider="hashing")
+        with pytest.raises(ConfigError, match=r"no column 'nope'.*'id', 'body'"):
+            duckdb_ext.embed_table(con, "docs", "nope", provider="hashing")
+
+
+def hashed_docs(con: duckdb.DuckDBPyConnection, count: int = 500, dims: int = 32) -> np.ndarray:
+    """A ``docs`` table with a hashing ``vector`` column (recorded); returns the vectors."""
+    texts = [f"{['red', 'green', 'blue'][i % 3]} item {i} of kind {i % 13}" for i in range(count)]
+    create_docs(con, texts)
+    duckdb_ext.embed_table(con, "docs", "body", into="vector", provider="hashing", dims=dims)
+    return polars_embed.embed(texts, "hashing", dims=dims).to_numpy()
+
+
+class TestExactSearch:
+    def test_results_are_the_kernels_best_rows_with_their_scores(
+        self, con: duckdb.DuckDBPyConnection
+    ) -> None:
+        vectors = hashed_docs(con)
+        query = polars_embed.embed(["blue item 42"], "hashing", dims=32, kind="query").to_numpy()[0]
+        indices, scores = polars_embed.topk(query, vectors, k=7)
+        found = duckdb_ext.search(con, "docs", "vector", "blue item 42", k=7).pl()
+        assert found["id"].to_list() == indices[0].tolist()
+        np.testing.assert_allclose(found["score"].to_numpy(), scores[0], rtol=1e-6)
+        assert found.columns == ["id", "body", "vector", "score"]
+
+    def test_a_vector_query_needs_no_provider(self, con: duckdb.DuckDBPyConnection) -> None:
+        vectors = hashed_docs(con)
+        for query in (vectors[5], vectors[5].tolist(), pl.Series(vectors[5]), vectors[5:6]):
+            assert duckdb_ext.search(con, "docs", "vector", query, k=1).fetchone()[0] == 5
+
+    def test_where_filters_before_ranking(self, con: duckdb.DuckDBPyConnection) -> None:
+        hashed_docs(con)
+        found = duckdb_ext.search(con, "docs", "vector", "blue item 42", k=5, where="body LIKE 'red%'").pl()
+        assert found.height == 5 and all(body.startswith("red") for body in found["body"])
+        qualified = duckdb_ext.search(con, "docs", "vector", "blue item 42", k=5, where="docs.id < 3").pl()
+        assert sorted(qualified["id"]) == [0, 1, 2]  # fewer than k rows match
+
+    def test_null_and_zero_vectors_are_never_returned(self, con: duckdb.DuckDBPyConnection) -> None:
+        con.sql("CREATE TABLE docs (id INTEGER, vector FLOAT[3])")
+        con.sql("INSERT INTO docs VALUES (1, [1, 0, 0]), (2, NULL), (3, [0, 0, 0]), (4, [0, 1, 0])")
+        assert duckdb_ext.search(con, "docs", "vector", [1, 1, 0], k=10).select("id").fetchall() == [
+            (1,),
+            (4,),
+        ]
+
+    def test_an_empty_table_gives_an_empty_relation(self, con: duckdb.DuckDBPyConnection) -> None:
+        con.sql("CREATE TABLE docs (id INTEGER, vector FLOAT[3])")
+        assert duckdb_ext.search(con, "docs", "vector", [1, 0, 0]).fetchall() == []
+
+    def test_vectors_made_in_this_process_are_recognised(self, con: duckdb.DuckDBPyConnection) -> None:
+        create_docs(con, ["a black cat", "a small dog"])
+        duckdb_ext.register(con, "hashing", dims=48, model="words")
+        con.sql("CREATE TABLE pets AS SELECT id, body, embed(body) AS vector FROM docs")
+        assert duckdb_ext.search(con, "pets", "vector", "black cat", k=1).fetchone()[1] == "a black cat"
+
+    def test_vectors_of_unknown_origin_need_a_provider(self, con: duckdb.DuckDBPyConnection) -> None:
+        con.sql("CREATE TABLE docs AS SELECT [0.5, 0.25]::FLOAT[2] AS vector")
+        with pytest.raises(ConfigError, match="cannot tell which model made column 'vector'"):
+            duckdb_ext.search(con, "docs", "vector", "a text")
+
+    def test_a_provider_other_than_the_recorded_one_is_refused(self, con: duckdb.DuckDBPyConnection) -> None:
+        hashed_docs(con)
+        with pytest.raises(ConfigError, match="was embedded with hashing"):
+            duckdb_ext.search(
+                con,
+                "docs",
+                "vector",
+                "blue",
+                provider=polars_embed.resolve_provider("hashing:chars", dims=32),
+            )
+
+    def test_a_width_mismatch_names_both_widths_and_the_models(self, con: duckdb.DuckDBPyConnection) -> None:
+        create_docs(con, ["alpha"])
+        duckdb_ext.register(con, "hashing", dims=16)
+        con.sql("CREATE TABLE made AS SELECT embed(body) AS vector FROM docs")
+        wide = polars_embed.resolve_provider("hashing", dims=32)
+        with pytest.raises(
+            DimensionMismatchError, match=r"width 16.*hashing:words\+chars makes vectors of width 32"
+        ):
+            duckdb_ext.search(con, "made", "vector", "alpha", provider=wide)
+        with pytest.raises(DimensionMismatchError, match=r"query vector has width 3.*width 16"):
+            duckdb_ext.search(con, "made", "vector", [1.0, 2.0, 3.0])
+
+    def test_bad_arguments(self, con: duckdb.DuckDBPyConnection) -> None:
+        hashed_docs(con)
+        with pytest.raises(ValueError, match="k must be a positive"):
+            duckdb_ext.search(con, "docs", "vector", "blue", k=0)
+        with pytest.raises(ValueError, match="not all zeros"):
+            duckdb_ext.search(con, "docs", "vector", np.zeros(32))
+        with pytest.raises(ConfigError, match="not a FLOAT"):
+            duckdb_ext.search(con, "docs", "body", "blue")
+        with pytest.raises(ConfigError, match="no table 'nope'"):
+            duckdb_ext.search(con, "nope", "vector", "blue")
+        with pytest.raises(ConfigError, match="already a vector"):
+            duckdb_ext.search(con, "docs", "vector", np.ones(32), provider="hashing")
+        con.sql("ALTER TABLE docs ADD COLUMN RowId BIGINT")
+        with pytest.raises(ConfigError, match="column named 'rowid'"):
+            duckdb_ext.search(con, "docs", "vector", "blue")
+        with pytest.raises(ConfigError, match="column named 'rowid'"):
+            duckdb_ext.embed_table(con, "docs", "body")
+        con.sql("ALTER TABLE docs ADD COLUMN score DOUBLE")
+        with pytest.raises(ConfigError, match="column named 'score'"):
+            duckdb_ext.search(con, "docs", "vector", "blue")
+
+    def test_a_fresh_process_embeds_the_query_with_the_recorded_provider(self, tmp_path: Path) -> None:
+        database = tmp_path / "docs.duckdb"
+        with duckdb.connect(str(database)) as con:
+            hashed_docs(con, dims=40)
+        # Nothing in the new process has seen these vectors: only the comment can name the model.
+        script = (
+            "import duckdb, duckdb_ext\n"
+            f"con = duckdb.connect({str(database)!r}, read_only=True)\n"
+            "print(duckdb_ext.search(con, 'docs', 'vector', 'green item 7 of kind 7', k=1).fetchone()[0])\n"
+        )
+        printed = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+        assert printed.stdout.split() == ["7"]
+
+
+@settings(max_examples=50, deadline=None)
+@given(
+    hnp.arrays(
+        np.float32, st.integers(1, 40), elements=st.floats(width=32, allow_nan=False, allow_infinity=False)
+    )
+)
+def test_query_vectors_reach_sql_exactly(vector: np.ndarray) -> None:
+    with duckdb.connect() as con:
+        (back,) = con.sql(f"SELECT {vector_literal(vector)}").fetchone()
+    assert np.array_equal(np.array(back, dtype=np.float32), vector)
+
+
+class TestQuoting:
+    @pytest.fixture
+    def hostile(self, con: duckdb.DuckDBPyConnection) -> duckdb.DuckDBPyConnection:
+        con.sql("CREATE TABLE victim AS SELECT 1 AS x")
+        table, text = (name.replace('"', '""') for name in (HOSTILE_TABLE, HOSTILE_TEXT))
+        con.sql(f'CREATE TABLE "{table}" ("{text}" VARCHAR)')
+        con.sql(f"INSERT INTO \"{table}\" VALUES ('alpha'), ('beta'), ('gamma'), (NULL)")
+        return con
+
+    def test_hostile_names_are_always_quoted(self, hostile: duckdb.DuckDBPyConnection) -> None:
+        provider = duckdb_ext.register(hostile, "hashing", dims=16)
+        assert (
+            duckdb_ext.embed_table(
+                hostile, HOSTILE_TABLE, HOSTILE_TEXT, into=HOSTILE_VECTOR, provider=provider
+            )
+            == 3
+        )
+        duckdb_ext.record_provider(hostile, HOSTILE_TABLE, HOSTILE_VECTOR, provider)
+        found = duckdb_ext.search(hostile, HOSTILE_TABLE, HOSTILE_VECTOR, "beta", k=1)
+        assert found.fetchone()[0] == "beta"
+        assert hostile.sql("SELECT x FROM victim").fetchall() == [(1,)]
+
+    def test_names_in_another_schema_and_in_any_case(self, con: duckdb.DuckDBPyConnection) -> None:
+        con.sql('CREATE SCHEMA "sch;ema"')
+        con.sql('CREATE TABLE "sch;ema"."Docs" (Body VARCHAR)')
+        con.sql("INSERT INTO \"sch;ema\".\"Docs\" VALUES ('alpha'), ('beta')")
+        duckdb_ext.embed_table(con, ("sch;ema", "docs"), "body", provider="hashing", dims=8)
+        assert (
+            duckdb_ext.search(con, ("sch;ema", "DOCS"), "BODY_EMBEDDING", "alpha", k=1).fetchone()[0]
+            == "alpha"
+        )
+        with pytest.raises(ConfigError, match="no table 'docs'"):
+            duckdb_ext.search(con, "docs", "body_embedding", "alpha")
+
+    def test_a_temporary_table_comes_before_the_main_schema(self, con: duckdb.DuckDBPyConnection) -> None:
+        con.sql("CREATE TABLE docs (body VARCHAR)")
+        con.sql("CREATE TEMP TABLE docs (body VARCHAR)")
+        con.sql("INSERT INTO temp.docs VALUES ('alpha')")
+        assert duckdb_ext.embed_table(con, "docs", "body", provider="hashing", dims=8) == 1
+
+    @pytest.mark.parametrize("name", ["", "a\x00b", 3])
+    def test_impossible_names_are_refused(self, con: duckdb.DuckDBPyConnection, name: object) -> None:
+        with pytest.raises(ConfigError, match="non-empty string"):
+            duckdb_ext.search(con, name, "vector", [1.0])  # type: ignore[arg-type]
