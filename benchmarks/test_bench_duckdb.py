@@ -27,7 +27,7 @@ import pytest
 
 import duckdb_ext
 import polars_embed
-from benchmarks.corpus import sentences
+from benchmarks.corpus import raw_encode_reference, sentences
 from duckdb_ext._catalog import vector_literal
 from duckdb_ext.search import INDEX_SCAN
 from polars_embed import cache
@@ -54,13 +54,6 @@ CACHE_FILE = Path(__file__).resolve().parent.parent / ".benchmarks" / "duckdb-co
 
 
 @pytest.fixture(scope="module")
-def minilm() -> polars_embed.Provider:
-    provider = polars_embed.resolve_provider("sentence-transformers", device="cpu")
-    polars_embed.embed(["warm up the model"], provider, progress=False)
-    return provider
-
-
-@pytest.fixture(scope="module")
 def texts() -> list[str]:
     return sentences(TEXTS)
 
@@ -75,17 +68,7 @@ def con() -> Iterator[duckdb.DuckDBPyConnection]:
 def test_raw_sentence_transformer_encode(
     benchmark: Any, minilm: polars_embed.Provider, texts: list[str]
 ) -> None:
-    benchmark.group = EMBED_GROUP
-    benchmark.extra_info["reference"] = True
-    model, _ = minilm._loaded()
-    vectors = benchmark.pedantic(
-        model.encode,
-        args=(texts,),
-        kwargs={"batch_size": 32, "normalize_embeddings": True, "convert_to_numpy": True},
-        rounds=ROUNDS,
-        warmup_rounds=1,
-    )
-    assert vectors.shape == (TEXTS, 384)
+    raw_encode_reference(benchmark, minilm, texts, group=EMBED_GROUP, rounds=ROUNDS)
 
 
 def texts_table(con: duckdb.DuckDBPyConnection, texts: list[str]) -> None:

