@@ -20,7 +20,7 @@ from duckdb_ext._catalog import (
     resolve_table,
     set_comment,
 )
-from polars_embed.engine import _progress_bar, as_text_series, embed_series
+from polars_embed.engine import as_text_series, embed_series, progress_bar
 from polars_embed.errors import ConfigError
 from polars_embed.metadata import VectorSpec, check_same_provider, check_width
 from polars_embed.provider import Kind, Provider
@@ -257,7 +257,7 @@ def _fill(
     row_ids = con.execute(f"SELECT rowid FROM {table.sql} WHERE {pending} ORDER BY rowid").pl().to_series()
     staging = f"__polars_embed_batch_{uuid.uuid4().hex}"
     written = 0
-    with _progress_bar(len(row_ids), provider.label, progress) as bar:
+    with progress_bar(len(row_ids), provider.label, progress) as bar:
         for start in range(0, len(row_ids), batch_rows):
             first, last = row_ids[start], row_ids[min(start + batch_rows, len(row_ids)) - 1]
             batch = con.execute(

@@ -37,7 +37,7 @@ from duckdb_ext._catalog import (
 from duckdb_ext.vss import load_vss
 from polars_embed.engine import embed_queries
 from polars_embed.errors import ConfigError, DimensionMismatchError, MissingDependencyError
-from polars_embed.kernels import _check_k, topk
+from polars_embed.kernels import check_k, topk
 from polars_embed.metadata import check_same_provider, check_width, provider_of
 from polars_embed.provider import Provider
 from polars_embed.registry import ProviderLike, resolve_provider
@@ -117,7 +117,7 @@ def search(
     >>> dogs.select("body").fetchall()
     [('a black dog',), ('a small dog',)]
     """
-    k = _check_k(k)  # before it reaches SQL text
+    k = check_k(k)  # before it reaches SQL text
     if where is not None and not where.strip():
         where = None
     target = resolve_table(con, table)

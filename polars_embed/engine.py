@@ -207,7 +207,7 @@ def _embed_distinct(
         stats.tokens += embedded.tokens
         bar.update(len(batch))
 
-    with _progress_bar(len(pending), provider.label, progress) as bar:
+    with progress_bar(len(pending), provider.label, progress) as bar:
         try:
             _run_batches(batches, request, store, provider.resolve("max_concurrency"))
         except ProviderError as error:
@@ -390,7 +390,8 @@ def _validated(vectors: Any, provider: Provider, texts: list[str], width: int) -
     return array
 
 
-def _progress_bar(total: int, label: str, progress: bool | None) -> tqdm:
+def progress_bar(total: int, label: str, progress: bool | None) -> tqdm:
+    """The progress bar of a long embedding job; ``progress=None`` decides as :func:`embed` documents."""
     if progress is None:
         progress = _progress_by_default()
     # delay: a call that ends within two seconds never draws a bar

@@ -125,7 +125,7 @@ def topk(
     array([[1. , 0.6]], dtype=float32)
     """
     xp = _xp.namespace(queries, corpus, valid)
-    k = _check_k(k)
+    k = check_k(k)
     if metric not in _METRICS:
         raise ValueError(f"unknown metric {metric!r}; expected one of {', '.join(_METRICS)}")
     if block_size is not None and operator.index(block_size) <= 0:
@@ -234,7 +234,8 @@ def pairwise_scores(a: Array, b: Array, metric: Metric = "cosine") -> Array:
         return xp.where(usable, xp.vecdot(a, b) / xp.where(usable, norms, 1.0), xp.nan)
 
 
-def _check_k(k: int) -> int:
+def check_k(k: int) -> int:
+    """``k`` as an int, or the error every search gives for a ``k`` that is not a positive integer."""
     if isinstance(k, bool):
         raise TypeError("k must be an integer, not a bool")
     k = operator.index(k)

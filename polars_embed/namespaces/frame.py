@@ -21,7 +21,7 @@ import polars as pl
 from polars_embed import metadata
 from polars_embed.engine import embed_queries
 from polars_embed.errors import ConfigError
-from polars_embed.kernels import Metric, _check_k, topk
+from polars_embed.kernels import Metric, check_k, topk
 from polars_embed.metadata import check_same_provider, check_width, provider_of
 from polars_embed.namespaces._vectors import (
     VectorsLike,
@@ -321,7 +321,7 @@ class _Search:
             raise ValueError(f"options {sorted(options)} are for provider=, which is not given")
         search = cls(
             on=on,
-            k=_check_k(k),
+            k=check_k(k),
             metric=_check_metric(metric),
             normalized=normalized,
             score=score,
@@ -424,7 +424,7 @@ class _KnnJoin:
             right_schema=right_schema,
             left_on=left_on,
             right_on=right_on,
-            k=_check_k(k),
+            k=check_k(k),
             metric=_check_metric(metric),
             normalized=normalized,
             keep_unmatched=how == "left",
