@@ -38,7 +38,7 @@ from duckdb_ext.vss import load_vss
 from polars_embed.engine import embed_queries
 from polars_embed.errors import ConfigError, DimensionMismatchError, MissingDependencyError
 from polars_embed.kernels import check_k, topk
-from polars_embed.metadata import check_same_provider, check_width, provider_of
+from polars_embed.metadata import provider_for_query, provider_of
 from polars_embed.provider import Provider
 from polars_embed.registry import ProviderLike, resolve_provider
 
@@ -153,29 +153,23 @@ def _query_provider(
 ) -> Provider:
     """The provider that must embed a text query: the given one, the recorded one, or the recognised one."""
     spec = vectors.stored_spec()
-    stored = spec.create_provider() if spec else None
-    if provider is not None:
-        chosen = resolve_provider(provider)
-        if stored is not None:
-            check_same_provider(chosen, stored, column=vectors.name)
-    elif stored is not None:
-        chosen = stored
+    if spec is not None:
+        stored = spec.create_provider()
     else:
         sample = con.execute(
             f"SELECT {vectors.sql} FROM {table.sql} WHERE {vectors.sql} IS NOT NULL "
             f"LIMIT {_RECOGNITION_SAMPLE}"
         ).pl()
-        recognised = provider_of(sample.to_series()) if sample.height else None
-        if recognised is None:
-            raise ConfigError(
-                f"cannot tell which model made column {vectors.name!r} of {table}, so a text query "
-                "cannot be embedded to match it: its comment does not say (fill it with "
-                "duckdb_ext.embed_table, or describe it with duckdb_ext.record_provider) and this process "
-                "did not make those vectors. Pass provider=, or a query vector"
-            )
-        chosen = recognised
-    check_width(chosen, vectors.width, column=vectors.name, made_by=spec.label if spec else None)
-    return chosen
+        stored = provider_of(sample.to_series()) if sample.height else None
+    return provider_for_query(
+        None if provider is None else resolve_provider(provider),
+        stored,
+        column=vectors.name,
+        width=vectors.width,
+        unknown="its comment does not say (fill it with duckdb_ext.embed_table, or describe it with "
+        "duckdb_ext.record_provider) and this process did not make those vectors. Pass provider=, "
+        "or a query vector",
+    )
 
 
 def _as_vector(query: QueryLike) -> np.ndarray:

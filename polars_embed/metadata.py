@@ -187,6 +187,26 @@ def check_same_provider(given: Provider, stored: Provider, *, column: str) -> No
         )
 
 
+def provider_for_query(
+    given: Provider | None, stored: Provider | None, *, column: str, width: int, unknown: str
+) -> Provider:
+    """The provider that embeds a text query against a vector column of ``width``.
+
+    The one ``given``, which must be the column's own when that is known (``stored``);
+    else the column's own. ``unknown`` tells the user what to do when neither is known.
+    """
+    chosen = given if given is not None else stored
+    if chosen is None:
+        raise ConfigError(
+            f"which model made column {column!r} is not known, so a text query cannot be embedded "
+            f"to match it: {unknown}"
+        )
+    check_width(chosen, width, column=column, made_by=stored.label if stored else None)
+    if given is not None and stored is not None:
+        check_same_provider(given, stored, column=column)
+    return chosen
+
+
 class _Remembered:
     """Row digests of vectors this process has seen, and the provider that made each."""
 

@@ -290,7 +290,7 @@ class TestExactSearch:
 
     def test_vectors_of_unknown_origin_need_a_provider(self, con: duckdb.DuckDBPyConnection) -> None:
         con.sql("CREATE TABLE docs AS SELECT [0.5, 0.25]::FLOAT[2] AS vector")
-        with pytest.raises(ConfigError, match="cannot tell which model made column 'vector'"):
+        with pytest.raises(ConfigError, match="which model made column 'vector' is not known"):
             duckdb_ext.search(con, "docs", "vector", "a text")
 
     def test_a_provider_other_than_the_recorded_one_is_refused(self, con: duckdb.DuckDBPyConnection) -> None:

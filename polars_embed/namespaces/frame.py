@@ -22,7 +22,7 @@ from polars_embed import metadata
 from polars_embed.engine import embed_queries
 from polars_embed.errors import ConfigError
 from polars_embed.kernels import Metric, check_k, topk
-from polars_embed.metadata import check_same_provider, check_width, provider_of
+from polars_embed.metadata import provider_for_query, provider_of
 from polars_embed.namespaces._vectors import (
     VectorsLike,
     as_matrix,
@@ -346,7 +346,15 @@ class _Search:
         elif column.null_count() == len(column):  # nothing can match: spare the provider a call
             queries = np.zeros((len(self.texts), column.dtype.shape[0]), dtype=np.float32)
         else:
-            queries = embed_queries(list(self.texts), self._query_provider(column, stored))
+            provider = provider_for_query(
+                self.provider,
+                stored,
+                column=self.on,
+                width=column.dtype.shape[0],
+                unknown="pass provider= (the column's own provider), or read the vectors with "
+                "polars_embed.read_parquet/scan_parquet from a file written by df.embed.write_parquet",
+            )
+            queries = embed_queries(list(self.texts), provider)
         indices, scores = topk(
             queries,
             as_matrix(column),
@@ -363,21 +371,6 @@ class _Search:
             query_numbers = np.repeat(np.arange(len(queries), dtype=np.uint32), indices.shape[1])
             hits.insert_column(0, pl.Series(self.query_index, query_numbers[found]))
         return hits
-
-    def _query_provider(self, column: pl.Series, stored: Provider | None) -> Provider:
-        """The provider that embeds the text queries: the one given, else the column's own."""
-        provider = self.provider or stored
-        if provider is None:
-            raise ConfigError(
-                f"which model made column {self.on!r} is not known in this process, so the query "
-                "cannot be embedded with it: pass provider= (the column's own provider), or read the "
-                "vectors with polars_embed.read_parquet/scan_parquet from a file written by "
-                "df.embed.write_parquet"
-            )
-        check_width(provider, column.dtype.shape[0], column=self.on, made_by=stored.label if stored else None)
-        if self.provider is not None and stored is not None:
-            check_same_provider(self.provider, stored, column=self.on)
-        return provider
 
 
 @dataclass(frozen=True, eq=False)
