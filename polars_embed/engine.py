@@ -172,8 +172,9 @@ def embed_series(
         {"text": distinct, "position": pl.int_range(len(distinct), dtype=pl.UInt32, eager=True)}
     )
     positions = pl.DataFrame({"text": texts}).join(lookup, on="text", how="left", maintain_order="left")
-    remember(pl.Series(vectors), provider)
-    return pl.Series(texts.name, vectors).gather(positions["position"])
+    distinct_vectors = pl.Series(texts.name, vectors)
+    remember(distinct_vectors, provider)
+    return distinct_vectors.gather(positions["position"])
 
 
 def _embed_distinct(
