@@ -38,7 +38,7 @@ from polars_embed.errors import (
     RetryableProviderError,
 )
 from polars_embed.metadata import remember
-from polars_embed.provider import KINDS, Embedded, Kind, Provider
+from polars_embed.provider import Embedded, Kind, Provider, check_kind
 from polars_embed.registry import ProviderLike, resolve_provider
 from polars_embed.stats import EmbedStats, record
 
@@ -154,8 +154,7 @@ def embed_series(
     texts: pl.Series, provider: Provider, *, kind: Kind = "document", progress: bool | None = None
 ) -> pl.Series:
     """The engine's core: a String Series in, an aligned ``pl.Array(pl.Float32, d)`` out."""
-    if kind not in KINDS:
-        raise ConfigError(f"kind must be one of {KINDS}, got {kind!r}")
+    check_kind(kind)
     started = time.perf_counter()
     keep = texts.is_not_null() & (texts.str.strip_chars() != "")
     distinct = texts.filter(keep).unique(maintain_order=True)

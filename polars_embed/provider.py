@@ -43,6 +43,14 @@ if TYPE_CHECKING:
 Kind = Literal["document", "query"]
 KINDS: tuple[Kind, ...] = ("document", "query")
 
+
+def check_kind(kind: str) -> Kind:
+    """``kind`` if it is ``"document"`` or ``"query"``, else a :class:`ConfigError`."""
+    if kind not in KINDS:
+        raise ConfigError(f"kind must be one of {KINDS}, got {kind!r}")
+    return kind  # type: ignore[return-value]
+
+
 _OPTION_ROLE = "polars_embed_role"
 REFERENCE_PREFIXES = ("$env:", "$var:")
 

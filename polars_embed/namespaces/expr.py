@@ -14,7 +14,6 @@ from typing import Any
 import polars as pl
 
 from polars_embed.engine import as_text_series, embed_series
-from polars_embed.errors import ConfigError
 from polars_embed.kernels import Metric, l2_normalize, pairwise_scores
 from polars_embed.namespaces._vectors import (
     VectorsLike,
@@ -23,7 +22,7 @@ from polars_embed.namespaces._vectors import (
     check_same_width,
     null_where,
 )
-from polars_embed.provider import KINDS, Kind, Provider
+from polars_embed.provider import Kind, Provider, check_kind
 from polars_embed.registry import ProviderLike, resolve_provider
 
 __all__ = ["EmbedExprNamespace"]
@@ -80,8 +79,7 @@ class EmbedExprNamespace:
         │ a dog ┆ [0.356035, 0.118678, … 0.71206… │
         └───────┴─────────────────────────────────┘
         """
-        if kind not in KINDS:
-            raise ConfigError(f"kind must be one of {KINDS}, got {kind!r}")
+        check_kind(kind)
         resolved = resolve_provider(provider, **options)
         return self._expr.map_batches(
             partial(_embedded, provider=resolved, kind=kind),
