@@ -3,8 +3,8 @@
 >>> import duckdb, duckdb_ext
 >>> con = duckdb.connect()
 >>> _ = duckdb_ext.register(con, "hashing", dims=64)
->>> con.sql("SELECT len(embed('a cat')), embed_query(NULL)").fetchone()
-(64, None)
+>>> con.sql("SELECT len(embed('a cat')), embed_query(NULL)").fetchall()
+[(64, None)]
 
 Every vector goes through the polars-embed engine, so SQL gets the same NULL
 and blank handling, deduplication, batching, retries and checks as Polars.

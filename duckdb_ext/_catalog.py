@@ -4,6 +4,11 @@ Every table and column name the package writes into SQL goes through
 :func:`quote_identifier`; a name is looked up in the catalog once and then used
 fully qualified, so the statements the package runs name exactly the table
 that was looked up, whatever the search path says.
+
+The package runs on duckdb 1.5.5 and on 2.x, so it keeps to what both have:
+queries are relations (``con.sql``) read with ``fetchall()``, ``.pl()`` or
+Arrow, and every result is read to its end; 2.x has no ``fetchone()`` on
+relations and no ``.pl()`` on ``con.execute`` results.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ import json
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import duckdb
 import numpy as np
@@ -26,6 +32,12 @@ Each part is one identifier, taken literally: ``"a.b"`` is a table named ``a.b``
 """
 
 _VECTOR_TYPE = re.compile(r"FLOAT\[(\d+)\]")
+
+
+def one_row(con: duckdb.DuckDBPyConnection, sql: str, params: Sequence[Any] | None = None) -> tuple:
+    """The one row a query gives (an aggregate, a setting), with its result read to the end."""
+    (row,) = con.sql(sql, params=params).fetchall()
+    return row
 
 
 def quote_identifier(name: str) -> str:
@@ -140,13 +152,13 @@ def resolve_table(con: duckdb.DuckDBPyConnection, table: TableName) -> Table:
     for part in parts:
         quote_identifier(part)
     *qualifiers, name = parts
-    rows = con.execute(
+    rows = con.sql(
         "SELECT database_name, schema_name, table_name, column_name, data_type, comment, "
         "current_database(), current_schema() FROM duckdb_columns() AS c "
         "WHERE lower(table_name) = lower(?) AND EXISTS (SELECT 1 FROM duckdb_tables() AS t "
         "WHERE t.database_name = c.database_name AND t.schema_name = c.schema_name "
         "AND t.table_name = c.table_name) ORDER BY column_index",
-        [name],
+        params=[name],
     ).fetchall()
     columns: dict[tuple[str, str, str], list[Column]] = {}
     for database, schema, spelled, column_name, data_type, comment, _, _ in rows:

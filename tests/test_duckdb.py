@@ -124,7 +124,7 @@ class TestSqlFunctions:
     def test_registering_a_name_again_replaces_its_functions(self, con: duckdb.DuckDBPyConnection) -> None:
         duckdb_ext.register(con, "hashing", dims=8)
         duckdb_ext.register(con, "hashing", dims=12)
-        assert con.sql("SELECT typeof(embed('x')), typeof(embed_query('x'))").fetchone() == ("FLOAT[12]",) * 2
+        assert con.sql("SELECT typeof(embed('x')), typeof(embed_query('x'))").fetchall() == [("FLOAT[12]",) * 2]
 
     def test_create_table_as_and_insert_select(self, con: duckdb.DuckDBPyConnection) -> None:
         texts = texts_with_gaps(300)
@@ -134,16 +134,17 @@ class TestSqlFunctions:
         con.sql("INSERT INTO made SELECT id + 1000, embed(body) FROM docs")
         expected = polars_embed.embed(texts, "hashing", dims=16).to_list()
         assert vectors_by_id(con, "SELECT vector FROM made ORDER BY id") == expected * 2
-        assert con.sql("SELECT data_type FROM duckdb_columns() WHERE column_name = 'vector'").fetchone() == (
-            "FLOAT[16]",
-        )
+        assert con.sql("SELECT data_type FROM duckdb_columns() WHERE column_name = 'vector'").fetchall() == [
+            ("FLOAT[16]",)
+        ]
 
     def test_over_parquet(self, con: duckdb.DuckDBPyConnection, tmp_path: Path) -> None:
         texts = texts_with_gaps(3000)
         pl.DataFrame({"id": range(len(texts)), "body": texts}).write_parquet(tmp_path / "docs.parquet")
         duckdb_ext.register(con, "hashing", dims=16)
-        got = con.execute(
-            "SELECT embed(body) AS vector FROM read_parquet(?) ORDER BY id", [str(tmp_path / "docs.parquet")]
+        got = con.sql(
+            "SELECT embed(body) AS vector FROM read_parquet(?) ORDER BY id",
+            params=[str(tmp_path / "docs.parquet")],
         ).pl()
         assert got["vector"].to_list() == polars_embed.embed(texts, "hashing", dims=16).to_list()
 
@@ -174,7 +175,7 @@ class TestEmbedTable:
         failing = CountingProvider(fail_on=2)
         with pytest.raises(EmbeddingIncompleteError, match="400 bad request"):
             duckdb_ext.embed_table(con, "docs", "body", into="vector", provider=failing, batch_rows=20)
-        kept = con.sql("SELECT count(vector) FROM docs").fetchone()[0]
+        ((kept,),) = con.sql("SELECT count(vector) FROM docs").fetchall()
         assert 0 < kept < len([t for t in texts if t and t.strip()])
 
         resumed = CountingProvider()
@@ -188,10 +189,10 @@ class TestEmbedTable:
     def test_the_provider_is_recorded_and_a_rerun_needs_none(self, con: duckdb.DuckDBPyConnection) -> None:
         create_docs(con, ["alpha", "beta", None])
         assert duckdb_ext.embed_table(con, "docs", "body", provider="hashing:words", dims=24) == 2
-        comment = con.sql(
+        ((comment,),) = con.sql(
             "SELECT comment FROM duckdb_columns() WHERE column_name = 'body_embedding'"
-        ).fetchone()
-        spec = VectorSpec.from_json(comment[0])
+        ).fetchall()
+        spec = VectorSpec.from_json(comment)
         assert (spec.provider, spec.options["model"], spec.dimension) == ("hashing", "words", 24)
 
         con.sql("INSERT INTO docs (id, body) VALUES (10, 'gamma')")
@@ -207,7 +208,7 @@ class TestEmbedTable:
         assert written == 2 and "without a description" in caplog.text
         assert con.sql(
             "SELECT comment FROM duckdb_columns() WHERE column_name = 'body_embedding'"
-        ).fetchone() == (None,)
+        ).fetchall() == [(None,)]
 
     def test_a_provider_other_than_the_recorded_one_is_refused(self, con: duckdb.DuckDBPyConnection) -> None:
         create_docs(con, ["alpha"])
@@ -261,7 +262,7 @@ class TestExactSearch:
     def test_a_vector_query_needs_no_provider(self, con: duckdb.DuckDBPyConnection) -> None:
         vectors = hashed_docs(con)
         for query in (vectors[5], vectors[5].tolist(), pl.Series(vectors[5]), vectors[5:6]):
-            assert duckdb_ext.search(con, "docs", "vector", query, k=1).fetchone()[0] == 5
+            assert duckdb_ext.search(con, "docs", "vector", query, k=1).select("id").fetchall() == [(5,)]
 
     def test_where_filters_before_ranking(self, con: duckdb.DuckDBPyConnection) -> None:
         hashed_docs(con)
@@ -286,7 +287,8 @@ class TestExactSearch:
         create_docs(con, ["a black cat", "a small dog"])
         duckdb_ext.register(con, "hashing", dims=48, model="words")
         con.sql("CREATE TABLE pets AS SELECT id, body, embed(body) AS vector FROM docs")
-        assert duckdb_ext.search(con, "pets", "vector", "black cat", k=1).fetchone()[1] == "a black cat"
+        found = duckdb_ext.search(con, "pets", "vector", "black cat", k=1)
+        assert found.select("body").fetchall() == [("a black cat",)]
 
     def test_vectors_of_unknown_origin_need_a_provider(self, con: duckdb.DuckDBPyConnection) -> None:
         con.sql("CREATE TABLE docs AS SELECT [0.5, 0.25]::FLOAT[2] AS vector")
@@ -345,7 +347,7 @@ class TestExactSearch:
         script = (
             "import duckdb, duckdb_ext\n"
             f"con = duckdb.connect({str(database)!r}, read_only=True)\n"
-            "print(duckdb_ext.search(con, 'docs', 'vector', 'green item 7 of kind 7', k=1).fetchone()[0])\n"
+            "print(duckdb_ext.search(con, 'docs', 'vector', 'green item 7 of kind 7', k=1).fetchall()[0][0])\n"
         )
         printed = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
         assert printed.stdout.split() == ["7"]
@@ -359,7 +361,7 @@ class TestExactSearch:
 )
 def test_query_vectors_reach_sql_exactly(vector: np.ndarray) -> None:
     with duckdb.connect() as con:
-        (back,) = con.sql(f"SELECT {vector_literal(vector)}").fetchone()
+        ((back,),) = con.sql(f"SELECT {vector_literal(vector)}").fetchall()
     assert np.array_equal(np.array(back, dtype=np.float32), vector)
 
 
@@ -382,7 +384,7 @@ class TestQuoting:
         )
         duckdb_ext.record_provider(hostile, HOSTILE_TABLE, HOSTILE_VECTOR, provider)
         found = duckdb_ext.search(hostile, HOSTILE_TABLE, HOSTILE_VECTOR, "beta", k=1)
-        assert found.fetchone()[0] == "beta"
+        assert found.fetchall()[0][0] == "beta"
         assert hostile.sql("SELECT x FROM victim").fetchall() == [(1,)]
 
     def test_names_in_another_schema_and_in_any_case(self, con: duckdb.DuckDBPyConnection) -> None:
@@ -390,10 +392,8 @@ class TestQuoting:
         con.sql('CREATE TABLE "sch;ema"."Docs" (Body VARCHAR)')
         con.sql("INSERT INTO \"sch;ema\".\"Docs\" VALUES ('alpha'), ('beta')")
         duckdb_ext.embed_table(con, ("sch;ema", "docs"), "body", provider="hashing", dims=8)
-        assert (
-            duckdb_ext.search(con, ("sch;ema", "DOCS"), "BODY_EMBEDDING", "alpha", k=1).fetchone()[0]
-            == "alpha"
-        )
+        found = duckdb_ext.search(con, ("sch;ema", "DOCS"), "BODY_EMBEDDING", "alpha", k=1)
+        assert found.select("body").fetchall() == [("alpha",)]
         with pytest.raises(ConfigError, match="no table 'docs'"):
             duckdb_ext.search(con, "docs", "body_embedding", "alpha")
 
