@@ -21,11 +21,11 @@ from duckdb_ext.search import INDEX_SCAN
 from polars_embed import ConfigError, MissingDependencyError
 from tests.test_duckdb import HOSTILE_TABLE, HOSTILE_TEXT, HOSTILE_VECTOR
 
-# The vss extension is packaged for duckdb 1.5.5 only (the `vss` extra); elsewhere, as on
-# duckdb 2.x, everything that needs it is skipped and the rest still runs.
+# Where the vss extension is not packaged for the installed duckdb, the tests that need
+# it are skipped and the rest still run.
 needs_vss = pytest.mark.skipif(
     vss._packaged_extension() is None,
-    reason=f"the vss extension is not packaged for duckdb {duckdb.__version__} (pip install 'polars-embed[vss]')",
+    reason=f"the vss extension is not packaged for duckdb {duckdb.__version__}",
 )
 
 log = logging.getLogger(__name__)
@@ -82,9 +82,9 @@ class TestLoadVss:
         con = offline_connection()
         duckdb_ext.load_vss(con)
         duckdb_ext.load_vss(con)  # a second time is a no-op
-        assert con.sql(
-            "SELECT loaded FROM duckdb_extensions() WHERE extension_name = 'vss'"
-        ).fetchall() == [(True,)]
+        assert con.sql("SELECT loaded FROM duckdb_extensions() WHERE extension_name = 'vss'").fetchall() == [
+            (True,)
+        ]
 
     def test_without_the_package_the_error_names_the_extra(self, monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.setattr(vss, "_packaged_extension", lambda: None)
