@@ -103,6 +103,25 @@ def search(
         relation is lazy: through an index it searches again each time it is
         read; an exact search's rows are fixed when ``search`` returns.
 
+    Raises
+    ------
+    ConfigError
+        If the table or column does not exist, the column is not ``FLOAT[d]``
+        (a ``FLOAT[]`` list column: the message gives the cast), the table has
+        a column named ``score`` or ``rowid``, or the model that must embed a
+        text query is not known or is not the column's.
+    DimensionMismatchError
+        If the query vector, or the provider's vectors, are not ``d`` wide.
+    ValueError
+        If ``k`` is not a positive integer, or the query vector is all zeros
+        or not finite.
+
+    Notes
+    -----
+    The HNSW path needs DuckDB's vss extension, which is packaged for duckdb
+    1.5.5 only (the ``vss`` extra). On duckdb 2.x every search is exact, by
+    :func:`polars_embed.topk`, which is always correct.
+
     Examples
     --------
     >>> import duckdb, duckdb_ext
