@@ -109,7 +109,7 @@ def load_parquet(
         )
     except duckdb.CatalogException as error:
         raise ConfigError(
-            f"cannot create table {target} from {source} ({error}); pass replace=True to replace it"
+            f"cannot create table {target} from {source}: {error} (replace=True replaces an existing table)"
         ) from None
     created = resolve_table(con, table)
     for name, spec in described.items():
