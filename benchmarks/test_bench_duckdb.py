@@ -102,7 +102,7 @@ def test_sql_embed_create_table_as(
         rounds=ROUNDS,
         warmup_rounds=1,
     )
-    assert con.sql("SELECT count(vector) FROM made").fetchone() == (TEXTS,)
+    assert con.sql("SELECT count(vector) FROM made").fetchall() == [(TEXTS,)]
 
 
 def test_embed_table(

@@ -75,8 +75,8 @@ def register(
     >>> import duckdb, duckdb_ext
     >>> con = duckdb.connect()
     >>> _ = duckdb_ext.register(con, "hashing", name="hashed", dims=8)
-    >>> con.sql("SELECT typeof(hashed('a cat')), hashed(NULL) IS NULL").fetchone()
-    ('FLOAT[8]', True)
+    >>> con.sql("SELECT typeof(hashed('a cat')), hashed(NULL) IS NULL").fetchall()
+    [('FLOAT[8]', True)]
     """
     resolved = resolve_provider(provider, **options)
     vector_type = f"FLOAT[{resolved.dimension}]"
@@ -125,8 +125,8 @@ def record_provider(
     >>> hashing = duckdb_ext.register(con, "hashing", dims=8)
     >>> _ = con.sql("CREATE TABLE docs AS SELECT 'a cat' AS body, embed('a cat') AS vector")
     >>> duckdb_ext.record_provider(con, "docs", "vector", hashing)
-    >>> duckdb_ext.search(con, "docs", "vector", "a cat", k=1).fetchone()[0]  # no provider= needed
-    'a cat'
+    >>> duckdb_ext.search(con, "docs", "vector", "a cat", k=1).select("body").fetchall()  # no provider=
+    [('a cat',)]
     """
     resolved = resolve_provider(provider)
     target = resolve_table(con, table)
@@ -254,15 +254,15 @@ def _fill(
     pending = f"{vectors.sql} IS NULL AND {texts.sql} IS NOT NULL"
     # Row ids first, then each batch by its row-id range: a result set left open on the
     # connection would be closed by the batch's UPDATE.
-    row_ids = con.execute(f"SELECT rowid FROM {table.sql} WHERE {pending} ORDER BY rowid").pl().to_series()
+    row_ids = con.sql(f"SELECT rowid FROM {table.sql} WHERE {pending} ORDER BY rowid").pl().to_series()
     staging = f"__polars_embed_batch_{uuid.uuid4().hex}"
     written = 0
     with progress_bar(len(row_ids), provider.label, progress) as bar:
         for start in range(0, len(row_ids), batch_rows):
             first, last = row_ids[start], row_ids[min(start + batch_rows, len(row_ids)) - 1]
-            batch = con.execute(
+            batch = con.sql(
                 f"SELECT rowid, {texts.sql} FROM {table.sql} WHERE rowid BETWEEN ? AND ? AND {pending}",
-                [first, last],
+                params=[first, last],
             ).pl()
             embedded = embed_series(batch.to_series(1), provider, progress=False)
             update = pl.DataFrame({"row": batch.to_series(0), "vector": embedded}).filter(

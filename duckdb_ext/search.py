@@ -30,6 +30,7 @@ from duckdb_ext._catalog import (
     Table,
     TableName,
     float_literal,
+    one_row,
     quote_identifier,
     resolve_table,
     vector_literal,
@@ -102,6 +103,25 @@ def search(
         relation is lazy: through an index it searches again each time it is
         read; an exact search's rows are fixed when ``search`` returns.
 
+    Raises
+    ------
+    ConfigError
+        If the table or column does not exist, the column is not ``FLOAT[d]``
+        (a ``FLOAT[]`` list column: the message gives the cast), the table has
+        a column named ``score`` or ``rowid``, or the model that must embed a
+        text query is not known or is not the column's.
+    DimensionMismatchError
+        If the query vector, or the provider's vectors, are not ``d`` wide.
+    ValueError
+        If ``k`` is not a positive integer, or the query vector is all zeros
+        or not finite.
+
+    Notes
+    -----
+    The HNSW path needs DuckDB's vss extension, which is packaged for duckdb
+    1.5.5 only (the ``vss`` extra). On duckdb 2.x every search is exact, by
+    :func:`polars_embed.topk`, which is always correct.
+
     Examples
     --------
     >>> import duckdb, duckdb_ext
@@ -156,7 +176,7 @@ def _query_provider(
     if spec is not None:
         stored = spec.create_provider()
     else:
-        sample = con.execute(
+        sample = con.sql(
             f"SELECT {vectors.sql} FROM {table.sql} WHERE {vectors.sql} IS NOT NULL "
             f"LIMIT {_RECOGNITION_SAMPLE}"
         ).pl()
@@ -203,20 +223,21 @@ def _indexed_search(
     literal = vector_literal(query)
     unfiltered = _index_sql(table, vectors, literal, fetch=k, k=k, where=None)
     # Whether the planner picks the index (metric, column, query shape) is read off its plan.
-    if INDEX_SCAN not in str(con.execute(f"EXPLAIN (FORMAT json) {unfiltered}").fetchall()):
+    if INDEX_SCAN not in str(con.sql(f"EXPLAIN (FORMAT json) {unfiltered}").fetchall()):
         return None
     if where is None:
         return con.sql(unfiltered)
-    matching, searchable = con.execute(
+    matching, searchable = one_row(
+        con,
         f"SELECT count(*) FILTER (WHERE (\n{where}\n)), count(*) "
-        f"FROM {table.sql} AS {quote_identifier(table.name)} WHERE {vectors.sql} IS NOT NULL"
-    ).fetchone()
+        f"FROM {table.sql} AS {quote_identifier(table.name)} WHERE {vectors.sql} IS NOT NULL",
+    )
     if matching <= k:
         return None  # the exact search scores just those rows
     fetch = math.ceil(k * searchable / matching * _FETCH_MARGIN)
     while fetch <= _MAX_FETCH_SHARE * matching:
         filtered = _index_sql(table, vectors, literal, fetch=fetch, k=k, where=where)
-        if con.execute(f"SELECT count(*) FROM ({filtered})").fetchone()[0] == k:
+        if one_row(con, f"SELECT count(*) FROM ({filtered})") == (k,):
             return con.sql(filtered)
         fetch *= _FETCH_GROWTH
     log.debug(
@@ -229,13 +250,13 @@ def _indexed_search(
 
 
 def _has_hnsw_index(con: duckdb.DuckDBPyConnection, table: Table) -> bool:
-    return bool(
-        con.execute(
-            "SELECT count(*) FROM duckdb_indexes() WHERE database_name = ? AND schema_name = ? "
-            "AND table_name = ? AND sql ILIKE '%USING HNSW%'",
-            [table.database, table.schema, table.name],
-        ).fetchone()[0]
+    (count,) = one_row(
+        con,
+        "SELECT count(*) FROM duckdb_indexes() WHERE database_name = ? AND schema_name = ? "
+        "AND table_name = ? AND sql ILIKE '%USING HNSW%'",
+        [table.database, table.schema, table.name],
     )
+    return count > 0
 
 
 def _index_sql(table: Table, vectors: Column, literal: str, *, fetch: int, k: int, where: str | None) -> str:
@@ -264,7 +285,7 @@ def _exact_search(
     where: str | None,
 ) -> duckdb.DuckDBPyRelation:
     condition = f" AND (\n{where}\n)" if where else ""
-    candidates = con.execute(
+    candidates = con.sql(
         f"SELECT rowid, {vectors.sql} FROM {table.sql} AS {quote_identifier(table.name)} "
         f"WHERE {vectors.sql} IS NOT NULL{condition}"
     ).pl()

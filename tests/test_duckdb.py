@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -24,6 +25,7 @@ from polars_embed import (
     DimensionMismatchError,
     DuplicateProviderError,
     EmbeddingIncompleteError,
+    UnknownProviderError,
 )
 from polars_embed.metadata import VectorSpec
 from tests.providers import CountingProvider
@@ -124,7 +126,9 @@ class TestSqlFunctions:
     def test_registering_a_name_again_replaces_its_functions(self, con: duckdb.DuckDBPyConnection) -> None:
         duckdb_ext.register(con, "hashing", dims=8)
         duckdb_ext.register(con, "hashing", dims=12)
-        assert con.sql("SELECT typeof(embed('x')), typeof(embed_query('x'))").fetchone() == ("FLOAT[12]",) * 2
+        assert con.sql("SELECT typeof(embed('x')), typeof(embed_query('x'))").fetchall() == [
+            ("FLOAT[12]",) * 2
+        ]
 
     def test_create_table_as_and_insert_select(self, con: duckdb.DuckDBPyConnection) -> None:
         texts = texts_with_gaps(300)
@@ -134,16 +138,17 @@ class TestSqlFunctions:
         con.sql("INSERT INTO made SELECT id + 1000, embed(body) FROM docs")
         expected = polars_embed.embed(texts, "hashing", dims=16).to_list()
         assert vectors_by_id(con, "SELECT vector FROM made ORDER BY id") == expected * 2
-        assert con.sql("SELECT data_type FROM duckdb_columns() WHERE column_name = 'vector'").fetchone() == (
-            "FLOAT[16]",
-        )
+        assert con.sql("SELECT data_type FROM duckdb_columns() WHERE column_name = 'vector'").fetchall() == [
+            ("FLOAT[16]",)
+        ]
 
     def test_over_parquet(self, con: duckdb.DuckDBPyConnection, tmp_path: Path) -> None:
         texts = texts_with_gaps(3000)
         pl.DataFrame({"id": range(len(texts)), "body": texts}).write_parquet(tmp_path / "docs.parquet")
         duckdb_ext.register(con, "hashing", dims=16)
-        got = con.execute(
-            "SELECT embed(body) AS vector FROM read_parquet(?) ORDER BY id", [str(tmp_path / "docs.parquet")]
+        got = con.sql(
+            "SELECT embed(body) AS vector FROM read_parquet(?) ORDER BY id",
+            params=[str(tmp_path / "docs.parquet")],
         ).pl()
         assert got["vector"].to_list() == polars_embed.embed(texts, "hashing", dims=16).to_list()
 
@@ -174,7 +179,7 @@ class TestEmbedTable:
         failing = CountingProvider(fail_on=2)
         with pytest.raises(EmbeddingIncompleteError, match="400 bad request"):
             duckdb_ext.embed_table(con, "docs", "body", into="vector", provider=failing, batch_rows=20)
-        kept = con.sql("SELECT count(vector) FROM docs").fetchone()[0]
+        ((kept,),) = con.sql("SELECT count(vector) FROM docs").fetchall()
         assert 0 < kept < len([t for t in texts if t and t.strip()])
 
         resumed = CountingProvider()
@@ -188,10 +193,10 @@ class TestEmbedTable:
     def test_the_provider_is_recorded_and_a_rerun_needs_none(self, con: duckdb.DuckDBPyConnection) -> None:
         create_docs(con, ["alpha", "beta", None])
         assert duckdb_ext.embed_table(con, "docs", "body", provider="hashing:words", dims=24) == 2
-        comment = con.sql(
+        ((comment,),) = con.sql(
             "SELECT comment FROM duckdb_columns() WHERE column_name = 'body_embedding'"
-        ).fetchone()
-        spec = VectorSpec.from_json(comment[0])
+        ).fetchall()
+        spec = VectorSpec.from_json(comment)
         assert (spec.provider, spec.options["model"], spec.dimension) == ("hashing", "words", 24)
 
         con.sql("INSERT INTO docs (id, body) VALUES (10, 'gamma')")
@@ -207,7 +212,7 @@ class TestEmbedTable:
         assert written == 2 and "without a description" in caplog.text
         assert con.sql(
             "SELECT comment FROM duckdb_columns() WHERE column_name = 'body_embedding'"
-        ).fetchone() == (None,)
+        ).fetchall() == [(None,)]
 
     def test_a_provider_other_than_the_recorded_one_is_refused(self, con: duckdb.DuckDBPyConnection) -> None:
         create_docs(con, ["alpha"])
@@ -261,7 +266,7 @@ class TestExactSearch:
     def test_a_vector_query_needs_no_provider(self, con: duckdb.DuckDBPyConnection) -> None:
         vectors = hashed_docs(con)
         for query in (vectors[5], vectors[5].tolist(), pl.Series(vectors[5]), vectors[5:6]):
-            assert duckdb_ext.search(con, "docs", "vector", query, k=1).fetchone()[0] == 5
+            assert duckdb_ext.search(con, "docs", "vector", query, k=1).select("id").fetchall() == [(5,)]
 
     def test_where_filters_before_ranking(self, con: duckdb.DuckDBPyConnection) -> None:
         hashed_docs(con)
@@ -286,7 +291,19 @@ class TestExactSearch:
         create_docs(con, ["a black cat", "a small dog"])
         duckdb_ext.register(con, "hashing", dims=48, model="words")
         con.sql("CREATE TABLE pets AS SELECT id, body, embed(body) AS vector FROM docs")
-        assert duckdb_ext.search(con, "pets", "vector", "black cat", k=1).fetchone()[1] == "a black cat"
+        found = duckdb_ext.search(con, "pets", "vector", "black cat", k=1)
+        assert found.select("body").fetchall() == [("a black cat",)]
+
+    def test_a_list_column_is_refused_with_the_cast_that_makes_it_a_vector_column(
+        self, con: duckdb.DuckDBPyConnection
+    ) -> None:
+        con.sql("CREATE TABLE docs AS SELECT [0.5, 0.25]::FLOAT[] AS vector")
+        with pytest.raises(ConfigError, match="is FLOAT\\[\\], not a FLOAT\\[d\\]") as caught:
+            duckdb_ext.search(con, "docs", "vector", [1.0, 0.0])
+        fix = 'ALTER TABLE "memory"."main"."docs" ALTER "vector" TYPE FLOAT[d]'
+        assert fix in str(caught.value) and "duckdb_ext.load_parquet" in str(caught.value)
+        con.sql(fix.replace("[d]", "[2]"))  # the cast the message gives, as written
+        assert duckdb_ext.search(con, "docs", "vector", [1.0, 0.0]).select("score").fetchall() != []
 
     def test_vectors_of_unknown_origin_need_a_provider(self, con: duckdb.DuckDBPyConnection) -> None:
         con.sql("CREATE TABLE docs AS SELECT [0.5, 0.25]::FLOAT[2] AS vector")
@@ -345,7 +362,8 @@ class TestExactSearch:
         script = (
             "import duckdb, duckdb_ext\n"
             f"con = duckdb.connect({str(database)!r}, read_only=True)\n"
-            "print(duckdb_ext.search(con, 'docs', 'vector', 'green item 7 of kind 7', k=1).fetchone()[0])\n"
+            "found = duckdb_ext.search(con, 'docs', 'vector', 'green item 7 of kind 7', k=1)\n"
+            "print(found.fetchall()[0][0])\n"
         )
         printed = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
         assert printed.stdout.split() == ["7"]
@@ -359,7 +377,7 @@ class TestExactSearch:
 )
 def test_query_vectors_reach_sql_exactly(vector: np.ndarray) -> None:
     with duckdb.connect() as con:
-        (back,) = con.sql(f"SELECT {vector_literal(vector)}").fetchone()
+        ((back,),) = con.sql(f"SELECT {vector_literal(vector)}").fetchall()
     assert np.array_equal(np.array(back, dtype=np.float32), vector)
 
 
@@ -382,7 +400,7 @@ class TestQuoting:
         )
         duckdb_ext.record_provider(hostile, HOSTILE_TABLE, HOSTILE_VECTOR, provider)
         found = duckdb_ext.search(hostile, HOSTILE_TABLE, HOSTILE_VECTOR, "beta", k=1)
-        assert found.fetchone()[0] == "beta"
+        assert found.fetchall()[0][0] == "beta"
         assert hostile.sql("SELECT x FROM victim").fetchall() == [(1,)]
 
     def test_names_in_another_schema_and_in_any_case(self, con: duckdb.DuckDBPyConnection) -> None:
@@ -390,10 +408,8 @@ class TestQuoting:
         con.sql('CREATE TABLE "sch;ema"."Docs" (Body VARCHAR)')
         con.sql("INSERT INTO \"sch;ema\".\"Docs\" VALUES ('alpha'), ('beta')")
         duckdb_ext.embed_table(con, ("sch;ema", "docs"), "body", provider="hashing", dims=8)
-        assert (
-            duckdb_ext.search(con, ("sch;ema", "DOCS"), "BODY_EMBEDDING", "alpha", k=1).fetchone()[0]
-            == "alpha"
-        )
+        found = duckdb_ext.search(con, ("sch;ema", "DOCS"), "BODY_EMBEDDING", "alpha", k=1)
+        assert found.select("body").fetchall() == [("alpha",)]
         with pytest.raises(ConfigError, match="no table 'docs'"):
             duckdb_ext.search(con, "docs", "body_embedding", "alpha")
 
@@ -407,3 +423,120 @@ class TestQuoting:
     def test_impossible_names_are_refused(self, con: duckdb.DuckDBPyConnection, name: object) -> None:
         with pytest.raises(ConfigError, match="non-empty string"):
             duckdb_ext.search(con, name, "vector", [1.0])  # type: ignore[arg-type]
+
+
+class TestLoadParquet:
+    """Parquet files from Polars, opened in DuckDB by duckdb_ext.load_parquet."""
+
+    @staticmethod
+    def write_pets(path: Path, **options: object) -> pl.DataFrame:
+        texts = ["a black cat", None, "a small dog", "a black dog", "   "]
+        frame = pl.DataFrame({"id": range(len(texts)), "body": texts}).with_columns(
+            vec=pl.col("body").embed.with_provider("hashing", dims=48, **options)
+        )
+        frame.embed.write_parquet(path)
+        return frame
+
+    def test_a_fresh_process_searches_a_polars_file_by_text_with_no_provider(self, tmp_path: Path) -> None:
+        frame = self.write_pets(tmp_path / "pets.parquet", model="words")
+        expected = frame.embed.search("black cat", on="vec", k=3)["id"].to_list()
+        # Nothing in the new process has seen these vectors: only the file can name the model.
+        script = (
+            "import duckdb, duckdb_ext\n"
+            "con = duckdb.connect()\n"
+            f"print(duckdb_ext.load_parquet(con, {str(tmp_path / 'pets.parquet')!r}, table='pets'))\n"
+            'print(con.sql("SELECT DISTINCT typeof(vec) FROM pets").fetchall()[0][0])\n'
+            "found = duckdb_ext.search(con, 'pets', 'vec', 'black cat', k=3)\n"
+            "print(*[row[0] for row in found.select('id').fetchall()])\n"
+        )
+        printed = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+        assert printed.stdout.splitlines() == ["5", "FLOAT[48]", " ".join(map(str, expected))]
+        assert expected[0] == 0  # "a black cat" itself
+
+    def test_the_provider_is_recorded_as_the_column_comment(
+        self, con: duckdb.DuckDBPyConnection, tmp_path: Path
+    ) -> None:
+        self.write_pets(tmp_path / "pets.parquet")
+        duckdb_ext.load_parquet(con, tmp_path / "pets.parquet", table="pets")
+        ((comment, data_type),) = con.sql(
+            "SELECT comment, data_type FROM duckdb_columns() WHERE column_name = 'vec'"
+        ).fetchall()
+        assert VectorSpec.from_json(comment) == VectorSpec.of(
+            polars_embed.resolve_provider("hashing", dims=48)
+        )
+        assert data_type == "FLOAT[48]"
+        nulls = con.sql("SELECT id FROM pets WHERE vec IS NULL ORDER BY id").fetchall()
+        assert nulls == [(1,), (4,)]  # null and blank texts stay null vectors
+
+    def test_a_plain_parquet_file_gets_vector_columns_from_its_data(
+        self, con: duckdb.DuckDBPyConnection, tmp_path: Path
+    ) -> None:
+        vectors = np.eye(3, 4, dtype=np.float32)
+        pl.DataFrame(
+            {"vec": vectors, "ragged": [[1.0], [1.0, 2.0], None], "doubles": vectors.astype(np.float64)},
+            schema_overrides={"ragged": pl.List(pl.Float32)},
+        ).write_parquet(tmp_path / "plain.parquet")
+        assert duckdb_ext.load_parquet(con, tmp_path / "plain.parquet", table="plain") == 3
+        types = con.sql("SELECT column_name, data_type FROM duckdb_columns() WHERE table_name = 'plain'")
+        assert dict(types.fetchall()) == {"vec": "FLOAT[4]", "ragged": "FLOAT[]", "doubles": "DOUBLE[]"}
+        assert con.sql("SELECT comment FROM duckdb_columns() WHERE column_name = 'vec'").fetchall() == [
+            (None,)
+        ]
+        found = duckdb_ext.search(con, "plain", "vec", vectors[2], k=1)
+        assert found.select("vec").fetchall() == [((0.0, 0.0, 1.0, 0.0),)]
+        with pytest.raises(ConfigError, match="which model made column 'vec' is not known"):
+            duckdb_ext.search(con, "plain", "vec", "a text")
+
+    @pytest.mark.parametrize(
+        ("spec", "error", "message"),
+        [
+            (
+                {"provider": "hashing", "dimension": 8},
+                ConfigError,
+                "its metadata says 8",
+            ),
+            ({"provider": "not-installed", "dimension": 48}, UnknownProviderError, "not installed"),
+            (
+                {"provider": "sentence-transformers", "dimension": 48, "options": {"device": "cuda"}},
+                ConfigError,
+                "only code may set",
+            ),
+        ],
+    )
+    def test_metadata_that_polars_would_refuse_creates_no_table(
+        self,
+        con: duckdb.DuckDBPyConnection,
+        tmp_path: Path,
+        spec: dict[str, object],
+        error: type[Exception],
+        message: str,
+    ) -> None:
+        frame = self.write_pets(tmp_path / "pets.parquet")
+        frame.write_parquet(tmp_path / "forged.parquet", metadata={"polars_embed": json.dumps({"vec": spec})})
+        with pytest.raises(error, match=message):
+            polars_embed.read_parquet(tmp_path / "forged.parquet")
+        with pytest.raises(error, match=message):
+            duckdb_ext.load_parquet(con, tmp_path / "forged.parquet", table="pets")
+        assert con.sql("SELECT count(*) FROM duckdb_tables()").fetchall() == [(0,)]
+
+    def test_an_existing_table_is_replaced_only_when_asked(
+        self, con: duckdb.DuckDBPyConnection, tmp_path: Path
+    ) -> None:
+        self.write_pets(tmp_path / "pets.parquet")
+        con.sql("CREATE TABLE pets AS SELECT 1 AS x")
+        with pytest.raises(ConfigError, match="replace=True"):
+            duckdb_ext.load_parquet(con, tmp_path / "pets.parquet", table="pets")
+        assert con.sql("SELECT * FROM pets").fetchall() == [(1,)]
+        assert duckdb_ext.load_parquet(con, tmp_path / "pets.parquet", table="pets", replace=True) == 5
+        assert duckdb_ext.search(con, "pets", "vec", "small dog", k=1).select("id").fetchall() == [(2,)]
+
+    def test_hostile_names_and_paths_are_quoted(self, con: duckdb.DuckDBPyConnection, tmp_path: Path) -> None:
+        folder = tmp_path / "it's here"
+        folder.mkdir()
+        frame = self.write_pets(folder / "pets.parquet").rename({"vec": HOSTILE_VECTOR})
+        frame.embed.write_parquet(folder / "pets.parquet")
+        con.sql("CREATE TABLE victim AS SELECT 1 AS x")
+        assert duckdb_ext.load_parquet(con, folder / "pets.parquet", table=HOSTILE_TABLE) == 5
+        found = duckdb_ext.search(con, HOSTILE_TABLE, HOSTILE_VECTOR, "small dog", k=1)
+        assert found.select("id").fetchall() == [(2,)]
+        assert con.sql("SELECT x FROM victim").fetchall() == [(1,)]

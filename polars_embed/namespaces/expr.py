@@ -67,17 +67,18 @@ class EmbedExprNamespace:
         >>> import polars as pl
         >>> import polars_embed
         >>> df = pl.DataFrame({"text": ["a cat", None, "a dog"]})
-        >>> df.with_columns(vec=pl.col("text").embed.with_provider("hashing", dims=4))
+        >>> df = df.with_columns(vec=pl.col("text").embed.with_provider("hashing", dims=4))
+        >>> df.with_columns(pl.col("vec").arr.eval(pl.element().round(3)))  # rounded to print
         shape: (3, 2)
-        ┌───────┬─────────────────────────────────┐
-        │ text  ┆ vec                             │
-        │ ---   ┆ ---                             │
-        │ str   ┆ array[f32, 4]                   │
-        ╞═══════╪═════════════════════════════════╡
-        │ a cat ┆ [0.520756, 0.650945, … 0.39056… │
-        │ null  ┆ null                            │
-        │ a dog ┆ [0.356035, 0.118678, … 0.71206… │
-        └───────┴─────────────────────────────────┘
+        ┌───────┬─────────────────────────┐
+        │ text  ┆ vec                     │
+        │ ---   ┆ ---                     │
+        │ str   ┆ array[f32, 4]           │
+        ╞═══════╪═════════════════════════╡
+        │ a cat ┆ [0.521, 0.651, … 0.391] │
+        │ null  ┆ null                    │
+        │ a dog ┆ [0.356, 0.119, … 0.712] │
+        └───────┴─────────────────────────┘
         """
         check_kind(kind)
         resolved = resolve_provider(provider, **options)

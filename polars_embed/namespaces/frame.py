@@ -111,16 +111,16 @@ class _EmbedNamespace(Generic[FrameT]):
         >>> import polars_embed
         >>> df = pl.DataFrame({"text": ["a cat sat", "stock prices fell", None, "the cat slept"]})
         >>> df = df.with_columns(vec=pl.col("text").embed.with_provider("hashing", dims=64))
-        >>> df.embed.search("cat", k=2).select("text", "score")
+        >>> df.embed.search("cat", k=2).select("text", pl.col("score").round(3))
         shape: (2, 2)
-        ┌───────────────┬──────────┐
-        │ text          ┆ score    │
-        │ ---           ┆ ---      │
-        │ str           ┆ f32      │
-        ╞═══════════════╪══════════╡
-        │ a cat sat     ┆ 0.484182 │
-        │ the cat slept ┆ 0.398137 │
-        └───────────────┴──────────┘
+        ┌───────────────┬───────┐
+        │ text          ┆ score │
+        │ ---           ┆ ---   │
+        │ str           ┆ f32   │
+        ╞═══════════════╪═══════╡
+        │ a cat sat     ┆ 0.484 │
+        │ the cat slept ┆ 0.398 │
+        └───────────────┴───────┘
 
         A LazyFrame searches when collected, and a batch of queries says which
         query each row answers:
@@ -209,17 +209,17 @@ class _EmbedNamespace(Generic[FrameT]):
         ...     vec=embed
         ... )
         >>> questions.embed.knn_join(answers, on="vec", k=1, how="left").select(
-        ...     "text", "text_right", "score"
+        ...     "text", "text_right", pl.col("score").round(3)
         ... )
         shape: (2, 3)
-        ┌──────────────────┬───────────────────────┬──────────┐
-        │ text             ┆ text_right            ┆ score    │
-        │ ---              ┆ ---                   ┆ ---      │
-        │ str              ┆ str                   ┆ f32      │
-        ╞══════════════════╪═══════════════════════╪══════════╡
-        │ where is the cat ┆ the cat is on the mat ┆ 0.718587 │
-        │ null             ┆ null                  ┆ null     │
-        └──────────────────┴───────────────────────┴──────────┘
+        ┌──────────────────┬───────────────────────┬───────┐
+        │ text             ┆ text_right            ┆ score │
+        │ ---              ┆ ---                   ┆ ---   │
+        │ str              ┆ str                   ┆ f32   │
+        ╞══════════════════╪═══════════════════════╪═══════╡
+        │ where is the cat ┆ the cat is on the mat ┆ 0.719 │
+        │ null             ┆ null                  ┆ null  │
+        └──────────────────┴───────────────────────┴───────┘
         """
         right_schema = other.collect_schema() if isinstance(other, pl.LazyFrame) else other.schema
         join = _KnnJoin.plan(
