@@ -45,6 +45,15 @@ used: ``"$env:NAME"``, ``"$env:NAME:default"``, ``"$var:name"`` or
 ``"$var:name:default"`` (see :meth:`Registry.set_var`). :meth:`Provider.spec`
 stores identity options resolved (what made the vectors); everywhere else a
 reference stays a reference.
+
+Pickling
+--------
+A provider pickles as its class and the options that differ from their
+defaults, references as references; unpickling builds it through the registry
+of the receiving process, whose defaults fill the rest. SDK clients, loaded
+models, probes and the registry are never in the state; they are rebuilt on
+use. A literal secret (or a secret reference with a default) is never pickled:
+pickling refuses, asking for ``"$env:NAME"``.
 """
 
 from __future__ import annotations
@@ -325,6 +334,34 @@ class Provider:
         """Read ``$var:`` references from ``registry`` (the default registry otherwise)."""
         object.__setattr__(self, "_registry", registry)
         return self
+
+    # --- travelling between processes -----------------------------------------------------
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        from polars_embed.registry import rebuild_provider
+
+        return rebuild_provider, (type(self), self._pickled_options())
+
+    def __copy__(self) -> Provider:
+        return self  # frozen: a copy would be the same provider
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> Provider:
+        return self
+
+    def _pickled_options(self) -> dict[str, Any]:
+        """The options that differ from their defaults, references unresolved; never a key."""
+        given = {}
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            if not field.init or value == field.default:
+                continue
+            if option_role(type(self), field.name) == "secret" and masked(value) != value:
+                raise ConfigError(
+                    f"{self.label} holds its {field.name} as a value, which is never pickled; "
+                    f"pass {field.name}='$env:NAME' so each process reads it from its own environment"
+                )
+            given[field.name] = value
+        return given
 
     # --- reading options ----------------------------------------------------------------
 

@@ -158,8 +158,8 @@ class Registry:
         """Set the defaults of provider ``name``: where its requests go, which key, how it runs.
 
         They apply whenever this registry builds that provider, unless an option is
-        given: by name (``"openai"``) and from a file's description of its vectors.
-        This is how a file written elsewhere
+        given: by name (``"openai"``), from a file's description of its vectors, and
+        when a pickled provider is unpickled. This is how a file written elsewhere
         is searched with your own endpoint and key, never the file's. The options
         given replace any earlier defaults of ``name``; ``configure(name)`` clears them.
 
@@ -223,6 +223,16 @@ def get_registry() -> Registry:
             if _default_registry is None:
                 _default_registry = Registry()
     return _default_registry
+
+
+def rebuild_provider(provider_class: type[Provider], options: dict[str, Any]) -> Provider:
+    """A provider unpickled: built by this process's registry, whose defaults fill the
+    options not given, when it knows the class; else by the class itself."""
+    registry = get_registry()
+    entry = registry._entries.get(provider_class.name)
+    if entry is not None and entry.provider_class is provider_class:
+        return entry.create(**options)
+    return provider_class.create(**options).bind(registry)
 
 
 def list_providers() -> list[str]:

@@ -6,13 +6,19 @@ connection they accept, so "nothing was sent" is checked at the socket.
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
+import os
+import pickle
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import duckdb
+import numpy as np
 import polars as pl
 import pytest
 
@@ -413,6 +419,16 @@ class TestReferences:
         assert read_parquet(tmp_path / "docs.parquet").embed.search("alpha", on="vec", k=1).height == 1
         assert server.requests[sent].headers["authorization"] == f"Bearer {SECRET}"
 
+    @pytest.mark.parametrize(
+        "reference", ["$env:PE_UNSET_DIMS:12", "$var:pe_unset_width:12", "$var:pe_width"]
+    )
+    def test_references_travel_as_references(self, reference: str) -> None:
+        polars_embed.get_registry().set_var("pe_width", 12)
+        provider = polars_embed.resolve_provider("hashing", dims=reference)
+        back = pickle.loads(pickle.dumps(provider))
+        assert back == provider and back.dims == reference and back.dimension == 12
+        assert provider.spec()["dims"] == 12  # what a file gets: what made the vectors
+
     def test_a_secret_default_is_masked_everywhere_and_refused_on_read(
         self, tmp_path: Path, caplog: pytest.LogCaptureFixture
     ) -> None:
@@ -431,12 +447,15 @@ class TestReferences:
             assert isinstance(raised.value.__cause__, AuthenticationError)
             used = server.requests[0].headers["authorization"]
             assert used == f"Bearer {SECRET}"  # it was used, only never shown
+        with pytest.raises(ConfigError, match="pass api_key='\\$env:NAME'") as refused:
+            pickle.dumps(provider)
         shown = [
             repr(provider),
             str(provider.spec()),
             str(raised.value),
             str(raised.value.__cause__),
             caplog.text,
+            str(refused.value),
         ]
         assert not any(SECRET in text for text in shown)
         spec = {
@@ -488,3 +507,100 @@ class TestPathsFromFiles:
         assert polars_embed.resolve_provider("sentence-transformers", model=str(tmp_path)).model == str(
             tmp_path
         )
+
+
+def two_wide(texts: list[str]) -> np.ndarray:
+    """A provider function another process can import (a lambda could not be pickled)."""
+    return np.array([[len(text), 1.0] for text in texts], dtype=np.float32)
+
+
+BUILT_IN = {
+    "hashing": lambda: polars_embed.resolve_provider("hashing", dims="$env:PE_UNSET_DIMS:16", max_n=4),
+    "sentence-transformers": lambda: polars_embed.resolve_provider(
+        "sentence-transformers", device="$env:PE_UNSET_DEVICE:cpu", query_prompt="query: ", batch_size=8
+    ),
+    "cohere": lambda: polars_embed.resolve_provider(
+        "cohere:embed-v4.0", output_dimension=256, api_key="$env:PE_TEST_KEY", base_url="http://127.0.0.1:9/"
+    ),
+    "openai": lambda: polars_embed.resolve_provider(
+        "openai:nomic-embed-text",
+        api_key="$var:pe_team_key",
+        base_url="http://127.0.0.1:9/v1",
+        dims=24,
+        timeout=5,
+    ),
+    "callable": lambda: polars_embed.resolve_provider(two_wide, dims=2),
+}
+
+
+class TestProvidersTravel:
+    @pytest.mark.parametrize("name", sorted(BUILT_IN))
+    def test_every_provider_pickles_to_an_equal_one_without_its_key(
+        self, name: str, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        monkeypatch.setenv("PE_TEST_KEY", SECRET)
+        polars_embed.get_registry().set_var("pe_team_key", SECRET)
+        provider = BUILT_IN[name]()
+        pickled = pickle.dumps(provider)
+        back = pickle.loads(pickled)
+        assert back == provider and type(back) is type(provider) and repr(back) == repr(provider)
+        assert back.spec() == provider.spec()
+        assert SECRET.encode() not in pickled
+
+    @pytest.mark.parametrize("name", ["cohere", "openai"])
+    def test_a_literal_key_is_never_pickled(self, name: str) -> None:
+        provider = polars_embed.resolve_provider(name, api_key=SECRET)
+        with pytest.raises(ConfigError, match=r"never pickled.*pass api_key='\$env:NAME'") as raised:
+            pickle.dumps(provider)
+        assert SECRET not in str(raised.value)
+        assert copy.deepcopy(provider) is provider  # in this process it may be copied freely
+
+    def test_clients_and_probes_stay_behind_and_are_rebuilt(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch.setenv("PE_TEST_KEY", "test-key")
+        with FakeOpenAI(widths={"my-model": 8}) as server:
+            provider = polars_embed.resolve_provider(
+                "openai:my-model", base_url=f"{server.url}/v1", api_key="$env:PE_TEST_KEY"
+            )
+            first = polars_embed.embed(["alpha"], provider)
+            assert {"_sdk_client", "_width_from_probe", "_registry"} <= set(provider.__dict__)
+            back = pickle.loads(pickle.dumps(provider))
+            assert not {"_sdk_client", "_width_from_probe"} & set(back.__dict__)
+            assert polars_embed.embed(["alpha", "beta"], back)[0].to_list() == first[0].to_list()
+            assert len(server.requests) == 4  # a probe and a batch, each side
+
+    def test_registry_defaults_apply_on_the_unpickling_side(self) -> None:
+        registry = polars_embed.get_registry()
+        plain = pickle.dumps(
+            polars_embed.resolve_provider("openai:nomic-embed-text", api_key="$env:PE_TEST_KEY")
+        )
+        pointed = pickle.dumps(
+            polars_embed.resolve_provider("openai:nomic-embed-text", base_url="http://mine/v1")
+        )
+        registry.configure("openai", base_url="http://team-server/v1", timeout=7)
+        back = pickle.loads(plain)
+        assert (back.base_url, back.timeout, back.api_key) == ("http://team-server/v1", 7, "$env:PE_TEST_KEY")
+        assert pickle.loads(pointed).base_url == "http://mine/v1"  # what the sender set travels with it
+
+    def test_another_process_uses_its_own_environment(self, tmp_path: Path) -> None:
+        with FakeOpenAI(key="key-of-the-other-process") as server:
+            providers = [
+                polars_embed.resolve_provider("hashing", dims=8),
+                polars_embed.resolve_provider(
+                    "openai", dimensions=8, base_url=f"{server.url}/v1", api_key="$env:PE_TEST_KEY"
+                ),
+            ]
+            (tmp_path / "providers.pickle").write_bytes(pickle.dumps(providers))
+            script = (
+                "import pickle, sys, polars_embed\n"
+                f"providers = pickle.loads(open({str(tmp_path / 'providers.pickle')!r}, 'rb').read())\n"
+                "for provider in providers:\n"
+                "    print(polars_embed.embed(['alpha'], provider)[0].to_list())\n"
+            )
+            environment = {**os.environ, "PE_TEST_KEY": "key-of-the-other-process", "POLARS_EMBED_CACHE": "0"}
+            printed = subprocess.run(
+                [sys.executable, "-c", script], capture_output=True, text=True, check=True, env=environment
+            ).stdout
+            hashed, remote = (json.loads(line) for line in printed.splitlines())
+            assert hashed == polars_embed.embed(["alpha"], providers[0])[0].to_list()
+            assert np.allclose(remote, server.vectors(["alpha"], 8, ""))
+            assert server.requests[0].headers["authorization"] == "Bearer key-of-the-other-process"
