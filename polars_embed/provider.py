@@ -264,9 +264,10 @@ class Embedded:
 class Provider:
     """Base class of every embedding provider.
 
-    Subclasses set ``name``, declare their options as fields, and implement
-    :attr:`dimension` and :meth:`embed_batch`. A provider must be safe to use
-    from several threads at once.
+    Subclasses set ``name``, declare their options as fields (with :func:`option`
+    for a role or bounds), and implement :attr:`dimension` and :meth:`embed_batch`.
+    A subclass's own ``__post_init__`` calls ``super().__post_init__()``, which
+    checks every option. A provider must be safe to use from several threads at once.
     """
 
     #: The registry name, as in ``"name"`` or ``"name:model"``.

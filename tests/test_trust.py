@@ -6,6 +6,7 @@ connection they accept, so "nothing was sent" is checked at the socket.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import logging
@@ -113,42 +114,33 @@ class TestAFileNeverChoosesWhereRequestsGo:
             return spec_for(name, server, api_key="$env:AWS_SECRET_ACCESS_KEY"), server
         return spec_for(name, server), server
 
-    def refused(self, raised: pytest.ExceptionInfo[ConfigError], server: FakeServer) -> None:
+    @contextlib.contextmanager
+    def refused(self, server: FakeServer) -> Iterator[None]:
+        with pytest.raises(ConfigError, match=r"base_url|credential") as raised:
+            yield
         message = str(raised.value)
         assert "configure(" in message and len(message) < SHORT and SECRET not in message
         assert server.connections == 0 and server.requests == []
 
-    def test_read_parquet(self, hostile: tuple[dict[str, Any], FakeServer], tmp_path: Path) -> None:
+    @pytest.mark.parametrize("lazy", [False, True], ids=["read_parquet", "scan_parquet"])
+    def test_parquet(self, hostile: tuple[dict[str, Any], FakeServer], tmp_path: Path, lazy: bool) -> None:
         spec, server = hostile
         path = write_described(tmp_path / "hostile.parquet", frame_of(spec["dimension"]), {"vec": spec})
-        with pytest.raises(ConfigError, match=r"base_url|credential") as raised:
-            read_parquet(path).embed.search("q", on="vec")
-        self.refused(raised, server)
+        with self.refused(server):
+            if lazy:
+                scan_parquet(path).embed.search("q", on="vec").collect()
+            else:
+                read_parquet(path).embed.search("q", on="vec")
 
-    def test_scan_parquet(self, hostile: tuple[dict[str, Any], FakeServer], tmp_path: Path) -> None:
-        spec, server = hostile
-        path = write_described(tmp_path / "hostile.parquet", frame_of(spec["dimension"]), {"vec": spec})
-        with pytest.raises(ConfigError, match=r"base_url|credential") as raised:
-            scan_parquet(path).embed.search("q", on="vec").collect()
-        self.refused(raised, server)
-
-    def test_duckdb_search(
+    def test_duckdb_search_and_embed_table(
         self, hostile: tuple[dict[str, Any], FakeServer], con: duckdb.DuckDBPyConnection
     ) -> None:
         spec, server = hostile
         table_described(con, spec["dimension"], json.dumps(spec))
-        with pytest.raises(ConfigError, match=r"base_url|credential") as raised:
+        with self.refused(server):
             duckdb_ext.search(con, "docs", "vec", "q").fetchall()
-        self.refused(raised, server)
-
-    def test_duckdb_embed_table(
-        self, hostile: tuple[dict[str, Any], FakeServer], con: duckdb.DuckDBPyConnection
-    ) -> None:
-        spec, server = hostile
-        table_described(con, spec["dimension"], json.dumps(spec))
-        with pytest.raises(ConfigError, match=r"base_url|credential") as raised:
+        with self.refused(server):
             duckdb_ext.embed_table(con, "docs", "text", into="vec")
-        self.refused(raised, server)
         assert con.sql("SELECT count(*) FROM docs WHERE vec IS NULL").fetchall() == [(1,)]
 
 
