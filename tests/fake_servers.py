@@ -75,12 +75,15 @@ class FakeServer:
         self.delay = delay
         self.models = {**self.widths, **(widths or {})}
         self.requests: list[Request] = []
+        #: Every connection accepted, whatever came over it: a request of any method, or none.
+        self.connections = 0
         self.in_flight = 0
         self.most_in_flight = 0
         self._plans: deque[Plan] = deque()
         self._lock = threading.Lock()
         self._stopping = threading.Event()
-        self._http = ThreadingHTTPServer(("127.0.0.1", 0), _handler_for(self))
+        self._http = _CountingHTTPServer(("127.0.0.1", 0), _handler_for(self))
+        self._http.fake = self
 
     @property
     def url(self) -> str:
@@ -278,6 +281,17 @@ class FakeOpenAI(FakeServer):
         return json.dumps(
             {"error": {"message": message, "type": "invalid_request_error", "param": None, "code": None}}
         ).encode()
+
+
+class _CountingHTTPServer(ThreadingHTTPServer):
+    """Counts each connection as it is accepted, before a byte of it is read."""
+
+    fake: FakeServer
+
+    def verify_request(self, request: Any, client_address: Any) -> bool:
+        with self.fake._lock:
+            self.fake.connections += 1
+        return True
 
 
 def _handler_for(server: FakeServer) -> type[BaseHTTPRequestHandler]:

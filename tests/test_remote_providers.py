@@ -247,11 +247,11 @@ class TestEveryRemoteProvider:
             polars_embed.embed(["a", "b"], service.provider())
         assert isinstance(failure(raised), InvalidEmbeddingError)
 
-    def test_options_are_typed_and_the_secret_is_kept_out_of_the_spec(self, service: Service) -> None:
+    def test_options_are_typed_and_only_identity_is_in_the_spec(self, service: Service) -> None:
         provider = service.provider(api_key="$env:TEAM_EMBEDDING_KEY", timeout=5)
-        assert provider.spec()["api_key"] == "$env:TEAM_EMBEDDING_KEY"
-        assert "timeout" not in provider.spec() and "max_concurrency" not in provider.spec()
-        assert provider.spec()["base_url"] == service.base_url
+        for runtime in ("api_key", "base_url", "timeout", "max_concurrency"):
+            assert runtime not in provider.spec()
+        assert provider.spec()["model"] == service.options["model"]
         assert provider.max_concurrency == 4
         with pytest.raises(ConfigError, match="timeout"):
             service.provider(timeout="soon")
@@ -407,16 +407,17 @@ class TestOpenAI:
         [
             ("text-embedding-ada-002", 256, "does not take dimensions"),
             ("text-embedding-3-small", 2000, "from 1 to the model's width, not 2000"),
-            ("text-embedding-3-large", 0, "not 0"),
-            ("my-server-model", 0, "not 0"),
+            ("text-embedding-3-large", 0, "from 1 to 65536, got 0"),
+            ("my-server-model", 0, "from 1 to 65536, got 0"),
         ],
     )
     def test_impossible_dimensions_are_refused_before_any_request(
         self, openai_server: FakeOpenAI, model: str, dimensions: int, message: str
     ) -> None:
-        provider = openai_service(openai_server).provider(model=model, dimensions=dimensions)
         with pytest.raises(ConfigError, match=message):
-            polars_embed.embed(["a"], provider)
+            polars_embed.embed(
+                ["a"], openai_service(openai_server).provider(model=model, dimensions=dimensions)
+            )
         assert openai_server.requests == []
 
     def test_never_more_than_2048_texts_a_request(self, openai_server: FakeOpenAI) -> None:

@@ -20,7 +20,7 @@ import numpy as np
 
 from polars_embed.errors import ConfigError, InvalidEmbeddingError, ProviderError
 from polars_embed.hookspecs import hookimpl
-from polars_embed.provider import Embedded, Kind, Provider, option
+from polars_embed.provider import MAX_DIMENSION, Embedded, Kind, Provider, option
 from polars_embed.providers._remote import RemoteProvider
 
 log = logging.getLogger(__name__)
@@ -79,7 +79,7 @@ class OpenAIProvider(RemoteProvider):
     default_base_url: ClassVar[str] = "https://api.openai.com/v1"
 
     model: str = "text-embedding-3-small"
-    dimensions: int | None = None
+    dimensions: int | None = option(None, low=1, high=MAX_DIMENSION)
     batch_size: int = option(512, runtime=True)
 
     @property

@@ -6,6 +6,8 @@ package when it is installed (no network at all), else by its hub name.
 
 from __future__ import annotations
 
+import os
+import re
 import threading
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -16,6 +18,8 @@ from polars_embed.hookspecs import hookimpl
 from polars_embed.provider import Kind, Provider, option
 
 DEFAULT_MODEL = "all-MiniLM-L6-v2"
+#: A model name as the Hugging Face hub spells one: ``name`` or ``org/name``.
+HUB_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,95}(/[A-Za-z0-9][A-Za-z0-9._-]{0,95})?")
 _PACKAGED_NAMES = {DEFAULT_MODEL, f"sentence-transformers/{DEFAULT_MODEL}"}
 
 # One loaded model per (model, device, trust_remote_code) in the process. The lock beside
@@ -25,6 +29,15 @@ _models: dict[tuple[str, str | None, bool], tuple[Any, threading.Lock]] = {}
 _models_lock = threading.Lock()
 
 
+def _not_a_hub_name(model: str) -> str | None:
+    """Why a file may not name ``model``: a path, or a name that is a directory here."""
+    if not HUB_NAME.fullmatch(model) or ".." in model:
+        return "is not a hub model name ('name' or 'org/name'): a file never names a local path"
+    if os.path.exists(model):
+        return "names a local path here: a file never loads one (pass the path in code)"
+    return None
+
+
 @dataclass(frozen=True, kw_only=True, repr=False)
 class SentenceTransformersProvider(Provider):
     """Embed with a local sentence-transformers model.
@@ -32,7 +45,8 @@ class SentenceTransformersProvider(Provider):
     Options
     -------
     model
-        A hub name or a local directory; ``all-MiniLM-L6-v2`` by default.
+        A hub name or a local directory; ``all-MiniLM-L6-v2`` by default. A local
+        directory is for code only: a file may name a hub model, never a path.
     device
         ``"auto"`` (CUDA or MPS when present, else CPU), ``"cpu"``, ``"cuda"``, ...
     batch_size
@@ -50,7 +64,7 @@ class SentenceTransformersProvider(Provider):
     name: ClassVar[str] = "sentence-transformers"
     extra: ClassVar[str | None] = "local"
 
-    model: str = DEFAULT_MODEL
+    model: str = option(DEFAULT_MODEL, from_file=_not_a_hub_name)
     normalize: bool = True
     query_prompt: str | None = None
     document_prompt: str | None = None
