@@ -499,7 +499,7 @@ class TestLoadParquet:
             (
                 {"provider": "sentence-transformers", "dimension": 48, "options": {"device": "cuda"}},
                 ConfigError,
-                "only code may set",
+                "never a file",
             ),
         ],
     )
