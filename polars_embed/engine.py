@@ -33,7 +33,9 @@ from polars_embed.cache import cache_for
 from polars_embed.errors import (
     ConfigError,
     EmbeddingIncompleteError,
+    InputTypeError,
     InvalidEmbeddingError,
+    InvalidInputError,
     ProviderError,
     RetryableProviderError,
 )
@@ -120,17 +122,19 @@ def embed_queries(queries: Sequence[str], provider: Provider) -> np.ndarray:
     """Embed search queries as a ``(q, d)`` float32 array; a blank query is an error."""
     blank = [i for i, query in enumerate(queries) if not isinstance(query, str) or not query.strip()]
     if blank:
-        raise ValueError(
-            f"search queries must be non-blank strings; query {blank[0]} is {queries[blank[0]]!r}"
+        shown = repr(queries[blank[0]])
+        raise InvalidInputError(
+            f"search queries must be non-blank strings, but query {blank[0]} is "
+            f"{shown if len(shown) <= 40 else shown[:40] + '...'}: leave it out or pass a vector instead"
         )
     vectors = embed_series(pl.Series("query", list(queries), dtype=pl.String), provider, kind="query")
     return vectors.to_numpy()
 
 
 def as_text_series(texts: TextsLike, name: str = "embedding") -> pl.Series:
-    """Texts as a Polars String Series; anything that is not text is a ``TypeError``."""
+    """Texts as a Polars String Series; anything that is not text is an :class:`InputTypeError`."""
     if isinstance(texts, str):
-        raise TypeError("embed() takes a sequence of texts, not one string: wrap it as [text]")
+        raise InputTypeError("embed() takes a sequence of texts, not one string: wrap it as [text]")
     if isinstance(texts, pa.Array | pa.ChunkedArray):
         series = pl.Series(name, texts)
     elif isinstance(texts, pl.Series):
@@ -139,11 +143,14 @@ def as_text_series(texts: TextsLike, name: str = "embedding") -> pl.Series:
         try:
             series = pl.Series(name, list(texts), dtype=pl.String, strict=True)
         except TypeError as error:
-            raise TypeError(f"embed() needs strings or None: {error}".split("\n")[0]) from None
+            raise InputTypeError(
+                f"embed() needs a sequence of strings or None ({str(error).splitlines()[0]}); "
+                "convert the texts to str first"
+            ) from None
     if series.dtype in (pl.Null, pl.Categorical) or isinstance(series.dtype, pl.Enum):
         series = series.cast(pl.String)
     if series.dtype != pl.String:
-        raise TypeError(
+        raise InputTypeError(
             f"embed() needs a String column, but {series.name!r} is {series.dtype}; "
             f"convert it first, e.g. pl.col({series.name!r}).cast(pl.String)"
         )

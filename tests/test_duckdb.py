@@ -24,6 +24,8 @@ from polars_embed import (
     DimensionMismatchError,
     DuplicateProviderError,
     EmbeddingIncompleteError,
+    InputTypeError,
+    InvalidInputError,
 )
 from polars_embed.metadata import VectorSpec
 from tests.providers import CountingProvider
@@ -318,10 +320,12 @@ class TestExactSearch:
 
     def test_bad_arguments(self, con: duckdb.DuckDBPyConnection) -> None:
         hashed_docs(con)
-        with pytest.raises(ValueError, match="k must be a positive"):
+        with pytest.raises(ConfigError, match="k must be a positive"):
             duckdb_ext.search(con, "docs", "vector", "blue", k=0)
-        with pytest.raises(ValueError, match="not all zeros"):
+        with pytest.raises(InvalidInputError, match="not all zeros"):
             duckdb_ext.search(con, "docs", "vector", np.zeros(32))
+        with pytest.raises(InputTypeError, match="a text or a vector of numbers"):
+            duckdb_ext.search(con, "docs", "vector", ["not", "numbers"])
         with pytest.raises(ConfigError, match="not a FLOAT"):
             duckdb_ext.search(con, "docs", "body", "blue")
         with pytest.raises(ConfigError, match="no table 'nope'"):
