@@ -218,18 +218,33 @@ def _embed_distinct(
         try:
             _run_batches(batches, request, store, provider.resolve("max_concurrency"))
         except ProviderError as error:
-            # The provider's error is chained below, so it must not show a secret either.
-            error.args = tuple(provider.redact(arg) if isinstance(arg, str) else arg for arg in error.args)
-            done = stats.cache_hits + stats.embedded
-            kept = " Finished batches are in the embedding cache: a rerun resumes." if cache else ""
-            raise EmbeddingIncompleteError(
-                f"{provider.label} failed after {done} of {len(texts)} distinct texts were embedded "
-                f"({stats.cache_hits} from the cache); nothing was returned.{kept} "
-                f"{provider.redact(str(error))}",
-                done=done,
-                total=len(texts),
-            ) from error
+            raise _incomplete(error, provider, stats, len(texts), resumable=cache is not None) from error
     return vectors
+
+
+def _incomplete(
+    error: ProviderError, provider: Provider, stats: EmbedStats, total: int, *, resumable: bool
+) -> EmbeddingIncompleteError:
+    """The error for a column that failed part way. Its message alone says why, how far it
+    got and what a rerun does: on the way out of a Polars expression nothing else survives."""
+    # The provider's error is chained, so it must not show a secret either.
+    error.args = tuple(provider.redact(arg) if isinstance(arg, str) else arg for arg in error.args)
+    cause = str(error).removeprefix(f"{provider.label}: ")
+    retries = provider.resolve("max_retries")
+    if isinstance(error, RetryableProviderError) and retries:
+        cause += f" (still failing after {retries} retries)"
+    done = stats.cache_hits + stats.embedded
+    rerun = (
+        "finished batches are in the embedding cache, so a rerun resumes from there"
+        if resumable
+        else "without the embedding cache, a rerun starts over"
+    )
+    return EmbeddingIncompleteError(
+        f"{provider.label} failed after {done} of {total} distinct texts were embedded "
+        f"({stats.cache_hits} from the cache), so nothing was returned: {cause}; {rerun}",
+        done=done,
+        total=total,
+    )
 
 
 def _plan_batches(texts: list[str], provider: Provider) -> list[list[int]]:
