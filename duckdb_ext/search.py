@@ -206,6 +206,10 @@ def _indexed_search(
     except MissingDependencyError as error:
         log.warning("table %s has an HNSW index, but the search is exact: %s", table, error)
         return None
+    # The index scan reserves room for LIMIT rows: never more than the table has.
+    k = min(k, con.sql(f"SELECT count(*) FROM {table.sql}").fetchall()[0][0])
+    if k == 0:
+        return None
     literal = vector_literal(query)
     unfiltered = _index_sql(table, vectors, literal, fetch=k, k=k, where=None)
     # Whether the planner picks the index (metric, column, query shape) is read off its plan.

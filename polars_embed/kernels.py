@@ -105,7 +105,9 @@ def topk(
 
     Notes
     -----
-    ``k_eff = min(k, number of searchable corpus rows)``. A row is not
+    ``k_eff = min(k, number of searchable corpus rows)``; ``k`` is cut to the
+    number of corpus rows before anything is allocated, so a huge ``k`` costs
+    nothing. A row is not
     searchable when ``valid`` is False, when it holds NaN or infinity (or is so
     large that its squared norm overflows float32) and, for cosine, when its
     norm is zero. A query row holding NaN or infinity, or all zeros for
@@ -135,6 +137,8 @@ def topk(
         block_size = _positive_integer(block_size, "block_size", "corpus rows per block")
     queries, corpus = _check_vectors(xp, queries, corpus)
     n_rows = corpus.shape[0]
+    # Every buffer below is (queries, k) wide: never wider than the corpus has rows.
+    k = min(k, max(n_rows, 1))
     if valid is not None and valid.dtype != xp.bool:
         raise InputTypeError(
             f"valid must be a boolean array (True for rows that may match), got {valid.dtype}"

@@ -29,6 +29,7 @@ from polars_embed import (
 )
 from polars_embed.metadata import VectorSpec
 from tests.providers import CountingProvider
+from tests.test_kernels import peak_bytes
 
 HOSTILE_TABLE = 'we"ird; DROP TABLE victim; --'
 HOSTILE_TEXT = "bo'dy\"; DELETE FROM victim; --"
@@ -317,6 +318,19 @@ class TestExactSearch:
             duckdb_ext.search(con, "made", "vector", "alpha", provider=wide)
         with pytest.raises(DimensionMismatchError, match=r"query vector has width 3.*width 16"):
             duckdb_ext.search(con, "made", "vector", [1.0, 2.0, 3.0])
+
+    def test_a_huge_k_returns_every_row_and_allocates_nothing_by_k(
+        self, con: duckdb.DuckDBPyConnection
+    ) -> None:
+        vectors = hashed_docs(con, count=10)
+        huge = 10**7  # a (1, k) pair of arrays alone would be 120 MB
+        assert (
+            peak_bytes(lambda: duckdb_ext.search(con, "docs", "vector", vectors[3], k=huge).fetchall())
+            < 2**20
+        )
+        found = duckdb_ext.search(con, "docs", "vector", vectors[3], k=huge).fetchall()
+        assert found == duckdb_ext.search(con, "docs", "vector", vectors[3], k=10).fetchall()
+        assert len(found) == 10
 
     def test_bad_arguments(self, con: duckdb.DuckDBPyConnection) -> None:
         hashed_docs(con)

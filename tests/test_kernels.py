@@ -342,6 +342,29 @@ def test_memory_stays_bounded_for_many_queries():
     assert peak < 64 * 2**20 < full_score_matrix / 10
 
 
+def peak_bytes(call):
+    """The most memory (traced by tracemalloc, as numpy's arrays are) that ``call()`` held at once."""
+    tracemalloc.start()
+    try:
+        call()
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+@pytest.mark.parametrize("metric", ["cosine", "dot", "l2"])
+def test_a_huge_k_is_cut_to_the_corpus_before_anything_is_allocated(metric):
+    rng = np.random.default_rng(0)
+    corpus = rng.standard_normal((10, 4), dtype=np.float32)
+    queries = rng.standard_normal((3, 4), dtype=np.float32)
+    huge = 10**7  # an allocation by k would hold 3 x 10**7 x 12 bytes at once: 360 MB
+    indices, scores = topk(queries, corpus, huge, metric=metric)
+    want = topk(queries, corpus, 10, metric=metric)
+    np.testing.assert_array_equal(indices, want[0])
+    np.testing.assert_array_equal(scores, want[1])
+    assert peak_bytes(lambda: topk(queries, corpus, huge, metric=metric)) < 2**20
+
+
 def test_corpus_is_never_copied_whole():
     as_float64 = np.random.default_rng(0).standard_normal((400_000, 64))
     float32_copy = as_float64.size * 4  # 102 MB

@@ -25,6 +25,7 @@ from polars_embed import (
     InvalidInputError,
 )
 from tests.providers import CountingProvider
+from tests.test_kernels import peak_bytes
 
 ROOT = Path(__file__).resolve().parent.parent
 ENGINES = ["auto", "streaming", "in-memory"]
@@ -217,6 +218,15 @@ class TestSearch:
             animals.embed.search(np.ones(64), provider="hashing")
         with pytest.raises(ConfigError, match=r"options \['dims'\] are for provider="):
             animals.embed.search("cat", dims=64)
+
+    def test_a_huge_k_returns_every_row_and_allocates_nothing_by_k(self, animals: pl.DataFrame) -> None:
+        huge = 10**7  # a (2, k) pair of arrays alone would be 240 MB
+        assert peak_bytes(lambda: animals.embed.search(["cat", "stocks"], k=huge)) < 2**20
+        assert peak_bytes(lambda: animals.embed.knn_join(animals, on="vec", k=huge)) < 2**20
+        hits = animals.embed.search(["cat", "stocks"], k=huge)
+        joined = animals.embed.knn_join(animals, on="vec", k=huge)
+        assert hits.equals(animals.embed.search(["cat", "stocks"], k=4))
+        assert joined.equals(animals.embed.knn_join(animals, on="vec", k=4))
 
     def test_an_all_null_column_costs_no_provider_call(self, counting: CountingProvider) -> None:
         frame = pl.DataFrame({"vec": [None, None]}, schema={"vec": pl.Array(pl.Float32, 8)})
