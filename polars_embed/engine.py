@@ -119,7 +119,11 @@ async def aembed(
 
 
 def embed_queries(queries: Sequence[str], provider: Provider) -> np.ndarray:
-    """Embed search queries as a ``(q, d)`` float32 array; a blank query is an error."""
+    """Embed search queries as a ``(q, d)`` float32 array; a blank query is an error.
+
+    Query vectors are not remembered as a vector column (:func:`~polars_embed.metadata.remember`):
+    a process may run any number of searches.
+    """
     blank = [i for i, query in enumerate(queries) if not isinstance(query, str) or not query.strip()]
     if blank:
         shown = repr(queries[blank[0]])
@@ -179,7 +183,8 @@ def embed_series(
     )
     positions = pl.DataFrame({"text": texts}).join(lookup, on="text", how="left", maintain_order="left")
     distinct_vectors = pl.Series(texts.name, vectors)
-    remember(distinct_vectors, provider)
+    if kind == "document":  # not queries: every search makes some, and the store must not grow with searches
+        remember(distinct_vectors, provider)
     return distinct_vectors.gather(positions["position"])
 
 
