@@ -10,10 +10,12 @@ keeps track of which provider made every vector column, two ways:
   :func:`read_parquet` or :func:`scan_parquet`, it is untrusted input: only known
   keys and options are accepted, code-only options such as
   ``trust_remote_code`` never are, and an unknown provider is an error, not an import.
-- **In this process**: vectors the engine makes, or that were read from a described
-  file, are recognised by their content (a digest per row), so the knowledge
-  survives filters, sorts, joins and renames. :func:`provider_of` answers which
-  provider made a column.
+- **In this process**: document vectors the engine makes, or that were read from a
+  described file, are recognised by their content (a digest per row), so the
+  knowledge survives filters, sorts, joins and renames. :func:`provider_of` answers
+  which provider made a column. Query vectors are not remembered, so searches never
+  grow the store, and the store's size and lookup cost are bounded (see
+  :class:`_Remembered`).
 """
 
 from __future__ import annotations
@@ -235,12 +237,15 @@ class _Chunk:
             kept[repeated] = False
             older = cls(older.digests[kept], older.makers[kept], frozenset())
             numbers = frozenset(np.unique(older.makers).tolist())
-        places = np.searchsorted(older.digests, newer.digests)
-        return cls(
-            np.insert(older.digests, places, newer.digests),
-            np.insert(older.makers, places, newer.makers),
-            numbers | newer.numbers,
-        )
+        # Where each newer digest lands among the older ones, shifted by the newer ones before it.
+        landing = np.searchsorted(older.digests, newer.digests) + np.arange(len(newer))
+        from_older = np.ones(len(older) + len(newer), dtype=bool)
+        from_older[landing] = False
+        digests = np.empty(len(from_older), dtype=np.uint64)
+        makers = np.empty(len(from_older), dtype=np.int64)
+        digests[landing], makers[landing] = newer.digests, newer.makers
+        digests[from_older], makers[from_older] = older.digests, older.makers
+        return cls(digests, makers, numbers | newer.numbers)
 
 
 class _Remembered:

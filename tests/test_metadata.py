@@ -96,6 +96,22 @@ class TestTheStoreStaysBounded:
         for call in (0, 1, 1234, 4999):
             assert store.find(calls[call]) == providers[call % 2]
 
+    def test_it_answers_like_a_plain_dict_of_each_rows_latest_maker(
+        self, store: metadata._Remembered
+    ) -> None:
+        rng = np.random.default_rng(1)
+        pool = random_vectors(200, seed=1)
+        providers = [polars_embed.resolve_provider("hashing", dims=4, model=m) for m in ("words", "chars")]
+        providers.append(providers[0].with_options(batch_size=7))
+        latest = {}
+        for call in range(400):
+            rows = rng.choice(len(pool), size=int(rng.integers(1, 20)), replace=False)
+            store.add(pool[rows], providers[call % 3])
+            latest.update(dict.fromkeys(rows.tolist(), providers[call % 3]))
+        assert store.provider_count == 3  # a row made again may be held twice until its chunks merge
+        for row, provider in latest.items():
+            assert store.find(pool[row : row + 1]) is provider
+
     def test_past_the_cap_the_oldest_are_forgotten_first(
         self, store: metadata._Remembered, monkeypatch: pytest.MonkeyPatch
     ) -> None:
