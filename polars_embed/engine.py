@@ -33,7 +33,9 @@ from polars_embed.cache import cache_for
 from polars_embed.errors import (
     ConfigError,
     EmbeddingIncompleteError,
+    InputTypeError,
     InvalidEmbeddingError,
+    InvalidInputError,
     ProviderError,
     RetryableProviderError,
 )
@@ -117,20 +119,26 @@ async def aembed(
 
 
 def embed_queries(queries: Sequence[str], provider: Provider) -> np.ndarray:
-    """Embed search queries as a ``(q, d)`` float32 array; a blank query is an error."""
+    """Embed search queries as a ``(q, d)`` float32 array; a blank query is an error.
+
+    Query vectors are not remembered as a vector column (:func:`~polars_embed.metadata.remember`):
+    a process may run any number of searches.
+    """
     blank = [i for i, query in enumerate(queries) if not isinstance(query, str) or not query.strip()]
     if blank:
-        raise ValueError(
-            f"search queries must be non-blank strings; query {blank[0]} is {queries[blank[0]]!r}"
+        shown = repr(queries[blank[0]])
+        raise InvalidInputError(
+            f"search queries must be non-blank strings, but query {blank[0]} is "
+            f"{shown if len(shown) <= 40 else shown[:40] + '...'}: leave it out or pass a vector instead"
         )
     vectors = embed_series(pl.Series("query", list(queries), dtype=pl.String), provider, kind="query")
     return vectors.to_numpy()
 
 
 def as_text_series(texts: TextsLike, name: str = "embedding") -> pl.Series:
-    """Texts as a Polars String Series; anything that is not text is a ``TypeError``."""
+    """Texts as a Polars String Series; anything that is not text is an :class:`InputTypeError`."""
     if isinstance(texts, str):
-        raise TypeError("embed() takes a sequence of texts, not one string: wrap it as [text]")
+        raise InputTypeError("embed() takes a sequence of texts, not one string: wrap it as [text]")
     if isinstance(texts, pa.Array | pa.ChunkedArray):
         series = pl.Series(name, texts)
     elif isinstance(texts, pl.Series):
@@ -139,11 +147,14 @@ def as_text_series(texts: TextsLike, name: str = "embedding") -> pl.Series:
         try:
             series = pl.Series(name, list(texts), dtype=pl.String, strict=True)
         except TypeError as error:
-            raise TypeError(f"embed() needs strings or None: {error}".split("\n")[0]) from None
+            raise InputTypeError(
+                f"embed() needs a sequence of strings or None ({str(error).splitlines()[0]}); "
+                "convert the texts to str first"
+            ) from None
     if series.dtype in (pl.Null, pl.Categorical) or isinstance(series.dtype, pl.Enum):
         series = series.cast(pl.String)
     if series.dtype != pl.String:
-        raise TypeError(
+        raise InputTypeError(
             f"embed() needs a String column, but {series.name!r} is {series.dtype}; "
             f"convert it first, e.g. pl.col({series.name!r}).cast(pl.String)"
         )
@@ -172,7 +183,8 @@ def embed_series(
     )
     positions = pl.DataFrame({"text": texts}).join(lookup, on="text", how="left", maintain_order="left")
     distinct_vectors = pl.Series(texts.name, vectors)
-    remember(distinct_vectors, provider)
+    if kind == "document":  # not queries: every search makes some, and the store must not grow with searches
+        remember(distinct_vectors, provider)
     return distinct_vectors.gather(positions["position"])
 
 
@@ -211,18 +223,33 @@ def _embed_distinct(
         try:
             _run_batches(batches, request, store, provider.resolve("max_concurrency"))
         except ProviderError as error:
-            # The provider's error is chained below, so it must not show a secret either.
-            error.args = tuple(provider.redact(arg) if isinstance(arg, str) else arg for arg in error.args)
-            done = stats.cache_hits + stats.embedded
-            kept = " Finished batches are in the embedding cache: a rerun resumes." if cache else ""
-            raise EmbeddingIncompleteError(
-                f"{provider.label} failed after {done} of {len(texts)} distinct texts were embedded "
-                f"({stats.cache_hits} from the cache); nothing was returned.{kept} "
-                f"{provider.redact(str(error))}",
-                done=done,
-                total=len(texts),
-            ) from error
+            raise _incomplete(error, provider, stats, len(texts), resumable=cache is not None) from error
     return vectors
+
+
+def _incomplete(
+    error: ProviderError, provider: Provider, stats: EmbedStats, total: int, *, resumable: bool
+) -> EmbeddingIncompleteError:
+    """The error for a column that failed part way. Its message alone says why, how far it
+    got and what a rerun does: on the way out of a Polars expression nothing else survives."""
+    # The provider's error is chained, so it must not show a secret either.
+    error.args = tuple(provider.redact(arg) if isinstance(arg, str) else arg for arg in error.args)
+    cause = str(error).removeprefix(f"{provider.label}: ")
+    retries = provider.resolve("max_retries")
+    if isinstance(error, RetryableProviderError) and retries:
+        cause += f" (still failing after {retries} retries)"
+    done = stats.cache_hits + stats.embedded
+    rerun = (
+        "finished batches are in the embedding cache, so a rerun resumes from there"
+        if resumable
+        else "without the embedding cache, a rerun starts over"
+    )
+    return EmbeddingIncompleteError(
+        f"{provider.label} failed after {done} of {total} distinct texts were embedded "
+        f"({stats.cache_hits} from the cache), so nothing was returned: {cause}; {rerun}",
+        done=done,
+        total=total,
+    )
 
 
 def _plan_batches(texts: list[str], provider: Provider) -> list[list[int]]:

@@ -25,10 +25,13 @@ from polars_embed import (
     DimensionMismatchError,
     DuplicateProviderError,
     EmbeddingIncompleteError,
+    InputTypeError,
+    InvalidInputError,
     UnknownProviderError,
 )
 from polars_embed.metadata import VectorSpec
 from tests.providers import CountingProvider
+from tests.test_kernels import peak_bytes
 
 HOSTILE_TABLE = 'we"ird; DROP TABLE victim; --'
 HOSTILE_TEXT = "bo'dy\"; DELETE FROM victim; --"
@@ -333,12 +336,27 @@ class TestExactSearch:
         with pytest.raises(DimensionMismatchError, match=r"query vector has width 3.*width 16"):
             duckdb_ext.search(con, "made", "vector", [1.0, 2.0, 3.0])
 
+    def test_a_huge_k_returns_every_row_and_allocates_nothing_by_k(
+        self, con: duckdb.DuckDBPyConnection
+    ) -> None:
+        vectors = hashed_docs(con, count=10)
+        huge = 10**7  # a (1, k) pair of arrays alone would be 120 MB
+        assert (
+            peak_bytes(lambda: duckdb_ext.search(con, "docs", "vector", vectors[3], k=huge).fetchall())
+            < 2**20
+        )
+        found = duckdb_ext.search(con, "docs", "vector", vectors[3], k=huge).fetchall()
+        assert found == duckdb_ext.search(con, "docs", "vector", vectors[3], k=10).fetchall()
+        assert len(found) == 10
+
     def test_bad_arguments(self, con: duckdb.DuckDBPyConnection) -> None:
         hashed_docs(con)
-        with pytest.raises(ValueError, match="k must be a positive"):
+        with pytest.raises(ConfigError, match="k must be a positive"):
             duckdb_ext.search(con, "docs", "vector", "blue", k=0)
-        with pytest.raises(ValueError, match="not all zeros"):
+        with pytest.raises(InvalidInputError, match="not all zeros"):
             duckdb_ext.search(con, "docs", "vector", np.zeros(32))
+        with pytest.raises(InputTypeError, match="a text or a vector of numbers"):
+            duckdb_ext.search(con, "docs", "vector", ["not", "numbers"])
         with pytest.raises(ConfigError, match="not a FLOAT"):
             duckdb_ext.search(con, "docs", "body", "blue")
         with pytest.raises(ConfigError, match="no table 'nope'"):

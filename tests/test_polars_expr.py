@@ -9,7 +9,7 @@ import polars as pl
 import pytest
 
 import polars_embed
-from polars_embed import ConfigError, DimensionMismatchError, kernels
+from polars_embed import ConfigError, DimensionMismatchError, InvalidInputError, kernels
 from polars_embed.namespaces import expr as expr_module
 from tests.providers import CountingProvider, vector_for
 
@@ -279,7 +279,9 @@ class TestVectorExpressions:
             wide.lazy().select(pl.col("vec").embed.dot("wide")).collect()
 
     def test_a_batch_is_not_a_query_vector(self) -> None:
-        with pytest.raises(ValueError, match="compare with one vector"):
+        with pytest.raises(
+            InvalidInputError, match="got 2 vectors, but a column is compared with one vector"
+        ):
             pl.col("vec").embed.dot(np.ones((2, 4)))
 
     def test_a_column_that_is_not_vectors(self) -> None:

@@ -14,8 +14,10 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
+from pathlib import Path
 from typing import Any
 
+import polars as pl
 import pytest
 
 import polars_embed
@@ -577,3 +579,75 @@ def test_the_services_own_words_are_found_in_its_error_body(body: object, words:
 
 def test_both_are_registered() -> None:
     assert {"cohere", "openai"} <= set(polars_embed.list_providers())
+
+
+POLARS_ENGINES = ["eager", "in-memory", "streaming"]
+
+
+def embedded_through_polars(engine: str, provider: Provider) -> None:
+    """Embed a column with ``provider`` in an eager frame, or a lazy one collected by ``engine``."""
+    frame = pl.DataFrame({"text": ["a", "b", None, "a"]})
+    vectors = pl.col("text").embed.with_provider(provider)
+    if engine == "eager":
+        frame.with_columns(vec=vectors)
+    else:
+        frame.lazy().with_columns(vec=vectors).collect(engine=engine)
+
+
+class TestErrorsThroughPolars:
+    """Polars rebuilds an exception raised in an expression from its message: class and words must survive."""
+
+    @pytest.fixture(autouse=True)
+    def cache_in(self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch.setenv("POLARS_EMBED_CACHE", "1")
+        monkeypatch.setenv("POLARS_EMBED_CACHE_DIR", str(tmp_path))
+
+    @pytest.mark.parametrize("engine", POLARS_ENGINES)
+    def test_a_refused_key(self, service: Service, engine: str, monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch.setenv(service.key_variable, SECRET)
+        with pytest.raises(EmbeddingIncompleteError) as raised:
+            embedded_through_polars(engine, service.provider(api_key=None))
+        message = str(raised.value)
+        assert type(raised.value) is EmbeddingIncompleteError
+        assert f"{service.provider().label} failed after 0 of" in message
+        assert (
+            f"HTTP 401 Unauthorized: invalid api token ***. The key was refused: set {service.key_variable}"
+            in (message)
+        )
+        assert "a rerun resumes" in message
+        assert SECRET not in message
+        assert raised.value.done == 0 and f"after 0 of {raised.value.total} distinct texts" in message
+
+    # The streaming engine may split the column into morsels, each a call of its own:
+    # the server fails every request, so that each morsel fails.
+
+    @pytest.mark.parametrize("engine", POLARS_ENGINES)
+    def test_server_errors_that_outlast_the_retries(self, service: Service, engine: str) -> None:
+        service.server.then(Plan(status=503), times=100)
+        with pytest.raises(EmbeddingIncompleteError) as raised:
+            embedded_through_polars(engine, service.provider(max_retries=2))
+        message = str(raised.value)
+        assert type(raised.value) is EmbeddingIncompleteError
+        assert "HTTP 503 Service Unavailable: scripted failure 503 (still failing after 2 retries)" in message
+        assert "a rerun resumes" in message
+        assert raised.value.done == 0 and f"after 0 of {raised.value.total} distinct texts" in message
+
+    @pytest.mark.parametrize("engine", POLARS_ENGINES)
+    def test_vectors_of_the_wrong_width(self, service: Service, engine: str) -> None:
+        service.server.then(Plan(mangle="width"), times=100)
+        with pytest.raises(EmbeddingIncompleteError) as raised:
+            embedded_through_polars(engine, service.provider())
+        message = str(raised.value)
+        assert type(raised.value) is EmbeddingIncompleteError
+        assert f"returned vectors of width {service.width - 1} but declares width {service.width}" in message
+        assert raised.value.done == 0 and f"after 0 of {raised.value.total} distinct texts" in message
+
+    @pytest.mark.parametrize("engine", POLARS_ENGINES)
+    def test_a_key_variable_that_is_not_set(self, service: Service, engine: str) -> None:
+        with pytest.raises(ConfigError) as raised:
+            embedded_through_polars(engine, service.provider(api_key="$env:TEAM_EMBEDDING_KEY"))
+        assert type(raised.value) is ConfigError
+        assert "'TEAM_EMBEDDING_KEY' is not set (used by option 'api_key'); set it with export" in str(
+            raised.value
+        )
+        assert service.server.requests == []

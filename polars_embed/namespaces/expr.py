@@ -14,6 +14,7 @@ from typing import Any
 import polars as pl
 
 from polars_embed.engine import as_text_series, embed_series
+from polars_embed.errors import InvalidInputError
 from polars_embed.kernels import Metric, l2_normalize, pairwise_scores
 from polars_embed.namespaces._vectors import (
     VectorsLike,
@@ -44,7 +45,7 @@ class EmbedExprNamespace:
 
         Null and blank texts give null vectors and are never sent to the provider;
         each distinct text in a batch is embedded once. A column that is not text
-        fails with a ``TypeError`` before any provider call.
+        fails with an :class:`~polars_embed.InputTypeError` before any provider call.
 
         Parameters
         ----------
@@ -61,6 +62,16 @@ class EmbedExprNamespace:
         -------
         pl.Expr
             ``pl.Array(pl.Float32, d)``, named like the text column.
+
+        Raises
+        ------
+        UnknownProviderError, ConfigError, MissingDependencyError
+            At once, if the provider or an option is not known or not installed.
+        InputTypeError
+            When the expression runs, if the column is not text.
+        EmbeddingIncompleteError
+            When the expression runs, if the provider failed; its message says
+            why, how far the column got and whether a rerun resumes.
 
         Examples
         --------
@@ -229,8 +240,9 @@ class EmbedExprNamespace:
             )
         vectors, _ = as_query_vectors(other)
         if len(vectors) != 1:  # a batch of one, such as embed(["a query"]), is one vector
-            raise ValueError(
-                f"compare with one vector, or with a column by name or expression; got {len(vectors)} vectors"
+            raise InvalidInputError(
+                f"got {len(vectors)} vectors, but a column is compared with one vector, "
+                "or row by row with a column: pass one vector, or a column by name or expression"
             )
         query = pl.Series("query", vectors)
         return self._expr.map_batches(

@@ -13,15 +13,20 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from os import PathLike
-from typing import Any, Generic, Literal, TypeVar, get_args
+from typing import Any, Generic, Literal, TypeVar
 
 import numpy as np
 import polars as pl
 
 from polars_embed import metadata
 from polars_embed.engine import embed_queries
-from polars_embed.errors import ConfigError
-from polars_embed.kernels import Metric, check_k, topk
+from polars_embed.errors import (
+    ColumnNotFoundError,
+    ConfigError,
+    DuplicateColumnError,
+    InvalidInputError,
+)
+from polars_embed.kernels import Metric, check_k, check_metric, topk
 from polars_embed.metadata import provider_for_query, provider_of
 from polars_embed.namespaces._vectors import (
     VectorsLike,
@@ -97,13 +102,22 @@ class _EmbedNamespace(Generic[FrameT]):
 
         Raises
         ------
-        ValueError
-            If ``k <= 0``, the metric is unknown, or an output name is taken.
+        ColumnNotFoundError
+            If the frame has no column ``on``.
+        InputTypeError
+            If column ``on`` is not a vector column, a query is neither text nor
+            numbers, or ``k`` is not an integer.
+        DuplicateColumnError
+            If the frame already has a column named ``score`` or ``query_index``.
+        ConfigError
+            If ``k <= 0``, the metric is unknown, a text query has no provider to
+            embed it, or ``provider`` is not the one that made the column.
+        InvalidInputError
+            If there is no query, a text query is blank, or a vector has no width.
         DimensionMismatchError
             If the query's width is not the column's.
-        ConfigError
-            If a text query has no provider to embed it, or ``provider`` is not
-            the one that made the column.
+        EmbeddingIncompleteError
+            If the provider failed to embed a text query.
 
         Examples
         --------
@@ -198,6 +212,21 @@ class _EmbedNamespace(Generic[FrameT]):
         DataFrame or LazyFrame
             This frame's columns, ``other``'s, and the score: each row's matches
             in turn, best first, ties to the earlier row of ``other``.
+
+        Raises
+        ------
+        ColumnNotFoundError
+            If a frame has no such vector column.
+        InputTypeError
+            If a column is not a vector column, or ``k`` is not an integer.
+        DuplicateColumnError
+            If an output column would take a name this frame has (change ``suffix``
+            or ``score``).
+        ConfigError
+            If no vector column is named, ``k <= 0``, ``metric`` or ``how`` is
+            unknown, or the two columns were made by different models.
+        DimensionMismatchError
+            If the two columns' widths differ.
 
         Examples
         --------
@@ -316,13 +345,17 @@ class _Search:
         _check_column(schema, on)
         texts, vectors, single = _parse_query(query)
         if texts is None and provider is not None:
-            raise ValueError("provider= embeds text queries, but these queries are vectors already")
+            raise ConfigError(
+                "provider= embeds text queries, but these queries are vectors already: leave it out"
+            )
         if options and provider is None:
-            raise ValueError(f"options {sorted(options)} are for provider=, which is not given")
+            raise ConfigError(
+                f"options {sorted(options)} are for provider=, which is not given: pass the provider too"
+            )
         search = cls(
             on=on,
             k=check_k(k),
-            metric=_check_metric(metric),
+            metric=check_metric(metric),
             normalized=normalized,
             score=score,
             query_index=None if single else query_index,
@@ -405,9 +438,9 @@ class _KnnJoin:
         score: str,
     ) -> _KnnJoin:
         if left_on is None or right_on is None:
-            raise ValueError("knn_join needs the vector columns: on=, or left_on= and right_on=")
+            raise ConfigError("knn_join needs the vector columns: pass on=, or left_on= and right_on=")
         if how not in ("inner", "left"):
-            raise ValueError(f"how must be 'inner' or 'left', got {how!r}")
+            raise ConfigError(f"how must be 'inner' or 'left', got {how!r}")
         _check_column(left_schema, left_on)
         _check_column(right_schema, right_on)
         right_names = {name: name + suffix if name in left_schema else name for name in right_schema}
@@ -418,7 +451,7 @@ class _KnnJoin:
             left_on=left_on,
             right_on=right_on,
             k=check_k(k),
-            metric=_check_metric(metric),
+            metric=check_metric(metric),
             normalized=normalized,
             keep_unmatched=how == "left",
             score=score,
@@ -473,7 +506,7 @@ def _parse_query(query: QueryLike) -> tuple[tuple[str, ...] | None, np.ndarray |
     if isinstance(query, str):
         return (query,), None, True
     if isinstance(query, pl.Series | Sequence) and len(query) == 0:
-        raise ValueError("search needs at least one query")
+        raise InvalidInputError("search needs at least one query, but got an empty batch")
     if isinstance(query, pl.Series) and query.dtype == pl.String:
         return tuple(query.to_list()), None, False
     if isinstance(query, Sequence) and all(isinstance(item, str) for item in query):
@@ -484,29 +517,25 @@ def _parse_query(query: QueryLike) -> tuple[tuple[str, ...] | None, np.ndarray |
 
 def _check_column(schema: pl.Schema, column: str) -> None:
     if column not in schema:
-        raise pl.exceptions.ColumnNotFoundError(
-            f"no vector column {column!r}; the columns are {', '.join(map(repr, schema))}"
+        raise ColumnNotFoundError(
+            f"no vector column {column!r}: pass on= one of the columns, {', '.join(map(repr, schema))}"
         )
     vector_width(schema[column], column=column)
-
-
-def _check_metric(metric: str) -> Metric:
-    if metric not in get_args(Metric):
-        raise ValueError(f"unknown metric {metric!r}; expected one of {', '.join(get_args(Metric))}")
-    return metric
 
 
 def _check_new_names(schema: pl.Schema, names: list[str]) -> None:
     """Output columns must not take a name the frame already has, nor each other's."""
     taken = [name for name in names if name in schema]
     if taken:
-        raise pl.exceptions.DuplicateError(
+        raise DuplicateColumnError(
             f"the output would have two columns named {taken[0]!r}: pass another name "
             "(score=, query_index= or suffix=)"
         )
     if len(set(names)) < len(names):
         repeated = next(name for name in names if names.count(name) > 1)
-        raise pl.exceptions.DuplicateError(f"the output would have two columns named {repeated!r}")
+        raise DuplicateColumnError(
+            f"the output would have two columns named {repeated!r}: pass another name (score= or suffix=)"
+        )
 
 
 def _normalized(promised: bool | None, stored: Provider | None) -> bool:
