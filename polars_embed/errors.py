@@ -76,3 +76,9 @@ class EmbeddingIncompleteError(ProviderError):
 
 class DimensionMismatchError(PolarsEmbedError, ValueError):
     """Vectors of different widths (usually from different models) were compared."""
+
+
+class BudgetExceededError(PolarsEmbedError, ValueError):
+    """A run would cost more tokens than its ``max_tokens``: refused before the first
+    request, or stopped before the request that would pass it (what was embedded is
+    in the cache)."""
