@@ -247,7 +247,6 @@ class EmbedExprNamespace:
             partial(_scores, other=query, metric=metric), return_dtype=pl.Float32, is_elementwise=True
         )
 
-
     def project(self, n: int = 2, *, method: Method = "pca", seed: int = 0) -> pl.Expr:
         """Coordinates of each vector in ``n`` dimensions, for a picture of the space.
 
