@@ -28,7 +28,7 @@ from typing import Any, TypeVar
 import numpy as np
 import polars as pl
 import pyarrow as pa
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from polars_embed._tokens import approximate_token_counter, approximate_tokens
 from polars_embed.cache import EmbeddingCache, cache_for
@@ -447,6 +447,8 @@ def progress_bar(total: int, label: str, progress: bool | None) -> tqdm:
     """The progress bar of a long embedding job; ``progress=None`` decides as :func:`embed` documents."""
     if progress is None:
         progress = _progress_by_default()
+    # A text bar in notebooks too (tqdm, not tqdm.auto): a saved notebook keeps a widget's
+    # first frame but a text bar's last ("100% 3000/3000"); Jupyter redraws it in place.
     # delay: a call that ends within two seconds never draws a bar
     return tqdm(total=total, desc=f"embedding ({label})", unit="text", disable=not progress, delay=2.0)
 
