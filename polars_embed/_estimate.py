@@ -68,7 +68,7 @@ class Estimate:
         return self.tokens * self.price_per_million_tokens / 1_000_000
 
     def __str__(self) -> str:
-        price = "" if self.cost is None else f", about ${self.cost:.4g}"
+        price = "" if self.cost is None else f", about ${self.cost:.8f}".rstrip("0").rstrip(".")
         return (
             f"{self.provider}: {self.rows} rows, {self.skipped} null or blank, {self.distinct} distinct, "
             f"{self.cached} in the cache; {self.to_embed} to embed in {self.requests} requests, "

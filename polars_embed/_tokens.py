@@ -44,4 +44,4 @@ def approximate_token_counter() -> str:
     """What :func:`approximate_tokens` counts with, in words."""
     if tiktoken_encoding() is not None:
         return "tiktoken cl100k_base"
-    return "UTF-8 bytes / 3 (tiktoken not loaded)"
+    return "UTF-8 bytes / 3, tiktoken not loaded"

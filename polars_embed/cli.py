@@ -412,6 +412,7 @@ def _print_frame(frame: pl.DataFrame, output_format: str) -> None:
             tbl_rows=-1,
             fmt_str_lengths=80,
             tbl_hide_dataframe_shape=True,
+            tbl_hide_column_data_types=True,
             tbl_formatting="UTF8_FULL_CONDENSED",
         ):
             click.echo(frame)

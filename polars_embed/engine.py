@@ -541,7 +541,7 @@ class _TokenBudget:
         total = sum(self.counts)
         if total > max_tokens:
             raise BudgetExceededError(
-                f"{provider.label}: the {len(texts)} texts not in the cache would cost about {total} "
+                f"{provider.label}: the {len(texts)} texts to embed would cost about {total} "
                 f"tokens ({counter}), over max_tokens={max_tokens}; nothing was sent. Raise "
                 "max_tokens or embed fewer texts; polars_embed.estimate previews a run"
             )

@@ -70,7 +70,7 @@ def test_the_estimate_is_what_the_server_then_bills(server: FakeOpenAI, cache_di
     assert len(server.requests) == preview.requests
     assert preview.tokens == server.billed_tokens == polars_embed.last_stats().tokens
     assert preview.cost == pytest.approx(preview.tokens * 0.02 / 1e6)
-    assert preview.token_counter == "UTF-8 bytes / 3 (tiktoken not loaded)"
+    assert preview.token_counter == "UTF-8 bytes / 3, tiktoken not loaded"
     assert f"{preview.tokens} tokens" in str(preview)
 
 
