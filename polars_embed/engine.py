@@ -21,7 +21,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import CancelledError, ThreadPoolExecutor, as_completed
+from concurrent.futures import CancelledError, Future, ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -334,11 +334,14 @@ def _run_batches(
         return
     failure: BaseException | None = None
     pool = ThreadPoolExecutor(max_workers=min(concurrency, len(batches)), thread_name_prefix="polars-embed")
+    futures: dict[Future[Any], list[int]] = {}
+    stored: set[Future[Any]] = set()
     try:
         futures = {pool.submit(request, batch): batch for batch in batches}
         for future in as_completed(futures):
             try:
                 store(futures[future], future.result())
+                stored.add(future)
             except CancelledError:
                 continue
             except Exception as error:
@@ -346,6 +349,13 @@ def _run_batches(
                     failure = error
                     for pending in futures:
                         pending.cancel()
+    except KeyboardInterrupt:
+        # Ctrl-C: the requests in flight are paid for, so wait for them and keep their answers.
+        pool.shutdown(wait=True, cancel_futures=True)
+        for future, batch in futures.items():
+            if future not in stored and not future.cancelled() and future.exception() is None:
+                store(batch, future.result())
+        raise
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
     if failure is not None:
@@ -463,9 +473,9 @@ def _progress_by_default() -> bool:
 
 
 # --- Cost preview and token budget -------------------------------------------------------
-# Public API of the engine: polars_embed.estimate and the command line build on these, and
-# they reuse the engine's own width probe, cache lookup, token counting and batch planning,
-# so a preview counts exactly what a run would send.
+# Public API of the engine, with distinct_texts above: polars_embed.estimate and the command
+# line build on these. They reuse the engine's own width probe, cache lookup, token counting
+# and batch planning, so a preview counts exactly what a run would send.
 
 
 def count_tokens(texts: Sequence[str], provider: Provider) -> tuple[list[int], str, bool]:

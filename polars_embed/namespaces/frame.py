@@ -374,7 +374,9 @@ class EmbedFrameNamespace(_EmbedNamespace[pl.DataFrame]):
         >>> import polars_embed
         >>> df = pl.DataFrame({"text": ["a cat", "a dog", None, "stock prices fell"]})
         >>> df = df.with_columns(vec=pl.col("text").embed.with_provider("hashing", dims=32))
-        >>> chart = df.embed.plot(tooltip="text", query="cat", k=1)  # doctest: +SKIP
+        >>> chart = df.embed.plot(tooltip="text", query="cat", k=1)
+        >>> [(layer.mark.type, len(layer.data)) for layer in chart.layer]  # rows, rings, crosses
+        [('circle', 3), ('point', 1), ('point', 1)]
         """
         _check_column(self._frame.schema, on)
         search = None
