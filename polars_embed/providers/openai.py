@@ -17,7 +17,6 @@ from typing import Any, ClassVar
 import numpy as np
 
 from polars_embed._tokens import approximate_token_counter, approximate_tokens
-from polars_embed._tokens import tiktoken_encoding as _tokenizer  # noqa: F401  (tests clear its cache)
 from polars_embed.errors import ConfigError, InvalidEmbeddingError, ProviderError
 from polars_embed.hookspecs import hookimpl
 from polars_embed.provider import Embedded, Kind, Provider, option
