@@ -246,7 +246,9 @@ format_option = click.option(
 @_provider_options
 @click.option("--kind", type=click.Choice(KINDS), default="document", show_default=True)
 @click.option(
-    "--max-tokens", type=click.IntRange(min=0), help="Refuse or stop a run that would cost more tokens."
+    "--max-tokens",
+    type=click.IntRange(min=0),
+    help="Refuse (counting the whole text column first) or stop a run that would cost more tokens.",
 )
 @click.option(
     "--batch-rows", type=click.IntRange(min=1), default=2048, show_default=True, help="Rows read at once."
