@@ -71,7 +71,8 @@ class Estimate:
         price = "" if self.cost is None else f", about ${self.cost:.8f}".rstrip("0").rstrip(".")
         return (
             f"{self.provider}: {self.rows} rows, {self.skipped} null or blank, {self.distinct} distinct, "
-            f"{self.cached} in the cache; {self.to_embed} to embed in {self.requests} requests, "
+            f"{self.cached} in the cache; {self.to_embed} to embed in {self.requests} "
+            f"request{'' if self.requests == 1 else 's'}, "
             f"about {self.tokens} tokens ({self.token_counter}){price}"
         )
 
