@@ -8,10 +8,12 @@ True
 from importlib.metadata import PackageNotFoundError, version
 
 from polars_embed import namespaces  # noqa: F401  (registers .embed on expressions and frames)
+from polars_embed._estimate import Estimate, estimate
 from polars_embed.cache import cache_settings, configure_cache
 from polars_embed.engine import aembed, embed
 from polars_embed.errors import (
     AuthenticationError,
+    BudgetExceededError,
     ColumnNotFoundError,
     ConfigError,
     DimensionMismatchError,
@@ -41,6 +43,7 @@ except PackageNotFoundError:  # running from a source tree that is not installed
 
 __all__ = [
     "AuthenticationError",
+    "BudgetExceededError",
     "CallableProvider",
     "ColumnNotFoundError",
     "ConfigError",
@@ -50,6 +53,7 @@ __all__ = [
     "EmbedStats",
     "Embedded",
     "EmbeddingIncompleteError",
+    "Estimate",
     "InputTypeError",
     "InvalidEmbeddingError",
     "InvalidInputError",
@@ -65,6 +69,7 @@ __all__ = [
     "cache_settings",
     "configure_cache",
     "embed",
+    "estimate",
     "get_registry",
     "hookimpl",
     "l2_normalize",

@@ -21,16 +21,19 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import CancelledError, ThreadPoolExecutor, as_completed
+from concurrent.futures import CancelledError, Future, ThreadPoolExecutor, as_completed
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import numpy as np
 import polars as pl
 import pyarrow as pa
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
-from polars_embed.cache import cache_for
+from polars_embed._tokens import approximate_token_counter, approximate_tokens
+from polars_embed.cache import EmbeddingCache, cache_for
 from polars_embed.errors import (
+    BudgetExceededError,
     ConfigError,
     EmbeddingIncompleteError,
     InputTypeError,
@@ -66,6 +69,7 @@ def embed(
     *,
     kind: Kind = "document",
     progress: bool | None = None,
+    max_tokens: int | None = None,
     **options: Any,
 ) -> pl.Series:
     """Embed texts, returning one vector per input row.
@@ -84,6 +88,11 @@ def embed(
     progress
         Show a progress bar: ``None`` shows one on long calls in a terminal or
         notebook (not under pytest, nor with ``POLARS_EMBED_PROGRESS=0``).
+    max_tokens
+        A budget: refuse to start when the texts not in the cache would cost more
+        tokens (as :func:`polars_embed.estimate` counts them), and stop before a
+        request that would take the tokens used past it. Either way a
+        :class:`~polars_embed.BudgetExceededError`; what was embedded stays in the cache.
     **options
         Provider options, e.g. ``model="..."``, ``batch_size=64``.
 
@@ -100,7 +109,7 @@ def embed(
     (Array(Float32, shape=(8,)), 2)
     """
     resolved = resolve_provider(provider, **options)
-    return embed_series(as_text_series(texts), resolved, kind=kind, progress=progress)
+    return embed_series(as_text_series(texts), resolved, kind=kind, progress=progress, max_tokens=max_tokens)
 
 
 async def aembed(
@@ -109,13 +118,16 @@ async def aembed(
     *,
     kind: Kind = "document",
     progress: bool | None = None,
+    max_tokens: int | None = None,
     **options: Any,
 ) -> pl.Series:
     """:func:`embed` for code already running in an event loop.
 
     The work runs on a worker thread, so the loop stays responsive.
     """
-    return await asyncio.to_thread(embed, texts, provider, kind=kind, progress=progress, **options)
+    return await asyncio.to_thread(
+        embed, texts, provider, kind=kind, progress=progress, max_tokens=max_tokens, **options
+    )
 
 
 def embed_queries(queries: Sequence[str], provider: Provider) -> np.ndarray:
@@ -162,18 +174,20 @@ def as_text_series(texts: TextsLike, name: str = "embedding") -> pl.Series:
 
 
 def embed_series(
-    texts: pl.Series, provider: Provider, *, kind: Kind = "document", progress: bool | None = None
+    texts: pl.Series,
+    provider: Provider,
+    *,
+    kind: Kind = "document",
+    progress: bool | None = None,
+    max_tokens: int | None = None,
 ) -> pl.Series:
     """The engine's core: a String Series in, an aligned ``pl.Array(pl.Float32, d)`` out."""
     check_kind(kind)
     started = time.perf_counter()
-    keep = texts.is_not_null() & (texts.str.strip_chars() != "")
-    distinct = texts.filter(keep).unique(maintain_order=True)
-    stats = EmbedStats(
-        provider=provider.label, rows=len(texts), skipped=len(texts) - int(keep.sum()), distinct=len(distinct)
-    )
+    distinct, skipped = distinct_texts(texts)
+    stats = EmbedStats(provider=provider.label, rows=len(texts), skipped=skipped, distinct=len(distinct))
     try:
-        vectors = _embed_distinct(distinct.to_list(), provider, kind, progress, stats)
+        vectors = _embed_distinct(distinct.to_list(), provider, kind, progress, stats, max_tokens)
     finally:
         stats.seconds = time.perf_counter() - started
         record(stats)
@@ -188,25 +202,42 @@ def embed_series(
     return distinct_vectors.gather(positions["position"])
 
 
+def distinct_texts(texts: pl.Series) -> tuple[pl.Series, int]:
+    """The distinct texts worth embedding, in input order, and how many rows were null or blank."""
+    keep = texts.is_not_null() & (texts.str.strip_chars() != "")
+    return texts.filter(keep).unique(maintain_order=True), len(texts) - int(keep.sum())
+
+
 def _embed_distinct(
-    texts: list[str], provider: Provider, kind: Kind, progress: bool | None, stats: EmbedStats
+    texts: list[str],
+    provider: Provider,
+    kind: Kind,
+    progress: bool | None,
+    stats: EmbedStats,
+    max_tokens: int | None = None,
 ) -> np.ndarray:
     """Embed distinct non-blank texts into one ``(len(texts), d)`` float32 array."""
     limit = _concurrency_limit(provider)
-    # Some providers learn their width from a request (a probe), retried like any other.
-    width, stats.retries = _with_retries(provider, lambda: provider.dimension, limit)
+    width, stats.retries = _width(provider, limit)
     vectors = np.empty((len(texts), width), dtype=np.float32)
-    cache = cache_for(provider)
-    keys = cache.keys(provider, kind, texts) if cache else []
-    cached = cache.get(keys, width) if cache else {}
+    cache, keys, cached = _cache_lookup(texts, provider, kind, width)
     if cached:
         vectors[list(cached)] = np.stack(list(cached.values()))
     stats.cache_hits = len(cached)
     pending = [position for position in range(len(texts)) if position not in cached]
-    batches = [[pending[i] for i in batch] for batch in _plan_batches([texts[p] for p in pending], provider)]
+    budget = None if max_tokens is None else _TokenBudget(max_tokens, [texts[p] for p in pending], provider)
+    planned = _plan_batches([texts[p] for p in pending], provider, budget.provider_counts if budget else None)
+    batches = [[pending[i] for i in batch] for batch in planned]
+    tokens_of = dict(zip(pending, budget.counts, strict=True)) if budget else {}
 
     def request(batch: list[int]) -> tuple[Embedded, int]:
-        return _request_with_retries(provider, [texts[i] for i in batch], kind, limit)
+        if budget is None:
+            return _request_with_retries(provider, [texts[i] for i in batch], kind, limit)
+        estimated = sum(tokens_of[i] for i in batch)
+        budget.reserve(estimated)
+        answer = _request_with_retries(provider, [texts[i] for i in batch], kind, limit)
+        budget.settle(estimated, answer[0].tokens)
+        return answer
 
     def store(batch: list[int], answer: tuple[Embedded, int]) -> None:
         embedded, retries = answer
@@ -224,6 +255,13 @@ def _embed_distinct(
             _run_batches(batches, request, store, provider.resolve("max_concurrency"))
         except ProviderError as error:
             raise _incomplete(error, provider, stats, len(texts), resumable=cache is not None) from error
+        except _OverBudget as error:
+            done = stats.cache_hits + stats.embedded
+            kept = " What was embedded is in the cache: a rerun resumes from there." if cache else ""
+            raise BudgetExceededError(
+                f"{provider.label} stopped after {done} of {len(texts)} distinct texts: {error}; "
+                f"nothing was returned.{kept} Raise max_tokens to go on"
+            ) from None
     return vectors
 
 
@@ -252,7 +290,21 @@ def _incomplete(
     )
 
 
-def _plan_batches(texts: list[str], provider: Provider) -> list[list[int]]:
+def _width(provider: Provider, limit: threading.BoundedSemaphore) -> tuple[int, int]:
+    """The provider's width and the retries it took: some learn it from a request (a probe)."""
+    return _with_retries(provider, lambda: provider.dimension, limit)
+
+
+def _cache_lookup(
+    texts: list[str], provider: Provider, kind: Kind, width: int
+) -> tuple[EmbeddingCache | None, list[bytes], dict[int, np.ndarray]]:
+    """The provider's cache (if any), each text's key in it, and the vectors it has, by position."""
+    cache = cache_for(provider)
+    keys = cache.keys(provider, kind, texts) if cache else []
+    return cache, keys, cache.get(keys, width) if cache else {}
+
+
+def _plan_batches(texts: list[str], provider: Provider, tokens: list[int] | None = None) -> list[list[int]]:
     """Group text positions into requests, by count and, where the provider says, by tokens.
 
     Texts go longest first so that each batch holds texts of similar length, which
@@ -264,7 +316,8 @@ def _plan_batches(texts: list[str], provider: Provider) -> list[list[int]]:
     if size < 1:
         raise ConfigError(f"batch_size must be at least 1, got {size}")
     token_budget = provider.max_batch_tokens
-    tokens = provider.count_tokens(texts) if token_budget or provider.max_text_tokens else None
+    if tokens is None and (token_budget or provider.max_text_tokens):
+        tokens = provider.count_tokens(texts)
     if tokens is not None and provider.max_text_tokens:
         too_long = [i for i, count in enumerate(tokens) if count > provider.max_text_tokens]
         if too_long:
@@ -308,11 +361,14 @@ def _run_batches(
         return
     failure: BaseException | None = None
     pool = ThreadPoolExecutor(max_workers=min(concurrency, len(batches)), thread_name_prefix="polars-embed")
+    futures: dict[Future[Any], list[int]] = {}
+    stored: set[Future[Any]] = set()
     try:
         futures = {pool.submit(request, batch): batch for batch in batches}
         for future in as_completed(futures):
             try:
                 store(futures[future], future.result())
+                stored.add(future)
             except CancelledError:
                 continue
             except Exception as error:
@@ -320,6 +376,13 @@ def _run_batches(
                     failure = error
                     for pending in futures:
                         pending.cancel()
+    except KeyboardInterrupt:
+        # Ctrl-C: the requests in flight are paid for, so wait for them and keep their answers.
+        pool.shutdown(wait=True, cancel_futures=True)
+        for future, batch in futures.items():
+            if future not in stored and not future.cancelled() and future.exception() is None:
+                store(batch, future.result())
+        raise
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
     if failure is not None:
@@ -421,6 +484,8 @@ def progress_bar(total: int, label: str, progress: bool | None) -> tqdm:
     """The progress bar of a long embedding job; ``progress=None`` decides as :func:`embed` documents."""
     if progress is None:
         progress = _progress_by_default()
+    # A text bar in notebooks too (tqdm, not tqdm.auto): a saved notebook keeps a widget's
+    # first frame but a text bar's last ("100% 3000/3000"); Jupyter redraws it in place.
     # delay: a call that ends within two seconds never draws a bar
     return tqdm(total=total, desc=f"embedding ({label})", unit="text", disable=not progress, delay=2.0)
 
@@ -432,3 +497,106 @@ def _progress_by_default() -> bool:
     if "PYTEST_CURRENT_TEST" in os.environ:
         return False
     return "ipykernel" in sys.modules or bool(sys.stderr and sys.stderr.isatty())
+
+
+# --- Cost preview and token budget -------------------------------------------------------
+# Public API of the engine, with distinct_texts above: polars_embed.estimate and the command
+# line build on these. They reuse the engine's own width probe, cache lookup, token counting
+# and batch planning, so a preview counts exactly what a run would send.
+
+
+def count_tokens(texts: Sequence[str], provider: Provider) -> tuple[list[int], str, bool]:
+    """Tokens per text, how they were counted, and whether the provider itself counted them.
+
+    The provider's :meth:`~polars_embed.Provider.count_tokens` when it counts, else an
+    approximation: tiktoken's cl100k_base when it loads, else UTF-8 bytes / 3.
+    """
+    counted = provider.count_tokens(texts)
+    if counted is not None:
+        return list(counted), provider.token_counter or f"{provider.name}'s own count", True
+    return (
+        approximate_tokens(texts),
+        f"approximated by {approximate_token_counter()}; {provider.name} does not count tokens",
+        False,
+    )
+
+
+@dataclass(frozen=True)
+class RequestPlan:
+    """What embedding some distinct texts would send, worked out without sending them.
+
+    Attributes
+    ----------
+    cached
+        Texts already in the embedding cache: they cost nothing.
+    pending
+        Texts that would be sent.
+    requests
+        Requests they would take, batched as a run batches them.
+    tokens
+        Tokens they would cost, counted as ``token_counter`` says.
+    token_counter
+        How the tokens were counted.
+    """
+
+    cached: int
+    pending: int
+    requests: int
+    tokens: int
+    token_counter: str
+
+
+def plan_requests(texts: list[str], provider: Provider, *, kind: Kind = "document") -> RequestPlan:
+    """The requests that embedding distinct non-blank ``texts`` would make, as a run makes them.
+
+    Nothing is sent, except a width probe by a provider that can only learn its width
+    from a request (an OpenAI-compatible model with no ``dims``).
+    """
+    check_kind(kind)
+    width, _ = _width(provider, _concurrency_limit(provider))
+    _, _, cached = _cache_lookup(texts, provider, kind, width)
+    pending = [text for position, text in enumerate(texts) if position not in cached]
+    tokens, counter, by_provider = count_tokens(pending, provider)
+    batches = _plan_batches(pending, provider, tokens if by_provider else None)
+    return RequestPlan(len(cached), len(pending), len(batches), sum(tokens), counter)
+
+
+class _OverBudget(Exception):
+    """The next request would pass ``max_tokens``; the engine rewords this for the user."""
+
+
+class _TokenBudget:
+    """``max_tokens`` for one run: checked against the estimate before the first request,
+    then before each request against the tokens counted so far (the provider's count
+    where it reports one, else the estimate) and those of requests in flight."""
+
+    def __init__(self, max_tokens: int, texts: list[str], provider: Provider) -> None:
+        if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 0:
+            raise ConfigError(f"max_tokens must be a whole number of tokens, 0 or more; got {max_tokens!r}")
+        self.counts, counter, by_provider = count_tokens(texts, provider)
+        self.provider_counts = self.counts if by_provider else None
+        total = sum(self.counts)
+        if total > max_tokens:
+            raise BudgetExceededError(
+                f"{provider.label}: the {len(texts)} texts to embed would cost about {total} "
+                f"tokens ({counter}), over max_tokens={max_tokens}; nothing was sent. Raise "
+                "max_tokens or embed fewer texts; polars_embed.estimate previews a run"
+            )
+        self.max_tokens = max_tokens
+        self.spent = 0
+        self.in_flight = 0
+        self._lock = threading.Lock()
+
+    def reserve(self, estimated: int) -> None:
+        with self._lock:
+            if self.spent + self.in_flight + estimated > self.max_tokens:
+                raise _OverBudget(
+                    f"the next request (about {estimated} tokens) would take the {self.spent} tokens "
+                    f"used so far past max_tokens={self.max_tokens}"
+                )
+            self.in_flight += estimated
+
+    def settle(self, estimated: int, counted: int) -> None:
+        with self._lock:
+            self.in_flight -= estimated
+            self.spent += counted or estimated

@@ -7,6 +7,7 @@ The hierarchy::
     ├── InvalidInputError       (ValueError)  data that cannot be embedded or searched
     ├── InputTypeError          (TypeError)   data or an argument of the wrong type
     ├── DimensionMismatchError  (ValueError)  vectors of different widths compared
+    ├── BudgetExceededError     (ValueError)  a run would pass its max_tokens
     ├── ColumnNotFoundError     (polars.exceptions.ColumnNotFoundError)
     ├── DuplicateColumnError    (polars.exceptions.DuplicateError)
     ├── UnknownProviderError    (KeyError)
@@ -58,6 +59,12 @@ class InputTypeError(PolarsEmbedError, TypeError):
 
 class DimensionMismatchError(PolarsEmbedError, ValueError):
     """Vectors of different widths (usually from different models) were compared."""
+
+
+class BudgetExceededError(PolarsEmbedError, ValueError):
+    """A run would cost more tokens than its ``max_tokens``: refused before the first
+    request, or stopped before the request that would pass it (what was embedded is
+    in the cache)."""
 
 
 class ColumnNotFoundError(PolarsEmbedError, pl.exceptions.ColumnNotFoundError):

@@ -517,19 +517,27 @@ def _not_from_a_file(provider: str, name: str, role: str) -> str:
     )
 
 
+def parquet_metadata(providers: Mapping[str, Provider | VectorSpec]) -> dict[str, str]:
+    """The Parquet key-value metadata that describes these vector columns (by column name)."""
+    specs = {}
+    for name, provider in providers.items():
+        try:
+            spec = provider if isinstance(provider, VectorSpec) else VectorSpec.of(provider)
+            specs[name] = json.loads(spec.to_json())
+        except ConfigError as error:
+            log.warning("column %r is written without a description: %s", name, error)
+    return {METADATA_KEY: json.dumps(specs, sort_keys=True)}
+
+
 def write_parquet(frame: pl.DataFrame, path: str | PathLike[str], **options: Any) -> None:
     """``DataFrame.write_parquet``, storing the spec of every vector column this process knows."""
-    specs = {}
+    providers = {}
     for name, dtype in frame.schema.items():
         if is_vector_dtype(dtype):
             provider = provider_of(frame[name])
-            if provider is None:
-                continue
-            try:
-                specs[name] = json.loads(VectorSpec.of(provider).to_json())
-            except ConfigError as error:
-                log.warning("column %r is written without a description: %s", name, error)
-    metadata = {**(options.pop("metadata", None) or {}), METADATA_KEY: json.dumps(specs, sort_keys=True)}
+            if provider is not None:
+                providers[name] = provider
+    metadata = {**(options.pop("metadata", None) or {}), **parquet_metadata(providers)}
     frame.write_parquet(path, metadata=metadata, **options)
 
 

@@ -314,6 +314,11 @@ class Provider:
         """Tokens per text, for batching by tokens; ``None`` when not counted."""
         return None
 
+    @property
+    def token_counter(self) -> str | None:
+        """How :meth:`count_tokens` counts, in a few words, for cost previews."""
+        return None
+
     # --- construction -------------------------------------------------------------------
 
     @classmethod

@@ -42,9 +42,11 @@ def embed_calls(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     calls: list[int] = []
     embedded = expr_module._embedded
 
-    def counted(texts: pl.Series, provider: polars_embed.Provider, kind: str) -> pl.Series:
+    def counted(
+        texts: pl.Series, provider: polars_embed.Provider, kind: str, max_tokens: int | None
+    ) -> pl.Series:
         calls.append(len(texts))
-        return embedded(texts, provider, kind)
+        return embedded(texts, provider, kind, max_tokens)
 
     monkeypatch.setattr(expr_module, "_embedded", counted)
     return calls

@@ -29,6 +29,7 @@ from polars_embed import (
     Provider,
     ProviderError,
     RetryableProviderError,
+    _tokens,
 )
 from polars_embed.providers import openai as openai_provider
 from polars_embed.providers._remote import retry_after_seconds, service_message
@@ -446,10 +447,10 @@ class TestOpenAI:
 
     def test_token_estimate_is_utf8_bytes_over_3_rounded_up(self, monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.setitem(sys.modules, "tiktoken", None)  # not installed
-        openai_provider._tokenizer.cache_clear()
+        _tokens.tiktoken_encoding.cache_clear()
         provider = polars_embed.resolve_provider("openai")
         assert provider.count_tokens(["abc", "abcd", "日本", ""]) == [1, 2, 2, 0]
-        openai_provider._tokenizer.cache_clear()
+        _tokens.tiktoken_encoding.cache_clear()
 
     @pytest.mark.parametrize("loads", [True, False])
     def test_tiktoken_counts_when_its_encoding_loads(
@@ -466,9 +467,9 @@ class TestOpenAI:
             return Encoding()
 
         monkeypatch.setitem(sys.modules, "tiktoken", types.SimpleNamespace(get_encoding=get_encoding))
-        openai_provider._tokenizer.cache_clear()
+        _tokens.tiktoken_encoding.cache_clear()
         counts = polars_embed.resolve_provider("openai").count_tokens(["one two three four"])
-        openai_provider._tokenizer.cache_clear()
+        _tokens.tiktoken_encoding.cache_clear()
         assert counts == ([4] if loads else [6])
 
     def test_no_key_for_the_openai_service_is_a_clear_error(self) -> None:

@@ -11,8 +11,10 @@ from __future__ import annotations
 from functools import partial
 from typing import Any
 
+import numpy as np
 import polars as pl
 
+from polars_embed._project import Method, check_projection, fit_projection, kmeans
 from polars_embed.engine import as_text_series, embed_series
 from polars_embed.errors import InvalidInputError
 from polars_embed.kernels import Metric, l2_normalize, pairwise_scores
@@ -39,7 +41,12 @@ class EmbedExprNamespace:
         self._expr = expr
 
     def with_provider(
-        self, provider: ProviderLike = None, *, kind: Kind = "document", **options: Any
+        self,
+        provider: ProviderLike = None,
+        *,
+        kind: Kind = "document",
+        max_tokens: int | None = None,
+        **options: Any,
     ) -> pl.Expr:
         """Embed a text column, one vector per row.
 
@@ -55,6 +62,10 @@ class EmbedExprNamespace:
             vectors. Default: the local ``sentence-transformers`` model.
         kind
             ``"document"`` or ``"query"``: many models embed the two differently.
+        max_tokens
+            A token budget, as for :func:`polars_embed.embed`, for each batch of
+            rows Polars hands over: the whole column of a DataFrame, but a lazy
+            query may run in several batches (preview it with ``lf.embed.estimate``).
         **options
             Provider options, e.g. ``model="..."``, ``batch_size=64``.
 
@@ -94,7 +105,7 @@ class EmbedExprNamespace:
         check_kind(kind)
         resolved = resolve_provider(provider, **options)
         return self._expr.map_batches(
-            partial(_embedded, provider=resolved, kind=kind),
+            partial(_embedded, provider=resolved, kind=kind, max_tokens=max_tokens),
             return_dtype=pl.Array(pl.Float32, resolved.dimension),
             is_elementwise=True,
         )
@@ -249,9 +260,104 @@ class EmbedExprNamespace:
             partial(_scores, other=query, metric=metric), return_dtype=pl.Float32, is_elementwise=True
         )
 
+    def project(self, n: int = 2, *, method: Method = "pca", seed: int = 0) -> pl.Expr:
+        """Coordinates of each vector in ``n`` dimensions, for a picture of the space.
 
-def _embedded(texts: pl.Series, provider: Provider, kind: Kind) -> pl.Series:
-    return embed_series(as_text_series(texts), provider, kind=kind)
+        The projection is fitted on the whole column (not row by row), so use it in
+        ``select``/``with_columns`` on the frame to draw.
+
+        Parameters
+        ----------
+        n
+            1, 2 or 3 coordinates per row.
+        method
+            ``"pca"`` (numpy; each axis signed so that its largest loading is
+            positive: the same vectors give the same picture in any order) or
+            ``"umap"`` (cosine UMAP, the ``umap`` extra).
+        seed
+            For UMAP's random start; PCA has none.
+
+        Returns
+        -------
+        pl.Expr
+            ``pl.Array(pl.Float32, n)``; null where the vector is null.
+
+        Examples
+        --------
+        >>> import polars as pl
+        >>> import polars_embed
+        >>> df = pl.DataFrame(
+        ...     {"vec": [[1.0, 1.0, 0.0], None, [3.0, 3.0, 0.0], [2.0, 2.0, 0.0]]},
+        ...     schema={"vec": pl.Array(pl.Float32, 3)},
+        ... )
+        >>> df.select(pl.col("vec").embed.project(n=1).arr.first().round(3))
+        shape: (4, 1)
+        ┌────────┐
+        │ vec    │
+        │ ---    │
+        │ f32    │
+        ╞════════╡
+        │ -1.414 │
+        │ null   │
+        │ 1.414  │
+        │ 0.0    │
+        └────────┘
+        """
+        check_projection(n, method)
+        return self._expr.map_batches(
+            partial(_projected, n=n, method=method, seed=seed), return_dtype=pl.Array(pl.Float32, n)
+        )
+
+    def cluster(self, k: int, *, seed: int = 0, max_iter: int = 300) -> pl.Expr:
+        """Label each vector with one of ``k`` k-means clusters, fitted on the whole column.
+
+        Lloyd's algorithm from greedy k-means++ seeds, on the vectors as they are
+        (for unit vectors, such as the default model's, near in cosine is near here).
+        Clusters are numbered in order of first appearance: the first row's is 0.
+
+        Parameters
+        ----------
+        k
+            The number of clusters.
+        seed
+            Seeds the k-means++ start: the same data and seed give the same labels.
+        max_iter
+            Most rounds of Lloyd's algorithm.
+
+        Returns
+        -------
+        pl.Expr
+            ``pl.UInt32`` labels; null where the vector is null.
+
+        Examples
+        --------
+        >>> import polars as pl
+        >>> import polars_embed
+        >>> df = pl.DataFrame(
+        ...     {"vec": [[0.0, 1.0], [5.0, 5.0], None, [0.1, 0.9], [5.1, 4.9]]},
+        ...     schema={"vec": pl.Array(pl.Float32, 2)},
+        ... )
+        >>> df.select(pl.col("vec").embed.cluster(2))
+        shape: (5, 1)
+        ┌──────┐
+        │ vec  │
+        │ ---  │
+        │ u32  │
+        ╞══════╡
+        │ 0    │
+        │ 1    │
+        │ null │
+        │ 0    │
+        │ 1    │
+        └──────┘
+        """
+        return self._expr.map_batches(
+            partial(_clustered, k=k, seed=seed, max_iter=max_iter), return_dtype=pl.UInt32
+        )
+
+
+def _embedded(texts: pl.Series, provider: Provider, kind: Kind, max_tokens: int | None) -> pl.Series:
+    return embed_series(as_text_series(texts), provider, kind=kind, max_tokens=max_tokens)
 
 
 def _column_scores(columns: list[pl.Series], metric: Metric) -> pl.Series:
@@ -271,3 +377,24 @@ def _scores(vectors: pl.Series, other: pl.Series, metric: Metric) -> pl.Series:
 def _normalized(vectors: pl.Series) -> pl.Series:
     unit = pl.Series(vectors.name, l2_normalize(as_matrix(vectors))).cast(vectors.dtype)
     return null_where(unit, vectors.is_null().to_numpy())
+
+
+def _non_null_matrix(vectors: pl.Series) -> tuple[np.ndarray, np.ndarray]:
+    """The non-null rows of a vector column as ``(m, d)``, and which rows they are."""
+    valid = vectors.is_not_null().to_numpy()
+    return as_matrix(vectors)[valid], valid
+
+
+def _projected(vectors: pl.Series, n: int, method: Method, seed: int) -> pl.Series:
+    matrix, valid = _non_null_matrix(vectors)
+    coordinates = np.zeros((len(vectors), n), dtype=np.float32)
+    if valid.any():
+        coordinates[valid] = fit_projection(matrix, n, method=method, seed=seed).transform(matrix)
+    return null_where(pl.Series(vectors.name, coordinates), ~valid)
+
+
+def _clustered(vectors: pl.Series, k: int, seed: int, max_iter: int) -> pl.Series:
+    matrix, valid = _non_null_matrix(vectors)
+    labels = np.zeros(len(vectors), dtype=np.uint32)
+    labels[valid], _ = kmeans(matrix, k, seed=seed, max_iter=max_iter)
+    return null_where(pl.Series(vectors.name, labels), ~valid)

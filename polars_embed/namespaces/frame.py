@@ -13,12 +13,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from os import PathLike
-from typing import Any, Generic, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar
 
 import numpy as np
 import polars as pl
 
 from polars_embed import metadata
+from polars_embed._estimate import Estimate, estimate
+from polars_embed._project import Method
 from polars_embed.engine import embed_queries
 from polars_embed.errors import (
     ColumnNotFoundError,
@@ -28,6 +30,7 @@ from polars_embed.errors import (
 )
 from polars_embed.kernels import Metric, check_k, check_metric, topk
 from polars_embed.metadata import provider_for_query, provider_of
+from polars_embed.namespaces._plot import plot_chart
 from polars_embed.namespaces._vectors import (
     VectorsLike,
     as_matrix,
@@ -37,8 +40,11 @@ from polars_embed.namespaces._vectors import (
     valid_rows,
     vector_width,
 )
-from polars_embed.provider import Provider
+from polars_embed.provider import Kind, Provider
 from polars_embed.registry import ProviderLike, resolve_provider
+
+if TYPE_CHECKING:
+    import altair as alt
 
 __all__ = ["EmbedFrameNamespace", "EmbedLazyFrameNamespace"]
 
@@ -266,6 +272,55 @@ class _EmbedNamespace(Generic[FrameT]):
         )
         return self._run(join)
 
+    def estimate(
+        self,
+        column: str,
+        provider: ProviderLike = None,
+        *,
+        kind: Kind = "document",
+        price_per_million_tokens: float | None = None,
+        **options: Any,
+    ) -> Estimate:
+        """Preview embedding a text column: rows, distinct texts, cache hits, requests, tokens.
+
+        Nothing is sent to the provider; a LazyFrame reads only ``column``. See
+        :func:`polars_embed.estimate`.
+
+        Parameters
+        ----------
+        column
+            The text column.
+        provider
+            As for ``pl.col(column).embed.with_provider``.
+        kind
+            ``"document"`` or ``"query"``.
+        price_per_million_tokens
+            The provider's price, to get the cost.
+        **options
+            Provider options.
+
+        Returns
+        -------
+        Estimate
+
+        Examples
+        --------
+        >>> import polars as pl
+        >>> import polars_embed
+        >>> lf = pl.LazyFrame({"text": ["a cat", "a cat", None, "a dog"]})
+        >>> preview = lf.embed.estimate("text", "openai:text-embedding-3-small")
+        >>> preview.rows, preview.skipped, preview.distinct, preview.requests
+        (4, 1, 2, 1)
+        """
+        return estimate(
+            self._frame,
+            provider,
+            column=column,
+            kind=kind,
+            price_per_million_tokens=price_per_million_tokens,
+            **options,
+        )
+
     def _schema(self) -> pl.Schema:
         raise NotImplementedError
 
@@ -292,6 +347,91 @@ class EmbedFrameNamespace(_EmbedNamespace[pl.DataFrame]):
             Passed to ``DataFrame.write_parquet``, e.g. ``row_group_size``.
         """
         metadata.write_parquet(self._frame, path, **options)
+
+    def plot(
+        self,
+        *,
+        on: str = "vec",
+        color: str | None = None,
+        tooltip: str | Sequence[str] | None = None,
+        query: QueryLike | None = None,
+        k: int = 5,
+        method: Method = "pca",
+        seed: int = 0,
+        max_points: int | None = 5000,
+        provider: ProviderLike = None,
+        **options: Any,
+    ) -> alt.LayerChart:
+        """An interactive scatter of the embedding space (Altair): pan, zoom, hover.
+
+        Each row with a vector is a point, placed by ``pl.col(on).embed.project(2,
+        method=method)``; rows whose vector is null are left out. With ``query``,
+        each query is drawn as a cross where it falls, and its ``k`` nearest rows
+        (as :meth:`search` finds them) are ringed.
+
+        Parameters
+        ----------
+        on
+            The vector column.
+        color
+            A column to colour points by, e.g. ``pl.col(on).embed.cluster(8)``.
+        tooltip
+            Column(s) shown on hover.
+        query
+            Text or vector queries to highlight, as :meth:`search` takes them.
+        k
+            Neighbours ringed per query.
+        method
+            ``"pca"`` or ``"umap"``, as for ``project``.
+        seed
+            For UMAP, and for choosing ``max_points`` rows to draw.
+        max_points
+            Draw at most this many rows (a seeded sample; the projection still uses
+            them all); ``None`` draws every row.
+        provider, **options
+            Embed text queries, as for :meth:`search`.
+
+        Returns
+        -------
+        altair.LayerChart
+            Display it in a notebook, or ``.save("chart.html")``. Needs the
+            ``plot`` extra.
+
+        Examples
+        --------
+        >>> import polars as pl
+        >>> import polars_embed
+        >>> df = pl.DataFrame({"text": ["a cat", "a dog", None, "stock prices fell"]})
+        >>> df = df.with_columns(vec=pl.col("text").embed.with_provider("hashing", dims=32))
+        >>> chart = df.embed.plot(tooltip="text", query="cat", k=1)
+        >>> [(layer.mark.type, len(layer.data)) for layer in chart.layer]  # rows, rings, crosses
+        [('circle', 3), ('point', 1), ('point', 1)]
+        """
+        _check_column(self._frame.schema, on)
+        search = None
+        if query is not None:
+            search = _Search.plan(
+                self._frame.schema,
+                query,
+                on=on,
+                k=k,
+                provider=provider,
+                metric="cosine",
+                normalized=None,
+                score="score",
+                query_index="query",
+                options=options,
+            )
+        return plot_chart(
+            self._frame,
+            on=on,
+            color=color,
+            tooltip=tooltip,
+            search=search,
+            method=method,
+            seed=seed,
+            max_points=max_points,
+        )
 
     def _schema(self) -> pl.Schema:
         return self._frame.schema
@@ -371,7 +511,10 @@ class _Search:
         return pl.Schema({**query_column, **schema, self.score: pl.Float32})
 
     def __call__(self, frame: pl.DataFrame) -> pl.DataFrame:
-        column = frame[self.on]
+        return self.answer(frame, self.query_vectors(frame[self.on]))
+
+    def query_vectors(self, column: pl.Series) -> np.ndarray:
+        """The queries as a ``(q, d)`` float32 array, text ones embedded for ``column``."""
         stored = provider_of(column)
         if self.texts is None:
             queries = self.vectors
@@ -388,13 +531,18 @@ class _Search:
                 "polars_embed.read_parquet/scan_parquet from a file written by df.embed.write_parquet",
             )
             queries = embed_queries(list(self.texts), provider)
+        return queries
+
+    def answer(self, frame: pl.DataFrame, queries: np.ndarray) -> pl.DataFrame:
+        """The rows of ``frame`` that best match each of ``queries``, with their scores."""
+        column = frame[self.on]
         indices, scores = topk(
             queries,
             as_matrix(column),
             self.k,
             metric=self.metric,
             valid=valid_rows(column),
-            normalized=_normalized(self.normalized, stored),
+            normalized=_normalized(self.normalized, provider_of(column)),
         )
         found = indices.ravel() >= 0
         hits = frame.gather(pl.Series(indices.ravel()[found])).with_columns(

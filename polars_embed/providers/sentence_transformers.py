@@ -9,6 +9,9 @@ from __future__ import annotations
 import os
 import re
 import threading
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -98,12 +101,37 @@ class SentenceTransformersProvider(Provider):
         key = (self.resolve("model"), None if device == "auto" else device, self.trust_remote_code)
         with _models_lock:
             if key not in _models:
-                sentence_transformers = self.require("sentence_transformers")
-                model = sentence_transformers.SentenceTransformer(
-                    _model_path(key[0]), device=key[1], trust_remote_code=key[2]
-                )
+                with _quiet_loading():
+                    sentence_transformers = self.require("sentence_transformers")
+                    with _no_loading_bars():
+                        model = sentence_transformers.SentenceTransformer(
+                            _model_path(key[0]), device=key[1], trust_remote_code=key[2]
+                        )
                 _models[key] = (model, threading.Lock())
             return _models[key]
+
+
+@contextmanager
+def _quiet_loading() -> Iterator[None]:
+    """Without tqdm's "IProgress not found" warning: sentence-transformers imports tqdm's
+    notebook bars, which warn in a notebook without ipywidgets; the engine draws text bars."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="IProgress not found")
+        yield
+
+
+@contextmanager
+def _no_loading_bars() -> Iterator[None]:
+    """Hide transformers' "Loading weights" bar: loading a model is not the user's long job."""
+    from transformers.utils import logging as transformers_logging
+
+    shown = transformers_logging.is_progress_bar_enabled()
+    transformers_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if shown:
+            transformers_logging.enable_progress_bar()
 
 
 def _model_path(model: str) -> str:
