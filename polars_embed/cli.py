@@ -556,7 +556,7 @@ def providers() -> None:
             if option_name == "model":
                 continue
             default = "..." if field.default is dataclasses.MISSING else repr(field.default)
-            role = option_role(field)
+            role = option_role(entry.provider_class, option_name)
             described.append(
                 f"{option_name}={default}" + ("" if role == "identity" else f" ({role.replace('_', '-')})")
             )
