@@ -1,0 +1,14 @@
+"""Running statements on a DuckDB connection the way both duckdb 1.5 and 2.x accept."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import duckdb
+
+
+def run(
+    connection: duckdb.DuckDBPyConnection, statement: str, params: list[Any] | None = None
+) -> list[tuple]:
+    """Run a statement to the end, returning its rows: duckdb 2 refuses the next while one is unread."""
+    return connection.execute(statement, params).fetchall()
