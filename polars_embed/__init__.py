@@ -47,6 +47,7 @@ from polars_embed.tables import (
     ValidationError,
     Vector,
     VectorOf,
+    WriteError,
     connect,
 )
 
@@ -89,6 +90,7 @@ __all__ = [
     "ValidationError",
     "Vector",
     "VectorOf",
+    "WriteError",
     "__version__",
     "aembed",
     "cache_settings",

@@ -327,6 +327,17 @@ class TestWrites:
         db.open_table("docs", providers={"vec": retry}).add(rows)
         assert len(retry.recorder.texts) == 30 and len(table) == 41
 
+    def test_a_write_duckdb_refuses_is_rolled_back_and_named(self, db: pe.Database) -> None:
+        docs = db.create_table("docs", Doc)
+        docs.add(docs_frame(3))
+        db.connection.execute("CREATE UNIQUE INDEX one_title ON docs (title)")  # a rule made in plain SQL
+        twice = [{"id": "x", "title": "same", "body": "b"}, {"id": "y", "title": "same", "body": "c"}]
+        with pytest.raises(
+            pe.WriteError, match=r"refused a write to table 'docs' .*Constraint Error"
+        ) as raised:
+            docs.add(twice)
+        assert isinstance(raised.value, RuntimeError) and len(docs) == 3
+
     def test_a_failure_while_writing_rolls_the_whole_write_back(
         self, db: pe.Database, monkeypatch: pytest.MonkeyPatch
     ) -> None:
@@ -567,8 +578,10 @@ class TestSearch:
     def test_filters_that_refer_to_nothing_are_errors(self, docs: pe.Table) -> None:
         with pytest.raises(pe.ConfigError, match=r"uses columns \['colour'\]"):
             docs.search("cat", where=pl.col("colour") == "red").to_polars()
-        with pytest.raises(pe.ConfigError, match="DuckDB refused the query"):
+        with pytest.raises(pe.ConfigError, match=r"DuckDB refused a query on table 'docs' \(Binder Error"):
             docs.search("cat", where="colour = 'red'").to_polars()
+        with pytest.raises(pe.ConfigError, match="a Polars filter failed on table 'docs'"):
+            docs.search("cat", where=pl.col("title").str.len_chars() + pl.col("body")).to_polars()
 
     @pytest.mark.skipif(
         not duckdb.__version__.startswith("1.5"), reason="vss is packaged for duckdb 1.5.5 only"

@@ -77,11 +77,12 @@ def test_a_fresh_process_reopens_and_searches_with_no_provider_named(stored: Pat
             import polars as pl, polars_embed as pe
             docs = pe.connect({str(stored)!r}).open_table("docs")
             found = docs.search("parse a date", k=2).where(pl.col("lang") == "en").to_polars()
-            print(found["id"].to_list(), docs.provider().label, len(docs))
+            in_memory = docs.to_polars().embed.search("parse a date", on="vec", k=1)  # no provider= either
+            print(found["id"].to_list(), docs.provider().label, len(docs), in_memory["id"][0])
             """
         )
     )
-    assert out.split() == ["['a',", "'c']", "hashing:words+chars", "3"]
+    assert out.split() == ["['a',", "'c']", "hashing:words+chars", "3", "a"]
 
 
 def test_a_process_killed_mid_add_leaves_only_whole_transactions(tmp_path: Path) -> None:

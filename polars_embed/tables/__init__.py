@@ -23,6 +23,7 @@ from polars_embed.tables._errors import (
     TableExistsError,
     TableNotFoundError,
     ValidationError,
+    WriteError,
 )
 from polars_embed.tables._search import Agreement, Filter, Search
 from polars_embed.tables._table import Table
@@ -46,5 +47,6 @@ __all__ = [
     "ValidationError",
     "Vector",
     "VectorOf",
+    "WriteError",
     "connect",
 ]

@@ -36,13 +36,13 @@ from polars_embed.tables._errors import (
     ReadOnlyError,
     TableExistsError,
     TableNotFoundError,
+    WriteError,
 )
-from polars_embed.tables._sql import run
+from polars_embed.tables._sql import CATALOG, run
 from polars_embed.tables._table import Table
 
 log = logging.getLogger(__name__)
 
-CATALOG = "__polars_embed_tables"
 _LOCK_HOLDER = re.compile(r"\(PID (\d+)\)")
 
 
@@ -79,6 +79,8 @@ def connect(
         connection = duckdb.connect(path, read_only=read_only)
     except duckdb.IOException as error:
         raise _open_error(path, read_only, error) from None
+    # DuckDB's own progress bar would print over logs; embedding shows polars-embed's one.
+    run(connection, "SET enable_progress_bar = false")
     return Database(connection, read_only=read_only, owned=True)
 
 
@@ -289,6 +291,11 @@ class Database:
                         f"another writer changed table {name!r} at the same time, so nothing of this write "
                         "was kept; write again"
                     ) from None
+                if isinstance(error, duckdb.Error):
+                    raise WriteError(
+                        f"DuckDB refused a write to table {name!r} ({str(error).splitlines()[0]}), so "
+                        "nothing of it was kept; fix the cause it names and write again"
+                    ) from error
                 raise
 
     @contextlib.contextmanager
@@ -303,14 +310,6 @@ class Database:
 
     def _store_declaration(self, name: str, declaration: str) -> None:
         run(self._connection, f"UPDATE {CATALOG} SET declaration = ? WHERE name = ?", [declaration, name])
-
-    def _generation(self, name: str) -> int:
-        rows = self._connection.sql(
-            f"SELECT generation FROM {CATALOG} WHERE name = ?", params=[name]
-        ).fetchall()
-        if not rows:
-            raise TableNotFoundError(f"embedding table {name!r} was dropped; open another table")
-        return rows[0][0]
 
     def close(self) -> None:
         """Close the connection (one passed to :func:`connect` stays open)."""

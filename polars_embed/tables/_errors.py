@@ -45,3 +45,7 @@ class DatabaseNotFoundError(PolarsEmbedError, FileNotFoundError):
 
 class ReadOnlyError(PolarsEmbedError, PermissionError):
     """A write to a database that was opened read-only."""
+
+
+class WriteError(PolarsEmbedError, RuntimeError):
+    """DuckDB refused a write (a full disk, a constraint added with plain SQL); none of it was kept."""

@@ -75,6 +75,10 @@ def as_frame(rows: RowsLike, declaration: Declaration) -> pl.DataFrame:
     return pl.DataFrame(columns, height=len(records))
 
 
+def _nulls(name: str, height: int, dtype: pl.DataType) -> pl.Series:
+    return pl.repeat(None, height, dtype=dtype, eager=True).alias(name)
+
+
 def _as_json(value: Any) -> str | None:
     if value is None or isinstance(value, str):
         return value
@@ -90,7 +94,7 @@ def _vectors_from_records(
     arrays = [None if value is None else np.asarray(value, dtype=np.float32) for value in values]
     widths = {array.shape for array in arrays if array is not None}
     if not widths:
-        return pl.Series(name, [None] * len(values), dtype=pl.Null)
+        return _nulls(name, len(values), pl.Null)
     if len(widths) > 1 or len(next(iter(widths))) != 1:
         first = next(array for array in arrays if array is not None)
         odd = next(i for i, array in enumerate(arrays) if array is not None and array.shape != first.shape)
@@ -134,7 +138,7 @@ def prepare(rows: RowsLike, declaration: Declaration, *, table: str) -> pl.DataF
         elif name in declaration.required:
             raise ValidationError(f"the rows have no column {name!r}, which table {table!r} requires")
         else:
-            columns.append(pl.Series(name, [None] * frame.height, dtype=dtype))
+            columns.append(_nulls(name, frame.height, dtype))
     prepared = pl.DataFrame(columns, height=frame.height)
     _check_ids(prepared[declaration.id], declaration.id_max_length)
     ids = prepared[declaration.id]
@@ -150,7 +154,7 @@ def prepare(rows: RowsLike, declaration: Declaration, *, table: str) -> pl.DataF
     vectors = [
         _given_vectors(frame[column.name], column, ids, table)
         if column.name in frame.columns
-        else pl.Series(column.name, [None] * frame.height, dtype=pl.Array(pl.Float32, column.width))
+        else _nulls(column.name, frame.height, pl.Array(pl.Float32, column.width))
         for column in declaration.vectors
     ]
     return prepared.with_columns(vectors)

@@ -22,7 +22,7 @@ import polars as pl
 import pyarrow as pa
 
 import duckdb_ext
-from duckdb_ext._catalog import quote_identifier, quote_literal, resolve_table
+from duckdb_ext._catalog import quote_identifier, quote_literal
 from duckdb_ext.search import _has_hnsw_index
 from polars_embed.engine import embed_queries
 from polars_embed.errors import ConfigError, DimensionMismatchError
@@ -166,8 +166,7 @@ class Search:
         if self.exact or any(isinstance(condition, pl.Expr) for condition in self.filters):
             return False
         with self.table._database._lock:
-            connection = self.table._database.connection
-            return _has_hnsw_index(connection, resolve_table(connection, self.table.name))
+            return _has_hnsw_index(self.table._database.connection, self.table.located)
 
     def _indexed(self, queries: np.ndarray) -> pl.DataFrame:
         conditions = [condition for condition in self.filters if isinstance(condition, str)]

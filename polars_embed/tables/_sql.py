@@ -1,10 +1,13 @@
-"""Running statements on a DuckDB connection the way both duckdb 1.5 and 2.x accept."""
+"""The catalog table's name, and running statements the way both duckdb 1.5 and 2.x accept."""
 
 from __future__ import annotations
 
 from typing import Any
 
 import duckdb
+
+#: The table that holds every embedding table's declaration and generation.
+CATALOG = "__polars_embed_tables"
 
 
 def run(

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import json
 import logging
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -25,10 +26,11 @@ import pyarrow as pa
 from polars.io.plugins import register_io_source
 
 import duckdb_ext
-from duckdb_ext._catalog import quote_identifier, quote_literal
+from duckdb_ext._catalog import Table as CatalogTable
+from duckdb_ext._catalog import quote_identifier, quote_literal, resolve_table
 from polars_embed.engine import embed_series
-from polars_embed.errors import ConfigError, MissingDependencyError, UnknownProviderError
-from polars_embed.metadata import check_width
+from polars_embed.errors import ConfigError, MissingDependencyError, PolarsEmbedError, UnknownProviderError
+from polars_embed.metadata import check_width, remember
 from polars_embed.namespaces._vectors import null_where
 from polars_embed.provider import Provider
 from polars_embed.registry import ProviderLike, resolve_provider
@@ -40,9 +42,9 @@ from polars_embed.tables._declaration import (
     VectorOf,
     vector_column,
 )
-from polars_embed.tables._errors import ConflictError, ValidationError
+from polars_embed.tables._errors import ConflictError, RecordNotFoundError, ValidationError
 from polars_embed.tables._records import RowsLike, listed, prepare
-from polars_embed.tables._sql import run
+from polars_embed.tables._sql import CATALOG, run
 
 if TYPE_CHECKING:
     from polars_embed.tables._database import Database
@@ -56,7 +58,6 @@ _PRESENT = "__polars_embed_present"
 _UNCHANGED = "__polars_embed_unchanged"
 _EMBED = "__polars_embed_embed_{}"
 _KEEP = "__polars_embed_keep_{}"
-_FETCH_BY_ROW_ID = 256  # hits fetched by one row-id lookup each; more go through one join
 
 
 @dataclass(frozen=True)
@@ -121,6 +122,12 @@ class Table:
             }
         )
 
+    @functools.cached_property
+    def located(self) -> CatalogTable:
+        """Where the DuckDB catalog has the table (for duckdb_ext's index helpers)."""
+        with self._database._lock:
+            return resolve_table(self._database.connection, self.name)
+
     @property
     def vector_columns(self) -> list[str]:
         """The vector columns, in the order they were declared."""
@@ -172,17 +179,30 @@ class Table:
     def _table_sql(self) -> str:
         return quote_identifier(self.name)
 
-    def _arrow(self, query: str, params: Sequence[Any] | None = None) -> pa.Table:
+    def _arrow(self, query: str) -> pa.Table:
+        # Values go into the SQL as quoted literals: with bound parameters duckdb tries to import
+        # pandas on every call, which costs milliseconds where pandas is not installed.
         with self._database._lock:
             try:
-                return self._database.connection.sql(query, params=params).to_arrow_table()
+                return self._database.connection.sql(query).to_arrow_table()
             except duckdb.Error as error:
-                raise _filter_error(error) from None
+                raise self._refused(error) from None
 
-    def _frame(self, query: str, params: Sequence[Any] | None = None) -> pl.DataFrame:
-        frame = pl.from_arrow(self._arrow(query, params))
+    def _refused(self, error: duckdb.Error) -> ConfigError:
+        return ConfigError(
+            f"DuckDB refused a query on table {self.name!r} ({str(error).splitlines()[0]}); "
+            "check any SQL filter given"
+        )
+
+    def _frame(self, query: str) -> pl.DataFrame:
+        frame = pl.from_arrow(self._arrow(query))
         assert isinstance(frame, pl.DataFrame)
         return frame
+
+    def _where_id(self, id: str) -> str:
+        if not isinstance(id, str):
+            raise ConfigError(f"an id is text, got {type(id).__name__}")
+        return f"{self._sql(self.id_column)} = {quote_literal(id)}"
 
     def count(self, where: Filter | None = None) -> int:
         """The number of records, or of those matching ``where`` (a Polars expression or SQL)."""
@@ -200,7 +220,7 @@ class Table:
 
     def get(self, id: str) -> dict[str, Any] | None:
         """The record ``id`` as a dict (metadata decoded, vectors as float32 arrays), or None."""
-        frame = self._frame(f"SELECT * FROM {self._table_sql} WHERE {self._sql(self.id_column)} = ?", [id])
+        frame = self._frame(f"SELECT * FROM {self._table_sql} WHERE {self._where_id(id)}")
         if frame.height == 0:
             return None
         found = frame.row(0, named=True)
@@ -217,9 +237,11 @@ class Table:
         for name, value, low in (("limit", limit, 1), ("offset", offset, 0)):
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise ConfigError(f"{name} must be an integer of at least {low}, got {value!r}")
-        return self._frame(
-            f"SELECT * FROM {self._table_sql} ORDER BY {self._sql(self.id_column)} "
-            f"LIMIT {limit} OFFSET {offset}"
+        return self._remembered(
+            self._frame(
+                f"SELECT * FROM {self._table_sql} ORDER BY {self._sql(self.id_column)} "
+                f"LIMIT {limit} OFFSET {offset}"
+            )
         )
 
     def to_arrow(self) -> pa.Table:
@@ -227,8 +249,22 @@ class Table:
         return self._arrow(f"SELECT * FROM {self._table_sql}")
 
     def to_polars(self) -> pl.DataFrame:
-        """Every record as a DataFrame; vectors are ``pl.Array(pl.Float32, d)``."""
-        return self._frame(f"SELECT * FROM {self._table_sql}")
+        """Every record as a DataFrame; vectors are ``pl.Array(pl.Float32, d)``.
+
+        Its vector columns remember their provider, so ``df.embed.search("text", on=...)``
+        embeds a text query with the column's own model.
+        """
+        return self._remembered(self._frame(f"SELECT * FROM {self._table_sql}"))
+
+    def _remembered(self, frame: pl.DataFrame) -> pl.DataFrame:
+        """``frame``, its vector columns noted as made by their providers (where those can be built)."""
+        for column in self._declaration.vectors:
+            if column.name in frame.columns:
+                try:
+                    remember(frame[column.name], self.provider(column.name))
+                except PolarsEmbedError as error:
+                    log.debug("column %s is read without its provider: %s", column.name, error)
+        return frame
 
     def scan(self) -> pl.LazyFrame:
         """A LazyFrame over the table that reads only the columns a query uses, when it is collected.
@@ -252,7 +288,7 @@ class Table:
         └─────┘
         """
         schema = self.schema
-        database, table_sql = self._database, self._table_sql
+        database, table_sql, remembered = self._database, self._table_sql, self._remembered
 
         def batches(
             with_columns: list[str] | None,
@@ -272,7 +308,7 @@ class Table:
                 for batch in reader:
                     frame = pl.from_arrow(batch)
                     assert isinstance(frame, pl.DataFrame)
-                    frame = frame.select(columns)
+                    frame = remembered(frame.select(columns))
                     yield frame.filter(predicate) if predicate is not None else frame
             finally:
                 cursor.close()
@@ -310,7 +346,12 @@ class Table:
         columns = ", ".join(map(quote_identifier, sorted(needed)))
         frame = self._frame(f"SELECT {columns} FROM {self._table_sql} WHERE {sql}")
         if expressions:
-            frame = frame.filter(expressions)
+            try:
+                frame = frame.filter(expressions)
+            except pl.exceptions.PolarsError as error:
+                raise ConfigError(
+                    f"a Polars filter failed on table {self.name!r}: {str(error).splitlines()[0]}"
+                ) from None
         return frame[self.id_column]
 
     def _metadata_conditions(self, values: Mapping[str, Any] | None, *, keep: bool) -> list[str]:
@@ -394,7 +435,7 @@ class Table:
             try:
                 deleted = run(connection, f"DELETE FROM {self._table_sql} WHERE {condition(staged)}")
             except duckdb.Error as error:
-                raise _filter_error(error) from None
+                raise self._refused(error) from None
         return int(deleted[0][0])
 
     @contextlib.contextmanager
@@ -414,10 +455,11 @@ class Table:
         with self._database._transaction(self.name) as connection:
             self._check_declaration()
             plan = self._plan(frame, replace=replace)
-            frame = self._embedded(frame, plan, progress)
-            written = self._store(connection, frame, plan)
-        log.info("%s %d records of %s", "upserted" if replace else "added", written, self.name)
-        return written
+            work = frame.join(plan, on=_ROW, maintain_order="left").filter(~pl.col(_UNCHANGED))
+            work = self._embedded(work, progress)
+            self._store(connection, work)
+        log.info("%s %d records of %s", "upserted" if replace else "added", work.height, self.name)
+        return work.height
 
     def _check_declaration(self) -> None:
         """A write needs the declaration it was checked against to be the stored one."""
@@ -430,8 +472,11 @@ class Table:
 
     def _plan(self, frame: pl.DataFrame, *, replace: bool) -> pl.DataFrame:
         """Per incoming row: whether it is stored already, whether it is unchanged, and for each
-        vector column (by position) whether to embed its source or keep the stored vector. Only
-        booleans come back from DuckDB, never stored vectors.
+        vector column (by position) whether to embed its source or keep the stored vector.
+
+        Only booleans come back from DuckDB, and the stored vectors are never read (that
+        would read the whole column): a record whose source text is unchanged keeps the
+        vector it has, even one that a :meth:`fill` has not reached yet.
         """
         declaration = self._declaration
         target, ident = self._table_sql, self._sql(declaration.id)
@@ -462,13 +507,12 @@ class Table:
             )
             flags = [f"t.{ident} IS NOT NULL AS present", f"coalesce({same_fields}, false) AS same_fields"]
             for i, (column, mine) in enumerate(zip(declaration.vectors, given, strict=True)):
-                vector, source = self._sql(column.name), self._sql(column.source)
+                source, vector = self._sql(column.source), self._sql(column.name)
                 flags.append(
                     f"coalesce(s.{source} IS NOT DISTINCT FROM t.{source}, false) AS same_source_{i}"
                 )
-                flags.append(f"coalesce(t.{vector} IS NOT NULL, false) AS stored_{i}")
-                same = f"s.{vector} IS NOT DISTINCT FROM t.{vector}" if mine.any() else "false"
-                flags.append(f"coalesce({same}, false) AS same_{i}")
+                if mine.any():  # vectors that came with the rows are compared with the stored ones
+                    flags.append(f"coalesce(s.{vector} IS NOT DISTINCT FROM t.{vector}, false) AS same_{i}")
             compared = self._frame(
                 f"SELECT s.{_ROW}, {', '.join(flags)} FROM {staged} AS s LEFT JOIN {target} AS t "
                 f"ON t.{ident} = s.{ident} ORDER BY s.{_ROW}"
@@ -476,14 +520,12 @@ class Table:
         present = compared["present"]
         changed = ~compared["same_fields"]
         plan = compared.select(_ROW, pl.col("present").alias(_PRESENT))
-        for i, (column, mine) in enumerate(zip(declaration.vectors, given, strict=True)):
-            source = frame[column.source]
-            blank = source.is_null() | (source.str.strip_chars() == "")
-            # A missing vector is embedded unless the stored record has the same source text and a
-            # vector for it (or no vector because that text is blank): then the stored one stays.
-            embed = ~mine & (~present | ~compared[f"same_source_{i}"] | (~compared[f"stored_{i}"] & ~blank))
-            changed = changed | embed | (mine & ~compared[f"same_{i}"])
-            plan = plan.with_columns(embed.alias(_EMBED.format(i)), (~mine & ~embed).alias(_KEEP.format(i)))
+        for i, mine in enumerate(given):
+            keep = ~mine & present & compared[f"same_source_{i}"]
+            embed = ~mine & ~keep
+            same_given = compared[f"same_{i}"] if f"same_{i}" in compared.columns else mine
+            changed = changed | embed | (mine & ~same_given)
+            plan = plan.with_columns(embed.alias(_EMBED.format(i)), keep.alias(_KEEP.format(i)))
         return plan.with_columns((present & ~changed).alias(_UNCHANGED))
 
     def _compared(self, alias: str, name: str) -> str:
@@ -491,23 +533,26 @@ class Table:
         column = f"{alias}.{self._sql(name)}"
         return f"json({column})::VARCHAR" if name == self._declaration.metadata else column
 
-    def _embedded(self, frame: pl.DataFrame, plan: pl.DataFrame, progress: bool | None) -> pl.DataFrame:
-        """``frame`` with every vector the plan says to embed, embedded through the engine."""
+    def _embedded(self, work: pl.DataFrame, progress: bool | None) -> pl.DataFrame:
+        """The rows to write, with every vector the plan says to embed embedded through the engine."""
         for i, column in enumerate(self._declaration.vectors):
-            embed = plan[_EMBED.format(i)]
+            embed = work[_EMBED.format(i)]
             if not embed.any():
                 continue
-            texts = null_where(frame[column.source], ~embed.to_numpy())
+            texts = null_where(work[column.source], ~embed.to_numpy())
             vectors = embed_series(texts, self.provider(column.name), kind="document", progress=progress)
-            frame = frame.with_columns(frame[column.name].zip_with(~embed, vectors.alias(column.name)))
-        return frame
+            work = work.with_columns(work[column.name].zip_with(~embed, vectors.alias(column.name)))
+        return work
 
-    def _store(self, connection: duckdb.DuckDBPyConnection, frame: pl.DataFrame, plan: pl.DataFrame) -> int:
-        """Insert the new records and update the changed ones; returns how many were written."""
+    def _store(self, connection: duckdb.DuckDBPyConnection, work: pl.DataFrame) -> None:
+        """Insert the new records and update the changed ones.
+
+        An update sets only the vectors that changed, so DuckDB never reads the kept
+        ones: the changed records are updated in groups by which vectors they keep.
+        """
         declaration = self._declaration
         names = [*declaration.schema, *declaration.vector_names]
-        work = frame.join(plan, on=_ROW, maintain_order="left").filter(~pl.col(_UNCHANGED))
-        new, changed = work.filter(~pl.col(_PRESENT)), work.filter(pl.col(_PRESENT))
+        new = work.filter(~pl.col(_PRESENT))
         if new.height:
             with self._staged(new.select(names)) as staged:
                 run(
@@ -515,24 +560,18 @@ class Table:
                     f"INSERT INTO {self._table_sql} ({', '.join(map(self._sql, names))}) "
                     f"SELECT {', '.join(self._written_value(name) for name in names)} FROM {staged} AS s",
                 )
-        if changed.height:
-            keep = [_KEEP.format(i) for i in range(len(declaration.vectors))]
-            assignments = [
-                f"{self._sql(name)} = {self._written_value(name)}"
-                for name in declaration.schema
-                if name != declaration.id
-            ] + [
-                f"{self._sql(name)} = CASE WHEN s.{flag} THEN t.{self._sql(name)} "
-                f"ELSE s.{self._sql(name)} END"
-                for name, flag in zip(declaration.vector_names, keep, strict=True)
-            ]
-            with self._staged(changed.select(*names, *keep)) as staged:
+        keep = [_KEEP.format(i) for i in range(len(declaration.vectors))]
+        changed = work.filter(pl.col(_PRESENT))
+        for kept, group in changed.group_by(keep) if changed.height else ():
+            columns = [name for name in declaration.schema if name != declaration.id]
+            columns += [name for name, stays in zip(declaration.vector_names, kept, strict=True) if not stays]
+            assignments = ", ".join(f"{self._sql(name)} = {self._written_value(name)}" for name in columns)
+            with self._staged(group.select(declaration.id, *columns)) as staged:
                 run(
                     connection,
-                    f"UPDATE {self._table_sql} AS t SET {', '.join(assignments)} FROM {staged} AS s "
+                    f"UPDATE {self._table_sql} AS t SET {assignments} FROM {staged} AS s "
                     f"WHERE t.{self._sql(declaration.id)} = s.{self._sql(declaration.id)}",
                 )
-        return work.height
 
     def _written_value(self, name: str) -> str:
         """A staged column (alias ``s``) as it is written: metadata minified by DuckDB's JSON parser."""
@@ -593,12 +632,9 @@ class Table:
 
         column = self._declaration.vector(on)
         found = self._frame(
-            f"SELECT {self._sql(column.name)} FROM {self._table_sql} WHERE {self._sql(self.id_column)} = ?",
-            [id],
+            f"SELECT {self._sql(column.name)} FROM {self._table_sql} WHERE {self._where_id(id)}"
         )
         if found.height == 0:
-            from polars_embed.tables._errors import RecordNotFoundError
-
             raise RecordNotFoundError(
                 f"table {self.name!r} has no record {id!r}, so nothing is similar to it"
             )
@@ -627,21 +663,18 @@ class Table:
         deletes change); after other plain SQL writes, call :meth:`refresh`.
         """
         vector = self._sql(column.name)
-        with self._database._lock:
-            connection = self._database.connection
-            connection.begin()  # the state and the vectors from one snapshot
-            try:
-                count = connection.sql(f"SELECT count({vector}) FROM {self._table_sql}").fetchall()[0][0]
-                state = (self._database._generation(self.name), count)
-                kept = self._vectors.get(column.name)
-                if kept is not None and kept.state == state:
-                    return kept
-                read = self._frame(
-                    f"SELECT {self._sql(self.id_column)}, {vector} FROM {self._table_sql} "
-                    f"WHERE {vector} IS NOT NULL"
-                ).rechunk()
-            finally:
-                connection.commit()
+        # The state before the vectors: a write landing in between leaves a state that is already
+        # stale, so the next search reads again (the other order could keep old vectors for good).
+        state = self._frame(
+            f"SELECT (SELECT generation FROM {CATALOG} WHERE name = {quote_literal(self.name)}), "
+            f"count({vector}) FROM {self._table_sql}"
+        ).row(0)
+        kept = self._vectors.get(column.name)
+        if kept is not None and kept.state == state:
+            return kept
+        read = self._frame(
+            f"SELECT {self._sql(self.id_column)}, {vector} FROM {self._table_sql} WHERE {vector} IS NOT NULL"
+        ).rechunk()
         matrix = read[column.name].to_numpy()
         kept = _Vectors(state, read[self.id_column], matrix, _unit_length(matrix))
         self._vectors[column.name] = kept
@@ -649,33 +682,16 @@ class Table:
 
     def rows_by_id(self, ids: pl.Series) -> pl.DataFrame:
         """The records with these ids (in no particular order), read without scanning their vectors."""
+        if len(ids) == 0:
+            return pl.DataFrame(schema=self.schema)
         ident = self._sql(self.id_column)
-        with self._database._lock:
-            connection = self._database.connection
-            connection.begin()  # row ids are stable within a transaction only
-            try:
-                with self._staged(ids.unique().to_frame(self.id_column)) as staged:
-                    row_ids = [
-                        row[0]
-                        for row in connection.sql(
-                            f"SELECT rowid FROM {self._table_sql} "
-                            f"WHERE {ident} IN (SELECT {ident} FROM {staged})"
-                        ).fetchall()
-                    ]
-                if not row_ids:
-                    return pl.DataFrame(schema=self.schema)
-                if len(row_ids) <= _FETCH_BY_ROW_ID:
-                    # DuckDB fetches a row by its row id without scanning the table; an IN list would scan.
-                    query = " UNION ALL ".join(
-                        f"SELECT * FROM {self._table_sql} WHERE rowid = {int(row)}" for row in row_ids
-                    )
-                    return self._frame(query)
-                with self._staged(pl.Series("row", row_ids).to_frame()) as staged:
-                    return self._frame(
-                        f"SELECT t.* FROM {self._table_sql} AS t JOIN {staged} AS s ON t.rowid = s.row"
-                    )
-            finally:
-                connection.commit()
+        wanted = ", ".join(map(quote_literal, ids.unique()))
+        # One statement, so the row ids agree with the rows; DuckDB fetches rows by row id
+        # without scanning the table, where an IN list on the ids would read every vector.
+        return self._frame(
+            f"SELECT * FROM {self._table_sql} WHERE rowid IN "
+            f"(SELECT rowid FROM {self._table_sql} WHERE {ident} IN ({wanted}))"
+        )
 
     def refresh(self) -> None:
         """Forget the vectors kept for search, e.g. after writing to the table with plain SQL."""
@@ -811,7 +827,3 @@ def _unit_length(matrix: np.ndarray, block: int = 65_536) -> bool:
         if not np.all((norms == 0) | (np.abs(norms - 1) < 1e-4)):
             return False
     return True
-
-
-def _filter_error(error: duckdb.Error) -> Exception:
-    return ConfigError(f"DuckDB refused the query (is the SQL filter right?): {str(error).splitlines()[0]}")
