@@ -5,7 +5,9 @@
 True
 """
 
+import importlib
 from importlib.metadata import PackageNotFoundError, version
+from typing import TYPE_CHECKING, Any
 
 from polars_embed import namespaces  # noqa: F401  (registers .embed on expressions and frames)
 from polars_embed.cache import cache_settings, configure_cache
@@ -29,27 +31,38 @@ from polars_embed.metadata import read_parquet, scan_parquet
 from polars_embed.provider import CallableProvider, Embedded, Provider, option
 from polars_embed.registry import Registry, get_registry, list_providers, resolve_provider
 from polars_embed.stats import EmbedStats, last_stats, track_stats
-from polars_embed.tables import (
-    Agreement,
-    ConflictError,
-    Database,
-    DatabaseLockedError,
-    DatabaseNotFoundError,
-    Id,
-    Model,
-    ReadOnlyError,
-    RecordNotFoundError,
-    Search,
-    Source,
-    Table,
-    TableExistsError,
-    TableNotFoundError,
-    ValidationError,
-    Vector,
-    VectorOf,
-    WriteError,
-    connect,
-)
+
+if TYPE_CHECKING:
+    from polars_embed.tables import (
+        Agreement,
+        ConflictError,
+        Database,
+        DatabaseLockedError,
+        DatabaseNotFoundError,
+        Id,
+        Model,
+        ReadOnlyError,
+        RecordNotFoundError,
+        Search,
+        Source,
+        Table,
+        TableExistsError,
+        TableNotFoundError,
+        ValidationError,
+        Vector,
+        VectorOf,
+        WriteError,
+        connect,
+    )
+
+
+def __getattr__(name: str) -> Any:
+    # Embedding tables load on first use: they build on duckdb_ext, which imports this package.
+    tables = importlib.import_module("polars_embed.tables")
+    if name in tables.__all__:
+        return getattr(tables, name)
+    raise AttributeError(f"module 'polars_embed' has no attribute {name!r}")
+
 
 try:
     __version__ = version("polars-embed")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 
 import duckdb
@@ -574,6 +575,17 @@ class TestSearch:
         assert docs.search("zebra zebra zebra", k=1).to_polars()["id"].to_list() == ["new"]
         db.connection.execute("DELETE FROM docs WHERE id = 'new'")
         assert "new" not in docs.search("zebra zebra zebra", k=5).to_polars()["id"].to_list()
+
+    def test_rows_that_moved_since_their_vectors_were_read_are_found_by_id(self, docs: pe.Table) -> None:
+        column = docs._declaration.vector(None)
+        kept = docs.vectors_for_search(column)
+        # what a checkpoint that drops deleted rows does: records move to other row ids
+        docs._vectors[column.name] = dataclasses.replace(kept, row_ids=np.roll(kept.row_ids, 3))
+        query = docs.provider().embed_batch(["black cat near the river"], kind="query")[0]
+        found = docs.search(query, k=8).to_polars()
+        assert found["id"].to_list() == exact_top(docs, query, pl.lit(True), 8)
+        assert found["title"].to_list() == [f"title {i.removeprefix('doc-')}" for i in found["id"]]
+        assert docs._vectors == {}  # read again at the next search
 
     def test_filters_that_refer_to_nothing_are_errors(self, docs: pe.Table) -> None:
         with pytest.raises(pe.ConfigError, match=r"uses columns \['colour'\]"):

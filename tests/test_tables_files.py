@@ -74,6 +74,7 @@ def test_a_fresh_process_reopens_and_searches_with_no_provider_named(stored: Pat
     out = finished(
         python(
             f"""
+            import duckdb_ext  # first: duckdb_ext and polars_embed import each other
             import polars as pl, polars_embed as pe
             docs = pe.connect({str(stored)!r}).open_table("docs")
             found = docs.search("parse a date", k=2).where(pl.col("lang") == "en").to_polars()

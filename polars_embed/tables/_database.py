@@ -73,7 +73,7 @@ def connect(
     []
     """
     if isinstance(database, duckdb.DuckDBPyConnection):
-        return Database(database, read_only=read_only, owned=False)
+        return Database(database, read_only=read_only, owned=False, where="a DuckDB connection")
     path = str(database)
     try:
         connection = duckdb.connect(path, read_only=read_only)
@@ -81,7 +81,7 @@ def connect(
         raise _open_error(path, read_only, error) from None
     # DuckDB's own progress bar would print over logs; embedding shows polars-embed's one.
     run(connection, "SET enable_progress_bar = false")
-    return Database(connection, read_only=read_only, owned=True)
+    return Database(connection, read_only=read_only, owned=True, where=path)
 
 
 def _open_error(path: str, read_only: bool, error: duckdb.Error) -> Exception:
@@ -107,8 +107,11 @@ def _open_error(path: str, read_only: bool, error: duckdb.Error) -> Exception:
 class Database:
     """Embedding tables in one DuckDB database. Made by :func:`connect`; a context manager."""
 
-    def __init__(self, connection: duckdb.DuckDBPyConnection, *, read_only: bool, owned: bool) -> None:
+    def __init__(
+        self, connection: duckdb.DuckDBPyConnection, *, read_only: bool, owned: bool, where: str
+    ) -> None:
         self._connection = connection
+        self._where = where
         self._owned = owned
         self.read_only = read_only
         self._lock = threading.RLock()
@@ -323,7 +326,7 @@ class Database:
         self.close()
 
     def __repr__(self) -> str:
-        return f"Database(tables={self.table_names()}, read_only={self.read_only})"
+        return f"Database({self._where!r}, read_only={self.read_only})"
 
 
 def _check_name(name: Any) -> None:

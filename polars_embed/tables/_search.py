@@ -33,6 +33,8 @@ from polars_embed.tables._declaration import VectorColumn
 if TYPE_CHECKING:
     from polars_embed.tables._table import Table
 
+_ROW_ID = "__polars_embed_row_id"
+
 Filter = pl.Expr | str
 """A filter: a Polars expression over the table's columns, or a SQL condition (inserted as written)."""
 
@@ -125,7 +127,7 @@ class Search:
             result = self._indexed(queries)
         else:
             hits = self.hits(queries)
-            rows = self.table.rows_by_id(hits[self.table.id_column])
+            rows = self.table.rows_by_id(hits[self.table.id_column], hits[_ROW_ID].to_numpy())
             result = hits.join(rows, on=self.table.id_column, how="inner", maintain_order="left")
             result = result.select("query_index", *self.table.schema, "score")
         return result.drop("query_index") if self.single else result
@@ -138,7 +140,8 @@ class Search:
         return embed_queries(list(self.texts), self.table.provider(self.column.name))
 
     def hits(self, queries: np.ndarray) -> pl.DataFrame:
-        """The exact top-k ids and scores of each query: ``query_index``, the id column, ``score``."""
+        """The exact top-k of each query: ``query_index``, the id column, ``score``, and where the
+        record was when its vector was read."""
         kept = self.table.vectors_for_search(self.column)
         matching = self.table.matching_ids(self.filters, self.included, self.excluded)
         valid = None if matching is None else kept.ids.is_in(matching.implode()).to_numpy()
@@ -159,6 +162,7 @@ class Search:
                 "query_index": query_index[found],
                 self.table.id_column: kept.ids.gather(indices[found]),
                 "score": scores[found],
+                _ROW_ID: kept.row_ids[indices[found]],
             }
         )
 

@@ -44,11 +44,11 @@ from polars_embed.tables._declaration import (
 )
 from polars_embed.tables._errors import ConflictError, RecordNotFoundError, ValidationError
 from polars_embed.tables._records import RowsLike, listed, prepare
+from polars_embed.tables._search import Agreement, Filter, Search, agreement
 from polars_embed.tables._sql import CATALOG, run
 
 if TYPE_CHECKING:
     from polars_embed.tables._database import Database
-    from polars_embed.tables._search import Agreement, Filter, Search
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +68,7 @@ class _Vectors:
     ids: pl.Series
     matrix: np.ndarray
     normalized: bool
+    row_ids: np.ndarray  # where each record was when read: a hint, checked when used
 
 
 class Table:
@@ -168,7 +169,7 @@ class Table:
 
     def __repr__(self) -> str:
         vectors = ", ".join(f"{c.name}: {c.spec.label} x {c.width}" for c in self._declaration.vectors)
-        return f"Table({self.name!r}, rows={len(self)}, vectors=[{vectors}])"
+        return f"Table({self.name!r}, vectors=[{vectors}])"
 
     # --- reads ------------------------------------------------------------------------------
 
@@ -612,8 +613,6 @@ class Table:
         exact
             Rank exactly even when the column has an HNSW index.
         """
-        from polars_embed.tables._search import Search
-
         return Search.of(self, query, on=on, k=k, where=where, include=include, exclude=exclude, exact=exact)
 
     def similar(
@@ -628,8 +627,6 @@ class Table:
         exact: bool = False,
     ) -> Search:
         """The records nearest to a stored record's vector, leaving that record out; see :meth:`search`."""
-        from polars_embed.tables._search import Search
-
         column = self._declaration.vector(on)
         found = self._frame(
             f"SELECT {self._sql(column.name)} FROM {self._table_sql} WHERE {self._where_id(id)}"
@@ -673,24 +670,40 @@ class Table:
         if kept is not None and kept.state == state:
             return kept
         read = self._frame(
-            f"SELECT {self._sql(self.id_column)}, {vector} FROM {self._table_sql} WHERE {vector} IS NOT NULL"
+            f"SELECT rowid, {self._sql(self.id_column)}, {vector} FROM {self._table_sql} "
+            f"WHERE {vector} IS NOT NULL"
         ).rechunk()
         matrix = read[column.name].to_numpy()
-        kept = _Vectors(state, read[self.id_column], matrix, _unit_length(matrix))
+        kept = _Vectors(state, read[self.id_column], matrix, _unit_length(matrix), read["rowid"].to_numpy())
         self._vectors[column.name] = kept
         return kept
 
-    def rows_by_id(self, ids: pl.Series) -> pl.DataFrame:
-        """The records with these ids (in no particular order), read without scanning their vectors."""
-        if len(ids) == 0:
+    def rows_by_id(self, ids: pl.Series, row_ids: np.ndarray | None = None) -> pl.DataFrame:
+        """The records with these ids (in no particular order), read without scanning their vectors.
+
+        ``row_ids`` are where the records were when their vectors were read. DuckDB fetches
+        rows by row id without reading the others, but a checkpoint may renumber rows, so
+        the records found there count only if they are the ones wanted; when some are
+        not, they are looked up by id (and the kept vectors, whose row ids are stale, go).
+        """
+        wanted = ids.unique()
+        if len(wanted) == 0:
             return pl.DataFrame(schema=self.schema)
-        ident = self._sql(self.id_column)
-        wanted = ", ".join(map(quote_literal, ids.unique()))
-        # One statement, so the row ids agree with the rows; DuckDB fetches rows by row id
-        # without scanning the table, where an IN list on the ids would read every vector.
+        # Each lookup is one statement, in which row ids agree with rows. The subquery on the
+        # same table is what makes DuckDB fetch by row id; a plain IN list would read every row.
+        if row_ids is not None:
+            hinted = ", ".join(str(int(row)) for row in row_ids)
+            found = self._frame(
+                f"SELECT * FROM {self._table_sql} WHERE rowid IN "
+                f"(SELECT rowid FROM {self._table_sql} WHERE rowid IN ({hinted}))"
+            ).filter(pl.col(self.id_column).is_in(wanted.implode()))
+            if found.height == len(wanted):
+                return found
+            self.refresh()
+        literals = ", ".join(map(quote_literal, wanted))
         return self._frame(
             f"SELECT * FROM {self._table_sql} WHERE rowid IN "
-            f"(SELECT rowid FROM {self._table_sql} WHERE {ident} IN ({wanted}))"
+            f"(SELECT rowid FROM {self._table_sql} WHERE {self._sql(self.id_column)} IN ({literals}))"
         )
 
     def refresh(self) -> None:
@@ -806,8 +819,6 @@ class Table:
         k
             The size of each top-k.
         """
-        from polars_embed.tables._search import agreement
-
         return agreement(self, first, second, queries=queries, sample=sample, k=k)
 
 
