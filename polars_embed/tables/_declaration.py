@@ -599,6 +599,8 @@ def _declaration(
         )
     if id_name not in plain:
         raise ConfigError(f"the schema has no id column {id_name!r}; pass id= to name it")
+    if plain[id_name] != pl.String:
+        raise ConfigError(f"the id column {id_name!r} holds text ids (str), not {plain[id_name]}")
     if metadata_schema is not None and metadata is None:
         raise ConfigError(
             "metadata_schema= needs a metadata column: a dict field, or metadata= with a plain schema"

@@ -64,7 +64,7 @@ _KEEP = "__polars_embed_keep_{}"
 class _Vectors:
     """A vector column held in memory for search, with the table state it was read at."""
 
-    state: tuple[int, int]  # (generation, non-null vectors)
+    state: tuple[int, int]  # (generation, records)
     ids: pl.Series
     matrix: np.ndarray
     normalized: bool
@@ -656,15 +656,16 @@ class Table:
         """The column's non-null vectors and their ids, read once and kept while the table is unchanged.
 
         Unchanged means the same generation (every write through polars-embed
-        bumps it) and the same count of vectors (which plain SQL inserts and
+        bumps it) and the same number of records (which plain SQL inserts and
         deletes change); after other plain SQL writes, call :meth:`refresh`.
         """
         vector = self._sql(column.name)
         # The state before the vectors: a write landing in between leaves a state that is already
         # stale, so the next search reads again (the other order could keep old vectors for good).
+        # count(*), not count(vector): that one can read the whole column.
         state = self._frame(
             f"SELECT (SELECT generation FROM {CATALOG} WHERE name = {quote_literal(self.name)}), "
-            f"count({vector}) FROM {self._table_sql}"
+            f"count(*) FROM {self._table_sql}"
         ).row(0)
         kept = self._vectors.get(column.name)
         if kept is not None and kept.state == state:
@@ -790,17 +791,22 @@ class Table:
         self._database._check_writable(self.name)
         columns = [self._declaration.vector(column)] if column else list(self._declaration.vectors)
         filled = 0
-        with self._database._lock:
-            for vectors in columns:
-                filled += duckdb_ext.embed_table(
-                    self._database.connection,
-                    self.name,
-                    vectors.source,
-                    into=vectors.name,
-                    provider=self.provider(vectors.name),
-                    batch_rows=batch_rows,
-                    progress=progress,
-                )
+        try:
+            with self._database._lock:
+                for vectors in columns:
+                    filled += duckdb_ext.embed_table(
+                        self._database.connection,
+                        self.name,
+                        vectors.source,
+                        into=vectors.name,
+                        provider=self.provider(vectors.name),
+                        batch_rows=batch_rows,
+                        progress=progress,
+                    )
+        finally:
+            # The batches committed one by one: a new generation says the kept vectors are old.
+            with self._database._transaction(self.name):
+                pass
         return filled
 
     def agreement(
