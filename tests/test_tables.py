@@ -264,6 +264,14 @@ class TestWrites:
         assert docs.get("doc-0")["body_vec"] is None and docs.get("doc-0")["meta"] is None
         assert docs.get("doc-9")["body_vec"] is not None and len(docs) == 3
 
+    def test_upsert_refuses_ids_that_plain_sql_stored_twice(self, db: pe.Database) -> None:
+        docs = db.create_table("docs", Doc)
+        docs.add(docs_frame(3))
+        db.connection.execute("INSERT INTO docs SELECT * FROM docs WHERE id = 'doc-1'")
+        with pytest.raises(pe.ConfigError, match="holds ids 'doc-1' more than once"):
+            docs.upsert(docs_frame(3).with_columns(title=pl.lit("new")))
+        assert docs.count("title = 'new'") == 0
+
     def test_delete_by_ids_by_a_polars_filter_and_by_sql(self, db: pe.Database) -> None:
         docs = db.create_table("docs", Doc)
         docs.add(docs_frame(30))

@@ -455,8 +455,8 @@ class Table:
         frame = frame.with_row_index(_ROW)
         with self._database._transaction(self.name) as connection:
             self._check_declaration()
-            plan = self._plan(frame, replace=replace)
-            work = frame.join(plan, on=_ROW, maintain_order="left").filter(~pl.col(_UNCHANGED))
+            plan = self._plan(frame, replace=replace)  # row by row with the frame
+            work = _where(frame.hstack(plan.drop(_ROW)), ~plan[_UNCHANGED])
             work = self._embedded(work, progress)
             self._store(connection, work)
         log.info("%s %d records of %s", "upserted" if replace else "added", work.height, self.name)
@@ -518,6 +518,12 @@ class Table:
                 f"SELECT s.{_ROW}, {', '.join(flags)} FROM {staged} AS s LEFT JOIN {target} AS t "
                 f"ON t.{ident} = s.{ident} ORDER BY s.{_ROW}"
             )
+        if compared.height != frame.height:
+            doubled = compared.filter(pl.col(_ROW).is_duplicated())[_ROW].unique()
+            raise ConfigError(
+                f"table {self.name!r} holds ids {listed(frame[declaration.id].gather(doubled))} more than "
+                "once (written with plain SQL), so upsert cannot tell which to replace; delete the extra rows"
+            )
         present = compared["present"]
         changed = ~compared["same_fields"]
         plan = compared.select(_ROW, pl.col("present").alias(_PRESENT))
@@ -553,7 +559,7 @@ class Table:
         """
         declaration = self._declaration
         names = [*declaration.schema, *declaration.vector_names]
-        new = work.filter(~pl.col(_PRESENT))
+        new = _where(work, ~work[_PRESENT])
         if new.height:
             with self._staged(new.select(names)) as staged:
                 run(
@@ -562,7 +568,7 @@ class Table:
                     f"SELECT {', '.join(self._written_value(name) for name in names)} FROM {staged} AS s",
                 )
         keep = [_KEEP.format(i) for i in range(len(declaration.vectors))]
-        changed = work.filter(pl.col(_PRESENT))
+        changed = _where(work, work[_PRESENT])
         for kept, group in changed.group_by(keep) if changed.height else ():
             columns = [name for name in declaration.schema if name != declaration.id]
             columns += [name for name, stays in zip(declaration.vector_names, kept, strict=True) if not stays]
@@ -826,6 +832,11 @@ class Table:
             The size of each top-k.
         """
         return agreement(self, first, second, queries=queries, sample=sample, k=k)
+
+
+def _where(frame: pl.DataFrame, keep: pl.Series) -> pl.DataFrame:
+    """``frame.filter(keep)``, without a copy of every vector when all rows are kept."""
+    return frame if keep.all() else frame.filter(keep)
 
 
 def _json(value: Any) -> str:
