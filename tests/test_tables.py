@@ -587,7 +587,7 @@ class TestSearch:
 
     def test_rows_that_moved_since_their_vectors_were_read_are_found_by_id(self, docs: pe.Table) -> None:
         column = docs._declaration.vector(None)
-        kept = docs.vectors_for_search(column)
+        kept = docs._vectors_for_search(column)
         # what a checkpoint that drops deleted rows does: records move to other row ids
         docs._vectors[column.name] = dataclasses.replace(kept, row_ids=np.roll(kept.row_ids, 3))
         query = docs.provider().embed_batch(["black cat near the river"], kind="query")[0]

@@ -127,7 +127,7 @@ class Search:
             result = self._indexed(queries)
         else:
             hits = self.hits(queries)
-            rows = self.table.rows_by_id(hits[self.table.id_column], hits[_ROW_ID].to_numpy())
+            rows = self.table._rows_by_id(hits[self.table.id_column], hits[_ROW_ID].to_numpy())
             result = hits.join(rows, on=self.table.id_column, how="inner", maintain_order="left")
             result = result.select("query_index", *self.table.schema, "score")
         return result.drop("query_index") if self.single else result
@@ -142,8 +142,8 @@ class Search:
     def hits(self, queries: np.ndarray) -> pl.DataFrame:
         """The exact top-k of each query: ``query_index``, the id column, ``score``, and where the
         record was when its vector was read."""
-        kept = self.table.vectors_for_search(self.column)
-        matching = self.table.matching_ids(self.filters, self.included, self.excluded)
+        kept = self.table._vectors_for_search(self.column)
+        matching = self.table._matching_ids(self.filters, self.included, self.excluded)
         valid = None if matching is None else kept.ids.is_in(matching.implode()).to_numpy()
         if self.leave_out is not None:
             others = (kept.ids != self.leave_out).to_numpy()
@@ -170,7 +170,7 @@ class Search:
         if self.exact or any(isinstance(condition, pl.Expr) for condition in self.filters):
             return False
         with self.table._database._lock:
-            return _has_hnsw_index(self.table._database.connection, self.table.located)
+            return _has_hnsw_index(self.table._database.connection, self.table._located)
 
     def _indexed(self, queries: np.ndarray) -> pl.DataFrame:
         conditions = [condition for condition in self.filters if isinstance(condition, str)]

@@ -124,7 +124,7 @@ class Table:
         )
 
     @functools.cached_property
-    def located(self) -> CatalogTable:
+    def _located(self) -> CatalogTable:
         """Where the DuckDB catalog has the table (for duckdb_ext's index helpers)."""
         with self._database._lock:
             return resolve_table(self._database.connection, self.name)
@@ -212,7 +212,7 @@ class Table:
                 return self._database.connection.sql(f"SELECT count(*) FROM {self._table_sql}").fetchall()[0][
                     0
                 ]
-        matching = self.matching_ids([where])
+        matching = self._matching_ids([where])
         assert matching is not None
         return len(matching)
 
@@ -318,7 +318,7 @@ class Table:
 
     # --- filters ---------------------------------------------------------------------------
 
-    def matching_ids(
+    def _matching_ids(
         self,
         where: Sequence[Filter] = (),
         include: Mapping[str, Any] | None = None,
@@ -426,7 +426,7 @@ class Table:
         if isinstance(where, str):
             return self._delete_where(lambda staged: where)
         if where is not None:
-            ids = self.matching_ids([where])
+            ids = self._matching_ids([where])
         doomed = pl.Series(self.id_column, [ids] if isinstance(ids, str) else ids, dtype=pl.String)
         ident = self._sql(self.id_column)
         return self._delete_where(lambda staged: f"{ident} IN (SELECT {ident} FROM {staged})", doomed)
@@ -658,7 +658,7 @@ class Table:
             leave_out=id,
         )
 
-    def vectors_for_search(self, column: VectorColumn) -> _Vectors:
+    def _vectors_for_search(self, column: VectorColumn) -> _Vectors:
         """The column's non-null vectors and their ids, read once and kept while the table is unchanged.
 
         Unchanged means the same generation (every write through polars-embed
@@ -685,7 +685,7 @@ class Table:
         self._vectors[column.name] = kept
         return kept
 
-    def rows_by_id(self, ids: pl.Series, row_ids: np.ndarray | None = None) -> pl.DataFrame:
+    def _rows_by_id(self, ids: pl.Series, row_ids: np.ndarray | None = None) -> pl.DataFrame:
         """The records with these ids (in no particular order), read without scanning their vectors.
 
         ``row_ids`` are where the records were when their vectors were read. DuckDB fetches
