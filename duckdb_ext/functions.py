@@ -20,7 +20,7 @@ from duckdb_ext._catalog import (
     resolve_table,
     set_comment,
 )
-from polars_embed.engine import as_text_series, embed_series, progress_bar
+from polars_embed.engine import as_text_series, embed_series, progress_bar, width_of
 from polars_embed.errors import ConfigError
 from polars_embed.metadata import VectorSpec, check_same_provider, check_width
 from polars_embed.provider import Kind, Provider
@@ -79,7 +79,7 @@ def register(
     ('FLOAT[8]', True)
     """
     resolved = resolve_provider(provider, **options)
-    vector_type = f"FLOAT[{resolved.dimension}]"
+    vector_type = f"FLOAT[{width_of(resolved)}]"
     for function_name, kind in ((name, "document"), (f"{name}_query", "query")):
         with contextlib.suppress(duckdb.Error):  # nothing registered by that name yet
             con.remove_function(function_name)
@@ -229,7 +229,7 @@ def _vector_column(
 ) -> Column:
     """The ``FLOAT[d]`` column to fill, added when missing; a foreign comment on it is an error."""
     if existing is None:
-        added = Column(name, f"FLOAT[{provider.dimension}]", None)
+        added = Column(name, f"FLOAT[{width_of(provider)}]", None)
         con.execute(f"ALTER TABLE {table.sql} ADD COLUMN {added.sql} {added.data_type}")
         return added
     check_width(provider, existing.width, column=existing.name)

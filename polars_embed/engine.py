@@ -42,6 +42,16 @@ from polars_embed.provider import Embedded, Kind, Provider, check_kind
 from polars_embed.registry import ProviderLike, resolve_provider
 from polars_embed.stats import EmbedStats, record
 
+__all__ = [
+    "aembed",
+    "as_text_series",
+    "embed",
+    "embed_queries",
+    "embed_series",
+    "progress_bar",
+    "width_of",
+]
+
 log = logging.getLogger("polars_embed")
 
 TextsLike = Sequence[str | None] | pl.Series | pa.Array | pa.ChunkedArray | np.ndarray
@@ -114,6 +124,18 @@ async def aembed(
     The work runs on a worker thread, so the loop stays responsive.
     """
     return await asyncio.to_thread(embed, texts, provider, kind=kind, progress=progress, **options)
+
+
+def width_of(provider: Provider) -> int:
+    """The width of ``provider``'s vectors, for whatever must know it before embedding.
+
+    Most providers read it from their configuration. One that must ask its service
+    or function (an OpenAI-compatible server's model, a callable, neither with
+    ``dims``) asks once, within the provider's concurrency limit and with the
+    engine's retries, as a request to embed would.
+    """
+    width, _ = _with_retries(provider, lambda: provider.dimension, _concurrency_limit(provider))
+    return width
 
 
 def embed_queries(queries: Sequence[str], provider: Provider) -> np.ndarray:

@@ -26,7 +26,7 @@ from polars_embed import (
     EmbeddingIncompleteError,
 )
 from polars_embed.metadata import VectorSpec
-from tests.providers import CountingProvider
+from tests.providers import CountingProvider, RefusesFirstCall
 
 HOSTILE_TABLE = 'we"ird; DROP TABLE victim; --'
 HOSTILE_TEXT = "bo'dy\"; DELETE FROM victim; --"
@@ -407,3 +407,13 @@ class TestQuoting:
     def test_impossible_names_are_refused(self, con: duckdb.DuckDBPyConnection, name: object) -> None:
         with pytest.raises(ConfigError, match="non-empty string"):
             duckdb_ext.search(con, name, "vector", [1.0])  # type: ignore[arg-type]
+
+
+class TestEngineRulesInDuckDB:
+    def test_register_learns_a_width_through_the_engines_retries(
+        self, con: duckdb.DuckDBPyConnection
+    ) -> None:
+        function = RefusesFirstCall()
+        duckdb_ext.register(con, function)
+        assert function.calls == ["dimension probe", "dimension probe"]
+        assert con.sql("SELECT typeof(embed('a'))").fetchall() == [("FLOAT[6]",)]

@@ -21,7 +21,7 @@ from polars_embed import (
     ProviderError,
     RetryableProviderError,
 )
-from polars_embed.engine import _plan_batches
+from polars_embed.engine import _plan_batches, width_of
 from tests.providers import CountingProvider, vector_for
 
 
@@ -337,3 +337,20 @@ def _undelayed_tqdm() -> type:
 def test_provider_errors_are_polars_embed_errors() -> None:
     assert issubclass(EmbeddingIncompleteError, ProviderError)
     assert issubclass(ProviderError, polars_embed.PolarsEmbedError)
+
+
+class TestWidths:
+    def test_the_width_of_a_provider_is_probed_within_its_concurrency_limit(self) -> None:
+        class Probing(CountingProvider):
+            """Learns its width from a request, as a compatible server's model does."""
+
+            @property
+            def dimension(self) -> int:
+                self.embed_batch(["probe"], kind="document")
+                return self.dims
+
+        provider = Probing(max_concurrency=1, delay=0.01)
+        with ThreadPoolExecutor(4) as pool:
+            widths = list(pool.map(lambda _: width_of(provider), range(4)))
+            list(pool.map(lambda i: polars_embed.embed([f"t{i}"], provider), range(4)))
+        assert widths == [8] * 4 and provider.recorder.most_in_flight == 1

@@ -11,7 +11,7 @@ import pytest
 import polars_embed
 from polars_embed import ConfigError, DimensionMismatchError, kernels
 from polars_embed.namespaces import expr as expr_module
-from tests.providers import CountingProvider, vector_for
+from tests.providers import CountingProvider, RefusesFirstCall, vector_for
 
 ENGINES = ["auto", "streaming", "in-memory"]
 
@@ -306,3 +306,13 @@ class TestVectorExpressions:
         )
         expected = reference_scores(frame["vec"].to_numpy(), query, "cosine")
         np.testing.assert_allclose(out["vec"].to_numpy(), expected, rtol=1e-5, atol=1e-6)
+
+
+class TestWidthProbes:
+    def test_a_width_probe_at_expression_build_is_retried(self) -> None:
+        function = RefusesFirstCall()
+        expression = pl.col("text").embed.with_provider(function)
+        assert function.calls == ["dimension probe", "dimension probe"]
+        assert pl.LazyFrame({"text": ["a"]}).select(expression).collect_schema()["text"] == pl.Array(
+            pl.Float32, 6
+        )

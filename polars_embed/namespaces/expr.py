@@ -13,7 +13,7 @@ from typing import Any
 
 import polars as pl
 
-from polars_embed.engine import as_text_series, embed_series
+from polars_embed.engine import as_text_series, embed_series, width_of
 from polars_embed.kernels import Metric, l2_normalize, pairwise_scores
 from polars_embed.namespaces._vectors import (
     VectorsLike,
@@ -83,7 +83,7 @@ class EmbedExprNamespace:
         resolved = resolve_provider(provider, **options)
         return self._expr.map_batches(
             partial(_embedded, provider=resolved, kind=kind),
-            return_dtype=pl.Array(pl.Float32, resolved.dimension),
+            return_dtype=pl.Array(pl.Float32, width_of(resolved)),
             is_elementwise=True,
         )
 
