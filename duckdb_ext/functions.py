@@ -20,7 +20,7 @@ from duckdb_ext._catalog import (
     resolve_table,
     set_comment,
 )
-from polars_embed.engine import as_text_series, embed_series, progress_bar, width_of
+from polars_embed.engine import EmbedJob, as_text_series, embed_series, progress_bar, width_of
 from polars_embed.errors import ConfigError
 from polars_embed.metadata import VectorSpec, check_same_provider, check_width
 from polars_embed.provider import Kind, Provider
@@ -257,14 +257,18 @@ def _fill(
     row_ids = con.execute(f"SELECT rowid FROM {table.sql} WHERE {pending} ORDER BY rowid").pl().to_series()
     staging = f"__polars_embed_batch_{uuid.uuid4().hex}"
     written = 0
-    with progress_bar(len(row_ids), provider.label, progress) as bar:
+    # One job for the table: one stats record and one log line, however many batches.
+    with (
+        progress_bar(len(row_ids), provider.label, progress) as bar,
+        EmbedJob(provider, progress=False) as job,
+    ):
         for start in range(0, len(row_ids), batch_rows):
             first, last = row_ids[start], row_ids[min(start + batch_rows, len(row_ids)) - 1]
             batch = con.execute(
                 f"SELECT rowid, {texts.sql} FROM {table.sql} WHERE rowid BETWEEN ? AND ? AND {pending}",
                 [first, last],
             ).pl()
-            embedded = embed_series(batch.to_series(1), provider, progress=False)
+            embedded = job.embed(batch.to_series(1))
             update = pl.DataFrame({"row": batch.to_series(0), "vector": embedded}).filter(
                 embedded.is_not_null()
             )

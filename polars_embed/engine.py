@@ -8,20 +8,24 @@
 
 A provider only embeds a batch; everything around that happens here, once, for
 Polars, DuckDB and plain Python alike. The engine keeps no per-call state
-outside the call, so many threads may use it at once.
+outside the call (or the :class:`EmbedJob` a front end opens for a column it
+hands over in pieces), so many threads may use it at once.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import os
 import random
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import CancelledError, ThreadPoolExecutor, as_completed
+from contextlib import contextmanager
+from types import TracebackType
 from typing import Any, TypeVar
 
 import numpy as np
@@ -43,6 +47,7 @@ from polars_embed.registry import ProviderLike, resolve_provider
 from polars_embed.stats import EmbedStats, record
 
 __all__ = [
+    "EmbedJob",
     "aembed",
     "as_text_series",
     "embed",
@@ -173,35 +178,118 @@ def as_text_series(texts: TextsLike, name: str = "embedding") -> pl.Series:
 
 
 def embed_series(
-    texts: pl.Series, provider: Provider, *, kind: Kind = "document", progress: bool | None = None
+    texts: pl.Series,
+    provider: Provider,
+    *,
+    kind: Kind = "document",
+    progress: bool | None = None,
 ) -> pl.Series:
     """The engine's core: a String Series in, an aligned ``pl.Array(pl.Float32, d)`` out."""
-    check_kind(kind)
-    started = time.perf_counter()
-    keep = texts.is_not_null() & (texts.str.strip_chars() != "")
-    distinct = texts.filter(keep).unique(maintain_order=True)
-    stats = EmbedStats(
-        provider=provider.label, rows=len(texts), skipped=len(texts) - int(keep.sum()), distinct=len(distinct)
-    )
-    try:
-        vectors = _embed_distinct(distinct.to_list(), provider, kind, progress, stats)
-    finally:
-        stats.seconds = time.perf_counter() - started
-        record(stats)
+    with EmbedJob(provider, kind=kind, progress=progress) as job:
+        return job.embed(texts)
+
+
+class EmbedJob:
+    """One column's worth of engine calls: one progress bar, one stats record, one log line.
+
+    A front end that hands a column over in pieces (Polars' streaming engine calls
+    once per morsel, from several threads at once) sends each piece through
+    :meth:`embed` of one job. The job adds the pieces up: its bar's total grows as
+    pieces arrive, its record (what :func:`~polars_embed.last_stats` gives, updated
+    as each piece ends) covers every row, with the wall time from the first piece's
+    start to the last one's end, and its line is logged when it is closed.
+    :func:`embed_series` is a job of one piece.
+
+    Parameters
+    ----------
+    provider
+        The provider that embeds every piece.
+    kind, progress
+        As for :func:`embed`.
+    """
+
+    def __init__(
+        self,
+        provider: Provider,
+        *,
+        kind: Kind = "document",
+        progress: bool | None = None,
+    ) -> None:
+        check_kind(kind)
+        self.provider = provider
+        self.kind = kind
+        self._progress = progress
+        self._lock = threading.Lock()
+        self._bar: tqdm | None = None
+        self._stats = EmbedStats(provider=provider.label)
+        self._span: tuple[float, float] | None = None
+        self._closed = False
+
+    def embed(self, texts: pl.Series) -> pl.Series:
+        """Embed one piece of the column (any thread): its vectors, aligned with ``texts``."""
+        started = time.perf_counter()
+        keep = texts.is_not_null() & (texts.str.strip_chars() != "")
+        distinct = texts.filter(keep).unique(maintain_order=True)
+        stats = EmbedStats(
+            provider=self.provider.label,
+            rows=len(texts),
+            skipped=len(texts) - int(keep.sum()),
+            distinct=len(distinct),
+        )
+        try:
+            vectors = _embed_distinct(distinct.to_list(), self, stats)
+        finally:
+            self._add(stats, started, time.perf_counter())
+        lookup = pl.DataFrame(
+            {"text": distinct, "position": pl.int_range(len(distinct), dtype=pl.UInt32, eager=True)}
+        )
+        positions = pl.DataFrame({"text": texts}).join(lookup, on="text", how="left", maintain_order="left")
+        distinct_vectors = pl.Series(texts.name, vectors)
+        remember(distinct_vectors, self.provider)
+        return distinct_vectors.gather(positions["position"])
+
+    def close(self) -> None:
+        """Close the bar and log the job's line; idempotent."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            bar, stats = self._bar, dataclasses.replace(self._stats)
+        if bar is not None:
+            bar.close()
         log.log(logging.INFO if stats.embedded else logging.DEBUG, "embedded %s", stats)
-    lookup = pl.DataFrame(
-        {"text": distinct, "position": pl.int_range(len(distinct), dtype=pl.UInt32, eager=True)}
-    )
-    positions = pl.DataFrame({"text": texts}).join(lookup, on="text", how="left", maintain_order="left")
-    distinct_vectors = pl.Series(texts.name, vectors)
-    remember(distinct_vectors, provider)
-    return distinct_vectors.gather(positions["position"])
+
+    def __enter__(self) -> EmbedJob:
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def _add(self, call: EmbedStats, started: float, ended: float) -> None:
+        with self._lock:
+            first, last = self._span or (started, ended)
+            self._span = (min(first, started), max(last, ended))
+            self._stats.add(call)
+            self._stats.seconds = self._span[1] - self._span[0]
+            record(call, started, ended, last=self._stats)  # under the lock: records land in order
+
+    @contextmanager
+    def _progress_of(self, pending: int) -> Iterator[tqdm]:
+        """The job's bar, its total grown by ``pending`` texts."""
+        with self._lock:
+            if self._bar is None:
+                self._bar = progress_bar(pending, self.provider.label, self._progress)
+            elif pending:
+                _grow(self._bar, pending)
+            bar = self._bar
+        yield bar
 
 
-def _embed_distinct(
-    texts: list[str], provider: Provider, kind: Kind, progress: bool | None, stats: EmbedStats
-) -> np.ndarray:
+def _embed_distinct(texts: list[str], job: EmbedJob, stats: EmbedStats) -> np.ndarray:
     """Embed distinct non-blank texts into one ``(len(texts), d)`` float32 array."""
+    provider, kind = job.provider, job.kind
     limit = _concurrency_limit(provider)
     # Some providers learn their width from a request (a probe), retried like any other.
     width, stats.retries = _with_retries(provider, lambda: provider.dimension, limit)
@@ -229,7 +317,7 @@ def _embed_distinct(
         stats.tokens += embedded.tokens
         bar.update(len(batch))
 
-    with progress_bar(len(pending), provider.label, progress) as bar:
+    with job._progress_of(len(pending)) as bar:
         try:
             _run_batches(batches, request, store, provider.resolve("max_concurrency"))
         except ProviderError as error:
@@ -410,6 +498,14 @@ def _validated(vectors: Any, provider: Provider, texts: list[str], width: int) -
             texts[int(np.argmax(zero))][:60],
         )
     return array
+
+
+def _grow(bar: tqdm, more: int) -> None:
+    """Add ``more`` to a bar's total, in a terminal and in a notebook alike."""
+    bar.total += more
+    widget = getattr(bar, "container", None)  # tqdm.notebook draws an ipywidgets bar with its own max
+    if widget is not None:
+        widget.children[1].max = bar.total
 
 
 def progress_bar(total: int, label: str, progress: bool | None) -> tqdm:

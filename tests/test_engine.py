@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+import time
 import traceback
 from concurrent.futures import ThreadPoolExecutor
 
@@ -21,7 +22,7 @@ from polars_embed import (
     ProviderError,
     RetryableProviderError,
 )
-from polars_embed.engine import _plan_batches, width_of
+from polars_embed.engine import EmbedJob, _plan_batches, width_of
 from tests.providers import CountingProvider, vector_for
 
 
@@ -318,18 +319,20 @@ class TestStatsAndProgress:
     ) -> None:
         polars_embed.embed(["a", "b"], counting)
         assert "embedding" not in capsys.readouterr().err
-        monkeypatch.setattr("polars_embed.engine.tqdm", _undelayed_tqdm())
+        monkeypatch.setattr("polars_embed.engine.tqdm", _undelayed_tqdm([]))
         polars_embed.embed(["c", "d"], counting, progress=True)
         assert "embedding (counting:counting-v1)" in capsys.readouterr().err
 
 
-def _undelayed_tqdm() -> type:
+def _undelayed_tqdm(made: list) -> type:
+    """A tqdm that draws at once (not after two seconds), and lists each bar in ``made``."""
     from tqdm import tqdm
 
     class Undelayed(tqdm):
         def __init__(self, *args: object, **kwargs: object) -> None:
             kwargs["delay"] = 0
             super().__init__(*args, **kwargs)
+            made.append(self)
 
     return Undelayed
 
@@ -337,6 +340,36 @@ def _undelayed_tqdm() -> type:
 def test_provider_errors_are_polars_embed_errors() -> None:
     assert issubclass(EmbeddingIncompleteError, ProviderError)
     assert issubclass(ProviderError, polars_embed.PolarsEmbedError)
+
+
+class TestJobs:
+    def test_pieces_from_many_threads_make_one_record_and_one_bar(
+        self, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        caplog.set_level(logging.INFO, logger="polars_embed")
+        made = []
+        monkeypatch.setattr("polars_embed.engine.tqdm", _undelayed_tqdm(made))
+        provider = CountingProvider(delay=0.01, batch_size=5)
+        pieces = [pl.Series("text", [f"piece {p} text {i}" for i in range(10)] + [None]) for p in range(8)]
+        started = time.perf_counter()
+        with EmbedJob(provider, progress=True) as job, ThreadPoolExecutor(4) as pool:
+            results = list(pool.map(job.embed, pieces))
+            assert polars_embed.last_stats().rows == 88  # the job's record, as its pieces end
+        wall = time.perf_counter() - started
+        assert [result.to_list() for result in results] == [expected(piece.to_list()) for piece in pieces]
+        stats = polars_embed.last_stats()
+        assert (stats.rows, stats.skipped, stats.embedded, stats.requests) == (88, 8, 80, 16)
+        assert 0 < stats.seconds <= wall
+        assert len(made) == 1 and made[0].n == made[0].total == 80
+        assert len([record for record in caplog.records if record.message.startswith("embedded")]) == 1
+
+    def test_track_stats_counts_overlapping_calls_once(self) -> None:
+        provider = CountingProvider(delay=0.02, max_concurrency=4)
+        started = time.perf_counter()
+        with polars_embed.track_stats() as totals, ThreadPoolExecutor(4) as pool:
+            list(pool.map(lambda i: polars_embed.embed([f"x{i}", f"y{i}"], provider), range(8)))
+        wall = time.perf_counter() - started
+        assert totals.rows == 16 and 0 < totals.seconds <= wall
 
 
 class TestWidths:

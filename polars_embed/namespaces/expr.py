@@ -13,8 +13,9 @@ from typing import Any
 
 import polars as pl
 
-from polars_embed.engine import as_text_series, embed_series, width_of
+from polars_embed.engine import width_of
 from polars_embed.kernels import Metric, l2_normalize, pairwise_scores
+from polars_embed.namespaces._column_jobs import ColumnEmbedder
 from polars_embed.namespaces._vectors import (
     VectorsLike,
     as_matrix,
@@ -22,7 +23,7 @@ from polars_embed.namespaces._vectors import (
     check_same_width,
     null_where,
 )
-from polars_embed.provider import Kind, Provider, check_kind
+from polars_embed.provider import Kind, check_kind
 from polars_embed.registry import ProviderLike, resolve_provider
 
 __all__ = ["EmbedExprNamespace"]
@@ -38,13 +39,22 @@ class EmbedExprNamespace:
         self._expr = expr
 
     def with_provider(
-        self, provider: ProviderLike = None, *, kind: Kind = "document", **options: Any
+        self,
+        provider: ProviderLike = None,
+        *,
+        kind: Kind = "document",
+        progress: bool | None = None,
+        **options: Any,
     ) -> pl.Expr:
         """Embed a text column, one vector per row.
 
         Null and blank texts give null vectors and are never sent to the provider;
         each distinct text in a batch is embedded once. A column that is not text
-        fails with a ``TypeError`` before any provider call.
+        fails with a ``TypeError`` before any provider call. Building the
+        expression embeds nothing and loads no model: the width comes from the
+        provider's configuration. However many batches (morsels) a query hands
+        over, each column it embeds shows one progress bar and gives one
+        :func:`~polars_embed.last_stats` record.
 
         Parameters
         ----------
@@ -54,6 +64,9 @@ class EmbedExprNamespace:
             vectors. Default: the local ``sentence-transformers`` model.
         kind
             ``"document"`` or ``"query"``: many models embed the two differently.
+        progress
+            Show a progress bar: ``None`` shows one on long queries in a terminal
+            or notebook (not under pytest, nor with ``POLARS_EMBED_PROGRESS=0``).
         **options
             Provider options, e.g. ``model="..."``, ``batch_size=64``.
 
@@ -82,7 +95,7 @@ class EmbedExprNamespace:
         check_kind(kind)
         resolved = resolve_provider(provider, **options)
         return self._expr.map_batches(
-            partial(_embedded, provider=resolved, kind=kind),
+            ColumnEmbedder(resolved, kind, progress),
             return_dtype=pl.Array(pl.Float32, width_of(resolved)),
             is_elementwise=True,
         )
@@ -235,10 +248,6 @@ class EmbedExprNamespace:
         return self._expr.map_batches(
             partial(_scores, other=query, metric=metric), return_dtype=pl.Float32, is_elementwise=True
         )
-
-
-def _embedded(texts: pl.Series, provider: Provider, kind: Kind) -> pl.Series:
-    return embed_series(as_text_series(texts), provider, kind=kind)
 
 
 def _column_scores(columns: list[pl.Series], metric: Metric) -> pl.Series:
