@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import CancelledError, ThreadPoolExecutor, as_completed
 from contextlib import contextmanager
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import numpy as np
 import polars as pl
@@ -47,13 +47,16 @@ from polars_embed.registry import ProviderLike, resolve_provider
 from polars_embed.stats import EmbedStats, record
 
 __all__ = [
+    "TRUNCATE_RULES",
     "EmbedJob",
+    "Truncate",
     "aembed",
     "as_text_series",
     "embed",
     "embed_queries",
     "embed_series",
     "progress_bar",
+    "resolve_truncate",
     "width_of",
 ]
 
@@ -67,6 +70,11 @@ BACKOFF_BASE = 0.5
 BACKOFF_CAP = 30.0
 RETRY_AFTER_CAP = 120.0
 
+#: What to do with a text longer than the model reads: embed its beginning and warn
+#: (counted in the stats), or refuse the call before any request.
+Truncate = Literal["warn", "error"]
+TRUNCATE_RULES: tuple[Truncate, ...] = ("warn", "error")
+
 _limits: dict[Provider, threading.BoundedSemaphore] = {}
 _limits_lock = threading.Lock()
 
@@ -79,6 +87,7 @@ def embed(
     *,
     kind: Kind = "document",
     progress: bool | None = None,
+    truncate: Truncate = "warn",
     **options: Any,
 ) -> pl.Series:
     """Embed texts, returning one vector per input row.
@@ -97,6 +106,12 @@ def embed(
     progress
         Show a progress bar: ``None`` shows one on long calls in a terminal or
         notebook (not under pytest, nor with ``POLARS_EMBED_PROGRESS=0``).
+    truncate
+        Texts longer than the model reads (e.g. 256 tokens for all-MiniLM-L6-v2):
+        ``"warn"`` embeds their beginning, counts them in
+        :func:`~polars_embed.last_stats` and logs one warning; ``"error"`` refuses
+        the call before any request. A provider's own option of this name
+        (Cohere's ``"START"``, ``"END"``, ``"NONE"``) is passed to the provider.
     **options
         Provider options, e.g. ``model="..."``, ``batch_size=64``.
 
@@ -112,8 +127,8 @@ def embed(
     >>> vectors.dtype, vectors.null_count()
     (Array(Float32, shape=(8,)), 2)
     """
-    resolved = resolve_provider(provider, **options)
-    return embed_series(as_text_series(texts), resolved, kind=kind, progress=progress)
+    resolved, rule = resolve_truncate(provider, truncate, **options)
+    return embed_series(as_text_series(texts), resolved, kind=kind, progress=progress, truncate=rule)
 
 
 async def aembed(
@@ -122,13 +137,31 @@ async def aembed(
     *,
     kind: Kind = "document",
     progress: bool | None = None,
+    truncate: Truncate = "warn",
     **options: Any,
 ) -> pl.Series:
     """:func:`embed` for code already running in an event loop.
 
     The work runs on a worker thread, so the loop stays responsive.
     """
-    return await asyncio.to_thread(embed, texts, provider, kind=kind, progress=progress, **options)
+    return await asyncio.to_thread(
+        embed, texts, provider, kind=kind, progress=progress, truncate=truncate, **options
+    )
+
+
+def resolve_truncate(provider: ProviderLike, truncate: str, **options: Any) -> tuple[Provider, Truncate]:
+    """The provider, and the engine's rule for texts longer than the model reads.
+
+    ``truncate`` is the engine's ``"warn"`` or ``"error"``; any other value goes to
+    the provider's own option of that name (Cohere's ``"START"``, ``"END"``, ``"NONE"``),
+    and the engine warns.
+    """
+    resolved = resolve_provider(provider, **options)
+    if truncate in TRUNCATE_RULES:
+        return resolved, truncate  # type: ignore[return-value]
+    if "truncate" not in {field.name for field in dataclasses.fields(resolved)}:
+        raise ConfigError(f"truncate must be one of {TRUNCATE_RULES}, got {truncate!r}")
+    return resolved.with_options(truncate=truncate), "warn"
 
 
 def width_of(provider: Provider) -> int:
@@ -183,9 +216,10 @@ def embed_series(
     *,
     kind: Kind = "document",
     progress: bool | None = None,
+    truncate: Truncate = "warn",
 ) -> pl.Series:
     """The engine's core: a String Series in, an aligned ``pl.Array(pl.Float32, d)`` out."""
-    with EmbedJob(provider, kind=kind, progress=progress) as job:
+    with EmbedJob(provider, kind=kind, progress=progress, truncate=truncate) as job:
         return job.embed(texts)
 
 
@@ -197,14 +231,14 @@ class EmbedJob:
     :meth:`embed` of one job. The job adds the pieces up: its bar's total grows as
     pieces arrive, its record (what :func:`~polars_embed.last_stats` gives, updated
     as each piece ends) covers every row, with the wall time from the first piece's
-    start to the last one's end, and its line is logged when it is closed.
-    :func:`embed_series` is a job of one piece.
+    start to the last one's end, and texts cut to the model's length are warned
+    about once, when the job is closed. :func:`embed_series` is a job of one piece.
 
     Parameters
     ----------
     provider
         The provider that embeds every piece.
-    kind, progress
+    kind, progress, truncate
         As for :func:`embed`.
     """
 
@@ -214,15 +248,20 @@ class EmbedJob:
         *,
         kind: Kind = "document",
         progress: bool | None = None,
+        truncate: Truncate = "warn",
     ) -> None:
         check_kind(kind)
+        if truncate not in TRUNCATE_RULES:
+            raise ConfigError(f"truncate must be one of {TRUNCATE_RULES}, got {truncate!r}")
         self.provider = provider
         self.kind = kind
+        self.truncate = truncate
         self._progress = progress
         self._lock = threading.Lock()
         self._bar: tqdm | None = None
         self._stats = EmbedStats(provider=provider.label)
         self._span: tuple[float, float] | None = None
+        self._cut: tuple[int, str] | None = None  # (limit, text) of one truncated text
         self._closed = False
 
     def embed(self, texts: pl.Series) -> pl.Series:
@@ -249,14 +288,25 @@ class EmbedJob:
         return distinct_vectors.gather(positions["position"])
 
     def close(self) -> None:
-        """Close the bar and log the job's line; idempotent."""
+        """Close the bar and log the job's line (and its truncation warning); idempotent."""
         with self._lock:
             if self._closed:
                 return
             self._closed = True
-            bar, stats = self._bar, dataclasses.replace(self._stats)
+            bar, stats, cut = self._bar, dataclasses.replace(self._stats), self._cut
         if bar is not None:
             bar.close()
+        if cut is not None:
+            limit, text = cut
+            log.warning(
+                "%d texts were longer than the %d tokens %s reads, and only their beginnings were "
+                "embedded (e.g. one starting %r); shorten or split them, or pass truncate='error' "
+                "to refuse them",
+                stats.truncated,
+                limit,
+                self.provider.label,
+                text[:60],
+            )
         log.log(logging.INFO if stats.embedded else logging.DEBUG, "embedded %s", stats)
 
     def __enter__(self) -> EmbedJob:
@@ -275,6 +325,35 @@ class EmbedJob:
             self._stats.seconds = self._span[1] - self._span[0]
             record(call, started, ended, last=self._stats)  # under the lock: records land in order
 
+    def _plan(self, texts: list[str], stats: EmbedStats) -> list[list[int]]:
+        """Batches for ``texts`` (none from the cache), after the length rules: texts the
+        service refuses are refused here, and texts the model cuts counted or refused."""
+        if not texts:
+            return []
+        provider = self.provider
+        reads = provider.max_input_tokens
+        tokens = None
+        if provider.max_batch_tokens or provider.max_text_tokens or reads:
+            tokens = provider.count_tokens(texts, kind=self.kind)
+        if tokens is not None:
+            refused = provider.max_text_tokens
+            _refuse_over(texts, tokens, refused, f"{provider.label}'s limit of {refused} tokens per text")
+            if self.truncate == "error":
+                _refuse_over(
+                    texts,
+                    tokens,
+                    reads,
+                    f"the {reads} tokens {provider.label} reads, and truncate='error' refuses them",
+                    fix="shorten or split them, or pass truncate='warn' to embed their beginnings",
+                    counted=False,  # a text over the limit may have been counted only that far
+                )
+            cut = [i for i, count in enumerate(tokens) if reads and count > reads]
+            if cut:
+                stats.truncated = len(cut)
+                with self._lock:
+                    self._cut = self._cut or (reads, texts[cut[0]])
+        return _plan_batches(texts, provider, tokens)
+
     @contextmanager
     def _progress_of(self, pending: int) -> Iterator[tqdm]:
         """The job's bar, its total grown by ``pending`` texts."""
@@ -285,6 +364,25 @@ class EmbedJob:
                 _grow(self._bar, pending)
             bar = self._bar
         yield bar
+
+
+def _refuse_over(
+    texts: list[str],
+    tokens: list[int],
+    limit: int | None,
+    over: str,
+    *,
+    fix: str = "shorten them first",
+    counted: bool = True,
+) -> None:
+    """Refuse texts of more than ``limit`` tokens with a :class:`ConfigError` naming how many, and one."""
+    too_long = [i for i, count in enumerate(tokens) if limit and count > limit]
+    if too_long:
+        first = too_long[0]
+        size = f"of about {tokens[first]} tokens " if counted else ""
+        raise ConfigError(
+            f"{len(too_long)} texts are over {over}, e.g. one {size}starting {texts[first][:60]!r}; {fix}"
+        )
 
 
 def _embed_distinct(texts: list[str], job: EmbedJob, stats: EmbedStats) -> np.ndarray:
@@ -301,7 +399,7 @@ def _embed_distinct(texts: list[str], job: EmbedJob, stats: EmbedStats) -> np.nd
         vectors[list(cached)] = np.stack(list(cached.values()))
     stats.cache_hits = len(cached)
     pending = [position for position in range(len(texts)) if position not in cached]
-    batches = [[pending[i] for i in batch] for batch in _plan_batches([texts[p] for p in pending], provider)]
+    batches = [[pending[i] for i in batch] for batch in job._plan([texts[p] for p in pending], stats)]
 
     def request(batch: list[int]) -> tuple[Embedded, int]:
         return _request_with_retries(provider, [texts[i] for i in batch], kind, limit)
@@ -335,8 +433,9 @@ def _embed_distinct(texts: list[str], job: EmbedJob, stats: EmbedStats) -> np.nd
     return vectors
 
 
-def _plan_batches(texts: list[str], provider: Provider) -> list[list[int]]:
-    """Group text positions into requests, by count and, where the provider says, by tokens.
+def _plan_batches(texts: list[str], provider: Provider, tokens: list[int] | None = None) -> list[list[int]]:
+    """Group text positions into requests, by count and, where the provider says and
+    ``tokens`` counts them, by tokens.
 
     Texts go longest first so that each batch holds texts of similar length, which
     keeps the padding a local model computes on small.
@@ -346,17 +445,7 @@ def _plan_batches(texts: list[str], provider: Provider) -> list[list[int]]:
         size = min(size, provider.max_batch_size)
     if size < 1:
         raise ConfigError(f"batch_size must be at least 1, got {size}")
-    token_budget = provider.max_batch_tokens
-    tokens = provider.count_tokens(texts) if token_budget or provider.max_text_tokens else None
-    if tokens is not None and provider.max_text_tokens:
-        too_long = [i for i, count in enumerate(tokens) if count > provider.max_text_tokens]
-        if too_long:
-            first = too_long[0]
-            raise ConfigError(
-                f"{len(too_long)} texts are over {provider.label}'s limit of "
-                f"{provider.max_text_tokens} tokens per text, e.g. one of about {tokens[first]} "
-                f"tokens starting {texts[first][:60]!r}; shorten them first"
-            )
+    token_budget = provider.max_batch_tokens if tokens is not None else None
     order = np.argsort([-len(text) for text in texts], kind="stable")
     batches: list[list[int]] = []
     current: list[int] = []

@@ -30,6 +30,7 @@ _COUNTERS = (
     "requests",
     "retries",
     "tokens",
+    "truncated",
 )
 
 
@@ -57,6 +58,9 @@ class EmbedStats:
         Requests retried after a retryable failure.
     tokens
         Tokens billed, where the provider reports them.
+    truncated
+        Texts longer than the model reads, embedded from their beginning only
+        (counted where the provider knows its limit; see ``truncate=``).
     seconds
         Wall time: overlapping calls (Polars' concurrent morsels) count once.
     """
@@ -70,6 +74,7 @@ class EmbedStats:
     requests: int = 0
     retries: int = 0
     tokens: int = 0
+    truncated: int = 0
     seconds: float = 0.0
 
     def add(self, other: EmbedStats) -> None:
@@ -83,7 +88,7 @@ class EmbedStats:
             f"{self.provider}: {self.rows} rows, {self.skipped} null or blank, "
             f"{self.distinct} distinct, {self.cache_hits} from cache, {self.embedded} embedded "
             f"in {self.requests} requests ({self.retries} retries, {self.tokens} tokens), "
-            f"{self.seconds:.2f}s"
+            f"{self.truncated} truncated, {self.seconds:.2f}s"
         )
 
 

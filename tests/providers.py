@@ -82,6 +82,17 @@ class CountingProvider(Provider):
                 recorder.in_flight -= 1
 
 
+class LongTextsProvider(CountingProvider):
+    """Reads 3 words of a text, as a model reads a fixed number of tokens."""
+
+    @property
+    def max_input_tokens(self) -> int:
+        return 3
+
+    def count_tokens(self, texts: list[str], *, kind: str = "document") -> list[int]:
+        return [len(text.split()) for text in texts]
+
+
 class RefusesFirstCall:
     """A plain embedding function, with no declared width, whose first call (the width
     probe) is rate limited; ``calls`` holds the first text of each call."""

@@ -14,7 +14,7 @@ import polars_embed
 from polars_embed import ConfigError, DimensionMismatchError, kernels
 from polars_embed.engine import EmbedJob
 from polars_embed.namespaces import expr as expr_module
-from tests.providers import CountingProvider, RefusesFirstCall, vector_for
+from tests.providers import CountingProvider, LongTextsProvider, RefusesFirstCall, vector_for
 
 ENGINES = ["auto", "streaming", "in-memory"]
 
@@ -398,6 +398,28 @@ class TestOneJobPerColumn:
         polars_embed.last_stats()
         assert len(bars) == 1 and bars[0].disable
         assert ("embedding (hashing" in capsys.readouterr().err) is progress
+
+    def test_long_texts_are_warned_about_once_per_column(self, caplog: pytest.LogCaptureFixture) -> None:
+        caplog.set_level(logging.WARNING, logger="polars_embed")
+        texts = [f"text {i}" + (" and many more words" if i % 5 == 0 else "") for i in range(3000)]
+        with pl.Config(streaming_chunk_size=100):
+            pl.LazyFrame({"text": texts}).with_columns(
+                vec=pl.col("text").embed.with_provider(LongTextsProvider())
+            ).collect(engine="streaming")
+        assert polars_embed.last_stats().truncated == 600
+        warnings = [record.getMessage() for record in caplog.records if record.levelno == logging.WARNING]
+        assert len(warnings) == 1 and warnings[0].startswith(
+            "600 texts were longer than the 3 tokens counting:counting-v1 reads"
+        )
+
+    def test_truncate_error_refuses_long_texts(self) -> None:
+        provider = LongTextsProvider()
+        frame = pl.DataFrame({"text": ["short", "one two three four"]})
+        with pytest.raises(ConfigError, match=r"1 texts are over the 3 tokens counting:counting-v1 reads"):
+            frame.with_columns(vec=pl.col("text").embed.with_provider(provider, truncate="error"))
+        assert provider.recorder.batches == []
+        with pytest.raises(ConfigError, match=r"truncate must be one of \('warn', 'error'\)"):
+            pl.col("text").embed.with_provider(provider, truncate="ignore")
 
 
 class TestWidthProbes:

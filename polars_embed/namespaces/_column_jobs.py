@@ -31,7 +31,7 @@ from typing import Any
 
 import polars as pl
 
-from polars_embed.engine import EmbedJob, as_text_series, embed_series
+from polars_embed.engine import EmbedJob, Truncate, as_text_series, embed_series
 from polars_embed.provider import Kind, Provider
 from polars_embed.stats import before_reading
 
@@ -48,12 +48,15 @@ class ColumnEmbedder:
     provider: Provider
     kind: Kind
     progress: bool | None
+    truncate: Truncate
 
     def __call__(self, texts: pl.Series, **_polars_arguments: Any) -> pl.Series:  # Polars adds return_dtype
         series = as_text_series(texts)
         queries = _running_queries(sys._getframe(1))
         if queries is None:  # not called by Polars: a call of its own
-            return embed_series(series, self.provider, kind=self.kind, progress=self.progress)
+            return embed_series(
+                series, self.provider, kind=self.kind, progress=self.progress, truncate=self.truncate
+            )
         column = _join(self, series.name, queries)
         try:
             return column.job.embed(series)
@@ -92,7 +95,9 @@ def _join(embedder: ColumnEmbedder, name: str, queries: list[Query]) -> _Column:
             retired.replaced = True
             del _open[key]
         if column is None:
-            job = EmbedJob(embedder.provider, kind=embedder.kind, progress=embedder.progress)
+            job = EmbedJob(
+                embedder.provider, kind=embedder.kind, progress=embedder.progress, truncate=embedder.truncate
+            )
             column = _open[key] = _Column(job, queries)
             if _watcher is None:
                 _watcher = threading.Thread(target=_watch, name="polars-embed-columns", daemon=True)

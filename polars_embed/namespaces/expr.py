@@ -13,7 +13,7 @@ from typing import Any
 
 import polars as pl
 
-from polars_embed.engine import width_of
+from polars_embed.engine import Truncate, resolve_truncate, width_of
 from polars_embed.kernels import Metric, l2_normalize, pairwise_scores
 from polars_embed.namespaces._column_jobs import ColumnEmbedder
 from polars_embed.namespaces._vectors import (
@@ -24,7 +24,7 @@ from polars_embed.namespaces._vectors import (
     null_where,
 )
 from polars_embed.provider import Kind, check_kind
-from polars_embed.registry import ProviderLike, resolve_provider
+from polars_embed.registry import ProviderLike
 
 __all__ = ["EmbedExprNamespace"]
 
@@ -44,6 +44,7 @@ class EmbedExprNamespace:
         *,
         kind: Kind = "document",
         progress: bool | None = None,
+        truncate: Truncate = "warn",
         **options: Any,
     ) -> pl.Expr:
         """Embed a text column, one vector per row.
@@ -67,6 +68,9 @@ class EmbedExprNamespace:
         progress
             Show a progress bar: ``None`` shows one on long queries in a terminal
             or notebook (not under pytest, nor with ``POLARS_EMBED_PROGRESS=0``).
+        truncate
+            Texts longer than the model reads: ``"warn"`` embeds their beginning,
+            counts them and logs one warning per column; ``"error"`` refuses them.
         **options
             Provider options, e.g. ``model="..."``, ``batch_size=64``.
 
@@ -93,9 +97,9 @@ class EmbedExprNamespace:
         └───────┴─────────────────────────────────┘
         """
         check_kind(kind)
-        resolved = resolve_provider(provider, **options)
+        resolved, rule = resolve_truncate(provider, truncate, **options)
         return self._expr.map_batches(
-            ColumnEmbedder(resolved, kind, progress),
+            ColumnEmbedder(resolved, kind, progress, rule),
             return_dtype=pl.Array(pl.Float32, width_of(resolved)),
             is_elementwise=True,
         )

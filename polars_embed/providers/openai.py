@@ -109,7 +109,7 @@ class OpenAIProvider(RemoteProvider):
                 log.info("%s: the server gives vectors of width %d", self.label, width)
         return width
 
-    def count_tokens(self, texts: Sequence[str]) -> list[int]:
+    def count_tokens(self, texts: Sequence[str], *, kind: Kind = "document") -> list[int]:
         encoding = _tokenizer()
         if encoding is None:
             return [math.ceil(len(text.encode()) / BYTES_PER_TOKEN) for text in texts]
