@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -30,7 +31,7 @@ from polars_embed import (
     UnknownProviderError,
 )
 from polars_embed.metadata import VectorSpec
-from tests.providers import CountingProvider
+from tests.providers import CountingProvider, LongTextsProvider, RefusesFirstCall
 from tests.test_kernels import peak_bytes
 
 HOSTILE_TABLE = 'we"ird; DROP TABLE victim; --'
@@ -558,3 +559,34 @@ class TestLoadParquet:
         found = duckdb_ext.search(con, HOSTILE_TABLE, HOSTILE_VECTOR, "small dog", k=1)
         assert found.select("id").fetchall() == [(2,)]
         assert con.sql("SELECT x FROM victim").fetchall() == [(1,)]
+
+
+class TestEngineRulesInDuckDB:
+    def test_register_learns_a_width_through_the_engines_retries(
+        self, con: duckdb.DuckDBPyConnection
+    ) -> None:
+        function = RefusesFirstCall()
+        duckdb_ext.register(con, function)
+        assert function.calls == ["dimension probe", "dimension probe"]
+        assert con.sql("SELECT typeof(embed('a'))").fetchall() == [("FLOAT[6]",)]
+
+    def test_embed_table_is_one_job_and_can_refuse_long_texts(
+        self, con: duckdb.DuckDBPyConnection, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        create_docs(con, [f"text {i}" + (" and many more" if i % 4 == 0 else "") for i in range(50)])
+        provider = LongTextsProvider()
+        with pytest.raises(ConfigError, match=r"over the 3 tokens counting:counting-v1 reads"):
+            duckdb_ext.embed_table(
+                con, "docs", "body", into="vector", provider=provider, batch_rows=10, truncate="error"
+            )
+        assert provider.recorder.batches == []
+        assert con.sql("SELECT count(vector) FROM docs").fetchall() == [(0,)]
+
+        caplog.set_level(logging.WARNING, logger="polars_embed")
+        assert (
+            duckdb_ext.embed_table(con, "docs", "body", into="vector", provider=provider, batch_rows=10) == 50
+        )
+        stats = polars_embed.last_stats()
+        assert (stats.rows, stats.truncated) == (50, 13)  # one record for the five batches
+        warnings = [record.getMessage() for record in caplog.records if record.levelno == logging.WARNING]
+        assert len(warnings) == 1 and warnings[0].startswith("13 texts were longer than the 3 tokens")

@@ -128,3 +128,21 @@ def test_a_budget_error_survives_a_polars_expression(server: FakeOpenAI) -> None
     with pytest.raises(BudgetExceededError, match="over max_tokens=5"):
         frame.with_columns(vec=pl.col("text").embed.with_provider(openai(server), max_tokens=5))
     assert server.requests == []
+
+
+def test_a_streaming_collect_draws_every_morsel_from_one_budget() -> None:
+    # 3,000 rows come in several morsels, and a budget that covers only half of them
+    # must stop the column, not each morsel alone.
+    texts = [f"t{i:04d} x y" for i in range(3_000)]  # 9 bytes, 3 words: 3 tokens estimated and billed
+    provider = CountingProvider(batch_size=100)
+    lazy = pl.LazyFrame({"text": texts}).with_columns(
+        vec=pl.col("text").embed.with_provider(provider, max_tokens=4_500)
+    )
+    with pytest.raises(BudgetExceededError, match="max_tokens=4500"):
+        lazy.collect(engine="streaming")
+    assert len(provider.recorder.texts) <= 1_500
+    whole = CountingProvider(batch_size=100)
+    frame = pl.LazyFrame({"text": texts}).with_columns(
+        vec=pl.col("text").embed.with_provider(whole, max_tokens=9_000)
+    )
+    assert frame.collect(engine="streaming")["vec"].null_count() == 0

@@ -520,6 +520,22 @@ class TestOpenAICompatibleServers:
         assert len(local_server.requests) == 3  # the refused probe, the probe, the batch
         assert polars_embed.last_stats().retries == 1
 
+    def test_a_rate_limited_probe_when_an_expression_or_sql_function_is_made_is_retried(
+        self, local_server: FakeOpenAI
+    ) -> None:
+        import duckdb
+
+        import duckdb_ext
+
+        local_server.then(Plan(status=429, headers={"retry-after-ms": "1"}))
+        expression = pl.col("text").embed.with_provider(self.provider(local_server))
+        assert pl.LazyFrame({"text": ["a"]}).select(expression).collect_schema()["text"] == pl.Array(
+            pl.Float32, 12
+        )
+        local_server.then(Plan(status=429, headers={"retry-after-ms": "1"}))
+        duckdb_ext.register(duckdb.connect(), self.provider(local_server))
+        assert [request.texts for request in local_server.requests] == [[openai_provider.PROBE_TEXT]] * 4
+
     def test_dims_skips_the_probe(self, local_server: FakeOpenAI) -> None:
         polars_embed.embed(["a"], self.provider(local_server, dims=12))
         assert [request.texts for request in local_server.requests] == [["a"]]

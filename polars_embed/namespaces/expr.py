@@ -15,9 +15,10 @@ import numpy as np
 import polars as pl
 
 from polars_embed._project import Method, check_projection, fit_projection, kmeans
-from polars_embed.engine import as_text_series, embed_series
+from polars_embed.engine import Truncate, resolve_truncate, width_of
 from polars_embed.errors import InvalidInputError
 from polars_embed.kernels import Metric, l2_normalize, pairwise_scores
+from polars_embed.namespaces._column_jobs import ColumnEmbedder
 from polars_embed.namespaces._vectors import (
     VectorsLike,
     as_matrix,
@@ -25,8 +26,8 @@ from polars_embed.namespaces._vectors import (
     check_same_width,
     null_where,
 )
-from polars_embed.provider import Kind, Provider, check_kind
-from polars_embed.registry import ProviderLike, resolve_provider
+from polars_embed.provider import Kind, check_kind
+from polars_embed.registry import ProviderLike
 
 __all__ = ["EmbedExprNamespace"]
 
@@ -45,6 +46,8 @@ class EmbedExprNamespace:
         provider: ProviderLike = None,
         *,
         kind: Kind = "document",
+        progress: bool | None = None,
+        truncate: Truncate = "warn",
         max_tokens: int | None = None,
         **options: Any,
     ) -> pl.Expr:
@@ -53,6 +56,10 @@ class EmbedExprNamespace:
         Null and blank texts give null vectors and are never sent to the provider;
         each distinct text in a batch is embedded once. A column that is not text
         fails with an :class:`~polars_embed.InputTypeError` before any provider call.
+        Building the expression embeds nothing and loads no model: the width comes
+        from the provider's configuration. However many batches (morsels) a query
+        hands over, each column it embeds shows one progress bar and gives one
+        :func:`~polars_embed.last_stats` record.
 
         Parameters
         ----------
@@ -62,10 +69,15 @@ class EmbedExprNamespace:
             vectors. Default: the local ``sentence-transformers`` model.
         kind
             ``"document"`` or ``"query"``: many models embed the two differently.
+        progress
+            Show a progress bar: ``None`` shows one on long queries in a terminal
+            or notebook (not under pytest, nor with ``POLARS_EMBED_PROGRESS=0``).
+        truncate
+            Texts longer than the model reads: ``"warn"`` embeds their beginning,
+            counts them and logs one warning per column; ``"error"`` refuses them.
         max_tokens
-            A token budget, as for :func:`polars_embed.embed`, for each batch of
-            rows Polars hands over: the whole column of a DataFrame, but a lazy
-            query may run in several batches (preview it with ``lf.embed.estimate``).
+            A token budget, as for :func:`polars_embed.embed`, for the whole column,
+            however many batches Polars hands over (preview it with ``lf.embed.estimate``).
         **options
             Provider options, e.g. ``model="..."``, ``batch_size=64``.
 
@@ -103,10 +115,10 @@ class EmbedExprNamespace:
         └───────┴─────────────────────────┘
         """
         check_kind(kind)
-        resolved = resolve_provider(provider, **options)
+        resolved, rule = resolve_truncate(provider, truncate, **options)
         return self._expr.map_batches(
-            partial(_embedded, provider=resolved, kind=kind, max_tokens=max_tokens),
-            return_dtype=pl.Array(pl.Float32, resolved.dimension),
+            ColumnEmbedder(resolved, kind, progress, rule, max_tokens),
+            return_dtype=pl.Array(pl.Float32, width_of(resolved)),
             is_elementwise=True,
         )
 
@@ -354,10 +366,6 @@ class EmbedExprNamespace:
         return self._expr.map_batches(
             partial(_clustered, k=k, seed=seed, max_iter=max_iter), return_dtype=pl.UInt32
         )
-
-
-def _embedded(texts: pl.Series, provider: Provider, kind: Kind, max_tokens: int | None) -> pl.Series:
-    return embed_series(as_text_series(texts), provider, kind=kind, max_tokens=max_tokens)
 
 
 def _column_scores(columns: list[pl.Series], metric: Metric) -> pl.Series:

@@ -106,7 +106,7 @@ class OpenAIProvider(RemoteProvider):
                 log.info("%s: the server gives vectors of width %d", self.label, width)
         return width
 
-    def count_tokens(self, texts: Sequence[str]) -> list[int]:
+    def count_tokens(self, texts: Sequence[str], *, kind: Kind = "document") -> list[int]:
         return approximate_tokens(texts)
 
     @property

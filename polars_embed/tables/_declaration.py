@@ -248,7 +248,9 @@ class VectorColumn:
 
     def made_by(self, provider: Provider) -> bool:
         """Whether ``provider`` makes this column's vectors: same name, identity options, width, version."""
-        identity = {f.name for f in dataclasses.fields(provider) if option_role(type(provider), f.name) == "identity"}
+        identity = {
+            f.name for f in dataclasses.fields(provider) if option_role(type(provider), f.name) == "identity"
+        }
 
         def key(spec: VectorSpec) -> tuple[Any, ...]:
             options = {name: value for name, value in spec.options.items() if name in identity}
