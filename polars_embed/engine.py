@@ -40,6 +40,7 @@ from polars_embed.errors import (
     BudgetExceededError,
     ConfigError,
     EmbeddingIncompleteError,
+    InputRefusedError,
     InputTypeError,
     InvalidEmbeddingError,
     InvalidInputError,
@@ -49,14 +50,18 @@ from polars_embed.errors import (
 from polars_embed.metadata import remember
 from polars_embed.provider import Embedded, Kind, Provider, check_kind
 from polars_embed.registry import ProviderLike, resolve_provider
-from polars_embed.stats import EmbedStats, record
+from polars_embed.stats import EmbedStats, Failure, record
 
 __all__ = [
+    "ON_ERROR_RULES",
+    "REFUSAL_PROBE",
     "TRUNCATE_RULES",
     "EmbedJob",
+    "OnError",
     "Truncate",
     "aembed",
     "as_text_series",
+    "check_on_error",
     "embed",
     "embed_queries",
     "embed_series",
@@ -80,6 +85,22 @@ RETRY_AFTER_CAP = 120.0
 Truncate = Literal["warn", "error"]
 TRUNCATE_RULES: tuple[Truncate, ...] = ("warn", "error")
 
+#: What to do when the provider refuses a text for what it says (an
+#: :class:`~polars_embed.InputRefusedError`, a text over the service's token limit): fail
+#: the call, or give that row a null vector, embed the rest and report it in the stats.
+OnError = Literal["raise", "null"]
+ON_ERROR_RULES: tuple[OnError, ...] = ("raise", "null")
+#: Sent alone when a provider refuses a batch before it has embedded anything for the
+#: job: a service that refuses this refuses the request, whatever the texts.
+REFUSAL_PROBE = "hello"
+
+
+def check_on_error(on_error: object) -> None:
+    """A :class:`ConfigError` unless ``on_error`` is one of :data:`ON_ERROR_RULES`."""
+    if on_error not in ON_ERROR_RULES:
+        raise ConfigError(f"on_error must be one of {ON_ERROR_RULES}, got {on_error!r}")
+
+
 _limits: dict[Provider, threading.BoundedSemaphore] = {}
 _limits_lock = threading.Lock()
 
@@ -94,6 +115,7 @@ def embed(
     progress: bool | None = None,
     truncate: Truncate = "warn",
     max_tokens: int | None = None,
+    on_error: OnError = "raise",
     **options: Any,
 ) -> pl.Series:
     """Embed texts, returning one vector per input row.
@@ -123,6 +145,16 @@ def embed(
         tokens (as :func:`polars_embed.estimate` counts them), and stop before a
         request that would take the tokens used past it. Either way a
         :class:`~polars_embed.BudgetExceededError`; what was embedded stays in the cache.
+    on_error
+        When the provider refuses texts for what they say (an HTTP 400 for one text, a
+        text over the service's token limit): ``"raise"`` fails the call; ``"null"``
+        splits the refused batch in halves until the texts at fault are found, embeds
+        the rest, gives those rows null vectors and lists them in
+        ``last_stats().failures``. Failures worth retrying (rate limits, server errors,
+        timeouts) are retried either way and never become nulls. When a refusal comes
+        before anything was embedded, one request with the text ``"hello"`` tells a
+        refused request (a model the service does not know, say) from refused texts:
+        if that is refused too, the call fails.
     **options
         Provider options, e.g. ``model="..."``, ``batch_size=64``.
 
@@ -140,7 +172,13 @@ def embed(
     """
     resolved, rule = resolve_truncate(provider, truncate, **options)
     return embed_series(
-        as_text_series(texts), resolved, kind=kind, progress=progress, truncate=rule, max_tokens=max_tokens
+        as_text_series(texts),
+        resolved,
+        kind=kind,
+        progress=progress,
+        truncate=rule,
+        max_tokens=max_tokens,
+        on_error=on_error,
     )
 
 
@@ -152,6 +190,7 @@ async def aembed(
     progress: bool | None = None,
     truncate: Truncate = "warn",
     max_tokens: int | None = None,
+    on_error: OnError = "raise",
     **options: Any,
 ) -> pl.Series:
     """:func:`embed` for code already running in an event loop.
@@ -166,6 +205,7 @@ async def aembed(
         progress=progress,
         truncate=truncate,
         max_tokens=max_tokens,
+        on_error=on_error,
         **options,
     )
 
@@ -248,9 +288,12 @@ def embed_series(
     progress: bool | None = None,
     truncate: Truncate = "warn",
     max_tokens: int | None = None,
+    on_error: OnError = "raise",
 ) -> pl.Series:
     """The engine's core: a String Series in, an aligned ``pl.Array(pl.Float32, d)`` out."""
-    with EmbedJob(provider, kind=kind, progress=progress, truncate=truncate, max_tokens=max_tokens) as job:
+    with EmbedJob(
+        provider, kind=kind, progress=progress, truncate=truncate, max_tokens=max_tokens, on_error=on_error
+    ) as job:
         return job.embed(texts)
 
 
@@ -275,7 +318,7 @@ class EmbedJob:
     ----------
     provider
         The provider that embeds every piece.
-    kind, progress, truncate
+    kind, progress, truncate, on_error
         As for :func:`embed`.
     max_tokens
         As for :func:`embed`, for the whole job: every piece draws on one budget.
@@ -289,10 +332,15 @@ class EmbedJob:
         progress: bool | None = None,
         truncate: Truncate = "warn",
         max_tokens: int | None = None,
+        on_error: OnError = "raise",
     ) -> None:
         check_kind(kind)
         if truncate not in TRUNCATE_RULES:
             raise ConfigError(f"truncate must be one of {TRUNCATE_RULES}, got {truncate!r}")
+        check_on_error(on_error)
+        self.on_error = on_error
+        self._rows_seen = 0  # rows of the pieces so far: where the next piece's rows start
+        self._answered = threading.Event()  # some request of this job was answered
         self.budget = None if max_tokens is None else _TokenBudget(max_tokens)
         self.provider = provider
         self.kind = kind
@@ -308,19 +356,27 @@ class EmbedJob:
     def embed(self, texts: pl.Series) -> pl.Series:
         """Embed one piece of the column (any thread): its vectors, aligned with ``texts``."""
         started = time.perf_counter()
+        with self._lock:
+            first_row, self._rows_seen = self._rows_seen, self._rows_seen + len(texts)
         distinct, skipped = distinct_texts(texts)
         stats = EmbedStats(
             provider=self.provider.label, rows=len(texts), skipped=skipped, distinct=len(distinct)
         )
-        try:
-            vectors = _embed_distinct(distinct.to_list(), self, stats)
-        finally:
-            self._add(stats, started, time.perf_counter())
         lookup = pl.DataFrame(
             {"text": distinct, "position": pl.int_range(len(distinct), dtype=pl.UInt32, eager=True)}
         )
         positions = pl.DataFrame({"text": texts}).join(lookup, on="text", how="left", maintain_order="left")
+        try:
+            vectors, refused = _embed_distinct(distinct.to_list(), self, stats)
+            if refused:
+                stats.failures = _failures(texts, positions["position"], refused, first_row)
+                stats.failed = len(stats.failures)
+        finally:
+            self._add(stats, started, time.perf_counter())
         distinct_vectors = pl.Series(texts.name, vectors)
+        if refused:
+            missing = pl.int_range(len(distinct), eager=True).is_in(list(refused))
+            distinct_vectors = pl.select(pl.when(~missing).then(distinct_vectors)).to_series()
         if self.kind == "document":  # not queries: every search makes some, and the store must not grow
             remember(distinct_vectors, self.provider)
         return distinct_vectors.gather(positions["position"])
@@ -345,6 +401,17 @@ class EmbedJob:
                 self.provider.label,
                 text[:60],
             )
+        if stats.failures:
+            first = stats.failures[0]
+            log.warning(
+                "%s refused %d rows, which got null vectors (e.g. row %d, %r: %s); "
+                "polars_embed.last_stats().failures lists them",
+                self.provider.label,
+                stats.failed,
+                first.row,
+                first.text,
+                first.message,
+            )
         log.log(logging.INFO if stats.embedded else logging.DEBUG, "embedded %s", stats)
 
     def __enter__(self) -> EmbedJob:
@@ -363,19 +430,34 @@ class EmbedJob:
             self._stats.seconds = self._span[1] - self._span[0]
             record(call, started, ended, last=self._stats)  # under the lock: records land in order
 
-    def _plan(self, texts: list[str], stats: EmbedStats, tokens: list[int] | None = None) -> list[list[int]]:
+    def _plan(
+        self, texts: list[str], stats: EmbedStats, tokens: list[int] | None = None
+    ) -> tuple[list[list[int]], dict[int, str]]:
         """Batches for ``texts`` (none from the cache), after the length rules: texts the
-        service refuses are refused here, and texts the model cuts counted or refused.
+        service refuses are refused here (or, with ``on_error="null"``, set aside with why,
+        by position), and texts the model cuts counted or refused.
         ``tokens``: the provider's own counts, where the budget has them already."""
         if not texts:
-            return []
+            return [], {}
         provider = self.provider
         reads = provider.max_input_tokens
         if tokens is None and (provider.max_batch_tokens or provider.max_text_tokens or reads):
             tokens = provider.count_tokens(texts, kind=self.kind)
+        set_aside: dict[int, str] = {}
         if tokens is not None:
             refused = provider.max_text_tokens
-            _refuse_over(texts, tokens, refused, f"{provider.label}'s limit of {refused} tokens per text")
+            over = f"{provider.label}'s limit of {refused} tokens per text"
+            if self.on_error == "null":
+                set_aside = {
+                    i: f"about {count} tokens, over {over}"
+                    for i, count in enumerate(tokens)
+                    if refused and count > refused
+                }
+                if set_aside:
+                    kept = [i for i in range(len(texts)) if i not in set_aside]
+                    batches, _ = self._plan([texts[i] for i in kept], stats, [tokens[i] for i in kept])
+                    return [[kept[i] for i in batch] for batch in batches], set_aside
+            _refuse_over(texts, tokens, refused, over)
             if self.truncate == "error":
                 _refuse_over(
                     texts,
@@ -390,7 +472,7 @@ class EmbedJob:
                 stats.truncated = len(cut)
                 with self._lock:
                     self._cut = self._cut or (reads, texts[cut[0]])
-        return _plan_batches(texts, provider, tokens)
+        return _plan_batches(texts, provider, tokens), set_aside
 
     @contextmanager
     def _progress_of(self, pending: int) -> Iterator[tqdm]:
@@ -423,8 +505,9 @@ def _refuse_over(
         )
 
 
-def _embed_distinct(texts: list[str], job: EmbedJob, stats: EmbedStats) -> np.ndarray:
-    """Embed distinct non-blank texts into one ``(len(texts), d)`` float32 array."""
+def _embed_distinct(texts: list[str], job: EmbedJob, stats: EmbedStats) -> tuple[np.ndarray, dict[int, str]]:
+    """Embed distinct non-blank texts into one ``(len(texts), d)`` float32 array, and the
+    positions of the texts refused under ``on_error="null"`` (their rows are garbage), with why."""
     provider, kind = job.provider, job.kind
     limit = _concurrency_limit(provider)
     width, stats.retries = _width(provider, limit)
@@ -437,30 +520,47 @@ def _embed_distinct(texts: list[str], job: EmbedJob, stats: EmbedStats) -> np.nd
     pending_texts = [texts[p] for p in pending]
     budget = job.budget
     counts, provider_counts = budget.admit(pending_texts, provider, kind) if budget else (None, None)
-    batches = [[pending[i] for i in batch] for batch in job._plan(pending_texts, stats, provider_counts)]
+    planned, set_aside = job._plan(pending_texts, stats, provider_counts)
+    batches = [[pending[i] for i in batch] for batch in planned]
+    refused = {pending[i]: f"{provider.label}: {why}" for i, why in set_aside.items()}
     tokens_of = dict(zip(pending, counts, strict=True)) if counts is not None else {}
 
-    def request(batch: list[int]) -> tuple[Embedded, int]:
+    def send(batch: list[int]) -> tuple[Embedded, int]:
         if budget is None:
             return _request_with_retries(provider, [texts[i] for i in batch], kind, limit)
         estimated = sum(tokens_of[i] for i in batch)
         budget.reserve(estimated)
-        answer = _request_with_retries(provider, [texts[i] for i in batch], kind, limit)
+        try:
+            answer = _request_with_retries(provider, [texts[i] for i in batch], kind, limit)
+        except BaseException:
+            budget.settle(estimated, 0, billed=False)
+            raise
         budget.settle(estimated, answer[0].tokens)
         return answer
 
-    def store(batch: list[int], answer: tuple[Embedded, int]) -> None:
-        embedded, retries = answer
-        vectors[batch] = _validated(embedded.vectors, provider, [texts[i] for i in batch], width)
-        if cache:  # as each batch lands, so that a failed column resumes from here
-            cache.put([keys[i] for i in batch], vectors[batch])
-        stats.embedded += len(batch)
-        stats.requests += 1
-        stats.retries += retries
-        stats.tokens += embedded.tokens
+    def probe() -> None:
+        _request_with_retries(provider, [REFUSAL_PROBE], kind, limit)
+
+    def request(batch: list[int]) -> _Answers:
+        if job.on_error == "null":
+            return _isolate_refused(batch, send, probe, job._answered)
+        return [(batch, send(batch))], {}, 0
+
+    def store(batch: list[int], answers: _Answers) -> None:
+        parts, refused_here, stats.retries = answers[0], answers[1], stats.retries + answers[2]
+        for part, (embedded, retries) in parts:
+            vectors[part] = _validated(embedded.vectors, provider, [texts[i] for i in part], width)
+            if cache:  # as each batch lands, so that a failed column resumes from here
+                cache.put([keys[i] for i in part], vectors[part])
+            stats.embedded += len(part)
+            stats.requests += 1
+            stats.retries += retries
+            stats.tokens += embedded.tokens
+        refused.update(refused_here)
         bar.update(len(batch))
 
     with job._progress_of(len(pending)) as bar:
+        bar.update(len(refused))  # set aside before any request
         try:
             _run_batches(batches, request, store, provider.resolve("max_concurrency"))
         except ProviderError as error:
@@ -472,7 +572,74 @@ def _embed_distinct(texts: list[str], job: EmbedJob, stats: EmbedStats) -> np.nd
                 f"{provider.label} stopped after {done} of {len(texts)} distinct texts: {error}; "
                 f"nothing was returned.{kept} Raise max_tokens to go on"
             ) from None
-    return vectors
+    return vectors, refused
+
+
+#: A batch's answers: the parts the provider embedded (each with its answer and retries),
+#: the texts it refused on their own, with its message, by position, and the retries
+#: made by the requests it refused.
+_Answers = tuple[list[tuple[list[int], tuple[Embedded, int]]], dict[int, str], int]
+
+
+def _isolate_refused(
+    batch: list[int],
+    send: Callable[[list[int]], tuple[Embedded, int]],
+    probe: Callable[[], None],
+    answered: threading.Event,
+) -> _Answers:
+    """Send ``batch``; when the provider refuses it for its content, halve it until the
+    texts at fault are alone, and embed everything else.
+
+    A half sent after its sibling was embedded whole holds the fault, so it is halved
+    without being sent: k bad texts in a batch of b cost about 2·k·log2(b) requests more.
+    Until some request of the job has been answered, a refusal is first checked with
+    ``probe()`` (:data:`REFUSAL_PROBE` alone): when that is refused too, the request is
+    at fault, not its texts, and the refusal is raised.
+    """
+    parts: list[tuple[list[int], tuple[Embedded, int]]] = []
+    refused: dict[int, str] = {}
+    retries = 0
+
+    def accepted(part: list[int]) -> bool:
+        nonlocal retries
+        try:
+            parts.append((part, send(part)))
+        except InputRefusedError as error:
+            retries += getattr(error, "retries", 0)
+            halve(part, error)
+            return False
+        answered.set()
+        return True
+
+    def halve(part: list[int], error: InputRefusedError) -> None:
+        if not answered.is_set():
+            try:
+                probe()
+            except InputRefusedError:
+                raise InputRefusedError(
+                    f"{error}; the text {REFUSAL_PROBE!r} alone was refused too, so the request "
+                    "is refused rather than some of its texts: check the model and options"
+                ) from None
+            answered.set()
+        if len(part) == 1:
+            refused[part[0]] = str(error)
+            return
+        middle = len(part) // 2
+        if accepted(part[:middle]):
+            halve(part[middle:], error)  # the fault is in the other half: no need to send it whole
+        else:
+            accepted(part[middle:])
+
+    accepted(batch)
+    return parts, refused, retries
+
+
+def _failures(
+    texts: pl.Series, positions: pl.Series, refused: dict[int, str], first_row: int
+) -> list[Failure]:
+    """One :class:`Failure` per row whose distinct text (at ``positions``) was refused."""
+    rows = positions.is_in(list(refused)).fill_null(False).arg_true().to_list()
+    return [Failure(first_row + row, texts[row][:60], refused[positions[row]]) for row in rows]
 
 
 def _incomplete(
@@ -607,6 +774,9 @@ def _with_retries(
         try:
             with limit:
                 return call(), attempt
+        except InputRefusedError as error:
+            error.retries = attempt  # the stats count them, though the request failed
+            raise
         except RetryableProviderError as error:
             if attempt == retries:
                 raise
@@ -815,7 +985,10 @@ class _TokenBudget:
                 )
             self.in_flight += estimated
 
-    def settle(self, estimated: int, counted: int) -> None:
+    def settle(self, estimated: int, counted: int, *, billed: bool = True) -> None:
+        """A request of ``estimated`` tokens has ended: it cost what the provider ``counted``
+        (else the estimate), or nothing when it was refused (``billed=False``)."""
         with self._lock:
             self.in_flight -= estimated
-            self.spent += counted or estimated
+            if billed:
+                self.spent += counted or estimated

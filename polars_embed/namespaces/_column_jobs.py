@@ -31,7 +31,7 @@ from typing import Any
 
 import polars as pl
 
-from polars_embed.engine import EmbedJob, Truncate, as_text_series, embed_series
+from polars_embed.engine import EmbedJob, OnError, Truncate, as_text_series, embed_series
 from polars_embed.provider import Kind, Provider
 from polars_embed.stats import before_reading
 
@@ -50,6 +50,7 @@ class ColumnEmbedder:
     progress: bool | None
     truncate: Truncate
     max_tokens: int | None = None
+    on_error: OnError = "raise"
 
     def __call__(self, texts: pl.Series, **_polars_arguments: Any) -> pl.Series:  # Polars adds return_dtype
         series = as_text_series(texts)
@@ -62,6 +63,7 @@ class ColumnEmbedder:
                 progress=self.progress,
                 truncate=self.truncate,
                 max_tokens=self.max_tokens,
+                on_error=self.on_error,
             )
         column = _join(self, series.name, queries)
         try:
@@ -107,6 +109,7 @@ def _join(embedder: ColumnEmbedder, name: str, queries: list[Query]) -> _Column:
                 progress=embedder.progress,
                 truncate=embedder.truncate,
                 max_tokens=embedder.max_tokens,
+                on_error=embedder.on_error,
             )
             column = _open[key] = _Column(job, queries)
             if _watcher is None:

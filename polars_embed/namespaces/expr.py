@@ -15,7 +15,7 @@ import numpy as np
 import polars as pl
 
 from polars_embed._project import Method, check_projection, fit_projection, kmeans
-from polars_embed.engine import Truncate, resolve_truncate, width_of
+from polars_embed.engine import OnError, Truncate, check_on_error, resolve_truncate, width_of
 from polars_embed.errors import InvalidInputError
 from polars_embed.kernels import Metric, l2_normalize, pairwise_scores
 from polars_embed.namespaces._column_jobs import ColumnEmbedder
@@ -49,6 +49,7 @@ class EmbedExprNamespace:
         progress: bool | None = None,
         truncate: Truncate = "warn",
         max_tokens: int | None = None,
+        on_error: OnError = "raise",
         **options: Any,
     ) -> pl.Expr:
         """Embed a text column, one vector per row.
@@ -78,6 +79,11 @@ class EmbedExprNamespace:
         max_tokens
             A token budget, as for :func:`polars_embed.embed`, for the whole column,
             however many batches Polars hands over (preview it with ``lf.embed.estimate``).
+        on_error
+            ``"raise"`` (the default) fails the column when the provider refuses a
+            text; ``"null"`` gives the refused rows null vectors, embeds the rest and
+            lists the rows in ``polars_embed.last_stats().failures``, as for
+            :func:`polars_embed.embed`.
         **options
             Provider options, e.g. ``model="..."``, ``batch_size=64``.
 
@@ -115,9 +121,10 @@ class EmbedExprNamespace:
         └───────┴─────────────────────────┘
         """
         check_kind(kind)
+        check_on_error(on_error)
         resolved, rule = resolve_truncate(provider, truncate, **options)
         return self._expr.map_batches(
-            ColumnEmbedder(resolved, kind, progress, rule, max_tokens),
+            ColumnEmbedder(resolved, kind, progress, rule, max_tokens, on_error),
             return_dtype=pl.Array(pl.Float32, width_of(resolved)),
             is_elementwise=True,
         )
