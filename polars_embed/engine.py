@@ -34,6 +34,7 @@ import polars as pl
 import pyarrow as pa
 from tqdm import tqdm
 
+from polars_embed._chunks import chunk_budget, chunk_texts
 from polars_embed._tokens import approximate_token_counter, approximate_tokens
 from polars_embed.cache import EmbeddingCache, cache_for
 from polars_embed.errors import (
@@ -47,20 +48,26 @@ from polars_embed.errors import (
     ProviderError,
     RetryableProviderError,
 )
+from polars_embed.kernels import l2_normalize
 from polars_embed.metadata import remember
 from polars_embed.provider import Embedded, Kind, Provider, check_kind
 from polars_embed.registry import ProviderLike, resolve_provider
 from polars_embed.stats import EmbedStats, Failure, record
 
 __all__ = [
+    "LONG_TEXT_RULES",
     "ON_ERROR_RULES",
+    "POOLS",
     "REFUSAL_PROBE",
     "TRUNCATE_RULES",
     "EmbedJob",
+    "LongTexts",
     "OnError",
+    "Pool",
     "Truncate",
     "aembed",
     "as_text_series",
+    "check_long_texts",
     "check_on_error",
     "embed",
     "embed_queries",
@@ -90,6 +97,23 @@ TRUNCATE_RULES: tuple[Truncate, ...] = ("warn", "error")
 #: the call, or give that row a null vector, embed the rest and report it in the stats.
 OnError = Literal["raise", "null"]
 ON_ERROR_RULES: tuple[OnError, ...] = ("raise", "null")
+#: What to do with a text longer than the model reads: embed its beginning (as ``truncate``
+#: says), or embed every chunk of it (cut by the model's own tokens where it has a tokenizer)
+#: and pool the chunks' vectors into the row's: their mean, or their elementwise max.
+LongTexts = Literal["truncate", "chunk"]
+LONG_TEXT_RULES: tuple[LongTexts, ...] = ("truncate", "chunk")
+Pool = Literal["mean", "max"]
+POOLS: tuple[Pool, ...] = ("mean", "max")
+
+
+def check_long_texts(long_texts: object, pool: object) -> None:
+    """A :class:`ConfigError` unless ``long_texts`` and ``pool`` are among the rules."""
+    if long_texts not in LONG_TEXT_RULES:
+        raise ConfigError(f"long_texts must be one of {LONG_TEXT_RULES}, got {long_texts!r}")
+    if pool not in POOLS:
+        raise ConfigError(f"pool must be one of {POOLS}, got {pool!r}")
+
+
 #: Sent alone when a provider refuses a batch before it has embedded anything for the
 #: job: a service that refuses this refuses the request, whatever the texts.
 REFUSAL_PROBE = "hello"
@@ -116,6 +140,8 @@ def embed(
     truncate: Truncate = "warn",
     max_tokens: int | None = None,
     on_error: OnError = "raise",
+    long_texts: LongTexts = "truncate",
+    pool: Pool = "mean",
     **options: Any,
 ) -> pl.Series:
     """Embed texts, returning one vector per input row.
@@ -155,6 +181,16 @@ def embed(
         before anything was embedded, one request with the text ``"hello"`` tells a
         refused request (a model the service does not know, say) from refused texts:
         if that is refused too, the call fails.
+    long_texts
+        Texts longer than the model reads: ``"truncate"`` (the default) embeds their
+        beginning, as ``truncate`` says; ``"chunk"`` cuts every text into chunks the
+        model reads whole (by the model's own tokenizer where it has one, see
+        :meth:`~polars_embed.Provider.token_spans`, else by the estimate of
+        ``polars_embed._tokens``), embeds each chunk (a short text is one chunk: its
+        vector is as before) and pools them into the row's vector.
+    pool
+        How chunks' vectors make a row's, with ``long_texts="chunk"``: ``"mean"`` or
+        ``"max"`` (elementwise), scaled to unit length when the provider's vectors are.
     **options
         Provider options, e.g. ``model="..."``, ``batch_size=64``.
 
@@ -179,6 +215,8 @@ def embed(
         truncate=rule,
         max_tokens=max_tokens,
         on_error=on_error,
+        long_texts=long_texts,
+        pool=pool,
     )
 
 
@@ -191,6 +229,8 @@ async def aembed(
     truncate: Truncate = "warn",
     max_tokens: int | None = None,
     on_error: OnError = "raise",
+    long_texts: LongTexts = "truncate",
+    pool: Pool = "mean",
     **options: Any,
 ) -> pl.Series:
     """:func:`embed` for code already running in an event loop.
@@ -206,6 +246,8 @@ async def aembed(
         truncate=truncate,
         max_tokens=max_tokens,
         on_error=on_error,
+        long_texts=long_texts,
+        pool=pool,
         **options,
     )
 
@@ -289,10 +331,19 @@ def embed_series(
     truncate: Truncate = "warn",
     max_tokens: int | None = None,
     on_error: OnError = "raise",
+    long_texts: LongTexts = "truncate",
+    pool: Pool = "mean",
 ) -> pl.Series:
     """The engine's core: a String Series in, an aligned ``pl.Array(pl.Float32, d)`` out."""
     with EmbedJob(
-        provider, kind=kind, progress=progress, truncate=truncate, max_tokens=max_tokens, on_error=on_error
+        provider,
+        kind=kind,
+        progress=progress,
+        truncate=truncate,
+        max_tokens=max_tokens,
+        on_error=on_error,
+        long_texts=long_texts,
+        pool=pool,
     ) as job:
         return job.embed(texts)
 
@@ -318,7 +369,7 @@ class EmbedJob:
     ----------
     provider
         The provider that embeds every piece.
-    kind, progress, truncate, on_error
+    kind, progress, truncate, on_error, long_texts, pool
         As for :func:`embed`.
     max_tokens
         As for :func:`embed`, for the whole job: every piece draws on one budget.
@@ -333,8 +384,13 @@ class EmbedJob:
         truncate: Truncate = "warn",
         max_tokens: int | None = None,
         on_error: OnError = "raise",
+        long_texts: LongTexts = "truncate",
+        pool: Pool = "mean",
     ) -> None:
         check_kind(kind)
+        check_long_texts(long_texts, pool)
+        self.long_texts = long_texts
+        self.pool = pool
         if truncate not in TRUNCATE_RULES:
             raise ConfigError(f"truncate must be one of {TRUNCATE_RULES}, got {truncate!r}")
         check_on_error(on_error)
@@ -367,7 +423,8 @@ class EmbedJob:
         )
         positions = pl.DataFrame({"text": texts}).join(lookup, on="text", how="left", maintain_order="left")
         try:
-            vectors, refused = _embed_distinct(distinct.to_list(), self, stats)
+            embed_distinct = _embed_pooled if self.long_texts == "chunk" else _embed_distinct
+            vectors, refused = embed_distinct(distinct.to_list(), self, stats)
             if refused:
                 stats.failures = _failures(texts, positions["position"], refused, first_row)
                 stats.failed = len(stats.failures)
@@ -573,6 +630,38 @@ def _embed_distinct(texts: list[str], job: EmbedJob, stats: EmbedStats) -> tuple
                 f"nothing was returned.{kept} Raise max_tokens to go on"
             ) from None
     return vectors, refused
+
+
+def _embed_pooled(texts: list[str], job: EmbedJob, stats: EmbedStats) -> tuple[np.ndarray, dict[int, str]]:
+    """:func:`_embed_distinct` for ``long_texts="chunk"``: each text cut into chunks the
+    model reads whole, every distinct chunk embedded once, and each text's chunks pooled.
+    A text with a refused chunk is refused (with the chunk's message)."""
+    provider = job.provider
+    size = chunk_budget(provider, job.kind, None)
+    offsets = chunk_texts(texts, provider, size)
+    counts = np.array([len(chunks) for chunks in offsets], dtype=np.int64)
+    chunks = [
+        text[start:end] for text, spans in zip(texts, offsets, strict=True) for start, end in spans.tolist()
+    ]
+    distinct = {chunk: None for chunk in chunks}
+    position = {chunk: i for i, chunk in enumerate(distinct)}
+    of_chunk = np.array([position[chunk] for chunk in chunks], dtype=np.int64)
+    vectors, refused_chunks = _embed_distinct(list(distinct), job, stats)
+    firsts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    each = vectors[of_chunk]
+    pooled = (
+        np.add.reduceat(each, firsts) / counts[:, None]
+        if job.pool == "mean"
+        else np.maximum.reduceat(each, firsts)
+    )
+    if provider.normalized:  # the kernels may rely on it
+        pooled = l2_normalize(pooled)
+    owner = np.repeat(np.arange(len(texts)), counts)
+    refused = {
+        int(owner[i]): refused_chunks[int(of_chunk[i])]
+        for i in np.flatnonzero(np.isin(of_chunk, list(refused_chunks)))
+    }
+    return np.ascontiguousarray(pooled, dtype=np.float32), refused
 
 
 #: A batch's answers: the parts the provider embedded (each with its answer and retries),

@@ -31,7 +31,7 @@ from typing import Any
 
 import polars as pl
 
-from polars_embed.engine import EmbedJob, OnError, Truncate, as_text_series, embed_series
+from polars_embed.engine import EmbedJob, LongTexts, OnError, Pool, Truncate, as_text_series, embed_series
 from polars_embed.provider import Kind, Provider
 from polars_embed.stats import before_reading
 
@@ -51,6 +51,8 @@ class ColumnEmbedder:
     truncate: Truncate
     max_tokens: int | None = None
     on_error: OnError = "raise"
+    long_texts: LongTexts = "truncate"
+    pool: Pool = "mean"
 
     def __call__(self, texts: pl.Series, **_polars_arguments: Any) -> pl.Series:  # Polars adds return_dtype
         series = as_text_series(texts)
@@ -64,6 +66,8 @@ class ColumnEmbedder:
                 truncate=self.truncate,
                 max_tokens=self.max_tokens,
                 on_error=self.on_error,
+                long_texts=self.long_texts,
+                pool=self.pool,
             )
         column = _join(self, series.name, queries)
         try:
@@ -110,6 +114,8 @@ def _join(embedder: ColumnEmbedder, name: str, queries: list[Query]) -> _Column:
                 truncate=embedder.truncate,
                 max_tokens=embedder.max_tokens,
                 on_error=embedder.on_error,
+                long_texts=embedder.long_texts,
+                pool=embedder.pool,
             )
             column = _open[key] = _Column(job, queries)
             if _watcher is None:
