@@ -1,12 +1,16 @@
 """Vectors between Polars and the kernels, shared by the expression and frame namespaces.
 
 A vector column is ``pl.Array(numeric, d)``; the kernels take it as a ``(n, d)``
-numpy array in which a null row is a row of NaN, which they never match.
+numpy array in which a null row is a row of NaN, which they never match, or as
+the list of such arrays that its chunks give without a copy.
 """
 
 from __future__ import annotations
 
+import threading
+import weakref
 from collections.abc import Sequence
+from dataclasses import dataclass
 from numbers import Real
 from typing import Any
 
@@ -14,6 +18,7 @@ import numpy as np
 import polars as pl
 
 from polars_embed.errors import DimensionMismatchError
+from polars_embed.kernels import squared_norms
 from polars_embed.metadata import provider_of
 
 VectorsLike = Sequence[float] | Sequence[Sequence[float]] | np.ndarray | pl.Series
@@ -33,6 +38,17 @@ def as_matrix(vectors: pl.Series) -> np.ndarray:
     """A vector column as ``(n, d)``, null rows as NaN; no copy for a float32 column without nulls."""
     vector_width(vectors.dtype, column=vectors.name)
     return vectors.to_numpy()
+
+
+def vector_chunks(vectors: pl.Series) -> list[np.ndarray]:
+    """A vector column as one ``(n_i, d)`` array per chunk, null rows as NaN.
+
+    No copy of a float32 chunk without nulls: a frame built with
+    ``pl.concat(..., rechunk=False)``, read from Parquet row groups or
+    collected by the streaming engine is searched where it lies.
+    """
+    vector_width(vectors.dtype, column=vectors.name)
+    return [chunk.to_numpy() for chunk in vectors.get_chunks()]
 
 
 def valid_rows(vectors: pl.Series) -> np.ndarray | None:
@@ -89,3 +105,76 @@ def _described(vectors: pl.Series) -> str:
     provider = provider_of(vectors)
     made_by = f", made by {provider.label}" if provider else ""
     return f"{vectors.name!r} (vectors of width {vectors.dtype.shape[0]}{made_by})"
+
+
+@dataclass(frozen=True)
+class _KeptNorms:
+    column: pl.Series  # keeps the buffers alive, so no other data can take their addresses
+    buffers: tuple[tuple[int, int, int, int] | None, ...]
+    norms: np.ndarray
+
+
+class _NormCache:
+    """The squared norms of the vector columns of live DataFrames, for searches that need them.
+
+    An entry belongs to one frame (it goes when the frame is collected) and
+    one column name, and holds the column's Arrow buffers, by address, size,
+    offset and length, together with the column itself. Holding the column
+    keeps those buffers alive and shared, so Polars cannot reuse or mutate
+    them in place: the same addresses mean the same values. A column that
+    was replaced has other buffers, and its norms are computed again.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        # DataFrames are not hashable: entries go by id, checked against a weak reference,
+        # and leave when their frame is collected.
+        self._frames: dict[int, tuple[weakref.ref[pl.DataFrame], dict[str, _KeptNorms]]] = {}
+
+    def squared_norms(self, frame: pl.DataFrame, name: str, chunks: list[np.ndarray]) -> np.ndarray:
+        column = frame[name]
+        buffers = _buffer_identity(column)
+        with self._lock:
+            columns = self._columns(frame)
+            kept = None if columns is None else columns.get(name)
+        if kept is not None and kept.buffers == buffers:
+            return kept.norms
+        norms = squared_norms(chunks)
+        with self._lock:
+            columns = self._columns(frame)
+            if columns is None:
+                columns = {}
+                self._frames[id(frame)] = (weakref.ref(frame), columns)
+                weakref.finalize(frame, self._forget, id(frame))
+            columns[name] = _KeptNorms(column, buffers, norms)
+        return norms
+
+    def _columns(self, frame: pl.DataFrame) -> dict[str, _KeptNorms] | None:
+        entry = self._frames.get(id(frame))
+        return entry[1] if entry is not None and entry[0]() is frame else None
+
+    def _forget(self, frame_id: int) -> None:
+        with self._lock:
+            entry = self._frames.get(frame_id)
+            if entry is not None and entry[0]() is None:
+                del self._frames[frame_id]
+
+
+def _buffer_identity(column: pl.Series) -> tuple[tuple[int, int, int, int] | None, ...]:
+    """Address and size of every Arrow buffer of every chunk, with each chunk's offset and length."""
+    identity: list[tuple[int, int, int, int] | None] = []
+    for chunk in column.get_chunks():
+        array = chunk.to_arrow()
+        child = array.values
+        for buffer in array.buffers():
+            identity.append(None if buffer is None else (buffer.address, buffer.size, -1, -1))
+        identity.append((array.offset, len(array), child.offset, len(child)))
+    return tuple(identity)
+
+
+_NORMS = _NormCache()
+
+
+def cached_squared_norms(frame: pl.DataFrame, name: str, chunks: list[np.ndarray]) -> np.ndarray:
+    """The squared norms of ``frame[name]`` (whose chunks are ``chunks``), computed once per column data."""
+    return _NORMS.squared_norms(frame, name, chunks)

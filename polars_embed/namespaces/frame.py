@@ -27,9 +27,11 @@ from polars_embed.namespaces._vectors import (
     VectorsLike,
     as_matrix,
     as_query_vectors,
+    cached_squared_norms,
     check_same_width,
     null_where,
     valid_rows,
+    vector_chunks,
     vector_width,
 )
 from polars_embed.provider import Provider
@@ -355,13 +357,8 @@ class _Search:
                 "polars_embed.read_parquet/scan_parquet from a file written by df.embed.write_parquet",
             )
             queries = embed_queries(list(self.texts), provider)
-        indices, scores = topk(
-            queries,
-            as_matrix(column),
-            self.k,
-            metric=self.metric,
-            valid=valid_rows(column),
-            normalized=_normalized(self.normalized, stored),
+        indices, scores = _search_frame(
+            queries, frame, self.on, self.k, self.metric, _normalized(self.normalized, stored)
         )
         found = indices.ravel() >= 0
         hits = frame.gather(pl.Series(indices.ravel()[found])).with_columns(
@@ -440,13 +437,11 @@ class _KnnJoin:
                 f"{self.right_on!r} with {right_provider.label}: vectors from different models "
                 "cannot be compared"
             )
-        indices, scores = topk(
-            as_matrix(queries),
-            as_matrix(corpus),
-            self.k,
-            metric=self.metric,
-            valid=valid_rows(corpus),
-            normalized=_normalized(self.normalized, right_provider),
+        normalized = _normalized(self.normalized, right_provider)
+        # The left side is the queries, one array (a BLAS multiply rounds a score differently
+        # with another number of queries); the right side is searched in its chunks.
+        indices, scores = _search_frame(
+            as_matrix(queries), right, self.right_on, self.k, self.metric, normalized
         )
         if indices.shape[1] == 0:  # no row of other can match: one empty slot per row
             indices = np.full((len(left), 1), -1, dtype=np.int64)
@@ -466,6 +461,24 @@ class _KnnJoin:
             ],
             how="horizontal",
         )
+
+
+def _search_frame(
+    queries: np.ndarray, frame: pl.DataFrame, on: str, k: int, metric: Metric, normalized: bool
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`topk` over the chunks of ``frame[on]``, with its row norms kept for the next search."""
+    column = frame[on]
+    chunks = vector_chunks(column)
+    needs_norms = metric == "l2" or (metric == "cosine" and not normalized)
+    return topk(
+        queries,
+        chunks,
+        k,
+        metric=metric,
+        valid=valid_rows(column),
+        normalized=normalized,
+        squared_norms=cached_squared_norms(frame, on, chunks) if needs_norms else None,
+    )
 
 
 def _parse_query(query: QueryLike) -> tuple[tuple[str, ...] | None, np.ndarray | None, bool]:
