@@ -9,8 +9,9 @@ Two paths give the same kind of answer, a relation of the table's rows plus a
   search asks the index for more rows than ``k`` (as many as the filter's
   selectivity says are needed, twice over, growing if that was not enough) and
   keeps the first ``k`` that pass the filter.
-- **Exact**, otherwise: the vectors of the rows that pass the filter are read
-  into memory and ranked by :func:`polars_embed.topk`. It is also where a
+- **Exact**, otherwise: the vectors of the rows that pass the filter stream
+  out as Arrow record batches, each ranked by :func:`polars_embed.topk` where
+  it lies, and the batches' best rows merge by :func:`polars_embed.topk_merge`. It is also where a
   filtered search goes when the filter is so selective that the index would
   have to return more than a quarter of the rows the exact search would score.
 """
@@ -24,6 +25,7 @@ from collections.abc import Sequence
 import duckdb
 import numpy as np
 import polars as pl
+import pyarrow as pa
 
 from duckdb_ext._catalog import (
     Column,
@@ -38,7 +40,7 @@ from duckdb_ext._catalog import (
 from duckdb_ext.vss import load_vss
 from polars_embed.engine import embed_queries
 from polars_embed.errors import ConfigError, DimensionMismatchError, MissingDependencyError
-from polars_embed.kernels import check_k, topk
+from polars_embed.kernels import check_k, topk, topk_merge
 from polars_embed.metadata import provider_for_query, provider_of
 from polars_embed.provider import Provider
 from polars_embed.registry import ProviderLike, resolve_provider
@@ -56,6 +58,9 @@ _FETCH_MARGIN = 2
 _FETCH_GROWTH = 4
 _MAX_FETCH_SHARE = 0.25
 _RECOGNITION_SAMPLE = 16
+# Rows per Arrow record batch of an exact search: large enough that each batch is one
+# multiply of real size, small enough that one batch of 384-wide vectors is ~100 MB.
+_BATCH_ROWS = 65536
 
 
 def search(
@@ -284,19 +289,50 @@ def _exact_search(
     k: int,
     where: str | None,
 ) -> duckdb.DuckDBPyRelation:
-    condition = f" AND (\n{where}\n)" if where else ""
-    candidates = con.sql(
-        f"SELECT rowid, {vectors.sql} FROM {table.sql} AS {quote_identifier(table.name)} "
-        f"WHERE {vectors.sql} IS NOT NULL{condition}"
-    ).pl()
-    if candidates.height:
-        indices, scores = topk(query, candidates.to_series(1).to_numpy(), k, metric="cosine")
-        rows, scores = candidates.to_series(0).to_numpy()[indices[0]], scores[0]
-    else:
-        rows, scores = np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)
+    rows, scores = _exact_topk(con, table, vectors, query, k, where)
     row_list = ", ".join(str(int(row)) for row in rows)
     return con.sql(
         f"SELECT target.*, hits.score FROM {table.sql} AS target JOIN (SELECT "
         f"unnest([{row_list}]::BIGINT[]) AS row, unnest({float_literal(scores, 'FLOAT[]')}) AS score, "
         f"unnest(range({len(rows)})) AS rank) AS hits ON target.rowid = hits.row ORDER BY hits.rank"
     )
+
+
+def _exact_topk(
+    con: duckdb.DuckDBPyConnection,
+    table: Table,
+    vectors: Column,
+    query: np.ndarray,
+    k: int,
+    where: str | None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The row ids and cosine scores of the ``k`` best rows, by :func:`polars_embed.topk`.
+
+    The vectors stream out of DuckDB as Arrow record batches, each searched
+    where it lies (a zero-copy view of its float32 values, no Python object
+    per row); the batches' results merge by :func:`polars_embed.topk_merge`,
+    so memory stays at one batch and ties go to the lower row id.
+    """
+    condition = f" AND (\n{where}\n)" if where else ""
+    reader = con.sql(
+        f"SELECT rowid, {vectors.sql} FROM {table.sql} AS {quote_identifier(table.name)} "
+        f"WHERE {vectors.sql} IS NOT NULL{condition}"
+    ).to_arrow_reader(_BATCH_ROWS)
+    found_rows, found_scores = [np.zeros((1, 0), dtype=np.int64)], [np.zeros((1, 0), dtype=np.float32)]
+    for batch in reader:
+        if batch.num_rows == 0:
+            continue
+        indices, scores = topk(query, _arrow_vectors(batch.column(1), vectors.width), k, metric="cosine")
+        found_rows.append(batch.column(0).to_numpy()[indices])
+        found_scores.append(scores)
+    rows, scores = topk_merge(found_rows, found_scores, k)
+    return rows[0], scores[0]
+
+
+def _arrow_vectors(array: pa.FixedSizeListArray, width: int) -> np.ndarray:
+    """The ``(n, width)`` values of an Arrow array of vectors without nulls, a view where it can be.
+
+    A null inside a vector becomes NaN (a copy), which no search returns.
+    """
+    values = array.flatten()
+    return values.to_numpy(zero_copy_only=False).reshape(len(array), width)

@@ -24,7 +24,7 @@ from polars_embed.errors import (
     UnknownProviderError,
 )
 from polars_embed.hookspecs import hookimpl
-from polars_embed.kernels import l2_normalize, pairwise_scores, topk
+from polars_embed.kernels import l2_normalize, pairwise_scores, squared_norms, topk, topk_merge
 from polars_embed.metadata import read_parquet, scan_parquet
 from polars_embed.provider import CallableProvider, Embedded, Provider, option
 from polars_embed.registry import Registry, get_registry, list_providers, resolve_provider
@@ -67,6 +67,8 @@ __all__ = [
     "read_parquet",
     "resolve_provider",
     "scan_parquet",
+    "squared_norms",
     "topk",
+    "topk_merge",
     "track_stats",
 ]
