@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import threading
 import weakref
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from numbers import Real
 from typing import Any
@@ -20,6 +20,7 @@ import polars as pl
 from polars_embed.errors import DimensionMismatchError
 from polars_embed.kernels import squared_norms
 from polars_embed.metadata import provider_of
+from polars_embed.quantization import Quantization, QuantizedVectors, quantize
 
 VectorsLike = Sequence[float] | Sequence[Sequence[float]] | np.ndarray | pl.Series
 
@@ -108,48 +109,48 @@ def _described(vectors: pl.Series) -> str:
 
 
 @dataclass(frozen=True)
-class _KeptNorms:
+class _Kept:
     column: pl.Series  # keeps the buffers alive, so no other data can take their addresses
     buffers: tuple[tuple[int, int, int, int] | None, ...]
-    norms: np.ndarray
+    value: Any
 
 
-class _NormCache:
-    """The squared norms of the vector columns of live DataFrames, for searches that need them.
+class _ColumnCache:
+    """What is derived from the vector columns of live DataFrames (norms, quantised twins), kept.
 
-    An entry belongs to one frame (it goes when the frame is collected) and
-    one column name, and holds the column's Arrow buffers, by address, size,
-    offset and length, together with the column itself. Holding the column
-    keeps those buffers alive and shared, so Polars cannot reuse or mutate
-    them in place: the same addresses mean the same values. A column that
-    was replaced has other buffers, and its norms are computed again.
+    An entry belongs to one frame (it goes when the frame is collected), one
+    column name and one kind of value, and holds the column's Arrow buffers,
+    by address, size, offset and length, together with the column itself.
+    Holding the column keeps those buffers alive and shared, so Polars cannot
+    reuse or mutate them in place: the same addresses mean the same values. A
+    column that was replaced has other buffers, and its values are derived again.
     """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         # DataFrames are not hashable: entries go by id, checked against a weak reference,
         # and leave when their frame is collected.
-        self._frames: dict[int, tuple[weakref.ref[pl.DataFrame], dict[str, _KeptNorms]]] = {}
+        self._frames: dict[int, tuple[weakref.ref[pl.DataFrame], dict[tuple[str, str], _Kept]]] = {}
 
-    def squared_norms(self, frame: pl.DataFrame, name: str, chunks: list[np.ndarray]) -> np.ndarray:
+    def get(self, frame: pl.DataFrame, name: str, kind: str, derive: Callable[[], Any]) -> Any:
         column = frame[name]
         buffers = _buffer_identity(column)
         with self._lock:
-            columns = self._columns(frame)
-            kept = None if columns is None else columns.get(name)
+            entries = self._entries(frame)
+            kept = None if entries is None else entries.get((name, kind))
         if kept is not None and kept.buffers == buffers:
-            return kept.norms
-        norms = squared_norms(chunks)
+            return kept.value
+        value = derive()
         with self._lock:
-            columns = self._columns(frame)
-            if columns is None:
-                columns = {}
-                self._frames[id(frame)] = (weakref.ref(frame), columns)
+            entries = self._entries(frame)
+            if entries is None:
+                entries = {}
+                self._frames[id(frame)] = (weakref.ref(frame), entries)
                 weakref.finalize(frame, self._forget, id(frame))
-            columns[name] = _KeptNorms(column, buffers, norms)
-        return norms
+            entries[(name, kind)] = _Kept(column, buffers, value)
+        return value
 
-    def _columns(self, frame: pl.DataFrame) -> dict[str, _KeptNorms] | None:
+    def _entries(self, frame: pl.DataFrame) -> dict[tuple[str, str], _Kept] | None:
         entry = self._frames.get(id(frame))
         return entry[1] if entry is not None and entry[0]() is frame else None
 
@@ -172,9 +173,17 @@ def _buffer_identity(column: pl.Series) -> tuple[tuple[int, int, int, int] | Non
     return tuple(identity)
 
 
-_NORMS = _NormCache()
+_KEPT = _ColumnCache()
 
 
 def cached_squared_norms(frame: pl.DataFrame, name: str, chunks: list[np.ndarray]) -> np.ndarray:
     """The squared norms of ``frame[name]`` (whose chunks are ``chunks``), computed once per column data."""
-    return _NORMS.squared_norms(frame, name, chunks)
+    return _KEPT.get(frame, name, "squared_norms", lambda: squared_norms(chunks))
+
+
+def cached_twin(
+    frame: pl.DataFrame, name: str, chunks: list[np.ndarray], kind: Quantization
+) -> QuantizedVectors:
+    """The quantised twin of ``frame[name]``, made on its first quantised search and kept with the frame."""
+    valid = valid_rows(frame[name])
+    return _KEPT.get(frame, name, f"twin:{kind}", lambda: quantize(chunks, kind, valid=valid))

@@ -28,6 +28,7 @@ from polars_embed.namespaces._vectors import (
     as_matrix,
     as_query_vectors,
     cached_squared_norms,
+    cached_twin,
     check_same_width,
     null_where,
     valid_rows,
@@ -35,6 +36,7 @@ from polars_embed.namespaces._vectors import (
     vector_width,
 )
 from polars_embed.provider import Provider
+from polars_embed.quantization import Quantization, quantized_topk
 from polars_embed.registry import ProviderLike, resolve_provider
 
 __all__ = ["EmbedFrameNamespace", "EmbedLazyFrameNamespace"]
@@ -60,6 +62,8 @@ class _EmbedNamespace(Generic[FrameT]):
         normalized: bool | None = None,
         score: str = "score",
         query_index: str = "query_index",
+        quantized: Quantization | None = None,
+        oversample: int | None = None,
         **options: Any,
     ) -> FrameT:
         """The ``k`` rows whose vectors best match a query, best first, with a score column.
@@ -88,6 +92,16 @@ class _EmbedNamespace(Generic[FrameT]):
         query_index
             For a batch of queries only: name of the first column, the position
             (``pl.UInt32``) of the query each row answers.
+        quantized
+            ``"int8"`` or ``"binary"``: rank every row on a compact twin of the
+            column (a quarter or a thirty-second of its bytes), then rescore
+            the best ``oversample * k`` exactly; cosine only. The twin is made
+            on the first such search of a DataFrame's column and kept with the
+            frame. Scores are exact; a true match may be missed:
+            :func:`polars_embed.recall_at_k` measures how often.
+        oversample
+            Candidates rescored per result with ``quantized`` (default 4 for
+            int8, 30 for binary).
         **options
             Options of ``provider``, e.g. ``dims=64``; only with ``provider``.
 
@@ -148,6 +162,7 @@ class _EmbedNamespace(Generic[FrameT]):
             normalized=normalized,
             score=score,
             query_index=query_index,
+            quantized=_Quantized.check(quantized, oversample, metric),
             options=options,
         )
         return self._run(search)
@@ -165,6 +180,8 @@ class _EmbedNamespace(Generic[FrameT]):
         how: Literal["inner", "left"] = "inner",
         suffix: str = "_right",
         score: str = "score",
+        quantized: Quantization | None = None,
+        oversample: int | None = None,
     ) -> FrameT:
         """Join each row to the ``k`` rows of ``other`` whose vectors match its own best.
 
@@ -194,6 +211,9 @@ class _EmbedNamespace(Generic[FrameT]):
             Added to the name of each column of ``other`` that this frame has too.
         score
             Name of the score column (``pl.Float32``).
+        quantized, oversample
+            Search ``other`` through a compact twin of its vectors, as in
+            :meth:`search`.
 
         Returns
         -------
@@ -236,6 +256,7 @@ class _EmbedNamespace(Generic[FrameT]):
             how=how,
             suffix=suffix,
             score=score,
+            quantized=_Quantized.check(quantized, oversample, metric),
         )
         return self._run(join)
 
@@ -299,6 +320,7 @@ class _Search:
     texts: tuple[str, ...] | None  # text queries, embedded when the search runs
     vectors: np.ndarray | None  # (q, d) float32 vector queries
     provider: Provider | None
+    quantized: _Quantized | None
 
     @classmethod
     def plan(
@@ -313,6 +335,7 @@ class _Search:
         normalized: bool | None,
         score: str,
         query_index: str,
+        quantized: _Quantized | None,
         options: dict[str, Any],
     ) -> _Search:
         _check_column(schema, on)
@@ -331,6 +354,7 @@ class _Search:
             texts=texts,
             vectors=vectors,
             provider=None if provider is None else resolve_provider(provider, **options),
+            quantized=quantized,
         )
         _check_new_names(schema, [name for name in (search.query_index, score) if name is not None])
         return search
@@ -358,7 +382,7 @@ class _Search:
             )
             queries = embed_queries(list(self.texts), provider)
         indices, scores = _search_frame(
-            queries, frame, self.on, self.k, self.metric, _normalized(self.normalized, stored)
+            queries, frame, self.on, self.k, self.metric, _normalized(self.normalized, stored), self.quantized
         )
         found = indices.ravel() >= 0
         hits = frame.gather(pl.Series(indices.ravel()[found])).with_columns(
@@ -384,6 +408,7 @@ class _KnnJoin:
     keep_unmatched: bool
     score: str
     right_names: dict[str, str]  # right column -> output name
+    quantized: _Quantized | None
 
     @classmethod
     def plan(
@@ -400,6 +425,7 @@ class _KnnJoin:
         how: str,
         suffix: str,
         score: str,
+        quantized: _Quantized | None,
     ) -> _KnnJoin:
         if left_on is None or right_on is None:
             raise ValueError("knn_join needs the vector columns: on=, or left_on= and right_on=")
@@ -420,6 +446,7 @@ class _KnnJoin:
             keep_unmatched=how == "left",
             score=score,
             right_names=right_names,
+            quantized=quantized,
         )
 
     def output_schema(self, left_schema: pl.Schema) -> pl.Schema:
@@ -441,7 +468,7 @@ class _KnnJoin:
         # The left side is the queries, one array (a BLAS multiply rounds a score differently
         # with another number of queries); the right side is searched in its chunks.
         indices, scores = _search_frame(
-            as_matrix(queries), right, self.right_on, self.k, self.metric, normalized
+            as_matrix(queries), right, self.right_on, self.k, self.metric, normalized, self.quantized
         )
         if indices.shape[1] == 0:  # no row of other can match: one empty slot per row
             indices = np.full((len(left), 1), -1, dtype=np.int64)
@@ -463,12 +490,42 @@ class _KnnJoin:
         )
 
 
+@dataclass(frozen=True)
+class _Quantized:
+    """A quantised search's options, checked."""
+
+    kind: Quantization
+    oversample: int | None
+
+    @classmethod
+    def check(cls, kind: str | None, oversample: int | None, metric: str) -> _Quantized | None:
+        if kind is None:
+            if oversample is not None:
+                raise ValueError("oversample= is for a quantized= search; pass quantized='int8' or 'binary'")
+            return None
+        if kind not in get_args(Quantization):
+            raise ValueError(f"quantized must be 'int8', 'binary' or None, got {kind!r}")
+        if metric != "cosine":
+            raise ValueError(f"a quantized search ranks by cosine similarity, not {metric!r}: drop metric=")
+        return cls(kind, None if oversample is None else check_k(oversample))
+
+
 def _search_frame(
-    queries: np.ndarray, frame: pl.DataFrame, on: str, k: int, metric: Metric, normalized: bool
+    queries: np.ndarray,
+    frame: pl.DataFrame,
+    on: str,
+    k: int,
+    metric: Metric,
+    normalized: bool,
+    quantized: _Quantized | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """:func:`topk` over the chunks of ``frame[on]``, with its row norms kept for the next search."""
+    """:func:`topk` over the chunks of ``frame[on]``, with what it derives from them kept for the next
+    search: the row norms, or the quantised twin."""
     column = frame[on]
     chunks = vector_chunks(column)
+    if quantized is not None:
+        twin = cached_twin(frame, on, chunks, quantized.kind)
+        return quantized_topk(queries, chunks, twin, k, oversample=quantized.oversample)
     needs_norms = metric == "l2" or (metric == "cosine" and not normalized)
     return topk(
         queries,
