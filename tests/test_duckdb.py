@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import importlib
 import json
 import subprocess
 import sys
@@ -262,6 +263,25 @@ class TestExactSearch:
         assert found["id"].to_list() == indices[0].tolist()
         np.testing.assert_allclose(found["score"].to_numpy(), scores[0], rtol=1e-6)
         assert found.columns == ["id", "body", "vector", "score"]
+
+    def test_batches_give_the_kernels_answer_over_the_whole_table(
+        self, con: duckdb.DuckDBPyConnection, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        # Small integers: exact scores and many ties, which must go to the lower row id
+        # across batches as within one topk.
+        monkeypatch.setattr(importlib.import_module("duckdb_ext.search"), "_BATCH_ROWS", 100)
+        rng = np.random.default_rng(14)
+        vectors = rng.integers(-1, 2, (1000, 5)).astype(np.float32)
+        vectors[[3, 500]] = 0
+        con.register("frame", pl.DataFrame({"id": range(1000), "vector": vectors}))
+        con.sql("CREATE TABLE docs AS SELECT * FROM frame ORDER BY id")
+        for query in rng.integers(-1, 2, (5, 5)).astype(np.float32):
+            if not query.any():
+                continue
+            indices, scores = polars_embed.topk(query, vectors, k=30)
+            found = duckdb_ext.search(con, "docs", "vector", query, k=30, exact=True).pl()
+            assert found["id"].to_list() == indices[0].tolist()
+            np.testing.assert_allclose(found["score"].to_numpy(), scores[0], rtol=1e-6)
 
     def test_a_vector_query_needs_no_provider(self, con: duckdb.DuckDBPyConnection) -> None:
         vectors = hashed_docs(con)

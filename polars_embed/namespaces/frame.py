@@ -101,7 +101,7 @@ class _EmbedNamespace(Generic[FrameT]):
             :func:`polars_embed.recall_at_k` measures how often.
         oversample
             Candidates rescored per result with ``quantized`` (default 4 for
-            int8, 30 for binary).
+            int8, 200 for binary).
         **options
             Options of ``provider``, e.g. ``dims=64``; only with ``provider``.
 
