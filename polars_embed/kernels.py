@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import logging
 import operator
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -480,7 +481,8 @@ def _search(
             metric,
         )
 
-    with _Pipeline(threaded=array_api_compat.is_numpy_namespace(xp)) as pipeline:
+    several_blocks = sum(chunk.shape[0] for chunk in chunks) > corpus_block
+    with _Pipeline(threaded=several_blocks and array_api_compat.is_numpy_namespace(xp)) as pipeline:
         for first_row, rows in _blocks(xp, chunks, corpus_block):
             block = _Block(first_row, rows, given.rows_of(first_row, rows.shape[0], "valid"))
             if block.searchable is not None and not bool(xp.any(block.searchable)):
@@ -529,31 +531,42 @@ class _Block:
 
 
 class _Pipeline:
-    """Runs tasks in the order they are submitted, on one worker thread or inline.
+    """Runs tasks in the order they are submitted, on the worker thread or inline.
 
     On the worker, a block's norms and selection overlap with the main thread's
-    next multiply (numpy and BLAS release the GIL). At most two tasks wait at
-    once, so at most three blocks of keys are alive. Only for numpy: CuPy
-    already runs asynchronously, and its current device and stream are
-    per-thread.
+    next multiply (numpy and BLAS release the GIL). At most two tasks of one
+    pipeline wait at once, so at most three blocks of keys are alive. The
+    worker is one thread for the process, started on first use: searches run
+    from several threads at once share it, each still in its own order. Only
+    for numpy: CuPy already runs asynchronously, and its current device and
+    stream are per-thread.
     """
 
+    _worker: ThreadPoolExecutor | None = None
+    _worker_lock = threading.Lock()
+
     def __init__(self, *, threaded: bool) -> None:
-        self._executor = ThreadPoolExecutor(1, thread_name_prefix="polars-embed-topk") if threaded else None
+        self._executor = self._shared_worker() if threaded else None
         self._pending: list[Future[None]] = []
+
+    @classmethod
+    def _shared_worker(cls) -> ThreadPoolExecutor:
+        with cls._worker_lock:
+            if cls._worker is None:
+                cls._worker = ThreadPoolExecutor(1, thread_name_prefix="polars-embed-topk")
+            return cls._worker
 
     def __enter__(self) -> _Pipeline:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
-        if self._executor is None:
-            return
-        try:
-            if exc_info[0] is None:
-                for future in self._pending:
-                    future.result()
-        finally:
-            self._executor.shutdown(wait=True, cancel_futures=True)
+        # Wait for every task even after an error: none may still use the blocks.
+        pending, self._pending = self._pending, []
+        errors = [future.exception() for future in pending]
+        if exc_info[0] is None:
+            for error in errors:
+                if error is not None:
+                    raise error
 
     def submit(self, task: Callable[..., None], *args: Any) -> None:
         if self._executor is None:
