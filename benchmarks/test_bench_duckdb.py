@@ -298,32 +298,28 @@ def test_exact_numpy_matvec(benchmark: Any, exact_db: tuple) -> None:
     assert len(rows) == K
 
 
-def test_exact_search(benchmark: Any, exact_db: tuple) -> None:
-    """``search(exact=True)``: the vectors stream out as Arrow batches into the kernel."""
+def exact_entry(benchmark: Any, exact_db: tuple, search: Callable[[np.ndarray], list]) -> None:
+    """Time ``search(query)`` against numpy on the same vectors, round by round."""
     benchmark.group = EXACT_GROUP
-    con, vectors, queries = exact_db
+    _, vectors, queries = exact_db
     query = queries[0]
     found = interleaved(
-        benchmark,
-        lambda: duckdb_ext.search(con, "exact_docs", "vector", query, k=K, exact=True).fetchall(),
-        lambda: numpy_matvec_argpartition(vectors, query),
-        rounds=ROUNDS,
+        benchmark, lambda: search(query), lambda: numpy_matvec_argpartition(vectors, query), rounds=ROUNDS
     )
     assert [row[0] for row in found] == numpy_matvec_argpartition(vectors, query).tolist()
+
+
+def test_exact_search(benchmark: Any, exact_db: tuple) -> None:
+    """``search(exact=True)``: the vectors stream out as Arrow batches into the kernel."""
+    con = exact_db[0]
+    exact_entry(
+        benchmark,
+        exact_db,
+        lambda query: duckdb_ext.search(con, "exact_docs", "vector", query, k=K, exact=True).fetchall(),
+    )
 
 
 def test_exact_duckdb_order_by_limit(benchmark: Any, exact_db: tuple) -> None:
     """DuckDB's own brute force: ``ORDER BY array_cosine_distance(...) LIMIT k``."""
-    benchmark.group = EXACT_GROUP
-    con, vectors, queries = exact_db
-    query = queries[0]
-    found = interleaved(
-        benchmark,
-        lambda: con.sql(
-            f"SELECT id FROM exact_docs ORDER BY array_cosine_distance(vector, {vector_literal(query)}) "
-            f"LIMIT {K}"
-        ).fetchall(),
-        lambda: numpy_matvec_argpartition(vectors, query),
-        rounds=ROUNDS,
-    )
-    assert [row[0] for row in found] == numpy_matvec_argpartition(vectors, query).tolist()
+    con = exact_db[0]
+    exact_entry(benchmark, exact_db, lambda query: nearest_ids(con, "exact_docs", query))

@@ -160,28 +160,24 @@ def test_single_topk_one_array(benchmark, queries, corpus):
     run(benchmark, topk, queries[0], corpus, K, normalized=True)
 
 
-@CHUNKED
-def test_single_topk_in_chunks(benchmark, queries, corpus, chunks):
+def against_one_array(benchmark, queries, corpus, candidate):
+    """Time ``candidate()`` against normalised topk on the one array, round by round."""
     indices, _ = interleaved(
-        benchmark,
-        lambda: topk(queries[0], chunks, K, normalized=True),
-        lambda: topk(queries[0], corpus, K, normalized=True),
-        rounds=ROUNDS,
+        benchmark, candidate, lambda: topk(queries[0], corpus, K, normalized=True), rounds=ROUNDS
     )
     assert_same_hits(indices, numpy_topk(corpus @ queries[0])[None, :])
+
+
+@CHUNKED
+def test_single_topk_in_chunks(benchmark, queries, corpus, chunks):
+    against_one_array(benchmark, queries, corpus, lambda: topk(queries[0], chunks, K, normalized=True))
 
 
 @CHUNKED
 def test_single_topk_cosine_with_kept_norms(benchmark, queries, corpus):
     """Cosine on vectors not known to be unit length, their norms kept from an earlier search."""
     norms = squared_norms(corpus)
-    indices, _ = interleaved(
-        benchmark,
-        lambda: topk(queries[0], corpus, K, squared_norms=norms),
-        lambda: topk(queries[0], corpus, K, normalized=True),
-        rounds=ROUNDS,
-    )
-    assert_same_hits(indices, numpy_topk(corpus @ queries[0])[None, :])
+    against_one_array(benchmark, queries, corpus, lambda: topk(queries[0], corpus, K, squared_norms=norms))
 
 
 # ---- quantised search: a coarse pass over a twin, exact rescoring --------------------------
