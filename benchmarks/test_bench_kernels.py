@@ -156,8 +156,7 @@ def chunks(corpus):
 
 @CHUNKED
 def test_single_topk_one_array(benchmark, queries, corpus):
-    benchmark.extra_info["reference"] = True
-    run(benchmark, topk, queries[0], corpus, K, normalized=True)
+    run(benchmark, topk, queries[0], corpus, K, normalized=True, reference=True)
 
 
 def against_one_array(benchmark, queries, corpus, candidate):
@@ -209,8 +208,7 @@ QUANTIZED_BATCH = pytest.mark.benchmark(group=f"quantized: {N_QUERIES} queries x
 
 @QUANTIZED_SINGLE
 def test_quantized_single_exact(benchmark, queries, corpus):
-    benchmark.extra_info["reference"] = True
-    run(benchmark, topk, queries[:1], corpus, K, normalized=True)
+    run(benchmark, topk, queries[:1], corpus, K, normalized=True, reference=True)
 
 
 @QUANTIZED_SINGLE
@@ -221,8 +219,7 @@ def test_quantized_single(benchmark, twins, queries, corpus, kind):
 
 @QUANTIZED_BATCH
 def test_quantized_batch_exact(benchmark, queries, corpus):
-    benchmark.extra_info["reference"] = True
-    run(benchmark, topk, queries, corpus, K, normalized=True)
+    run(benchmark, topk, queries, corpus, K, normalized=True, reference=True)
 
 
 @QUANTIZED_BATCH
@@ -246,8 +243,7 @@ def test_quantized_minilm(benchmark, minilm_corpus, kind):
     """Real embeddings of real-word sentences: the recall users can expect (random vectors are worse)."""
     vectors, real_queries = minilm_corpus
     if kind == "exact":
-        benchmark.extra_info["reference"] = True
-        run(benchmark, topk, real_queries, vectors, K)
+        run(benchmark, topk, real_queries, vectors, K, reference=True)
         return
     twin = quantize(vectors, kind)
     run(benchmark, quantized_topk, real_queries, vectors, twin, K)
