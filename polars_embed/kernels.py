@@ -594,9 +594,10 @@ def _corpus_chunks(corpus: Corpus) -> list[Array]:
 def _blocks(xp: Namespace, chunks: list[Array], size: int) -> Iterator[tuple[int, Array]]:
     """Yield ``(first row, float32 rows)`` blocks of about ``size`` rows over the chunks in turn.
 
-    A chunk of a quarter block or more is sliced in place; smaller ones are
-    joined with their neighbours into one block, so that many small chunks do
-    not cost one multiply each. Only the joined rows are ever copied.
+    A chunk of a sixteenth of a block or more is sliced in place; smaller ones
+    are joined with their neighbours into one block, so that many tiny chunks
+    do not cost one multiply each. Only the joined rows are ever copied: a
+    copy costs a pass over them, as much as one query's multiply.
     """
     first_row = 0
     pending: list[Array] = []
@@ -605,7 +606,7 @@ def _blocks(xp: Namespace, chunks: list[Array], size: int) -> Iterator[tuple[int
         n_rows = chunk.shape[0]
         if n_rows == 0:
             continue
-        if n_rows < max(size // 4, 1):
+        if n_rows < max(size // 16, 1):
             pending.append(_as_float32(xp, chunk))
             pending_rows += n_rows
             if pending_rows >= size:

@@ -265,6 +265,12 @@ class TestLazySearch:
         assert chunked.lazy().embed.search(queries, k=25, metric=metric).collect().equals(want)
         scanned = pl.scan_parquet(tmp_path / "vectors.parquet").embed.search(queries, k=25, metric=metric)
         assert scanned.collect(engine="streaming").equals(want)
+        left = pl.DataFrame({"q": [*queries, None]}, schema={"q": pl.Array(pl.Float32, 6)})
+        joined = left.embed.knn_join(chunked, left_on="q", right_on="vec", k=3, metric=metric, how="left")
+        assert joined.equals(
+            left.embed.knn_join(frame, left_on="q", right_on="vec", k=3, metric=metric, how="left")
+        )
+        assert joined.filter(pl.col("q").is_null())["id"].to_list() == [None]
 
     def test_kept_norms_are_used_again_and_never_outlive_the_data(self) -> None:
         rng = np.random.default_rng(13)

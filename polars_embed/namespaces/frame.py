@@ -10,6 +10,7 @@ which walks the corpus in blocks: memory grows with the results, never with
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from os import PathLike
@@ -385,7 +386,7 @@ class _Search:
             queries, frame, self.on, self.k, self.metric, _normalized(self.normalized, stored), self.quantized
         )
         found = indices.ravel() >= 0
-        hits = frame.gather(pl.Series(indices.ravel()[found])).with_columns(
+        hits = _gather(frame, indices.ravel()[found], self.on).with_columns(
             pl.Series(self.score, scores.ravel()[found])
         )
         if self.query_index is not None:
@@ -479,11 +480,11 @@ class _KnnJoin:
             keep[:, 0] |= ~found.any(axis=1)
         left_rows = np.repeat(np.arange(len(left)), indices.shape[1])[keep.ravel()]
         unmatched = ~found[keep]
-        right_rows = null_where(pl.Series(indices[keep]), unmatched)
+        right_rows = np.where(unmatched, -1, indices[keep])
         return pl.concat(
             [
                 left.gather(pl.Series(left_rows)),
-                right.rename(self.right_names).gather(right_rows),
+                _gather(right, right_rows, self.right_on).rename(self.right_names),
                 null_where(pl.Series(self.score, scores[keep]), unmatched).to_frame(),
             ],
             how="horizontal",
@@ -536,6 +537,36 @@ def _search_frame(
         normalized=normalized,
         squared_norms=cached_squared_norms(frame, on, chunks) if needs_norms else None,
     )
+
+
+def _gather(frame: pl.DataFrame, rows: np.ndarray, column: str) -> pl.DataFrame:
+    """``frame.gather(rows)``, row -1 giving a row of nulls, without copying a chunked frame whole.
+
+    Polars rechunks a column of many chunks to gather from it; here each chunk
+    of ``column`` (the vectors, by far the largest) gives its rows from a
+    zero-copy slice of the frame, and one small gather puts them in order.
+    """
+    lengths = frame[column].chunk_lengths()
+    missing = rows < 0
+    if frame.height == 0:  # every row is missing
+        return frame.clear(len(rows))
+    rows = np.where(missing, 0, rows)
+    if len(lengths) <= 1 or len(rows) == 0:
+        gathered = frame.gather(pl.Series(rows, dtype=pl.Int64))
+    else:
+        starts = np.cumsum([0, *lengths])
+        chunk_of = np.searchsorted(starts, rows, side="right") - 1
+        order = np.argsort(chunk_of, kind="stable")
+        edges = np.searchsorted(chunk_of[order], np.arange(len(lengths) + 1))
+        parts = [
+            frame.slice(int(starts[i]), lengths[i]).gather(pl.Series(rows[order[low:high]] - starts[i]))
+            for i, (low, high) in enumerate(itertools.pairwise(edges))
+            if high > low
+        ]
+        gathered = pl.concat(parts).gather(pl.Series(np.argsort(order)))
+    if not missing.any():
+        return gathered
+    return gathered.select(pl.when(pl.Series(~missing)).then(pl.all()).name.keep())
 
 
 def _parse_query(query: QueryLike) -> tuple[tuple[str, ...] | None, np.ndarray | None, bool]:
