@@ -265,7 +265,7 @@ class TestLazySearch:
         assert chunked.lazy().embed.search(queries, k=25, metric=metric).collect().equals(want)
         scanned = pl.scan_parquet(tmp_path / "vectors.parquet").embed.search(queries, k=25, metric=metric)
         assert scanned.collect(engine="streaming").equals(want)
-        left = pl.DataFrame({"q": [*queries, None]}, schema={"q": pl.Array(pl.Float32, 6)})
+        left = pl.DataFrame({"q": [*queries.tolist(), None]}, schema={"q": pl.Array(pl.Float32, 6)})
         joined = left.embed.knn_join(chunked, left_on="q", right_on="vec", k=3, metric=metric, how="left")
         assert joined.equals(
             left.embed.knn_join(frame, left_on="q", right_on="vec", k=3, metric=metric, how="left")
