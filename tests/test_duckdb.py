@@ -303,6 +303,21 @@ class TestExactSearch:
             (4,),
         ]
 
+    def test_vectors_holding_null_or_overflowing_are_never_returned(
+        self, con: duckdb.DuckDBPyConnection
+    ) -> None:
+        con.sql("CREATE TABLE docs (id INTEGER, vector FLOAT[3])")
+        con.sql(
+            "INSERT INTO docs VALUES (1, [1, 0, 0]), (3, [3e38, 3e38, 0]), "
+            "(4, ['nan'::FLOAT, 1, 0]), (5, ['inf'::FLOAT, 0, 0]), (6, [0, -1, 0])"
+        )
+        found = duckdb_ext.search(con, "docs", "vector", [1, 1, 0], k=10, exact=True)
+        assert found.select("id").fetchall() == [(1,), (6,)]
+        # DuckDB's array functions refuse a vector holding NULL: the search ranks the vectors.
+        con.sql("INSERT INTO docs VALUES (2, [1, NULL, 0])")
+        found = duckdb_ext.search(con, "docs", "vector", [1, 1, 0], k=10, exact=True)
+        assert found.select("id").fetchall() == [(1,), (6,)]
+
     def test_an_empty_table_gives_an_empty_relation(self, con: duckdb.DuckDBPyConnection) -> None:
         con.sql("CREATE TABLE docs (id INTEGER, vector FLOAT[3])")
         assert duckdb_ext.search(con, "docs", "vector", [1, 0, 0]).fetchall() == []
