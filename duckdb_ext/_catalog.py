@@ -13,7 +13,6 @@ relations and no ``.pl()`` on ``con.execute`` results.
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -102,15 +101,7 @@ class Column:
         A comment that is not a JSON object naming a provider is someone else's
         note and is ignored; one that names a provider must be a valid spec.
         """
-        if not self.comment:
-            return None
-        try:
-            data = json.loads(self.comment)
-        except ValueError:
-            return None
-        if not isinstance(data, dict) or "provider" not in data:
-            return None
-        return VectorSpec.from_json(self.comment)
+        return VectorSpec.from_comment(self.comment) if self.comment else None
 
 
 @dataclass(frozen=True)

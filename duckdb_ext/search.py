@@ -40,7 +40,13 @@ from duckdb_ext._catalog import (
 )
 from duckdb_ext.vss import load_vss
 from polars_embed.engine import embed_queries
-from polars_embed.errors import ConfigError, DimensionMismatchError, MissingDependencyError
+from polars_embed.errors import (
+    ConfigError,
+    DimensionMismatchError,
+    InputTypeError,
+    InvalidInputError,
+    MissingDependencyError,
+)
 from polars_embed.kernels import check_k, topk, topk_merge
 from polars_embed.metadata import provider_for_query, provider_of
 from polars_embed.provider import Provider
@@ -163,7 +169,7 @@ def search(
             f"{target} holds vectors of width {width}"
         )
     if not (np.isfinite(query_vector).all() and query_vector.any()):
-        raise ValueError(
+        raise InvalidInputError(
             "the query vector must be finite and not all zeros: cosine similarity needs a direction"
         )
     if not exact:
@@ -201,11 +207,11 @@ def _as_vector(query: QueryLike) -> np.ndarray:
     try:
         vector = np.asarray(query, dtype=np.float32)
     except (TypeError, ValueError) as error:
-        raise TypeError(f"a query is a text or a vector of numbers: {error}") from None
+        raise InputTypeError(f"a query is a text or a vector of numbers: {error}") from None
     if vector.ndim == 2 and vector.shape[0] == 1:
         vector = vector[0]
     if vector.ndim != 1:
-        raise ValueError(f"a query vector must be one row of numbers, got shape {vector.shape}")
+        raise InvalidInputError(f"a query vector must be one row of numbers, got shape {vector.shape}")
     return vector
 
 
@@ -224,6 +230,10 @@ def _indexed_search(
         load_vss(con)
     except MissingDependencyError as error:
         log.warning("table %s has an HNSW index, but the search is exact: %s", table, error)
+        return None
+    # The index scan reserves room for LIMIT rows: never more than the table has.
+    k = min(k, con.sql(f"SELECT count(*) FROM {table.sql}").fetchall()[0][0])
+    if k == 0:
         return None
     literal = vector_literal(query)
     unfiltered = _index_sql(table, vectors, literal, fetch=k, k=k, where=None)

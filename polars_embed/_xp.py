@@ -13,6 +13,8 @@ from typing import Any, TypeAlias
 
 import array_api_compat
 
+from polars_embed.errors import InputTypeError
+
 # The standard has no array type to annotate with; any conforming array is accepted.
 Array: TypeAlias = Any
 Namespace: TypeAlias = Any
@@ -20,7 +22,16 @@ Namespace: TypeAlias = Any
 
 def namespace(*arrays: Array | None) -> Namespace:
     """Return the array API namespace shared by ``arrays``, ignoring ``None``."""
-    return array_api_compat.array_namespace(*(a for a in arrays if a is not None))
+    try:
+        return array_api_compat.array_namespace(*(a for a in arrays if a is not None))
+    except TypeError:
+        kinds = ", ".join(
+            sorted({f"{type(a).__module__}.{type(a).__name__}" for a in arrays if a is not None})
+        )
+        raise InputTypeError(
+            f"vectors must be arrays of one array library (numpy, CuPy, ...), got {kinds}; "
+            "convert them to one first, e.g. with numpy.asarray"
+        ) from None
 
 
 def float_errors_ignored() -> contextlib.AbstractContextManager[Any]:

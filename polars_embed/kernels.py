@@ -37,8 +37,19 @@ import array_api_compat
 
 from polars_embed import _xp
 from polars_embed._xp import Array, Namespace
+from polars_embed.errors import ConfigError, DimensionMismatchError, InputTypeError, InvalidInputError
 
-__all__ = ["Corpus", "Metric", "l2_normalize", "pairwise_scores", "squared_norms", "topk", "topk_merge"]
+__all__ = [
+    "Corpus",
+    "Metric",
+    "check_k",
+    "check_metric",
+    "l2_normalize",
+    "pairwise_scores",
+    "squared_norms",
+    "topk",
+    "topk_merge",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -114,16 +125,21 @@ def topk(
 
     Raises
     ------
-    ValueError
-        If ``k <= 0``, ``metric`` is unknown, the shapes do not fit (including
-        ``valid``), or the vector widths of ``queries`` and ``corpus`` differ.
-    TypeError
-        If the inputs are not real-valued arrays of one array library, or
-        ``valid`` is not boolean.
+    ConfigError
+        If ``k`` or ``block_size`` is not positive, or ``metric`` is unknown.
+    InvalidInputError
+        If the shapes do not fit (including ``valid``'s).
+    DimensionMismatchError
+        If the vector widths of ``queries`` and ``corpus`` differ.
+    InputTypeError
+        If the inputs are not real-valued arrays of one array library, ``k`` is
+        not an integer, or ``valid`` is not boolean.
 
     Notes
     -----
-    ``k_eff = min(k, number of searchable corpus rows)``. A row is not
+    ``k_eff = min(k, number of searchable corpus rows)``; ``k`` is cut to the
+    number of corpus rows before anything is allocated, so a huge ``k`` costs
+    nothing. A row is not
     searchable when ``valid`` is False, when it holds NaN or infinity (or is so
     large that its squared norm overflows float32) and, for cosine, when its
     norm is zero. A query row holding NaN or infinity, or all zeros for
@@ -154,20 +170,26 @@ def topk(
     chunks = _corpus_chunks(corpus)
     xp = _xp.namespace(queries, *chunks, valid, squared_norms)
     k = check_k(k)
-    if metric not in _METRICS:
-        raise ValueError(f"unknown metric {metric!r}; expected one of {', '.join(_METRICS)}")
-    if block_size is not None and operator.index(block_size) <= 0:
-        raise ValueError(f"block_size must be positive, got {block_size}")
+    metric = check_metric(metric)
+    if block_size is not None:
+        block_size = _positive_integer(block_size, "block_size", "corpus rows per block")
     for chunk in chunks:
         queries, _ = _check_vectors(xp, queries, chunk)
     n_rows = sum(chunk.shape[0] for chunk in chunks)
+    # Every buffer below is (queries, k) wide: never wider than the corpus has rows.
+    k = min(k, max(n_rows, 1))
     if valid is not None and valid.dtype != xp.bool:
-        raise TypeError(f"valid must be a boolean array, got {valid.dtype}")
+        raise InputTypeError(
+            f"valid must be a boolean array (True for rows that may match), got {valid.dtype}"
+        )
     if valid is not None and valid.shape != (n_rows,):
-        raise ValueError(f"valid must have shape ({n_rows},) like the corpus rows, got {valid.shape}")
+        raise InvalidInputError(
+            f"valid must have one entry per corpus row, shape ({n_rows},), but has shape {valid.shape}"
+        )
     if squared_norms is not None and squared_norms.shape != (n_rows,):
-        raise ValueError(
-            f"squared_norms must have shape ({n_rows},) like the corpus rows, got {squared_norms.shape}"
+        raise InvalidInputError(
+            f"squared_norms must have one entry per corpus row, shape ({n_rows},), "
+            f"but has shape {squared_norms.shape}"
         )
     if any(chunk.dtype != xp.float32 for chunk in chunks):
         logger.debug("converting the corpus to float32 block by block")
@@ -234,10 +256,12 @@ def topk_merge(
     (array([[0, 2, 3]]), array([[1. , 1. , 0.6]], dtype=float32))
     """
     k = check_k(k)
-    if metric not in _METRICS:
-        raise ValueError(f"unknown metric {metric!r}; expected one of {', '.join(_METRICS)}")
+    metric = check_metric(metric)
     if len(indices) == 0 or len(indices) != len(scores):
-        raise ValueError("topk_merge needs one scores array per indices array, and at least one of each")
+        raise InvalidInputError(
+            "topk_merge needs one scores array per indices array, and at least one of each: "
+            "pass the two halves of each partial result in the same order"
+        )
     xp = _xp.namespace(*indices, *scores)
     all_indices = xp.concat([xp.astype(part, xp.int64) for part in indices], axis=1)
     all_scores = xp.concat([_as_float32(xp, part) for part in scores], axis=1)
@@ -320,8 +344,10 @@ def pairwise_scores(a: Array, b: Array, metric: Metric = "cosine") -> Array:
 
     Raises
     ------
-    ValueError
-        If ``metric`` is unknown or the vector widths differ.
+    ConfigError
+        If ``metric`` is unknown.
+    DimensionMismatchError
+        If the vector widths differ.
 
     Examples
     --------
@@ -333,11 +359,13 @@ def pairwise_scores(a: Array, b: Array, metric: Metric = "cosine") -> Array:
     array([4.472136, 0.      ], dtype=float32)
     """
     xp = _xp.namespace(a, b)
-    if metric not in _METRICS:
-        raise ValueError(f"unknown metric {metric!r}; expected one of {', '.join(_METRICS)}")
+    metric = check_metric(metric)
     a, b = _as_float32(xp, a), _as_float32(xp, b)
     if a.shape[-1] != b.shape[-1]:
-        raise ValueError(f"vector widths differ: a has {a.shape[-1]} columns, b has {b.shape[-1]}")
+        raise DimensionMismatchError(
+            f"vector widths differ: a has {a.shape[-1]} columns and b has {b.shape[-1]}, "
+            "so they come from different models; compare vectors of one model"
+        )
     with _xp.float_errors_ignored():
         if metric == "dot":
             return xp.vecdot(a, b)
@@ -351,27 +379,47 @@ def pairwise_scores(a: Array, b: Array, metric: Metric = "cosine") -> Array:
 
 def check_k(k: int) -> int:
     """``k`` as an int, or the error every search gives for a ``k`` that is not a positive integer."""
-    if isinstance(k, bool):
-        raise TypeError("k must be an integer, not a bool")
-    k = operator.index(k)
-    if k <= 0:
-        raise ValueError(f"k must be a positive number of results, got {k}")
-    return k
+    return _positive_integer(k, "k", "results per query, e.g. k=10")
+
+
+def check_metric(metric: str) -> Metric:
+    """``metric`` if it is one the kernels know, or the error every search gives for another."""
+    if metric not in _METRICS:
+        raise ConfigError(f"unknown metric {metric!r}: pass metric= one of {', '.join(map(repr, _METRICS))}")
+    return metric  # type: ignore[return-value]
+
+
+def _positive_integer(value: int, name: str, meaning: str) -> int:
+    """``value`` as an int when it is a positive integer (a bool is not), else an error naming it."""
+    try:
+        number = None if isinstance(value, bool) else operator.index(value)
+    except TypeError:
+        number = None
+    if number is None:
+        raise InputTypeError(f"{name} must be a positive integer ({meaning}), got {value!r}")
+    if number <= 0:
+        raise ConfigError(f"{name} must be a positive integer ({meaning}), got {number}")
+    return number
 
 
 def _check_vectors(xp: Namespace, queries: Array, corpus: Array) -> tuple[Array, Array]:
     if corpus.ndim != 2:
-        raise ValueError(f"corpus must be 2-D (n, d), got shape {corpus.shape}")
+        raise InvalidInputError(
+            f"corpus must be 2-D, one row per vector (n, d), but has shape {corpus.shape}"
+        )
     if queries.ndim == 1:
         queries = xp.reshape(queries, (1, queries.shape[0]))
     elif queries.ndim != 2:
-        raise ValueError(f"queries must be 1-D (d,) or 2-D (q, d), got shape {queries.shape}")
+        raise InvalidInputError(
+            f"queries must be one vector (d,) or one per row (q, d), but have shape {queries.shape}"
+        )
     if queries.shape[1] != corpus.shape[1]:
-        raise ValueError(
-            f"vector widths differ: queries have {queries.shape[1]} columns, corpus has {corpus.shape[1]}"
+        raise DimensionMismatchError(
+            f"vector widths differ: queries have {queries.shape[1]} columns and the corpus has "
+            f"{corpus.shape[1]}, so they come from different models; embed both with one model"
         )
     if not xp.isdtype(corpus.dtype, ("real floating", "integral")):
-        raise TypeError(f"corpus must hold real numbers, got {corpus.dtype}")
+        raise InputTypeError(f"corpus must hold real numbers, but holds {corpus.dtype}")
     return _as_float32(xp, queries), corpus
 
 
@@ -379,7 +427,7 @@ def _as_float32(xp: Namespace, x: Array) -> Array:
     if x.dtype == xp.float32:
         return x
     if not xp.isdtype(x.dtype, ("real floating", "integral")):
-        raise TypeError(f"expected an array of real numbers, got {x.dtype}")
+        raise InputTypeError(f"vectors must hold real numbers, but an array holds {x.dtype}")
     return xp.astype(x, xp.float32)
 
 
@@ -586,7 +634,7 @@ def _errors_ignored(task: Callable[..., None], *args: Any) -> None:
 def _corpus_chunks(corpus: Corpus) -> list[Array]:
     if isinstance(corpus, list | tuple):
         if not corpus:
-            raise ValueError("a corpus in chunks needs at least one chunk (an empty (0, d) one will do)")
+            raise InvalidInputError("a corpus in chunks needs at least one chunk: pass an empty (0, d) one")
         return list(corpus)
     return [corpus]
 

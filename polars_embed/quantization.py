@@ -30,6 +30,7 @@ import array_api_compat
 
 from polars_embed import _xp
 from polars_embed._xp import Array, Namespace
+from polars_embed.errors import ConfigError, DimensionMismatchError
 from polars_embed.kernels import (
     _SCORE_BLOCK_ELEMENTS,
     Corpus,
@@ -112,7 +113,7 @@ def quantize(corpus: Corpus, kind: Quantization, *, valid: Array | None = None) 
     (48000, 384000, 1536000)
     """
     if kind not in _KINDS:
-        raise ValueError(f"unknown quantization {kind!r}; expected one of {', '.join(_KINDS)}")
+        raise ConfigError(f"unknown quantization {kind!r}: pass one of {', '.join(map(repr, _KINDS))}")
     chunks = _corpus_chunks(corpus)
     xp = _xp.namespace(*chunks, valid)
     width = chunks[0].shape[1]
@@ -190,7 +191,7 @@ def quantized_topk(
     queries = _as_float32(xp, queries)
     n_rows = sum(chunk.shape[0] for chunk in chunks)
     if queries.shape[1] != quantized.width or n_rows != quantized.n_rows:
-        raise ValueError(
+        raise DimensionMismatchError(
             f"the twin was made from {quantized.n_rows} vectors of width {quantized.width}, but the "
             f"corpus has {n_rows} of width {chunks[0].shape[1]} and the queries width {queries.shape[1]}: "
             "make the twin from this corpus"

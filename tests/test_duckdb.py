@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import importlib
 import json
+import logging
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -26,10 +27,13 @@ from polars_embed import (
     DimensionMismatchError,
     DuplicateProviderError,
     EmbeddingIncompleteError,
+    InputTypeError,
+    InvalidInputError,
     UnknownProviderError,
 )
 from polars_embed.metadata import VectorSpec
-from tests.providers import CountingProvider
+from tests.providers import CountingProvider, LongTextsProvider, RefusesFirstCall
+from tests.test_kernels import peak_bytes
 
 HOSTILE_TABLE = 'we"ird; DROP TABLE victim; --'
 HOSTILE_TEXT = "bo'dy\"; DELETE FROM victim; --"
@@ -368,12 +372,27 @@ class TestExactSearch:
         with pytest.raises(DimensionMismatchError, match=r"query vector has width 3.*width 16"):
             duckdb_ext.search(con, "made", "vector", [1.0, 2.0, 3.0])
 
+    def test_a_huge_k_returns_every_row_and_allocates_nothing_by_k(
+        self, con: duckdb.DuckDBPyConnection
+    ) -> None:
+        vectors = hashed_docs(con, count=10)
+        huge = 10**7  # a (1, k) pair of arrays alone would be 120 MB
+        assert (
+            peak_bytes(lambda: duckdb_ext.search(con, "docs", "vector", vectors[3], k=huge).fetchall())
+            < 2**20
+        )
+        found = duckdb_ext.search(con, "docs", "vector", vectors[3], k=huge).fetchall()
+        assert found == duckdb_ext.search(con, "docs", "vector", vectors[3], k=10).fetchall()
+        assert len(found) == 10
+
     def test_bad_arguments(self, con: duckdb.DuckDBPyConnection) -> None:
         hashed_docs(con)
-        with pytest.raises(ValueError, match="k must be a positive"):
+        with pytest.raises(ConfigError, match="k must be a positive"):
             duckdb_ext.search(con, "docs", "vector", "blue", k=0)
-        with pytest.raises(ValueError, match="not all zeros"):
+        with pytest.raises(InvalidInputError, match="not all zeros"):
             duckdb_ext.search(con, "docs", "vector", np.zeros(32))
+        with pytest.raises(InputTypeError, match="a text or a vector of numbers"):
+            duckdb_ext.search(con, "docs", "vector", ["not", "numbers"])
         with pytest.raises(ConfigError, match="not a FLOAT"):
             duckdb_ext.search(con, "docs", "body", "blue")
         with pytest.raises(ConfigError, match="no table 'nope'"):
@@ -534,7 +553,7 @@ class TestLoadParquet:
             (
                 {"provider": "sentence-transformers", "dimension": 48, "options": {"device": "cuda"}},
                 ConfigError,
-                "only code may set",
+                "never a file",
             ),
         ],
     )
@@ -575,3 +594,34 @@ class TestLoadParquet:
         found = duckdb_ext.search(con, HOSTILE_TABLE, HOSTILE_VECTOR, "small dog", k=1)
         assert found.select("id").fetchall() == [(2,)]
         assert con.sql("SELECT x FROM victim").fetchall() == [(1,)]
+
+
+class TestEngineRulesInDuckDB:
+    def test_register_learns_a_width_through_the_engines_retries(
+        self, con: duckdb.DuckDBPyConnection
+    ) -> None:
+        function = RefusesFirstCall()
+        duckdb_ext.register(con, function)
+        assert function.calls == ["dimension probe", "dimension probe"]
+        assert con.sql("SELECT typeof(embed('a'))").fetchall() == [("FLOAT[6]",)]
+
+    def test_embed_table_is_one_job_and_can_refuse_long_texts(
+        self, con: duckdb.DuckDBPyConnection, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        create_docs(con, [f"text {i}" + (" and many more" if i % 4 == 0 else "") for i in range(50)])
+        provider = LongTextsProvider()
+        with pytest.raises(ConfigError, match=r"over the 3 tokens counting:counting-v1 reads"):
+            duckdb_ext.embed_table(
+                con, "docs", "body", into="vector", provider=provider, batch_rows=10, truncate="error"
+            )
+        assert provider.recorder.batches == []
+        assert con.sql("SELECT count(vector) FROM docs").fetchall() == [(0,)]
+
+        caplog.set_level(logging.WARNING, logger="polars_embed")
+        assert (
+            duckdb_ext.embed_table(con, "docs", "body", into="vector", provider=provider, batch_rows=10) == 50
+        )
+        stats = polars_embed.last_stats()
+        assert (stats.rows, stats.truncated) == (50, 13)  # one record for the five batches
+        warnings = [record.getMessage() for record in caplog.records if record.levelno == logging.WARNING]
+        assert len(warnings) == 1 and warnings[0].startswith("13 texts were longer than the 3 tokens")

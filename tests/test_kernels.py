@@ -13,7 +13,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from polars_embed import kernels
+from polars_embed import ConfigError, DimensionMismatchError, InputTypeError, InvalidInputError, kernels
 from polars_embed.kernels import l2_normalize, pairwise_scores, topk
 
 METRICS = ("cosine", "dot", "l2")
@@ -299,13 +299,15 @@ def test_other_dtypes_are_converted_and_give_the_same_results():
 @pytest.mark.parametrize(
     ("kwargs", "error", "message"),
     [
-        ({"k": 0}, ValueError, "k must be a positive"),
-        ({"k": -3}, ValueError, "k must be a positive"),
-        ({"k": True}, TypeError, "not a bool"),
-        ({"metric": "manhattan"}, ValueError, "cosine, dot, l2"),
-        ({"valid": np.ones(4, dtype=bool)}, ValueError, r"shape \(3,\)"),
-        ({"valid": np.ones(3)}, TypeError, "boolean"),
-        ({"block_size": 0}, ValueError, "block_size"),
+        ({"k": 0}, ConfigError, "k must be a positive integer"),
+        ({"k": -3}, ConfigError, "k must be a positive integer .*, got -3"),
+        ({"k": True}, InputTypeError, "k must be a positive integer .*, got True"),
+        ({"k": 2.5}, InputTypeError, "k must be a positive integer .*, got 2.5"),
+        ({"metric": "manhattan"}, ConfigError, "'cosine', 'dot', 'l2'"),
+        ({"valid": np.ones(4, dtype=bool)}, InvalidInputError, r"shape \(3,\)"),
+        ({"valid": np.ones(3)}, InputTypeError, "boolean"),
+        ({"block_size": 0}, ConfigError, "block_size"),
+        ({"block_size": "8"}, InputTypeError, "block_size"),
     ],
 )
 def test_bad_arguments_raise_clear_errors(kwargs, error, message):
@@ -314,10 +316,15 @@ def test_bad_arguments_raise_clear_errors(kwargs, error, message):
         topk(corpus, corpus, **kwargs)
 
 
+def test_inputs_that_are_not_arrays_of_one_library_are_a_type_error():
+    with pytest.raises(InputTypeError, match=r"arrays of one array library .* got builtins\.list"):
+        topk([1.0, 0.0], np.eye(2, dtype=np.float32))
+
+
 def test_mismatched_widths_name_both():
-    with pytest.raises(ValueError, match="queries have 3 columns, corpus has 4"):
+    with pytest.raises(DimensionMismatchError, match="queries have 3 columns and the corpus has 4"):
         topk(np.ones((2, 3), np.float32), np.ones((5, 4), np.float32))
-    with pytest.raises(ValueError, match="a has 3 columns, b has 4"):
+    with pytest.raises(DimensionMismatchError, match="a has 3 columns and b has 4"):
         pairwise_scores(np.ones((2, 3), np.float32), np.ones(4, np.float32))
 
 
@@ -334,6 +341,29 @@ def test_memory_stays_bounded_for_many_queries():
         tracemalloc.stop()
     full_score_matrix = n_queries * n_rows * 4  # 800 MB
     assert peak < 64 * 2**20 < full_score_matrix / 10
+
+
+def peak_bytes(call):
+    """The most memory (traced by tracemalloc, as numpy's arrays are) that ``call()`` held at once."""
+    tracemalloc.start()
+    try:
+        call()
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+@pytest.mark.parametrize("metric", ["cosine", "dot", "l2"])
+def test_a_huge_k_is_cut_to_the_corpus_before_anything_is_allocated(metric):
+    rng = np.random.default_rng(0)
+    corpus = rng.standard_normal((10, 4), dtype=np.float32)
+    queries = rng.standard_normal((3, 4), dtype=np.float32)
+    huge = 10**7  # an allocation by k would hold 3 x 10**7 x 12 bytes at once: 360 MB
+    indices, scores = topk(queries, corpus, huge, metric=metric)
+    want = topk(queries, corpus, 10, metric=metric)
+    np.testing.assert_array_equal(indices, want[0])
+    np.testing.assert_array_equal(scores, want[1])
+    assert peak_bytes(lambda: topk(queries, corpus, huge, metric=metric)) < 2**20
 
 
 def test_corpus_is_never_copied_whole():
@@ -525,7 +555,7 @@ def test_kept_squared_norms_give_the_same_results(metric):
     got = topk(queries, chunks, 12, metric=metric, squared_norms=norms, block_size=500)
     np.testing.assert_array_equal(got[0], want[0])
     np.testing.assert_array_equal(got[1], want[1])
-    with pytest.raises(ValueError, match=r"squared_norms must have shape \(3000,\)"):
+    with pytest.raises(InvalidInputError, match=r"squared_norms must have one entry per corpus row"):
         topk(queries, corpus, 3, squared_norms=norms[:10])
 
 

@@ -17,8 +17,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import polars_embed
-from polars_embed import ConfigError, DimensionMismatchError
+from polars_embed import (
+    ColumnNotFoundError,
+    ConfigError,
+    DimensionMismatchError,
+    DuplicateColumnError,
+    InputTypeError,
+    InvalidInputError,
+)
 from tests.providers import CountingProvider
+from tests.test_kernels import peak_bytes
 
 ROOT = Path(__file__).resolve().parent.parent
 ENGINES = ["auto", "streaming", "in-memory"]
@@ -106,7 +114,9 @@ class TestSearch:
     @pytest.mark.parametrize("lazy", [False, True])
     def test_k_must_be_positive(self, animals: pl.DataFrame, k: int, lazy: bool) -> None:
         frame = animals.lazy() if lazy else animals
-        with pytest.raises(ValueError, match=f"k must be a positive number of results, got {k}"):
+        with pytest.raises(
+            ConfigError, match=rf"k must be a positive integer \(results per query, e.g. k=10\), got {k}"
+        ):
             frame.embed.search("cat", k=k)
 
     @settings(max_examples=60, deadline=None)
@@ -191,22 +201,33 @@ class TestSearch:
         assert both.embed.search("cat", k=2).drop("narrow").equals(animals.embed.search("cat", k=2))
 
     def test_bad_arguments(self, animals: pl.DataFrame) -> None:
-        with pytest.raises(pl.exceptions.ColumnNotFoundError, match="no vector column 'embedding'"):
+        with pytest.raises(ColumnNotFoundError, match="no vector column 'embedding': pass on= one of"):
             animals.embed.search("cat", on="embedding")
-        with pytest.raises(TypeError, match="column 'text' is String, not a vector column"):
+        with pytest.raises(InputTypeError, match="column 'text' is String, not a vector column"):
             animals.embed.search("cat", on="text")
-        with pytest.raises(ValueError, match="unknown metric 'manhattan'"):
+        with pytest.raises(ConfigError, match="unknown metric 'manhattan'"):
             animals.embed.search("cat", metric="manhattan")
-        with pytest.raises(pl.exceptions.DuplicateError, match="two columns named 'text'"):
+        with pytest.raises(DuplicateColumnError, match="two columns named 'text'"):
             animals.embed.search("cat", score="text")
-        with pytest.raises(ValueError, match="at least one query"):
+        with pytest.raises(InvalidInputError, match="at least one query"):
             animals.embed.search([])
-        with pytest.raises(ValueError, match="query 1 is '  '"):
+        with pytest.raises(InvalidInputError, match="query 1 is '  '"):
             animals.embed.search(["cat", "  "])
-        with pytest.raises(ValueError, match="these queries are vectors already"):
+        with pytest.raises(InputTypeError, match="query vectors must be numbers"):
+            animals.embed.search([[1.0, 2.0], [1.0]])
+        with pytest.raises(ConfigError, match="these queries are vectors already"):
             animals.embed.search(np.ones(64), provider="hashing")
-        with pytest.raises(ValueError, match=r"options \['dims'\] are for provider="):
+        with pytest.raises(ConfigError, match=r"options \['dims'\] are for provider="):
             animals.embed.search("cat", dims=64)
+
+    def test_a_huge_k_returns_every_row_and_allocates_nothing_by_k(self, animals: pl.DataFrame) -> None:
+        huge = 10**7  # a (2, k) pair of arrays alone would be 240 MB
+        assert peak_bytes(lambda: animals.embed.search(["cat", "stocks"], k=huge)) < 2**20
+        assert peak_bytes(lambda: animals.embed.knn_join(animals, on="vec", k=huge)) < 2**20
+        hits = animals.embed.search(["cat", "stocks"], k=huge)
+        joined = animals.embed.knn_join(animals, on="vec", k=huge)
+        assert hits.equals(animals.embed.search(["cat", "stocks"], k=4))
+        assert joined.equals(animals.embed.knn_join(animals, on="vec", k=4))
 
     def test_an_all_null_column_costs_no_provider_call(self, counting: CountingProvider) -> None:
         frame = pl.DataFrame({"vec": [None, None]}, schema={"vec": pl.Array(pl.Float32, 8)})
@@ -349,10 +370,14 @@ class TestKnnJoin:
         right = animals.select(pl.col("id").alias("doc"), "text", pl.col("vec").alias("embedding"))
         joined = animals.embed.knn_join(right, left_on="vec", right_on="embedding", k=2, suffix="_doc")
         assert joined.columns == ["id", "text", "vec", "doc", "text_doc", "embedding", "score"]
-        with pytest.raises(pl.exceptions.DuplicateError, match="two columns named 'text'"):
+        with pytest.raises(DuplicateColumnError, match="two columns named 'text'"):
             animals.embed.knn_join(right, left_on="vec", right_on="embedding", score="text")
-        with pytest.raises(ValueError, match="on=, or left_on= and right_on="):
+        with pytest.raises(DuplicateColumnError, match="two columns named 'score': pass another name"):
+            animals.embed.knn_join(right.rename({"doc": "score"}), left_on="vec", right_on="embedding")
+        with pytest.raises(ConfigError, match="on=, or left_on= and right_on="):
             animals.embed.knn_join(right, left_on="vec")
+        with pytest.raises(ConfigError, match="how must be 'inner' or 'left', got 'outer'"):
+            animals.embed.knn_join(right, left_on="vec", right_on="embedding", how="outer")
 
     def test_an_empty_or_all_null_right_side(self, animals: pl.DataFrame) -> None:
         for right in (animals.clear(), animals.with_columns(vec=pl.lit(None, animals.schema["vec"]))):

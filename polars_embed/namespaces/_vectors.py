@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from polars_embed.errors import DimensionMismatchError
+from polars_embed.errors import DimensionMismatchError, InputTypeError, InvalidInputError
 from polars_embed.kernels import squared_norms
 from polars_embed.metadata import provider_of
 from polars_embed.quantization import Quantization, QuantizedVectors, quantize
@@ -26,10 +26,10 @@ VectorsLike = Sequence[float] | Sequence[Sequence[float]] | np.ndarray | pl.Seri
 
 
 def vector_width(dtype: pl.DataType, *, column: str) -> int:
-    """The width of a vector column; a ``TypeError`` naming the column when it is not one."""
+    """The width of a vector column; an :class:`InputTypeError` naming the column when it is not one."""
     if isinstance(dtype, pl.Array) and len(dtype.shape) == 1 and dtype.inner.is_numeric():
         return dtype.shape[0]
-    raise TypeError(
+    raise InputTypeError(
         f"column {column!r} is {dtype}, not a vector column (pl.Array(pl.Float32, d)); "
         f"embed text first, e.g. pl.col({column!r}).embed.with_provider(...)"
     )
@@ -77,9 +77,14 @@ def as_query_vectors(value: VectorsLike) -> tuple[np.ndarray, bool]:
         else:
             array = np.asarray(value, dtype=np.float32)
     except (TypeError, ValueError) as error:
-        raise TypeError(f"query vectors must be numbers of one width: {error}") from None
+        raise InputTypeError(
+            f"query vectors must be numbers, all of one width ({str(error).splitlines()[0]}); "
+            "pass a list of numbers, a list of such lists, or a numpy array"
+        ) from None
     if array.ndim != (1 if single else 2) or array.shape[-1] == 0:
-        raise ValueError(f"query vectors must be (d,) or (q, d) with d > 0, got shape {array.shape}")
+        raise InvalidInputError(
+            f"query vectors must be one vector (d,) or one per row (q, d) with d > 0, got shape {array.shape}"
+        )
     return array.reshape(-1, array.shape[-1]), single
 
 
@@ -90,7 +95,10 @@ def _is_single_vector(value: Any) -> bool:
         return value.dtype.is_numeric()
     if isinstance(value, Sequence) and not isinstance(value, str | bytes):
         return len(value) > 0 and all(isinstance(item, Real) for item in value)
-    raise TypeError(f"expected a vector or a batch of vectors, got {type(value).__name__}")
+    raise InputTypeError(
+        f"a query is a text, a vector or a batch of either, got {type(value).__name__}; "
+        "pass a string, a list of numbers or a numpy array"
+    )
 
 
 def check_same_width(vectors: pl.Series, other: pl.Series) -> None:

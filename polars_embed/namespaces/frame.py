@@ -14,16 +14,24 @@ import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from os import PathLike
-from typing import Any, Generic, Literal, TypeVar, get_args
+from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar, get_args
 
 import numpy as np
 import polars as pl
 
 from polars_embed import metadata
+from polars_embed._estimate import Estimate, estimate
+from polars_embed._project import Method
 from polars_embed.engine import embed_queries
-from polars_embed.errors import ConfigError
-from polars_embed.kernels import Metric, check_k, topk
+from polars_embed.errors import (
+    ColumnNotFoundError,
+    ConfigError,
+    DuplicateColumnError,
+    InvalidInputError,
+)
+from polars_embed.kernels import Metric, check_k, check_metric, topk
 from polars_embed.metadata import provider_for_query, provider_of
+from polars_embed.namespaces._plot import plot_chart
 from polars_embed.namespaces._vectors import (
     VectorsLike,
     as_matrix,
@@ -36,9 +44,12 @@ from polars_embed.namespaces._vectors import (
     vector_chunks,
     vector_width,
 )
-from polars_embed.provider import Provider
+from polars_embed.provider import Kind, Provider
 from polars_embed.quantization import Quantization, quantized_topk
 from polars_embed.registry import ProviderLike, resolve_provider
+
+if TYPE_CHECKING:
+    import altair as alt
 
 __all__ = ["EmbedFrameNamespace", "EmbedLazyFrameNamespace"]
 
@@ -114,13 +125,22 @@ class _EmbedNamespace(Generic[FrameT]):
 
         Raises
         ------
-        ValueError
-            If ``k <= 0``, the metric is unknown, or an output name is taken.
+        ColumnNotFoundError
+            If the frame has no column ``on``.
+        InputTypeError
+            If column ``on`` is not a vector column, a query is neither text nor
+            numbers, or ``k`` is not an integer.
+        DuplicateColumnError
+            If the frame already has a column named ``score`` or ``query_index``.
+        ConfigError
+            If ``k <= 0``, the metric is unknown, a text query has no provider to
+            embed it, or ``provider`` is not the one that made the column.
+        InvalidInputError
+            If there is no query, a text query is blank, or a vector has no width.
         DimensionMismatchError
             If the query's width is not the column's.
-        ConfigError
-            If a text query has no provider to embed it, or ``provider`` is not
-            the one that made the column.
+        EmbeddingIncompleteError
+            If the provider failed to embed a text query.
 
         Examples
         --------
@@ -222,6 +242,21 @@ class _EmbedNamespace(Generic[FrameT]):
             This frame's columns, ``other``'s, and the score: each row's matches
             in turn, best first, ties to the earlier row of ``other``.
 
+        Raises
+        ------
+        ColumnNotFoundError
+            If a frame has no such vector column.
+        InputTypeError
+            If a column is not a vector column, or ``k`` is not an integer.
+        DuplicateColumnError
+            If an output column would take a name this frame has (change ``suffix``
+            or ``score``).
+        ConfigError
+            If no vector column is named, ``k <= 0``, ``metric`` or ``how`` is
+            unknown, or the two columns were made by different models.
+        DimensionMismatchError
+            If the two columns' widths differ.
+
         Examples
         --------
         >>> import polars as pl
@@ -261,6 +296,55 @@ class _EmbedNamespace(Generic[FrameT]):
         )
         return self._run(join)
 
+    def estimate(
+        self,
+        column: str,
+        provider: ProviderLike = None,
+        *,
+        kind: Kind = "document",
+        price_per_million_tokens: float | None = None,
+        **options: Any,
+    ) -> Estimate:
+        """Preview embedding a text column: rows, distinct texts, cache hits, requests, tokens.
+
+        Nothing is sent to the provider; a LazyFrame reads only ``column``. See
+        :func:`polars_embed.estimate`.
+
+        Parameters
+        ----------
+        column
+            The text column.
+        provider
+            As for ``pl.col(column).embed.with_provider``.
+        kind
+            ``"document"`` or ``"query"``.
+        price_per_million_tokens
+            The provider's price, to get the cost.
+        **options
+            Provider options.
+
+        Returns
+        -------
+        Estimate
+
+        Examples
+        --------
+        >>> import polars as pl
+        >>> import polars_embed
+        >>> lf = pl.LazyFrame({"text": ["a cat", "a cat", None, "a dog"]})
+        >>> preview = lf.embed.estimate("text", "openai:text-embedding-3-small")
+        >>> preview.rows, preview.skipped, preview.distinct, preview.requests
+        (4, 1, 2, 1)
+        """
+        return estimate(
+            self._frame,
+            provider,
+            column=column,
+            kind=kind,
+            price_per_million_tokens=price_per_million_tokens,
+            **options,
+        )
+
     def _schema(self) -> pl.Schema:
         raise NotImplementedError
 
@@ -287,6 +371,91 @@ class EmbedFrameNamespace(_EmbedNamespace[pl.DataFrame]):
             Passed to ``DataFrame.write_parquet``, e.g. ``row_group_size``.
         """
         metadata.write_parquet(self._frame, path, **options)
+
+    def plot(
+        self,
+        *,
+        on: str = "vec",
+        color: str | None = None,
+        tooltip: str | Sequence[str] | None = None,
+        query: QueryLike | None = None,
+        k: int = 5,
+        method: Method = "pca",
+        seed: int = 0,
+        max_points: int | None = 5000,
+        provider: ProviderLike = None,
+        **options: Any,
+    ) -> alt.LayerChart:
+        """An interactive scatter of the embedding space (Altair): pan, zoom, hover.
+
+        Each row with a vector is a point, placed by ``pl.col(on).embed.project(2,
+        method=method)``; rows whose vector is null are left out. With ``query``,
+        each query is drawn as a cross where it falls, and its ``k`` nearest rows
+        (as :meth:`search` finds them) are ringed.
+
+        Parameters
+        ----------
+        on
+            The vector column.
+        color
+            A column to colour points by, e.g. ``pl.col(on).embed.cluster(8)``.
+        tooltip
+            Column(s) shown on hover.
+        query
+            Text or vector queries to highlight, as :meth:`search` takes them.
+        k
+            Neighbours ringed per query.
+        method
+            ``"pca"`` or ``"umap"``, as for ``project``.
+        seed
+            For UMAP, and for choosing ``max_points`` rows to draw.
+        max_points
+            Draw at most this many rows (a seeded sample; the projection still uses
+            them all); ``None`` draws every row.
+        provider, **options
+            Embed text queries, as for :meth:`search`.
+
+        Returns
+        -------
+        altair.LayerChart
+            Display it in a notebook, or ``.save("chart.html")``. Needs the
+            ``plot`` extra.
+
+        Examples
+        --------
+        >>> import polars as pl
+        >>> import polars_embed
+        >>> df = pl.DataFrame({"text": ["a cat", "a dog", None, "stock prices fell"]})
+        >>> df = df.with_columns(vec=pl.col("text").embed.with_provider("hashing", dims=32))
+        >>> chart = df.embed.plot(tooltip="text", query="cat", k=1)
+        >>> [(layer.mark.type, len(layer.data)) for layer in chart.layer]  # rows, rings, crosses
+        [('circle', 3), ('point', 1), ('point', 1)]
+        """
+        _check_column(self._frame.schema, on)
+        search = None
+        if query is not None:
+            search = _Search.plan(
+                self._frame.schema,
+                query,
+                on=on,
+                k=k,
+                provider=provider,
+                metric="cosine",
+                normalized=None,
+                score="score",
+                query_index="query",
+                options=options,
+            )
+        return plot_chart(
+            self._frame,
+            on=on,
+            color=color,
+            tooltip=tooltip,
+            search=search,
+            method=method,
+            seed=seed,
+            max_points=max_points,
+        )
 
     def _schema(self) -> pl.Schema:
         return self._frame.schema
@@ -342,13 +511,17 @@ class _Search:
         _check_column(schema, on)
         texts, vectors, single = _parse_query(query)
         if texts is None and provider is not None:
-            raise ValueError("provider= embeds text queries, but these queries are vectors already")
+            raise ConfigError(
+                "provider= embeds text queries, but these queries are vectors already: leave it out"
+            )
         if options and provider is None:
-            raise ValueError(f"options {sorted(options)} are for provider=, which is not given")
+            raise ConfigError(
+                f"options {sorted(options)} are for provider=, which is not given: pass the provider too"
+            )
         search = cls(
             on=on,
             k=check_k(k),
-            metric=_check_metric(metric),
+            metric=check_metric(metric),
             normalized=normalized,
             score=score,
             query_index=None if single else query_index,
@@ -365,7 +538,10 @@ class _Search:
         return pl.Schema({**query_column, **schema, self.score: pl.Float32})
 
     def __call__(self, frame: pl.DataFrame) -> pl.DataFrame:
-        column = frame[self.on]
+        return self.answer(frame, self.query_vectors(frame[self.on]))
+
+    def query_vectors(self, column: pl.Series) -> np.ndarray:
+        """The queries as a ``(q, d)`` float32 array, text ones embedded for ``column``."""
         stored = provider_of(column)
         if self.texts is None:
             queries = self.vectors
@@ -382,8 +558,18 @@ class _Search:
                 "polars_embed.read_parquet/scan_parquet from a file written by df.embed.write_parquet",
             )
             queries = embed_queries(list(self.texts), provider)
+        return queries
+
+    def answer(self, frame: pl.DataFrame, queries: np.ndarray) -> pl.DataFrame:
+        """The rows of ``frame`` that best match each of ``queries``, with their scores."""
         indices, scores = _search_frame(
-            queries, frame, self.on, self.k, self.metric, _normalized(self.normalized, stored), self.quantized
+            queries,
+            frame,
+            self.on,
+            self.k,
+            self.metric,
+            _normalized(self.normalized, provider_of(frame[self.on])),
+            self.quantized,
         )
         found = indices.ravel() >= 0
         hits = _gather(frame, indices.ravel()[found], self.on).with_columns(
@@ -429,9 +615,9 @@ class _KnnJoin:
         quantized: _Quantized | None,
     ) -> _KnnJoin:
         if left_on is None or right_on is None:
-            raise ValueError("knn_join needs the vector columns: on=, or left_on= and right_on=")
+            raise ConfigError("knn_join needs the vector columns: pass on=, or left_on= and right_on=")
         if how not in ("inner", "left"):
-            raise ValueError(f"how must be 'inner' or 'left', got {how!r}")
+            raise ConfigError(f"how must be 'inner' or 'left', got {how!r}")
         _check_column(left_schema, left_on)
         _check_column(right_schema, right_on)
         right_names = {name: name + suffix if name in left_schema else name for name in right_schema}
@@ -442,7 +628,7 @@ class _KnnJoin:
             left_on=left_on,
             right_on=right_on,
             k=check_k(k),
-            metric=_check_metric(metric),
+            metric=check_metric(metric),
             normalized=normalized,
             keep_unmatched=how == "left",
             score=score,
@@ -502,12 +688,12 @@ class _Quantized:
     def check(cls, kind: str | None, oversample: int | None, metric: str) -> _Quantized | None:
         if kind is None:
             if oversample is not None:
-                raise ValueError("oversample= is for a quantized= search; pass quantized='int8' or 'binary'")
+                raise ConfigError("oversample= is for a quantized= search; pass quantized='int8' or 'binary'")
             return None
         if kind not in get_args(Quantization):
-            raise ValueError(f"quantized must be 'int8', 'binary' or None, got {kind!r}")
+            raise ConfigError(f"quantized must be 'int8', 'binary' or None, got {kind!r}")
         if metric != "cosine":
-            raise ValueError(f"a quantized search ranks by cosine similarity, not {metric!r}: drop metric=")
+            raise ConfigError(f"a quantized search ranks by cosine similarity, not {metric!r}: drop metric=")
         return cls(kind, None if oversample is None else check_k(oversample))
 
 
@@ -574,7 +760,7 @@ def _parse_query(query: QueryLike) -> tuple[tuple[str, ...] | None, np.ndarray |
     if isinstance(query, str):
         return (query,), None, True
     if isinstance(query, pl.Series | Sequence) and len(query) == 0:
-        raise ValueError("search needs at least one query")
+        raise InvalidInputError("search needs at least one query, but got an empty batch")
     if isinstance(query, pl.Series) and query.dtype == pl.String:
         return tuple(query.to_list()), None, False
     if isinstance(query, Sequence) and all(isinstance(item, str) for item in query):
@@ -585,29 +771,25 @@ def _parse_query(query: QueryLike) -> tuple[tuple[str, ...] | None, np.ndarray |
 
 def _check_column(schema: pl.Schema, column: str) -> None:
     if column not in schema:
-        raise pl.exceptions.ColumnNotFoundError(
-            f"no vector column {column!r}; the columns are {', '.join(map(repr, schema))}"
+        raise ColumnNotFoundError(
+            f"no vector column {column!r}: pass on= one of the columns, {', '.join(map(repr, schema))}"
         )
     vector_width(schema[column], column=column)
-
-
-def _check_metric(metric: str) -> Metric:
-    if metric not in get_args(Metric):
-        raise ValueError(f"unknown metric {metric!r}; expected one of {', '.join(get_args(Metric))}")
-    return metric
 
 
 def _check_new_names(schema: pl.Schema, names: list[str]) -> None:
     """Output columns must not take a name the frame already has, nor each other's."""
     taken = [name for name in names if name in schema]
     if taken:
-        raise pl.exceptions.DuplicateError(
+        raise DuplicateColumnError(
             f"the output would have two columns named {taken[0]!r}: pass another name "
             "(score=, query_index= or suffix=)"
         )
     if len(set(names)) < len(names):
         repeated = next(name for name in names if names.count(name) > 1)
-        raise pl.exceptions.DuplicateError(f"the output would have two columns named {repeated!r}")
+        raise DuplicateColumnError(
+            f"the output would have two columns named {repeated!r}: pass another name (score= or suffix=)"
+        )
 
 
 def _normalized(promised: bool | None, stored: Provider | None) -> bool:
