@@ -21,7 +21,8 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 
 import duckdb
 import numpy as np
@@ -299,13 +300,43 @@ def _exact_search(
     k: int,
     where: str | None,
 ) -> duckdb.DuckDBPyRelation:
-    rows, scores = _exact_topk(con, table, vectors, query, k, where)
-    row_list = ", ".join(str(int(row)) for row in rows)
-    return con.sql(
-        f"SELECT target.*, hits.score FROM {table.sql} AS target JOIN (SELECT "
-        f"unnest([{row_list}]::BIGINT[]) AS row, unnest({float_literal(scores, 'FLOAT[]')}) AS score, "
-        f"unnest(range({len(rows)})) AS rank) AS hits ON target.rowid = hits.row ORDER BY hits.rank"
-    )
+    # Row ids are only stable within one snapshot (a checkpoint after deletes renumbers
+    # rows), so the hits are ranked and fetched in one, and kept as they were then.
+    with _one_snapshot(con) as restart:
+        rows, scores = _exact_topk(con, table, vectors, query, k, where, restart)
+        row_list = ", ".join(str(int(row)) for row in rows)
+        hits = con.sql(
+            f"SELECT target.*, hits.score FROM {table.sql} AS target JOIN (SELECT "
+            f"unnest([{row_list}]::BIGINT[]) AS row, unnest({float_literal(scores, 'FLOAT[]')}) AS score, "
+            f"unnest(range({len(rows)})) AS rank) AS hits ON target.rowid = hits.row ORDER BY hits.rank"
+        ).to_arrow_table()
+    return con.from_arrow(hits)
+
+
+@contextmanager
+def _one_snapshot(con: duckdb.DuckDBPyConnection) -> Iterator[Callable[[], None]]:
+    """Run the body in one transaction: the caller's, if one is open, else a read-only one of
+    its own. The body gets a function that starts its own one again after a failed statement."""
+    if _in_transaction(con):  # the caller's transaction is one snapshot already
+        yield lambda: None
+        return
+    con.begin()
+
+    def restart() -> None:
+        con.rollback()
+        con.begin()
+
+    try:
+        yield restart
+    finally:
+        con.rollback()  # nothing was written
+
+
+def _in_transaction(con: duckdb.DuckDBPyConnection) -> bool:
+    """Whether ``con`` is inside a transaction it began: outside one, each statement is a
+    transaction of its own, with an id of its own."""
+    (first,), (second,) = (one_row(con, "SELECT txid_current()") for _ in range(2))
+    return first == second
 
 
 def _exact_topk(
@@ -315,8 +346,9 @@ def _exact_topk(
     query: np.ndarray,
     k: int,
     where: str | None,
+    restart: Callable[[], None],
 ) -> tuple[np.ndarray, np.ndarray]:
-    """The row ids and cosine scores of the ``k`` best rows.
+    """The row ids and cosine scores of the ``k`` best rows (``restart``: see :func:`_one_snapshot`).
 
     DuckDB computes each row's dot product with the unit query and its squared
     norm, on its own threads; only those two numbers per row leave it, as Arrow
@@ -344,6 +376,7 @@ def _exact_topk(
             raise
         # Some vector holds a NULL, which DuckDB's array functions refuse: rank the
         # vectors themselves, where such a row is NaN and never matches (slower).
+        restart()
         found_rows, found_scores = found_rows[:1], found_scores[:1]
         for batch in con.sql(f"SELECT rowid, {vectors.sql} {source}").to_arrow_reader(_BATCH_ROWS):
             values = batch.column(1).flatten().to_numpy(zero_copy_only=False).reshape(-1, vectors.width)

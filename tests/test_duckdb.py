@@ -292,6 +292,26 @@ class TestExactSearch:
         for query in (vectors[5], vectors[5].tolist(), pl.Series(vectors[5]), vectors[5:6]):
             assert duckdb_ext.search(con, "docs", "vector", query, k=1).select("id").fetchall() == [(5,)]
 
+    def test_the_hits_are_the_rows_as_they_were_when_searched(self, tmp_path: Path) -> None:
+        # Row ids change when a checkpoint compacts deleted rows (here row 250,000 becomes
+        # 50,000): hits found by row id are fetched in the snapshot that ranked them.
+        con = duckdb.connect(str(tmp_path / "docs.duckdb"))
+        con.sql(
+            "CREATE TABLE docs AS SELECT range AS id, "
+            "[cos(range % 1000 * pi() / 500), sin(range % 1000 * pi() / 500), "
+            "cos(range // 1000 * pi() / 150), sin(range // 1000 * pi() / 150)]::FLOAT[4] AS vector "
+            "FROM range(300000)"
+        )
+        (query,) = con.sql("SELECT vector FROM docs WHERE id = 250000").fetchnumpy()["vector"]
+        found = duckdb_ext.search(con, "docs", "vector", query, k=1)
+        con.sql("DELETE FROM docs WHERE id < 200000")
+        con.sql("CHECKPOINT")
+        assert found.select("id").fetchall() == [(250000,)]
+        con.begin()  # inside a transaction of the caller's own, it is that snapshot
+        assert duckdb_ext.search(con, "docs", "vector", query, k=1).select("id").fetchall() == [(250000,)]
+        con.rollback()
+        con.close()
+
     def test_where_filters_before_ranking(self, con: duckdb.DuckDBPyConnection) -> None:
         hashed_docs(con)
         found = duckdb_ext.search(con, "docs", "vector", "blue item 42", k=5, where="body LIKE 'red%'").pl()
