@@ -31,6 +31,7 @@ from polars_embed.errors import (
 )
 from polars_embed.kernels import Metric, check_k, check_metric, topk
 from polars_embed.metadata import provider_for_query, provider_of
+from polars_embed.namespaces._dedup import Dedup, check_threshold
 from polars_embed.namespaces._plot import plot_chart
 from polars_embed.namespaces._vectors import (
     VectorsLike,
@@ -345,10 +346,134 @@ class _EmbedNamespace(Generic[FrameT]):
             **options,
         )
 
+    def dedup(
+        self,
+        *,
+        on: str,
+        threshold: float = 0.92,
+        k: int = 10,
+        normalized: bool | None = None,
+        name: str = "cluster_id",
+    ) -> FrameT:
+        """Group near-duplicate rows: add ``name``, the same id for rows whose vectors match.
+
+        Each row is linked to those of its ``k`` nearest rows (exact cosine top-k in
+        blocks, never an ``n x n`` matrix) whose similarity is at least ``threshold``,
+        and rows joined by any chain of links share a group. Groups are numbered in
+        order of first appearance; keep one row of each with
+        ``.unique("cluster_id", keep="first", maintain_order=True)``.
+
+        Parameters
+        ----------
+        on
+            The vector column.
+        threshold
+            The least cosine similarity of a link, from -1 to 1.
+        k
+            Links looked for per row: a group larger than ``k + 1`` is still found
+            whole when its rows link up through one another.
+        normalized
+            Promise that the vectors have unit length (default: what their provider says).
+        name
+            The name of the new column.
+
+        Returns
+        -------
+        DataFrame or LazyFrame
+            This frame with ``name`` (``pl.UInt32``): null where the vector is null
+            or cannot match (all zeros).
+
+        Examples
+        --------
+        >>> import polars as pl
+        >>> import polars_embed
+        >>> df = pl.DataFrame(
+        ...     {"vec": [[1.0, 0.0], [0.0, 1.0], [0.99, 0.05], None, [0.05, 1.0]]},
+        ...     schema={"vec": pl.Array(pl.Float32, 2)},
+        ... )
+        >>> df.embed.dedup(on="vec", threshold=0.95)["cluster_id"].to_list()
+        [0, 1, 0, None, 1]
+        """
+        _check_column(self._schema(), on)
+        _check_new_names(self._schema(), [name])
+        return self._run(Dedup.plan(on=on, threshold=threshold, k=k, normalized=normalized, name=name))
+
+    def match(
+        self,
+        other: pl.DataFrame | pl.LazyFrame,
+        *,
+        on: str | None = None,
+        left_on: str | None = None,
+        right_on: str | None = None,
+        threshold: float = 0.85,
+        k: int = 1,
+        normalized: bool | None = None,
+        suffix: str = "_right",
+        similarity: str = "similarity",
+    ) -> FrameT:
+        """Pair each row with the rows of ``other`` that are the same thing written otherwise.
+
+        The ``k`` nearest rows of ``other`` by cosine similarity (as :meth:`knn_join`
+        finds them) that reach ``threshold``: for entity matching, such as "MS Hex
+        Bolt M12 x 50" against "Mild Steel Hex Bolt M12x50". A row with no match
+        (or no vector) is left out.
+
+        Parameters
+        ----------
+        other
+            The frame to match against; a LazyFrame is collected when this runs.
+        on, left_on, right_on
+            The vector columns, as for :meth:`knn_join`.
+        threshold
+            The least cosine similarity of a pair, from -1 to 1.
+        k
+            Most matches per row, best first.
+        normalized, suffix
+            As for :meth:`knn_join`.
+        similarity
+            The name of the similarity column (``pl.Float32``).
+
+        Returns
+        -------
+        DataFrame or LazyFrame
+            One row per pair: this frame's columns, ``other``'s and the similarity.
+
+        Examples
+        --------
+        >>> import polars as pl
+        >>> import polars_embed
+        >>> embed = pl.col("name").embed.with_provider("hashing", dims=256)
+        >>> ours = pl.DataFrame({"name": ["hex bolt m12 x 50 steel", "rubber washer", None]})
+        >>> theirs = pl.DataFrame({"name": ["steel hex bolt m12 x 50", "copper pipe"]})
+        >>> ours, theirs = ours.with_columns(vec=embed), theirs.with_columns(vec=embed)
+        >>> ours.embed.match(theirs, on="vec", threshold=0.5).select("name", "name_right")
+        shape: (1, 2)
+        ┌─────────────────────────┬─────────────────────────┐
+        │ name                    ┆ name_right              │
+        │ ---                     ┆ ---                     │
+        │ str                     ┆ str                     │
+        ╞═════════════════════════╪═════════════════════════╡
+        │ hex bolt m12 x 50 steel ┆ steel hex bolt m12 x 50 │
+        └─────────────────────────┴─────────────────────────┘
+        """
+        least = check_threshold(threshold)
+        pairs = self.knn_join(
+            other,
+            on=on,
+            left_on=left_on,
+            right_on=right_on,
+            k=k,
+            metric="cosine",
+            normalized=normalized,
+            suffix=suffix,
+            score=similarity,
+        )
+        return pairs.filter(pl.col(similarity) >= least)
+
     def _schema(self) -> pl.Schema:
         raise NotImplementedError
 
-    def _run(self, plan: _Search | _KnnJoin) -> FrameT:
+    def _run(self, plan: _Search | _KnnJoin | Dedup) -> FrameT:
         raise NotImplementedError
 
 
@@ -461,7 +586,7 @@ class EmbedFrameNamespace(_EmbedNamespace[pl.DataFrame]):
     def _schema(self) -> pl.Schema:
         return self._frame.schema
 
-    def _run(self, plan: _Search | _KnnJoin) -> pl.DataFrame:
+    def _run(self, plan: _Search | _KnnJoin | Dedup) -> pl.DataFrame:
         return plan(self._frame)
 
 
@@ -472,7 +597,7 @@ class EmbedLazyFrameNamespace(_EmbedNamespace[pl.LazyFrame]):
     def _schema(self) -> pl.Schema:
         return self._frame.collect_schema()
 
-    def _run(self, plan: _Search | _KnnJoin) -> pl.LazyFrame:
+    def _run(self, plan: _Search | _KnnJoin | Dedup) -> pl.LazyFrame:
         # Not streamable: top-k needs every row before it can answer. No pushdown
         # either: a filter or slice after a search must not change what it searched.
         return self._frame.map_batches(plan, schema=plan.output_schema(self._schema()))
