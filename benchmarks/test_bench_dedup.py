@@ -9,7 +9,8 @@ The data: 100,000 unit vectors, a third of them noisy copies (cosine about 0.97)
 others, the rest unrelated random directions.
 
 Run: ``python -m pytest benchmarks/test_bench_dedup.py``; a smoke run shrinks it with
-``POLARS_EMBED_BENCH_DEDUP_N=5000`` (rounds: ``POLARS_EMBED_BENCH_DEDUP_ROUNDS``, 2).
+``POLARS_EMBED_BENCH_DEDUP_N=5000`` (rounds: ``POLARS_EMBED_BENCH_DEDUP_ROUNDS``, 2, after
+``POLARS_EMBED_BENCH_DEDUP_WARMUP`` warm-up rounds, 1).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from polars_embed.namespaces._dedup import connected_components
 
 ROWS = int(os.environ.get("POLARS_EMBED_BENCH_DEDUP_N", "100000"))
 ROUNDS = int(os.environ.get("POLARS_EMBED_BENCH_DEDUP_ROUNDS", "2"))
+WARMUP = int(os.environ.get("POLARS_EMBED_BENCH_DEDUP_WARMUP", "1"))
 WIDTH = 384
 THRESHOLD = 0.92
 BLOCK = 2048
@@ -65,6 +67,7 @@ def test_dedup_vs_numpy_self_join(benchmark: Any, vectors: np.ndarray) -> None:
         lambda: frame.embed.dedup(on="vec", threshold=THRESHOLD, normalized=True),
         lambda: reference.append(numpy_self_join(vectors)),
         rounds=ROUNDS,
+        warmup_rounds=WARMUP,
     )
     expected = np.unique(reference[-1], return_inverse=True)[1]
     np.testing.assert_array_equal(deduped["cluster_id"].to_numpy(), expected)

@@ -48,17 +48,33 @@ def chunk_budget(provider: Provider | None, kind: Kind, max_tokens: int | None) 
 
 def chunk_offsets(spans: np.ndarray, length: int, max_tokens: int, overlap: int = 0) -> np.ndarray:
     """``(c, 2)`` character offsets of the chunks of a text of ``length`` characters
-    whose tokens are at ``spans``; one chunk for a text of no tokens but some characters."""
+    whose tokens are at ``spans``; one chunk for a text of no tokens but some characters.
+
+    A chunk ends before the token that would pass ``max_tokens``, moved back to the
+    start of its word (a token with a space before it) unless the chunk is one word;
+    with ``overlap``, the next chunk starts that many tokens earlier, at a word start too.
+    """
     tokens = len(spans)
     if tokens <= max_tokens:
         return np.array([[0, length]] if length else [], dtype=np.int64).reshape(-1, 2)
-    firsts = np.arange(0, tokens, max_tokens - overlap)  # each chunk's first token
-    firsts = firsts[: int(np.searchsorted(firsts + max_tokens, tokens)) + 1]  # the last reaches the end
+    word_starts = np.flatnonzero(np.concatenate([[True], spans[1:, 0] > spans[:-1, 1]]))
+
+    def back_to_word(token: int, after: int) -> int:
+        """The last word start in ``(after, token]``, else ``token``."""
+        at = int(np.searchsorted(word_starts, token, side="right")) - 1
+        return int(word_starts[at]) if at >= 0 and word_starts[at] > after else token
+
+    bounds: list[tuple[int, int]] = []
+    first = 0
+    while first + max_tokens < tokens:
+        end = back_to_word(first + max_tokens, first)
+        bounds.append((first, end))
+        first = end if end - overlap <= first else back_to_word(end - overlap, first)
+    bounds.append((first, tokens))
+    firsts, ends = np.array(bounds, dtype=np.int64).T
     starts = spans[firsts, 0]
     starts[0] = 0
-    after = firsts + max_tokens
-    ends = np.where(after < tokens, spans[np.minimum(after, tokens - 1), 0], length)
-    return np.stack([starts, ends], axis=1)
+    return np.stack([starts, np.where(ends < tokens, spans[np.minimum(ends, tokens - 1), 0], length)], axis=1)
 
 
 def check_overlap(overlap: int, max_tokens: int) -> None:

@@ -107,3 +107,42 @@ def test_the_sentence_transformers_tokenizer_cuts_and_its_vectors_stay_unit_leng
     np.testing.assert_allclose(
         out["vec"][1].to_numpy(), polars_embed.embed(["a cat"], minilm)[0].to_numpy(), atol=1e-6
     )
+
+
+def test_chunks_end_at_word_starts_unless_a_word_is_longer_than_a_chunk() -> None:
+    text = "tiny words then averyveryverylongwordthatfillsachunk and more tiny words"
+    column = chunk_frame([text], max_tokens=4)["body"][0]
+    ends = [chunk["end"] for chunk in column][:-1]
+    inside_long_word = range(text.index("avery") + 1, text.index(" and"))
+    assert all(text[end - 1] == " " or end in inside_long_word for end in ends)
+    assert any(end in inside_long_word for end in ends)  # cut where it has to be
+
+
+def test_search_chunks_returns_each_document_once_with_its_best_chunk() -> None:
+    generator = np.random.default_rng(4)
+    docs = pl.DataFrame({"id": np.arange(60), "body": random_texts(60, seed=4)})
+    chunks = (
+        docs.with_columns(chunk=pl.col("body").embed.chunks(max_tokens=6))
+        .explode("chunk")
+        .unnest("chunk")
+        .with_columns(vec=pl.col("text").embed.with_provider("hashing", dims=32))
+    )
+    assert chunks.height > 4 * docs.height  # so that the first, k * 4 deep search is not enough
+    queries = [" ".join(generator.choice(WORDS, size=3)) for _ in range(3)]
+    hits = chunks.embed.search_chunks(queries, by="id", k=7)
+    vectors = chunks["vec"].to_numpy()
+    asked = polars_embed.embed(queries, "hashing", dims=32, kind="query").to_numpy()
+    for number in range(len(queries)):
+        scores = vectors @ asked[number] / np.linalg.norm(vectors, axis=1) / np.linalg.norm(asked[number])
+        ranked = chunks.with_columns(expected=scores).sort("expected", descending=True, maintain_order=True)
+        expected = ranked.unique("id", keep="first", maintain_order=True).head(7)
+        got = hits.filter(pl.col("query_index") == number)
+        assert got["id"].to_list() == expected["id"].to_list()
+        assert got.select("text", "start", "end").equals(expected.select("text", "start", "end"))
+        np.testing.assert_allclose(got["score"].to_numpy(), expected["expected"].to_numpy(), rtol=1e-5)
+    single = chunks.embed.search_chunks(queries[0], by="id", k=7)
+    assert single["id"].to_list() == hits.filter(pl.col("query_index") == 0)["id"].to_list()
+    lazy = chunks.lazy().embed.search_chunks(queries[0], by="id", k=7).collect()
+    assert lazy.equals(single)
+    with pytest.raises(polars_embed.ColumnNotFoundError, match="no column 'doc' says which document"):
+        chunks.embed.search_chunks("x", by="doc")

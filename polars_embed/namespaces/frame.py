@@ -470,6 +470,89 @@ class _EmbedNamespace(Generic[FrameT]):
         )
         return pairs.filter(pl.col(similarity) >= least)
 
+    def search_chunks(
+        self,
+        query: QueryLike,
+        *,
+        by: str,
+        on: str = "vec",
+        k: int = 10,
+        query_index: str = "query_index",
+        **search: Any,
+    ) -> FrameT:
+        """The ``k`` documents whose best chunk best matches a query: each once, with that chunk.
+
+        For a frame of chunks, one row per chunk (such as
+        ``df.with_columns(chunk=pl.col("body").embed.chunks(...)).explode("chunk").unnest("chunk")``
+        with the chunks' vectors): rows of one document share ``by``. This is
+        :meth:`search` asked for more rows until ``k`` distinct documents are among
+        them, keeping each document's best row.
+
+        Parameters
+        ----------
+        query, on, k, query_index
+            As for :meth:`search`; ``k`` counts documents.
+        by
+            The column that says which document a row (chunk) is of.
+        **search
+            Any other option of :meth:`search` (``provider=``, ``score=``, ...).
+
+        Returns
+        -------
+        DataFrame or LazyFrame
+            The best row (chunk) of each of the ``k`` best documents, best first, with
+            the score column; for a batch of queries, ``k`` per query.
+
+        Examples
+        --------
+        >>> import polars as pl
+        >>> import polars_embed
+        >>> docs = pl.DataFrame({"id": [1, 2], "body": ["cats purr. dogs bark. cats nap.", "stocks fell"]})
+        >>> chunks = docs.with_columns(chunk=pl.col("body").embed.chunks(max_tokens=5))
+        >>> chunks = chunks.explode("chunk").unnest("chunk")
+        >>> chunks = chunks.with_columns(vec=pl.col("text").embed.with_provider("hashing", dims=64))
+        >>> chunks.embed.search_chunks("cats nap", by="id", k=2).select("id", "text", "start", "end")
+        shape: (2, 4)
+        ┌─────┬─────────────┬───────┬─────┐
+        │ id  ┆ text        ┆ start ┆ end │
+        │ --- ┆ ---         ┆ ---   ┆ --- │
+        │ i64 ┆ str         ┆ u32   ┆ u32 │
+        ╞═════╪═════════════╪═══════╪═════╡
+        │ 1   ┆ cats nap.   ┆ 22    ┆ 31  │
+        │ 2   ┆ stocks fell ┆ 0     ┆ 11  │
+        └─────┴─────────────┴───────┴─────┘
+        """
+        schema = self._schema()
+        if by not in schema:
+            raise ColumnNotFoundError(
+                f"no column {by!r} says which document a chunk is of: "
+                f"pass by= one of {', '.join(map(repr, schema))}"
+            )
+        k = check_k(k)
+        if isinstance(self._frame, pl.LazyFrame):
+            shape = self._frame.embed.search(query, on=on, k=k, query_index=query_index, **search)
+            return self._frame.map_batches(
+                lambda frame: frame.embed.search_chunks(
+                    query, by=by, on=on, k=k, query_index=query_index, **search
+                ),
+                schema=shape.collect_schema(),
+            )
+        depth = k * 4  # documents usually have several chunks
+        while True:
+            depth = min(depth, max(self._frame.height, 1))
+            hits = self.search(query, on=on, k=depth, query_index=query_index, **search)
+            batch = query_index in hits.columns and query_index not in schema
+            best = hits.unique([query_index, by] if batch else [by], keep="first", maintain_order=True)
+            if batch:
+                best = best.group_by(query_index, maintain_order=True).head(k)
+                found = best.group_by(query_index).len()["len"].min() or 0
+            else:
+                best = best.head(k)
+                found = best.height
+            if found >= k or depth >= self._frame.height:
+                return best
+            depth *= 4
+
     def _schema(self) -> pl.Schema:
         raise NotImplementedError
 
