@@ -7,7 +7,10 @@ checked against it errs on the safe side; for some scripts it can fall short.
 
 Where tokens are cut into chunks and the provider has no tokenizer of its own, a text's
 tokens are estimated by :func:`approximate_token_spans`: each word (a run of non-space
-characters) is as many tokens as its UTF-8 bytes / 3, rounded up, cut evenly by characters.
+characters) with the spaces after it is as many tokens as its UTF-8 bytes / 3, rounded up
+(at most one per character of the word), cut evenly over the word's characters. So a
+chunk counts at least as many tokens as :func:`approximate_tokens` gives its text
+without tiktoken, and fits a service's limit checked that way.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ log = logging.getLogger(__name__)
 #: Without tiktoken, a text counts as one token per this many UTF-8 bytes, rounded up.
 BYTES_PER_TOKEN = 3
 
-_WORD = re.compile(r"\S+")
+_WORD = re.compile(r"(\S+)\s*")
 
 
 @functools.cache
@@ -59,12 +62,13 @@ def approximate_token_counter() -> str:
 
 def approximate_token_spans(texts: Sequence[str]) -> list[np.ndarray]:
     """Each text's estimated tokens as an ``(m, 2)`` array of character offsets: a word
-    of b UTF-8 bytes is ceil(b / 3) tokens (at most one a character), cut evenly."""
+    and the spaces after it, of b UTF-8 bytes, is ceil(b / 3) tokens (at most one a
+    character of the word), cut evenly over the word."""
     result = []
     for text in texts:
         spans: list[tuple[int, int]] = []
         for word in _WORD.finditer(text):
-            start, end = word.span()
+            start, end = word.span(1)
             pieces = min(math.ceil(len(word[0].encode()) / BYTES_PER_TOKEN), end - start)
             cuts = np.linspace(start, end, pieces + 1).round().astype(np.int64).tolist()
             spans.extend(itertools.pairwise(cuts))

@@ -160,10 +160,11 @@ class EmbedExprNamespace:
         """Cut each text into chunks of at most ``max_tokens`` tokens, with their offsets.
 
         Chunks are cut where a token starts: by the provider's own tokenizer where it
-        has one (sentence-transformers models), else by an estimate (a word of b UTF-8
-        bytes is ceil(b / 3) tokens). The first chunk starts at 0 and the last ends at
-        the text's end; without overlap each ends where the next starts, so
-        ``"".join`` of a row's chunk texts is its text.
+        has one (sentence-transformers models), else by an estimate (a word and the
+        spaces after it, of b UTF-8 bytes, is ceil(b / 3) tokens), at the start of a
+        word unless one word is longer than a chunk. The first chunk starts at 0 and
+        the last ends at the text's end; without overlap each ends where the next
+        starts, so ``"".join`` of a row's chunk texts is its text.
 
         Parameters
         ----------
@@ -190,20 +191,19 @@ class EmbedExprNamespace:
         --------
         >>> import polars as pl
         >>> import polars_embed
-        >>> df = pl.DataFrame({"body": ["one two three four five", None]})  # "three": 2 tokens
-        >>> df.select(pl.col("body").embed.chunks(max_tokens=2).explode()).unnest("body")
-        shape: (5, 3)
-        ┌──────────┬───────┬──────┐
-        │ text     ┆ start ┆ end  │
-        │ ---      ┆ ---   ┆ ---  │
-        │ str      ┆ u32   ┆ u32  │
-        ╞══════════╪═══════╪══════╡
-        │ one two  ┆ 0     ┆ 8    │
-        │ three    ┆ 8     ┆ 14   │
-        │ four     ┆ 14    ┆ 19   │
-        │ five     ┆ 19    ┆ 23   │
-        │ null     ┆ null  ┆ null │
-        └──────────┴───────┴──────┘
+        >>> df = pl.DataFrame({"body": ["one two three four five", None]})  # 2 tokens a word
+        >>> df.select(pl.col("body").embed.chunks(max_tokens=4).explode()).unnest("body")
+        shape: (4, 3)
+        ┌─────────────┬───────┬──────┐
+        │ text        ┆ start ┆ end  │
+        │ ---         ┆ ---   ┆ ---  │
+        │ str         ┆ u32   ┆ u32  │
+        ╞═════════════╪═══════╪══════╡
+        │ one two     ┆ 0     ┆ 8    │
+        │ three four  ┆ 8     ┆ 19   │
+        │ five        ┆ 19    ┆ 23   │
+        │ null        ┆ null  ┆ null │
+        └─────────────┴───────┴──────┘
         """
         check_kind(kind)
         resolved = None if provider is None and not options else resolve_provider(provider, **options)
