@@ -70,7 +70,10 @@ def approximate_token_spans(texts: Sequence[str]) -> list[np.ndarray]:
         for word in _WORD.finditer(text):
             start, end = word.span(1)
             pieces = min(math.ceil(len(word[0].encode()) / BYTES_PER_TOKEN), end - start)
-            cuts = np.linspace(start, end, pieces + 1).round().astype(np.int64).tolist()
+            if pieces == 1:
+                spans.append((start, end))
+                continue
+            cuts = [start + (end - start) * i // pieces for i in range(pieces + 1)]
             spans.extend(itertools.pairwise(cuts))
         result.append(np.array(spans, dtype=np.int64).reshape(-1, 2))
     return result

@@ -17,6 +17,7 @@ from email.utils import format_datetime
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import polars as pl
 import pytest
 
@@ -781,3 +782,21 @@ class TestRefusedRows:
             and "over openai:text-embedding-3-small's limit of 8191 tokens" in refused.message
         )
         assert server.texts == ["short"]
+
+
+def test_long_texts_are_chunked_within_the_services_limit() -> None:
+    text = " ".join(["the"] * 20_000)  # about 26,700 tokens by bytes / 3: OpenAI refuses it whole
+    with FakeOpenAI() as server:
+        service = openai_service(server)
+        with pytest.raises(ConfigError, match="over openai:text-embedding-3-small's limit of 8191"):
+            polars_embed.embed([text], service.provider())
+        vectors = polars_embed.embed([text, "short"], service.provider(), long_texts="chunk")
+    sent = server.texts
+    assert all(count <= 8191 for count in _tokens.approximate_tokens(sent))
+    chunks = pl.select(pl.lit(text).embed.chunks(provider=service.provider())).item()
+    pieces = chunks.struct.field("text").to_list()
+    assert len(pieces) >= 4 and "".join(pieces) == text
+    assert sorted(sent) == sorted({*pieces, "short"})  # each distinct chunk once
+    expected = np.mean(service.expected(pieces), axis=0)
+    np.testing.assert_allclose(vectors[0].to_numpy(), expected, rtol=1e-5, atol=1e-6)
+    assert vectors[1].to_list() == service.expected(["short"])[0]
