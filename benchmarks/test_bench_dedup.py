@@ -34,6 +34,8 @@ WIDTH = 384
 THRESHOLD = 0.92
 BLOCK = 2048
 
+pytestmark = pytest.mark.timeout(7200)  # each run takes minutes on two cores
+
 
 @pytest.fixture(scope="module")
 def vectors() -> np.ndarray:
