@@ -444,6 +444,7 @@ class EmbedFrameNamespace(_EmbedNamespace[pl.DataFrame]):
                 normalized=None,
                 score="score",
                 query_index="query",
+                quantized=None,
                 options=options,
             )
         return plot_chart(
