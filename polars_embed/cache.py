@@ -5,13 +5,31 @@ as :meth:`Provider.spec` gives them), the kind (query or document) and the text,
 so any change to what makes the vectors is a different key. Batches are stored
 as they finish, so a column that failed half way resumes where it stopped.
 
-The store is one SQLite file in WAL mode: several threads and processes may read
-and write it at once. It is on by default for every provider whose vectors are
-worth keeping: remote ones because each request costs money and time, local
-models because rerunning a notebook cell should not recompute a column (a
-lookup is hundreds of times faster than MiniLM on a CPU). The hashing provider
-and plain callables are never cached: hashing is cheaper to recompute than to
-look up, and a callable has no stable identity to key on.
+The store is one SQLite file in WAL mode, shared by every thread and process that
+uses it. It is on by default for every provider whose vectors are worth keeping:
+remote ones because each request costs money and time, local models because
+rerunning a notebook cell should not recompute a column (a lookup is hundreds of
+times faster than MiniLM on a CPU). The hashing provider and plain callables are
+never cached: hashing is cheaper to recompute than to look up, and a callable has
+no stable identity to key on.
+
+The cache never makes a call slower or dearer than no cache would:
+
+- **Reads never write**, so they never wait for a writer (in WAL mode a reader sees
+  the last commit while another connection writes). Use is recorded coarsely: a
+  hit whose stamp is more than :data:`RESTAMP_AFTER_S` old is re-stamped in this
+  process's next write, in the same transaction, so the size bound still drops
+  the least recently used vectors first.
+- **A lock is waited for briefly, once**: this process's writers take turns, and a
+  write waits at most :data:`LOCK_WAIT_S` for another process's write lock. A call
+  that meets a lock held longer goes on without the cache for the rest of that call
+  (one warning), so no later batch of the call waits again; for the next
+  :data:`LOCK_WAIT_S`, the process's other calls do not wait for it either.
+- **A first run waits**: creating the file, switching it to WAL and creating its
+  table wait up to :data:`FIRST_RUN_WAIT_S` for one another, so many threads and
+  processes starting on an empty folder at once all get the cache.
+- **A read-only file still serves hits** (a file without write permission, or
+  one in a read-only folder); its new vectors are not stored, with one warning.
 
 Settings, from :func:`configure_cache` or the environment:
 
@@ -19,23 +37,24 @@ Settings, from :func:`configure_cache` or the environment:
 - ``POLARS_EMBED_CACHE_DIR`` moves it (default: the user cache directory);
 - ``max_bytes`` bounds its size (default 2 GiB); least recently used vectors go first.
 
-A cache file that is corrupt, truncated or locked gives a warning and the work
-goes on without it. Every vector carries a checksum, so a damaged row is a miss,
-never a wrong vector.
+A cache file that is corrupt or truncated gives a warning and the work goes on
+without it. Every vector carries a checksum, so a damaged row is a miss, never a
+wrong vector.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import os
+import random
 import sqlite3
 import threading
 import time
 import zlib
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -49,17 +68,29 @@ log = logging.getLogger(__name__)
 DEFAULT_MAX_BYTES = 2 * 1024**3
 FILE_NAME = "embeddings.sqlite3"
 _QUERY_CHUNK = 500  # well under SQLite's limit on bound parameters
-_BUSY_TIMEOUT_S = 10.0
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS vectors (
-    key BLOB PRIMARY KEY,
-    vector BLOB NOT NULL,
-    checksum INTEGER NOT NULL,
-    used REAL NOT NULL
-) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS vectors_by_use ON vectors (used);
-"""
+#: Seconds a write waits for another process's write lock before its call goes on without
+#: the cache (this process's own writers queue behind a Python lock instead). A write holds
+#: the lock for one batch: about 10 ms for 32 vectors of 384 numbers and 0.1 to 0.4 s for
+#: 512 of 1,536 here, so a second covers a queue of other processes' batches; a lock held
+#: longer is a long transaction elsewhere, and waiting for it would cost more than the
+#: cache saves. A second is also about what one remote request takes.
+LOCK_WAIT_S = 1.0
+#: Seconds that creating the file, its WAL mode and its table may wait for one another.
+FIRST_RUN_WAIT_S = 30.0
+#: A hit whose stamp is older than this is re-stamped at the next write.
+RESTAMP_AFTER_S = 3600.0
+_MAX_RESTAMPS = 100_000  # keys waiting for a new stamp; beyond this, use goes unrecorded
+
+_SCHEMA = (
+    """CREATE TABLE IF NOT EXISTS vectors (
+        key BLOB PRIMARY KEY,
+        vector BLOB NOT NULL,
+        checksum INTEGER NOT NULL,
+        used REAL NOT NULL
+    ) WITHOUT ROWID""",
+    "CREATE INDEX IF NOT EXISTS vectors_by_use ON vectors (used)",
+)
 
 
 @dataclass(frozen=True)
@@ -126,6 +157,17 @@ def fingerprint(provider: Provider) -> bytes:
     return hashlib.sha256(json.dumps(provider.spec(), sort_keys=True, default=str).encode()).digest()
 
 
+def text_keys(provider: Provider, kind: Kind, texts: Sequence[str]) -> list[bytes]:
+    """One key per text: what the cache stores a vector under."""
+    prefix = hashlib.sha256(fingerprint(provider) + kind.encode())
+    keys = []
+    for text in texts:
+        digest = prefix.copy()
+        digest.update(text.encode("utf-8", "surrogatepass"))
+        keys.append(digest.digest())
+    return keys
+
+
 class EmbeddingCache:
     """Vectors in a SQLite file, by key. Every failure degrades to a miss, with a warning."""
 
@@ -134,61 +176,75 @@ class EmbeddingCache:
         self.max_bytes = max_bytes
         self._local = threading.local()
         self._broken = False
+        self._read_only = False
+        self._restamps: set[bytes] = set()
+        self._lock = threading.Lock()  # guards _restamps and _read_only
+        # This process's writers queue here, so that SQLite's lock is only contended by
+        # other processes, and LOCK_WAIT_S bounds a wait for them, not for our own queue.
+        self._write_lock = threading.Lock()
+        self._locked_until = 0.0  # after a write lock was not had in time, skip writes till then
 
-    def keys(self, provider: Provider, kind: Kind, texts: Sequence[str]) -> list[bytes]:
-        """One key per text."""
-        prefix = hashlib.sha256(fingerprint(provider) + kind.encode())
-        keys = []
-        for text in texts:
-            digest = prefix.copy()
-            digest.update(text.encode("utf-8", "surrogatepass"))
-            keys.append(digest.digest())
-        return keys
+    def session(self) -> CacheSession:
+        """A handle for one engine call, which remembers a lock it met."""
+        return CacheSession(self)
 
-    def get(self, keys: Sequence[bytes], width: int) -> dict[int, np.ndarray]:
-        """The stored vectors among ``keys``, by position in ``keys``."""
+    def get(
+        self, keys: Sequence[bytes], width: int, session: CacheSession | None = None
+    ) -> dict[int, np.ndarray]:
+        """The stored vectors among ``keys``, by position in ``keys``. Never writes."""
         found: dict[int, np.ndarray] = {}
         position_of = {key: position for position, key in enumerate(keys)}
-        with self._connection("read") as connection:
+        stale_before = time.time() - RESTAMP_AFTER_S
+        stale = []
+        with self._connection("read", session) as connection:
             if connection is None:
                 return found
-            now = time.time()
             for start in range(0, len(keys), _QUERY_CHUNK):
                 chunk = list(keys[start : start + _QUERY_CHUNK])
                 marks = ",".join("?" * len(chunk))
                 rows = connection.execute(
-                    f"SELECT key, vector, checksum FROM vectors WHERE key IN ({marks})", chunk
+                    f"SELECT key, vector, checksum, used FROM vectors WHERE key IN ({marks})", chunk
                 ).fetchall()
-                for key, blob, checksum in rows:
+                for key, blob, checksum, used in rows:
                     if len(blob) == 4 * width and zlib.crc32(blob) == checksum:
                         found[position_of[key]] = np.frombuffer(blob, dtype=np.float32)
+                        if used < stale_before:
+                            stale.append(key)
                     else:
                         log.warning("embedding cache %s: a damaged vector was ignored", self.path)
-                with connection:
-                    connection.executemany(
-                        "UPDATE vectors SET used = ? WHERE key = ?", [(now, key) for key, _, _ in rows]
-                    )
+        if stale and not self._read_only:
+            with self._lock:
+                self._restamps.update(stale[: max(_MAX_RESTAMPS - len(self._restamps), 0)])
         return found
 
-    def put(self, keys: Sequence[bytes], vectors: np.ndarray) -> None:
-        """Store one vector per key, then drop the least recently used past ``max_bytes``."""
+    def put(self, keys: Sequence[bytes], vectors: np.ndarray, session: CacheSession | None = None) -> None:
+        """Store one vector per key, re-stamp the hits read since the last write, then drop
+        the least recently used past ``max_bytes``: one transaction, one wait for the lock."""
         now = time.time()
         rows = []
         for key, vector in zip(keys, np.ascontiguousarray(vectors, dtype=np.float32), strict=True):
             blob = vector.tobytes()
             rows.append((key, blob, zlib.crc32(blob), now))
-        with self._connection("write") as connection:
+        with self._connection("write", session, writes=True) as connection:
             if connection is None:
                 return
+            with self._lock:
+                restamps, self._restamps = self._restamps, set()
+            # A failed write loses these stamps, and the next read of those rows asks again.
             with connection:
+                connection.execute("BEGIN IMMEDIATE")
                 connection.executemany("INSERT OR REPLACE INTO vectors VALUES (?, ?, ?, ?)", rows)
-            self._evict(connection)
+                connection.executemany(
+                    "UPDATE vectors SET used = ? WHERE key = ?", [(now, key) for key in restamps]
+                )
+                self._evict(connection)
 
     def clear(self) -> None:
         """Drop every stored vector."""
-        with self._connection("clear") as connection:
+        with self._connection("clear", writes=True) as connection:
             if connection is not None:
                 with connection:
+                    connection.execute("BEGIN IMMEDIATE")
                     connection.execute("DELETE FROM vectors")
 
     def size_bytes(self) -> int:
@@ -197,6 +253,7 @@ class EmbeddingCache:
             return 0 if connection is None else _used_bytes(connection)
 
     def _evict(self, connection: sqlite3.Connection) -> None:
+        """Drop the least recently used vectors past ``max_bytes``, inside the caller's transaction."""
         used = _used_bytes(connection)
         if used <= self.max_bytes:
             return
@@ -204,52 +261,133 @@ class EmbeddingCache:
         # Drop a tenth more than needed so that eviction is not re-run on every put.
         excess = used - 0.9 * self.max_bytes
         drop = max(1, int(count * excess / used))
-        with connection:
-            connection.execute(
-                "DELETE FROM vectors WHERE key IN (SELECT key FROM vectors ORDER BY used LIMIT ?)", (drop,)
-            )
+        connection.execute(
+            "DELETE FROM vectors WHERE key IN (SELECT key FROM vectors ORDER BY used LIMIT ?)", (drop,)
+        )
         log.info("embedding cache %s: dropped %d least recently used vectors", self.path, drop)
 
-    @contextmanager
-    def _connection(self, action: str) -> Iterator[sqlite3.Connection | None]:
-        """This thread's connection, or ``None`` when the file cannot be used right now."""
-        connection = None if self._broken else self._connect(action)
+    @contextlib.contextmanager
+    def _connection(
+        self, action: str, session: CacheSession | None = None, *, writes: bool = False
+    ) -> Iterator[sqlite3.Connection | None]:
+        """This thread's connection, or ``None`` when the file cannot be used right now.
+        With ``writes``, this process's other writers wait until the block ends."""
+        skip = self._broken or (session is not None and session.locked) or (writes and self._read_only)
+        connection = None if skip else self._connect(action, session)
         if connection is None:
             yield None
             return
-        try:
-            yield connection
-        except sqlite3.Error as error:
-            self._failed(action, error)
+        with self._write_lock if writes else contextlib.nullcontext():
+            if writes and self._skips_writes(action, session):
+                yield None
+                return
+            try:
+                yield connection
+            except sqlite3.Error as error:
+                self._failed(action, error, session)
 
-    def _connect(self, action: str) -> sqlite3.Connection | None:
+    def _connect(self, action: str, session: CacheSession | None) -> sqlite3.Connection | None:
         connection = getattr(self._local, "connection", None)
-        if connection is not None:
-            return connection
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            connection = sqlite3.connect(self.path, timeout=_BUSY_TIMEOUT_S, isolation_level=None)
-            connection.execute("PRAGMA journal_mode=WAL")
-            connection.execute(
-                "PRAGMA synchronous=NORMAL"
-            )  # in WAL mode: durable at checkpoints, never corrupt
-            connection.executescript(_SCHEMA)
-        except (OSError, sqlite3.Error) as error:
-            self._failed(action, error)
-            return None
-        connection.isolation_level = "DEFERRED"
-        self._local.connection = connection
+        if connection is None:
+            try:
+                connection = self._open()
+            except (OSError, sqlite3.Error) as error:
+                self._failed(action, error, session)
+                return None
+            self._local.connection = connection
         return connection
 
-    def _failed(self, action: str, error: Exception) -> None:
-        """A locked file is skipped this once; anything else turns the cache off for this process."""
-        if isinstance(error, sqlite3.OperationalError) and ("locked" in str(error) or "busy" in str(error)):
-            log.warning(
-                "embedding cache %s is locked; could not %s, going on without it: %s",
-                self.path,
-                action,
-                error,
-            )
+    def _open(self) -> sqlite3.Connection:
+        """A prepared connection: the file exists, in WAL mode, with its table."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        connection = sqlite3.connect(self.path, timeout=FIRST_RUN_WAIT_S, isolation_level=None)
+        try:
+            self._prepare(connection)
+        except sqlite3.OperationalError as error:
+            connection.close()
+            if _code(error) != "SQLITE_READONLY_DIRECTORY":
+                raise
+            # No -wal or -shm file can be made beside it: read the file as it stands.
+            uri = f"{self.path.resolve().as_uri()}?mode=ro&immutable=1"
+            connection = sqlite3.connect(uri, uri=True, isolation_level=None)
+            connection.execute("SELECT 1 FROM vectors LIMIT 1").fetchall()
+            self._read_only_found(error)
+        connection.execute(f"PRAGMA busy_timeout = {round(LOCK_WAIT_S * 1000)}")
+        connection.execute("PRAGMA synchronous=NORMAL")  # in WAL mode: durable at checkpoints, never corrupt
+        return connection
+
+    def _prepare(self, connection: sqlite3.Connection) -> None:
+        """Switch the file to WAL and create the table, waiting for other connections doing the same.
+
+        SQLite's busy timeout does not cover every lock met here: two connections that
+        both switch a new file to WAL can deadlock, and SQLite then fails one at once
+        instead of waiting. So each step is retried, as a whole, until FIRST_RUN_WAIT_S.
+        """
+        deadline = time.monotonic() + FIRST_RUN_WAIT_S
+        while True:
+            try:
+                if connection.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+                    try:
+                        connection.execute("PRAGMA journal_mode=WAL").fetchall()
+                    except sqlite3.OperationalError as error:
+                        if _code(error) != "SQLITE_READONLY":
+                            raise
+                        self._read_only_found(error)  # readable in its own journal mode
+                found = connection.execute(
+                    "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'vectors'"
+                ).fetchone()
+                if found is None:
+                    with connection:
+                        connection.execute("BEGIN IMMEDIATE")
+                        for statement in _SCHEMA:
+                            connection.execute(statement)
+                return
+            except sqlite3.OperationalError as error:
+                if not _is_lock(error) or time.monotonic() > deadline:
+                    raise
+                time.sleep(random.uniform(0.005, 0.05))
+
+    def _read_only_found(self, error: sqlite3.Error) -> None:
+        with self._lock:
+            if self._read_only:
+                return
+            self._read_only = True
+            self._restamps.clear()
+        log.warning(
+            "embedding cache %s is read-only (%s): its vectors are used, new ones are not stored. "
+            "Make the file and its folder writable, or move the cache with POLARS_EMBED_CACHE_DIR.",
+            self.path,
+            error,
+        )
+
+    def _skips_writes(self, action: str, session: CacheSession | None) -> bool:
+        """Whether a lock that another call of this process waited for in vain a moment ago
+        should be taken as still held: then this call does not wait for it again either."""
+        if time.monotonic() >= self._locked_until:
+            return False
+        self._locked(action, "another call of this process just waited for it in vain", session)
+        return True
+
+    def _locked(self, action: str, detail: object, session: CacheSession | None) -> None:
+        if session is not None:
+            session.locked = True
+        log.warning(
+            "embedding cache %s is locked by another connection; could not %s, so this call "
+            "goes on without the cache: %s",
+            self.path,
+            action,
+            detail,
+        )
+
+    def _failed(self, action: str, error: Exception, session: CacheSession | None) -> None:
+        """A lock ends this call's use of the cache; a read-only file stops writes;
+        anything else turns the cache off for this process."""
+        if isinstance(error, sqlite3.Error) and _is_lock(error):
+            self._locked_until = time.monotonic() + LOCK_WAIT_S
+            self._locked(action, error, session)
+            return
+        if isinstance(error, sqlite3.Error) and _code(error).startswith("SQLITE_READONLY"):
+            self._read_only_found(error)
             return
         self._broken = True
         log.warning(
@@ -261,8 +399,33 @@ class EmbeddingCache:
         )
 
 
+@dataclass
+class CacheSession:
+    """One engine call's use of the cache: after a lock is met once, nothing waits for it again."""
+
+    cache: EmbeddingCache
+    locked: bool = False
+
+    def get(self, keys: Sequence[bytes], width: int) -> dict[int, np.ndarray]:
+        """See :meth:`EmbeddingCache.get`."""
+        return self.cache.get(keys, width, self)
+
+    def put(self, keys: Sequence[bytes], vectors: np.ndarray) -> None:
+        """See :meth:`EmbeddingCache.put`."""
+        self.cache.put(keys, vectors, self)
+
+
 def _used_bytes(connection: sqlite3.Connection) -> int:
     page_size = connection.execute("PRAGMA page_size").fetchone()[0]
     pages = connection.execute("PRAGMA page_count").fetchone()[0]
     free = connection.execute("PRAGMA freelist_count").fetchone()[0]
     return (pages - free) * page_size
+
+
+def _code(error: sqlite3.Error) -> str:
+    """SQLite's name for the error, such as ``"SQLITE_BUSY"`` or ``"SQLITE_READONLY_DIRECTORY"``."""
+    return getattr(error, "sqlite_errorname", None) or ""
+
+
+def _is_lock(error: sqlite3.Error) -> bool:
+    return _code(error).startswith(("SQLITE_BUSY", "SQLITE_LOCKED"))

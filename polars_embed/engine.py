@@ -29,7 +29,7 @@ import polars as pl
 import pyarrow as pa
 from tqdm.auto import tqdm
 
-from polars_embed.cache import cache_for
+from polars_embed.cache import cache_for, text_keys
 from polars_embed.errors import (
     ConfigError,
     EmbeddingIncompleteError,
@@ -184,8 +184,9 @@ def _embed_distinct(
     # Some providers learn their width from a request (a probe), retried like any other.
     width, stats.retries = _with_retries(provider, lambda: provider.dimension, limit)
     vectors = np.empty((len(texts), width), dtype=np.float32)
-    cache = cache_for(provider)
-    keys = cache.keys(provider, kind, texts) if cache else []
+    store_of = cache_for(provider)
+    cache = store_of.session() if store_of else None  # remembers a lock for the rest of this call
+    keys = text_keys(provider, kind, texts) if cache else []
     cached = cache.get(keys, width) if cache else {}
     if cached:
         vectors[list(cached)] = np.stack(list(cached.values()))
