@@ -30,6 +30,10 @@ The cache never makes a call slower or dearer than no cache would:
   processes starting on an empty folder at once all get the cache.
 - **A read-only file still serves hits** (a file without write permission, or
   one in a read-only folder); its new vectors are not stored, with one warning.
+- **Texts in flight are shared**: a call that needs a text another call in this
+  process is already embedding (parallel morsels of one Polars collect, several
+  threads) waits for that vector instead of paying for it again; see
+  :class:`InFlight`. This holds with the cache on or off.
 
 Settings, from :func:`configure_cache` or the environment:
 
@@ -158,7 +162,7 @@ def fingerprint(provider: Provider) -> bytes:
 
 
 def text_keys(provider: Provider, kind: Kind, texts: Sequence[str]) -> list[bytes]:
-    """One key per text: what the cache stores a vector under."""
+    """One key per text: what the cache stores a vector under, and what :class:`InFlight` shares."""
     prefix = hashlib.sha256(fingerprint(provider) + kind.encode())
     keys = []
     for text in texts:
@@ -413,6 +417,104 @@ class CacheSession:
     def put(self, keys: Sequence[bytes], vectors: np.ndarray) -> None:
         """See :meth:`EmbeddingCache.put`."""
         self.cache.put(keys, vectors, self)
+
+
+_in_flight: dict[bytes, tuple[_Claim, int]] = {}
+_in_flight_lock = threading.Lock()
+
+
+class _Claim:
+    """The texts one call has undertaken to embed: its vectors, which rows have landed, and
+    whether it is finished (a row that had not landed by then never will)."""
+
+    def __init__(self, vectors: np.ndarray) -> None:
+        self.vectors = vectors
+        self.landed = np.zeros(len(vectors), dtype=bool)
+        self.finished = False
+        self.changed = threading.Condition()
+
+    def wait_for(self, row: int) -> bool:
+        """Wait until ``row`` lands (``True``) or the call finishes without it (``False``)."""
+        with self.changed:
+            self.changed.wait_for(lambda: self.landed[row] or self.finished)
+            return bool(self.landed[row])
+
+
+class InFlight:
+    """One call's part in sharing texts in flight between the calls of this process.
+
+    Keys are :func:`text_keys`: the provider's identity, the kind and the text, so only
+    calls that would get the same vector share it. A call claims, at once, every text
+    that no other call has claimed; the others it waits for. It embeds what it claimed,
+    marking rows as they land, and only then waits for the rest. Because claims are
+    taken at once under one lock and a call waits only after all it owns has landed (or
+    it has failed and finished), no two calls ever wait for each other. When the owner
+    fails, :meth:`wait` hands those texts back, to be claimed again and sent by the
+    caller itself. With ``keys=None`` (providers that are never cached) nothing is shared.
+    """
+
+    def __init__(self, keys: Sequence[bytes] | None, vectors: np.ndarray) -> None:
+        self._keys = keys
+        self._mine = _Claim(vectors)
+        self._owned: list[int] = []
+        self._awaited: dict[int, tuple[_Claim, int]] = {}
+
+    def __enter__(self) -> InFlight:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        """Finish: whatever this call owned and did not land is left to its waiters."""
+        if self._keys is None:
+            return
+        with self._mine.changed:
+            self._mine.finished = True
+            self._mine.changed.notify_all()
+        with _in_flight_lock:
+            for position in self._owned:
+                key = self._keys[position]
+                if _in_flight.get(key, (None, 0))[0] is self._mine:
+                    del _in_flight[key]
+
+    def claim(self, positions: Sequence[int]) -> list[int]:
+        """Take on the texts at ``positions`` that no other call is embedding; return those.
+        The others are waited for by :meth:`wait`."""
+        if self._keys is None:
+            return list(positions)
+        owned = []
+        width = self._mine.vectors.shape[1]
+        with _in_flight_lock:
+            for position in positions:
+                claim, row = _in_flight.setdefault(self._keys[position], (self._mine, position))
+                if claim is self._mine or claim.vectors.shape[1] != width:
+                    owned.append(position)
+                else:
+                    self._awaited[position] = (claim, row)
+        self._owned.extend(owned)
+        return owned
+
+    def landed(self, positions: Sequence[int]) -> None:
+        """The vectors at ``positions`` are in place: calls waiting for them may take them."""
+        if self._keys is None or not len(positions):
+            return
+        with self._mine.changed:
+            self._mine.landed[positions] = True
+            self._mine.changed.notify_all()
+
+    def wait(self) -> tuple[int, list[int]]:
+        """Wait for the texts other calls were embedding, and copy their vectors in.
+
+        Returns how many came that way, and the positions whose owner failed: claim
+        and embed those again.
+        """
+        arrived, failed = 0, []
+        for position, (claim, row) in self._awaited.items():
+            if claim.wait_for(row):
+                self._mine.vectors[position] = claim.vectors[row]
+                arrived += 1
+            else:
+                failed.append(position)
+        self._awaited = {}
+        return arrived, failed
 
 
 def _used_bytes(connection: sqlite3.Connection) -> int:

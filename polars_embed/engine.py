@@ -29,7 +29,7 @@ import polars as pl
 import pyarrow as pa
 from tqdm.auto import tqdm
 
-from polars_embed.cache import cache_for, text_keys
+from polars_embed.cache import InFlight, cache_for, text_keys
 from polars_embed.errors import (
     ConfigError,
     EmbeddingIncompleteError,
@@ -179,20 +179,20 @@ def embed_series(
 def _embed_distinct(
     texts: list[str], provider: Provider, kind: Kind, progress: bool | None, stats: EmbedStats
 ) -> np.ndarray:
-    """Embed distinct non-blank texts into one ``(len(texts), d)`` float32 array."""
+    """Embed distinct non-blank texts into one ``(len(texts), d)`` float32 array.
+
+    A text that another call in this process is already embedding (a parallel morsel of
+    the same collect, another thread) is not sent again: this call embeds its own texts
+    first, then takes the other call's vectors, and sends those itself only if that call
+    failed (see :class:`~polars_embed.cache.InFlight`).
+    """
     limit = _concurrency_limit(provider)
     # Some providers learn their width from a request (a probe), retried like any other.
     width, stats.retries = _with_retries(provider, lambda: provider.dimension, limit)
     vectors = np.empty((len(texts), width), dtype=np.float32)
     store_of = cache_for(provider)
-    cache = store_of.session() if store_of else None  # remembers a lock for the rest of this call
-    keys = text_keys(provider, kind, texts) if cache else []
-    cached = cache.get(keys, width) if cache else {}
-    if cached:
-        vectors[list(cached)] = np.stack(list(cached.values()))
-    stats.cache_hits = len(cached)
-    pending = [position for position in range(len(texts)) if position not in cached]
-    batches = [[pending[i] for i in batch] for batch in _plan_batches([texts[p] for p in pending], provider)]
+    cache = store_of.session() if store_of else None
+    keys = text_keys(provider, kind, texts) if provider.cacheable else None
 
     def request(batch: list[int]) -> tuple[Embedded, int]:
         return _request_with_retries(provider, [texts[i] for i in batch], kind, limit)
@@ -200,29 +200,47 @@ def _embed_distinct(
     def store(batch: list[int], answer: tuple[Embedded, int]) -> None:
         embedded, retries = answer
         vectors[batch] = _validated(embedded.vectors, provider, [texts[i] for i in batch], width)
-        if cache:  # as each batch lands, so that a failed column resumes from here
+        if cache and keys:  # as each batch lands, so that a failed column resumes from here
             cache.put([keys[i] for i in batch], vectors[batch])
+        in_flight.landed(batch)
         stats.embedded += len(batch)
         stats.requests += 1
         stats.retries += retries
         stats.tokens += embedded.tokens
         bar.update(len(batch))
 
-    with progress_bar(len(pending), provider.label, progress) as bar:
-        try:
-            _run_batches(batches, request, store, provider.resolve("max_concurrency"))
-        except ProviderError as error:
-            # The provider's error is chained below, so it must not show a secret either.
-            error.args = tuple(provider.redact(arg) if isinstance(arg, str) else arg for arg in error.args)
-            done = stats.cache_hits + stats.embedded
-            kept = " Finished batches are in the embedding cache: a rerun resumes." if cache else ""
-            raise EmbeddingIncompleteError(
-                f"{provider.label} failed after {done} of {len(texts)} distinct texts were embedded "
-                f"({stats.cache_hits} from the cache); nothing was returned.{kept} "
-                f"{provider.redact(str(error))}",
-                done=done,
-                total=len(texts),
-            ) from error
+    with InFlight(keys, vectors) as in_flight:
+        todo: list[int] = list(range(len(texts)))
+        while todo:  # more than once only for texts whose owner, another call, failed
+            owned = in_flight.claim(todo)
+            cached = cache.get([keys[i] for i in owned], width) if cache and keys else {}
+            hits = [owned[i] for i in cached]
+            if hits:
+                vectors[hits] = np.stack(list(cached.values()))
+                in_flight.landed(hits)
+            stats.cache_hits += len(hits)
+            pending = [position for i, position in enumerate(owned) if i not in cached]
+            plan = _plan_batches([texts[p] for p in pending], provider)
+            batches = [[pending[i] for i in batch] for batch in plan]
+            with progress_bar(len(pending), provider.label, progress) as bar:
+                try:
+                    _run_batches(batches, request, store, provider.resolve("max_concurrency"))
+                except ProviderError as error:
+                    # The provider's error is chained below, so it must not show a secret either.
+                    error.args = tuple(
+                        provider.redact(arg) if isinstance(arg, str) else arg for arg in error.args
+                    )
+                    done = stats.cache_hits + stats.shared + stats.embedded
+                    kept = " Finished batches are in the embedding cache: a rerun resumes." if cache else ""
+                    raise EmbeddingIncompleteError(
+                        f"{provider.label} failed after {done} of {len(texts)} distinct texts were "
+                        f"embedded ({stats.cache_hits} from the cache); nothing was returned.{kept} "
+                        f"{provider.redact(str(error))}",
+                        done=done,
+                        total=len(texts),
+                    ) from error
+            shared, todo = in_flight.wait()
+            stats.shared += shared
     return vectors
 
 

@@ -16,6 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
+import polars as pl
 import pytest
 
 import polars_embed
@@ -422,3 +423,110 @@ def test_on_by_default_in_the_user_cache_directory(monkeypatch: pytest.MonkeyPat
     settings = cache.cache_settings()
     assert settings.enabled and settings.max_bytes == cache.DEFAULT_MAX_BYTES
     assert "polars-embed" in str(settings.path)
+
+
+# --- texts in flight, shared between concurrent calls ---------------------------------------
+
+
+@pytest.fixture(params=["cache on", "cache off"])
+def either_cache(request: pytest.FixtureRequest, cache_file: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    if request.param == "cache off":
+        monkeypatch.setenv("POLARS_EMBED_CACHE", "0")
+    return request.param
+
+
+def test_concurrent_calls_send_each_distinct_text_once(
+    either_cache: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    texts = [f"text {i}" for i in range(120)]
+    # No answer lands before all eight calls have claimed their texts, so each either owns a
+    # text or waits for its owner, and the test does not depend on how threads are scheduled.
+    claimed = threading.Semaphore(0)
+    claim = cache.InFlight.claim
+
+    def counted_claim(self: cache.InFlight, positions: list[int]) -> list[int]:
+        owned = claim(self, positions)
+        claimed.release()
+        return owned
+
+    monkeypatch.setattr(cache.InFlight, "claim", counted_claim)
+    all_claimed = threading.Event()
+    # Room for every call's requests: the limit is shared, and the gate holds requests open.
+    provider = CountingProvider(batch_size=5, delay=0.01, max_concurrency=8)
+    embed_batch = CountingProvider.embed_batch
+
+    def gated(self: CountingProvider, batch: list[str], *, kind: str) -> object:
+        all_claimed.wait()
+        return embed_batch(self, batch, kind=kind)
+
+    monkeypatch.setattr(CountingProvider, "embed_batch", gated)
+
+    def run(thread: int) -> np.ndarray:
+        return polars_embed.embed(texts[thread * 10 : thread * 10 + 50], provider).to_numpy()  # overlapping
+
+    with polars_embed.track_stats() as totals, ThreadPoolExecutor(8) as pool:
+        futures = [pool.submit(run, thread) for thread in range(8)]
+        for _ in range(8):
+            claimed.acquire()
+        all_claimed.set()
+        results = [future.result(timeout=60) for future in futures]
+    for thread, result in enumerate(results):
+        np.testing.assert_array_equal(result, expected(texts[thread * 10 : thread * 10 + 50]))
+    assert sorted(provider.recorder.texts) == sorted(texts)  # each distinct text once: none twice
+    assert (totals.embedded, totals.shared, totals.cache_hits) == (120, 8 * 50 - 120, 0)
+
+
+def test_a_waiting_call_sends_the_texts_itself_when_their_owner_fails(either_cache: str) -> None:
+    texts = [f"text {i}" for i in range(6)]
+    failing = CountingProvider(fail_on=1, delay=0.3)
+    good = CountingProvider()
+    with ThreadPoolExecutor(1) as pool:
+        owner = pool.submit(polars_embed.embed, texts, failing)
+        while not failing.recorder.batches:  # the owner has claimed every text and sent them
+            time.sleep(0.001)
+        vectors = polars_embed.embed([*texts, "one of its own"], good)
+        with pytest.raises(EmbeddingIncompleteError, match="400 bad request"):
+            owner.result()
+    np.testing.assert_array_equal(vectors.to_numpy(), expected([*texts, "one of its own"]))
+    assert sorted(good.recorder.texts) == sorted([*texts, "one of its own"])
+
+
+def test_calls_that_wait_on_each_other_crosswise_all_finish(either_cache: str) -> None:
+    generator = np.random.default_rng(7)
+    pool_of_texts = [f"text {i}" for i in range(60)]
+    calls = [list(generator.choice(pool_of_texts, size=30, replace=False)) for _ in range(16)]
+    providers = [
+        CountingProvider(batch_size=3, delay=0.005, fail_on=2 if i % 5 == 0 else 0) for i in range(16)
+    ]
+    barrier = threading.Barrier(16)
+
+    def run(i: int) -> np.ndarray | None:
+        barrier.wait()
+        try:
+            return polars_embed.embed(calls[i], providers[i]).to_numpy()
+        except EmbeddingIncompleteError:
+            assert providers[i].fail_on
+            return None
+
+    with ThreadPoolExecutor(16) as pool:
+        futures = [pool.submit(run, i) for i in range(16)]
+        results = [future.result(timeout=60) for future in futures]  # a deadlock would hang here
+    for i, result in enumerate(results):
+        if result is not None:
+            np.testing.assert_array_equal(result, expected(calls[i]))
+    assert all(results[i] is not None for i in range(16) if not providers[i].fail_on)
+
+
+def test_the_overlapping_morsels_of_a_streaming_collect_send_each_text_once(
+    cache_file: Path, tmp_path: Path
+) -> None:
+    texts = [f"text {i % 700}" for i in range(6000)]
+    path = tmp_path / "texts.parquet"
+    pl.DataFrame({"text": texts}).write_parquet(path, row_group_size=500)
+    provider = CountingProvider(batch_size=50, delay=0.01)
+    query = pl.scan_parquet(path).with_columns(vec=pl.col("text").embed.with_provider(provider))
+    with polars_embed.track_stats() as totals:
+        frame = query.collect(engine="streaming")
+    np.testing.assert_array_equal(frame["vec"].to_numpy(), expected(texts))
+    assert totals.distinct > 700  # several morsels met the same texts
+    assert sorted(provider.recorder.texts) == sorted({f"text {i}" for i in range(700)})
