@@ -266,9 +266,11 @@ def test_a_hit_keeps_its_vector_when_newer_unread_ones_are_dropped(
     assert polars_embed.last_stats().cache_hits < 300
 
 
-READ_ONLY_CALLS = textwrap.dedent(
+# How a child process's script starts: every warning it logs or issues lands in `records`.
+RECORDING_WARNINGS = textwrap.dedent(
     """
-    import json, logging, sys, warnings
+    import json, logging, sys, threading, time, warnings
+    from pathlib import Path
     import numpy as np
     import polars_embed
     from tests.providers import CountingProvider, vector_for
@@ -278,6 +280,11 @@ READ_ONLY_CALLS = textwrap.dedent(
     handler = logging.Handler(logging.WARNING)
     handler.emit = records.append
     logging.getLogger().addHandler(handler)
+    """
+)
+
+READ_ONLY_CALLS = RECORDING_WARNINGS + textwrap.dedent(
+    """
     polars_embed.configure_cache(path=sys.argv[1])
     provider = CountingProvider(batch_size=2)
     texts = [f"cached {i}" for i in range(4)]
@@ -348,18 +355,8 @@ def test_a_first_run_waits_while_another_connection_is_creating_the_file(
     assert never_called.recorder.batches == []
 
 
-FIRST_RUN = textwrap.dedent(
+FIRST_RUN = RECORDING_WARNINGS + textwrap.dedent(
     """
-    import json, logging, sys, threading, time, warnings
-    from pathlib import Path
-    import polars_embed
-    from tests.providers import CountingProvider
-    logging.captureWarnings(True)
-    warnings.simplefilter("always")
-    records = []
-    handler = logging.Handler(logging.WARNING)
-    handler.emit = records.append
-    logging.getLogger().addHandler(handler)
     process, folder = sys.argv[1], Path(sys.argv[2])
     (folder.parent / f"ready {process}").touch()
     while not (folder.parent / "go").exists():
