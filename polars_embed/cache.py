@@ -423,6 +423,17 @@ _in_flight: dict[bytes, tuple[_Claim, int]] = {}
 _in_flight_lock = threading.Lock()
 
 
+def _forget_in_flight() -> None:
+    """In a forked child: the claims are those of threads it does not have, so none will land."""
+    global _in_flight_lock
+    _in_flight.clear()
+    _in_flight_lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):  # POSIX
+    os.register_at_fork(after_in_child=_forget_in_flight)
+
+
 class _Claim:
     """The texts one call has undertaken to embed: its vectors, which rows have landed, and
     whether it is finished (a row that had not landed by then never will)."""

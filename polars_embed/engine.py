@@ -190,8 +190,8 @@ def _embed_distinct(
     # Some providers learn their width from a request (a probe), retried like any other.
     width, stats.retries = _with_retries(provider, lambda: provider.dimension, limit)
     vectors = np.empty((len(texts), width), dtype=np.float32)
-    store_of = cache_for(provider)
-    cache = store_of.session() if store_of else None
+    on_disk = cache_for(provider)
+    cache = on_disk.session() if on_disk else None  # remembers a lock for the rest of this call
     keys = text_keys(provider, kind, texts) if provider.cacheable else None
 
     def request(batch: list[int]) -> tuple[Embedded, int]:

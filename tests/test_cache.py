@@ -12,6 +12,7 @@ import sys
 import textwrap
 import threading
 import time
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -527,3 +528,18 @@ def test_the_overlapping_morsels_of_a_streaming_collect_send_each_text_once(
     np.testing.assert_array_equal(frame["vec"].to_numpy(), expected(texts))
     assert totals.distinct > 700  # several morsels met the same texts
     assert sorted(provider.recorder.texts) == sorted({f"text {i}" for i in range(700)})
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="fork is POSIX only")
+def test_a_forked_child_does_not_wait_for_texts_its_parent_has_in_flight() -> None:
+    keys = [b"a" * 32, b"b" * 32]
+    with cache.InFlight(keys, np.zeros((2, 4), dtype=np.float32)) as parent:
+        assert parent.claim([0, 1]) == [0, 1]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # Polars warns about forking a threaded process
+            pid = os.fork()
+        if pid == 0:  # the child has no thread sending them: it must own them itself
+            child = cache.InFlight(keys, np.zeros((2, 4), dtype=np.float32))
+            os._exit(0 if child.claim([0, 1]) == [0, 1] else 1)
+        _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
