@@ -58,9 +58,10 @@ import sqlite3
 import threading
 import time
 import zlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, TypeVar
 
 import numpy as np
 import platformdirs
@@ -68,6 +69,8 @@ import platformdirs
 from polars_embed.provider import Kind, Provider
 
 log = logging.getLogger(__name__)
+
+_T = TypeVar("_T")
 
 DEFAULT_MAX_BYTES = 2 * 1024**3
 FILE_NAME = "embeddings.sqlite3"
@@ -85,6 +88,7 @@ FIRST_RUN_WAIT_S = 30.0
 #: A hit whose stamp is older than this is re-stamped at the next write.
 RESTAMP_AFTER_S = 3600.0
 _MAX_RESTAMPS = 100_000  # keys waiting for a new stamp; beyond this, use goes unrecorded
+_MAX_WRITE_BYTES = 4 * 1024**2  # vectors one write stores for other calls of this process too
 
 _SCHEMA = (
     """CREATE TABLE IF NOT EXISTS vectors (
@@ -182,7 +186,8 @@ class EmbeddingCache:
         self._broken = False
         self._read_only = False
         self._restamps: set[bytes] = set()
-        self._lock = threading.Lock()  # guards _restamps and _read_only
+        self._queued: dict[int, list[tuple]] = {}  # rows waiting for this process's next write
+        self._lock = threading.Lock()  # guards _restamps, _queued and _read_only
         # This process's writers queue here, so that SQLite's lock is only contended by
         # other processes, and LOCK_WAIT_S bounds a wait for them, not for our own queue.
         self._write_lock = threading.Lock()
@@ -206,9 +211,8 @@ class EmbeddingCache:
             for start in range(0, len(keys), _QUERY_CHUNK):
                 chunk = list(keys[start : start + _QUERY_CHUNK])
                 marks = ",".join("?" * len(chunk))
-                rows = connection.execute(
-                    f"SELECT key, vector, checksum, used FROM vectors WHERE key IN ({marks})", chunk
-                ).fetchall()
+                query = f"SELECT key, vector, checksum, used FROM vectors WHERE key IN ({marks})"
+                rows = _patiently(LOCK_WAIT_S, _fetch_all, connection, query, chunk)
                 for key, blob, checksum, used in rows:
                     if len(blob) == 4 * width and zlib.crc32(blob) == checksum:
                         found[position_of[key]] = np.frombuffer(blob, dtype=np.float32)
@@ -223,21 +227,36 @@ class EmbeddingCache:
 
     def put(self, keys: Sequence[bytes], vectors: np.ndarray, session: CacheSession | None = None) -> None:
         """Store one vector per key, re-stamp the hits read since the last write, then drop
-        the least recently used past ``max_bytes``: one transaction, one wait for the lock."""
+        the least recently used past ``max_bytes``.
+
+        Writers of this process take turns, and the one whose turn it is also stores what
+        the others queued meanwhile (up to a few MiB), in one transaction: fewer
+        transactions leave the lock free more often for other processes' writers.
+        """
         now = time.time()
         rows = []
         for key, vector in zip(keys, np.ascontiguousarray(vectors, dtype=np.float32), strict=True):
             blob = vector.tobytes()
             rows.append((key, blob, zlib.crc32(blob), now))
+        with self._lock:
+            self._queued[id(rows)] = rows
         with self._connection("write", session, writes=True) as connection:
-            if connection is None:
-                return
             with self._lock:
+                mine = self._queued.pop(id(rows), None)
+                if connection is None or mine is None:  # not writing; or stored by the writer before
+                    return
+                taken, size = [mine], _blob_bytes(mine)
+                for key in list(self._queued):  # in the order they came, up to a bounded transaction
+                    size += _blob_bytes(self._queued[key])
+                    if size > _MAX_WRITE_BYTES:
+                        break
+                    taken.append(self._queued.pop(key))
                 restamps, self._restamps = self._restamps, set()
             # A failed write loses these stamps, and the next read of those rows asks again.
             with connection:
-                connection.execute("BEGIN IMMEDIATE")
-                connection.executemany("INSERT OR REPLACE INTO vectors VALUES (?, ?, ?, ?)", rows)
+                _patiently(LOCK_WAIT_S, connection.execute, "BEGIN IMMEDIATE")
+                for batch in taken:
+                    connection.executemany("INSERT OR REPLACE INTO vectors VALUES (?, ?, ?, ?)", batch)
                 connection.executemany(
                     "UPDATE vectors SET used = ? WHERE key = ?", [(now, key) for key in restamps]
                 )
@@ -248,13 +267,13 @@ class EmbeddingCache:
         with self._connection("clear", writes=True) as connection:
             if connection is not None:
                 with connection:
-                    connection.execute("BEGIN IMMEDIATE")
+                    _patiently(LOCK_WAIT_S, connection.execute, "BEGIN IMMEDIATE")
                     connection.execute("DELETE FROM vectors")
 
     def size_bytes(self) -> int:
         """Bytes in use by stored vectors (pages in use, not the file's size)."""
         with self._connection("measure") as connection:
-            return 0 if connection is None else _used_bytes(connection)
+            return 0 if connection is None else _patiently(LOCK_WAIT_S, _used_bytes, connection)
 
     def _evict(self, connection: sqlite3.Connection) -> None:
         """Drop the least recently used vectors past ``max_bytes``, inside the caller's transaction."""
@@ -304,7 +323,9 @@ class EmbeddingCache:
     def _open(self) -> sqlite3.Connection:
         """A prepared connection: the file exists, in WAL mode, with its table."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        connection = sqlite3.connect(self.path, timeout=FIRST_RUN_WAIT_S, isolation_level=None)
+        # No busy handler: SQLite's sleeps up to 100 ms between tries, and another process's
+        # writers, back to back, keep the lock through most of them. _patiently tries often.
+        connection = sqlite3.connect(self.path, timeout=0, isolation_level=None)
         try:
             self._prepare(connection)
         except sqlite3.OperationalError as error:
@@ -316,40 +337,32 @@ class EmbeddingCache:
             connection = sqlite3.connect(uri, uri=True, isolation_level=None)
             connection.execute("SELECT 1 FROM vectors LIMIT 1").fetchall()
             self._read_only_found(error)
-        connection.execute(f"PRAGMA busy_timeout = {round(LOCK_WAIT_S * 1000)}")
         connection.execute("PRAGMA synchronous=NORMAL")  # in WAL mode: durable at checkpoints, never corrupt
         return connection
 
     def _prepare(self, connection: sqlite3.Connection) -> None:
         """Switch the file to WAL and create the table, waiting for other connections doing the same.
 
-        SQLite's busy timeout does not cover every lock met here: two connections that
-        both switch a new file to WAL can deadlock, and SQLite then fails one at once
-        instead of waiting. So each step is retried, as a whole, until FIRST_RUN_WAIT_S.
+        A busy timeout would not cover every lock met here: a switch to WAL while another
+        connection writes to the new file fails at once, whatever the timeout (SQLite
+        avoids a deadlock). So the steps are retried, as a whole, until FIRST_RUN_WAIT_S.
         """
-        deadline = time.monotonic() + FIRST_RUN_WAIT_S
-        while True:
+        _patiently(FIRST_RUN_WAIT_S, self._prepare_once, connection)
+
+    def _prepare_once(self, connection: sqlite3.Connection) -> None:
+        if connection.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
             try:
-                if connection.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
-                    try:
-                        connection.execute("PRAGMA journal_mode=WAL").fetchall()
-                    except sqlite3.OperationalError as error:
-                        if _code(error) != "SQLITE_READONLY":
-                            raise
-                        self._read_only_found(error)  # readable in its own journal mode
-                found = connection.execute(
-                    "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'vectors'"
-                ).fetchone()
-                if found is None:
-                    with connection:
-                        connection.execute("BEGIN IMMEDIATE")
-                        for statement in _SCHEMA:
-                            connection.execute(statement)
-                return
+                connection.execute("PRAGMA journal_mode=WAL").fetchall()
             except sqlite3.OperationalError as error:
-                if not _is_lock(error) or time.monotonic() > deadline:
+                if _code(error) != "SQLITE_READONLY":
                     raise
-                time.sleep(random.uniform(0.005, 0.05))
+                self._read_only_found(error)  # readable in its own journal mode
+        found = connection.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'vectors'")
+        if found.fetchone() is None:
+            with connection:
+                connection.execute("BEGIN IMMEDIATE")
+                for statement in _SCHEMA:
+                    connection.execute(statement)
 
     def _read_only_found(self, error: sqlite3.Error) -> None:
         with self._lock:
@@ -533,6 +546,27 @@ def _used_bytes(connection: sqlite3.Connection) -> int:
     pages = connection.execute("PRAGMA page_count").fetchone()[0]
     free = connection.execute("PRAGMA freelist_count").fetchone()[0]
     return (pages - free) * page_size
+
+
+def _patiently(seconds: float, attempt: Callable[..., _T], *args: Any) -> _T:
+    """``attempt(*args)``, tried again every few milliseconds while the database is locked,
+    for at most ``seconds``; then the lock error is raised."""
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            return attempt(*args)
+        except sqlite3.OperationalError as error:
+            if not _is_lock(error) or time.monotonic() >= deadline:
+                raise
+        time.sleep(random.uniform(0.001, 0.004))
+
+
+def _fetch_all(connection: sqlite3.Connection, query: str, parameters: Sequence[Any]) -> list[Any]:
+    return connection.execute(query, parameters).fetchall()
+
+
+def _blob_bytes(rows: list[tuple]) -> int:
+    return len(rows) * len(rows[0][1]) if rows else 0
 
 
 def _code(error: sqlite3.Error) -> str:

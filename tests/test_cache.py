@@ -206,7 +206,6 @@ def test_a_held_write_lock_costs_one_short_wait_per_call_and_no_cached_text(
     cached = [f"cached {i}" for i in range(6)]
     new = [f"new {i}" for i in range(6)]
     polars_embed.embed(cached, CountingProvider())
-    polars_embed.configure_cache(path=cache_file)  # a new cache object: connections opened with the patch
     holder = hold_the_write_lock(cache_file)
     provider = CountingProvider(batch_size=2)  # three batches to store
     try:
