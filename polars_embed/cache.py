@@ -327,7 +327,7 @@ class EmbeddingCache:
         # writers, back to back, keep the lock through most of them. _patiently tries often.
         connection = sqlite3.connect(self.path, timeout=0, isolation_level=None)
         try:
-            self._prepare(connection)
+            _patiently(FIRST_RUN_WAIT_S, self._prepare, connection)
         except sqlite3.OperationalError as error:
             connection.close()
             if _code(error) != "SQLITE_READONLY_DIRECTORY":
@@ -341,15 +341,12 @@ class EmbeddingCache:
         return connection
 
     def _prepare(self, connection: sqlite3.Connection) -> None:
-        """Switch the file to WAL and create the table, waiting for other connections doing the same.
+        """Switch the file to WAL and create the table, unless another connection did.
 
-        A busy timeout would not cover every lock met here: a switch to WAL while another
-        connection writes to the new file fails at once, whatever the timeout (SQLite
-        avoids a deadlock). So the steps are retried, as a whole, until FIRST_RUN_WAIT_S.
+        Retried as a whole while another connection holds a lock (see :meth:`_open`): a
+        busy timeout would not cover every lock met here, since a switch to WAL while
+        another connection writes to the new file fails at once, whatever the timeout.
         """
-        _patiently(FIRST_RUN_WAIT_S, self._prepare_once, connection)
-
-    def _prepare_once(self, connection: sqlite3.Connection) -> None:
         if connection.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
             try:
                 connection.execute("PRAGMA journal_mode=WAL").fetchall()
