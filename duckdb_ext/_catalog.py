@@ -4,14 +4,19 @@ Every table and column name the package writes into SQL goes through
 :func:`quote_identifier`; a name is looked up in the catalog once and then used
 fully qualified, so the statements the package runs name exactly the table
 that was looked up, whatever the search path says.
+
+The package runs on duckdb 1.5.5 and on 2.x, so it keeps to what both have:
+queries are relations (``con.sql``) read with ``fetchall()``, ``.pl()`` or
+Arrow, and every result is read to its end; 2.x has no ``fetchone()`` on
+relations and no ``.pl()`` on ``con.execute`` results.
 """
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import duckdb
 import numpy as np
@@ -26,6 +31,13 @@ Each part is one identifier, taken literally: ``"a.b"`` is a table named ``a.b``
 """
 
 _VECTOR_TYPE = re.compile(r"FLOAT\[(\d+)\]")
+_CASTABLE_TYPE = re.compile(r"(FLOAT|DOUBLE)\[\d*\]")
+
+
+def one_row(con: duckdb.DuckDBPyConnection, sql: str, params: Sequence[Any] | None = None) -> tuple:
+    """The one row a query gives (an aggregate, a setting), with its result read to the end."""
+    (row,) = con.sql(sql, params=params).fetchall()
+    return row
 
 
 def quote_identifier(name: str) -> str:
@@ -61,6 +73,7 @@ class Column:
     name: str
     data_type: str
     comment: str | None
+    table_sql: str = field(default="", compare=False, repr=False)
 
     @property
     def sql(self) -> str:
@@ -71,9 +84,16 @@ class Column:
     def width(self) -> int:
         """The vector width ``d`` of a ``FLOAT[d]`` column; any other type is an error."""
         match = _VECTOR_TYPE.fullmatch(self.data_type)
-        if match is None:
-            raise ConfigError(f"column {self.name!r} is {self.data_type}, not a FLOAT[d] vector column")
-        return int(match.group(1))
+        if match is not None:
+            return int(match.group(1))
+        problem = f"column {self.name!r} is {self.data_type}, not a FLOAT[d] vector column"
+        if _CASTABLE_TYPE.fullmatch(self.data_type):  # e.g. a plain Parquet file's lists of floats
+            raise ConfigError(
+                f"{problem}: cast it to the vectors' width d with ALTER TABLE {self.table_sql or '<table>'} "
+                f"ALTER {self.sql} TYPE FLOAT[d] (e.g. FLOAT[384]), or create the table from a Parquet "
+                f"file with duckdb_ext.load_parquet, which does that"
+            )
+        raise ConfigError(problem)
 
     def stored_spec(self) -> VectorSpec | None:
         """The description of the vectors kept in the comment, if the comment is one.
@@ -81,15 +101,7 @@ class Column:
         A comment that is not a JSON object naming a provider is someone else's
         note and is ignored; one that names a provider must be a valid spec.
         """
-        if not self.comment:
-            return None
-        try:
-            data = json.loads(self.comment)
-        except ValueError:
-            return None
-        if not isinstance(data, dict) or "provider" not in data:
-            return None
-        return VectorSpec.from_json(self.comment)
+        return VectorSpec.from_comment(self.comment) if self.comment else None
 
 
 @dataclass(frozen=True)
@@ -128,10 +140,8 @@ class Table:
         return column
 
 
-def resolve_table(con: duckdb.DuckDBPyConnection, table: TableName) -> Table:
-    """Find a base table and its columns the way DuckDB resolves a name: temporary
-    tables first, then the current schema; a two-part name is a schema in the
-    current database, or a database's ``main`` schema."""
+def table_parts(table: TableName) -> tuple[str, ...]:
+    """The one to three identifiers that name ``table``, each checked for quoting."""
     parts = tuple(table) if isinstance(table, tuple | list) else (table,)
     if not 1 <= len(parts) <= 3:
         raise ConfigError(
@@ -139,18 +149,29 @@ def resolve_table(con: duckdb.DuckDBPyConnection, table: TableName) -> Table:
         )
     for part in parts:
         quote_identifier(part)
+    return parts
+
+
+def resolve_table(con: duckdb.DuckDBPyConnection, table: TableName) -> Table:
+    """Find a base table and its columns the way DuckDB resolves a name: temporary
+    tables first, then the current schema; a two-part name is a schema in the
+    current database, or a database's ``main`` schema."""
+    parts = table_parts(table)
     *qualifiers, name = parts
-    rows = con.execute(
+    rows = con.sql(
         "SELECT database_name, schema_name, table_name, column_name, data_type, comment, "
         "current_database(), current_schema() FROM duckdb_columns() AS c "
         "WHERE lower(table_name) = lower(?) AND EXISTS (SELECT 1 FROM duckdb_tables() AS t "
         "WHERE t.database_name = c.database_name AND t.schema_name = c.schema_name "
         "AND t.table_name = c.table_name) ORDER BY column_index",
-        [name],
+        params=[name],
     ).fetchall()
     columns: dict[tuple[str, str, str], list[Column]] = {}
     for database, schema, spelled, column_name, data_type, comment, _, _ in rows:
-        columns.setdefault((database, schema, spelled), []).append(Column(column_name, data_type, comment))
+        table_sql = ".".join(map(quote_identifier, (database, schema, spelled)))
+        columns.setdefault((database, schema, spelled), []).append(
+            Column(column_name, data_type, comment, table_sql)
+        )
     if rows:
         current_database, current_schema = rows[0][-2:]
         if len(qualifiers) == 2:

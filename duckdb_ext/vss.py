@@ -34,7 +34,7 @@ from typing import Any, Literal
 
 import duckdb
 
-from duckdb_ext._catalog import TableName, quote_identifier, quote_literal, resolve_table
+from duckdb_ext._catalog import TableName, one_row, quote_identifier, quote_literal, resolve_table
 from polars_embed.errors import ConfigError, MissingDependencyError
 
 log = logging.getLogger(__name__)
@@ -76,8 +76,8 @@ def load_vss(con: duckdb.DuckDBPyConnection) -> None:
 
 
 def _vss_loaded(con: duckdb.DuckDBPyConnection) -> bool:
-    row = con.execute("SELECT loaded FROM duckdb_extensions() WHERE extension_name = 'vss'").fetchone()
-    return bool(row and row[0])
+    (loaded,) = one_row(con, "SELECT bool_or(loaded) FROM duckdb_extensions() WHERE extension_name = 'vss'")
+    return bool(loaded)
 
 
 def _packaged_extension() -> Path | None:
@@ -124,11 +124,11 @@ def connect(
     if str(database) == ":memory:":
         return con
     attached = "SELECT database_name FROM duckdb_databases()"
-    before = set(con.execute(attached).fetchall())
+    before = set(con.sql(attached).fetchall())
     mode = " (READ_ONLY)" if read_only else ""
     con.execute(f"ATTACH {quote_literal(str(database))}{mode}")
     # ATTACH names the database after the file; the new name is the one that was not there.
-    ((name,),) = set(con.execute(attached).fetchall()) - before
+    ((name,),) = set(con.sql(attached).fetchall()) - before
     if not read_only:
         con.execute(f"CHECKPOINT {quote_identifier(name)}")
     con.execute(f"USE {quote_identifier(name)}")
@@ -192,11 +192,12 @@ def create_hnsw_index(
     width = vectors.width
     index_name = name or f"{target.name}_{vectors.name}_hnsw"
     load_vss(con)
-    in_file = con.execute(
+    (in_file,) = one_row(
+        con,
         "SELECT path IS NOT NULL AND path <> ':memory:' FROM duckdb_databases() WHERE database_name = ?",
         [target.database],
-    ).fetchone()[0]
-    enabled = con.execute(f"SELECT current_setting('{_PERSISTENCE}')").fetchone()[0]
+    )
+    (enabled,) = one_row(con, f"SELECT current_setting('{_PERSISTENCE}')")
     if in_file and not enabled and not persistent:
         raise ConfigError(
             f"table {target} is in a database file, where an HNSW index is experimental in vss: after a "

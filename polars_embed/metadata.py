@@ -5,19 +5,25 @@ keeps track of which provider made every vector column, two ways:
 
 - **In files**: :func:`write_parquet` stores a :class:`VectorSpec` per vector column
   in the Parquet key-value metadata (DuckDB tables keep it in a column comment).
-  It names the provider, its identity options and the width; an API key appears
-  only as the name of its environment variable. Read back with
-  :func:`read_parquet` or :func:`scan_parquet`, it is untrusted input: only known
-  keys and options are accepted, code-only options such as
-  ``trust_remote_code`` never are, and an unknown provider is an error, not an import.
-- **In this process**: vectors the engine makes, or that were read from a described
-  file, are recognised by their content (a digest per row), so the knowledge
-  survives filters, sorts, joins and renames. :func:`provider_of` answers which
-  provider made a column.
+  It names the provider, its identity options and the width, never an endpoint,
+  a key or a local path. Read back with :func:`read_parquet` or
+  :func:`scan_parquet` (or from a comment by ``duckdb_ext``), it is untrusted data
+  read by one reader, :meth:`VectorSpec.from_json` and
+  :meth:`VectorSpec.create_provider`: only known keys and identity options, each
+  within its bounds (sizes, nesting and numbers), and an unknown provider is an
+  error, not an import. Where requests go and which key they carry come from the
+  user's own configuration (see the trust model in :mod:`polars_embed.provider`).
+- **In this process**: document vectors the engine makes, or that were read from a
+  described file, are recognised by their content (a digest per row), so the
+  knowledge survives filters, sorts, joins and renames. :func:`provider_of` answers
+  which provider made a column. Query vectors are not remembered, so searches never
+  grow the store, and the store's size and lookup cost are bounded (see
+  :class:`_Remembered`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -31,14 +37,38 @@ import numpy as np
 import polars as pl
 
 from polars_embed.errors import ConfigError, DimensionMismatchError, UnknownProviderError
-from polars_embed.provider import Provider, is_reference, option_role
+from polars_embed.provider import (
+    MAX_DIMENSION,
+    MAX_TEXT_LENGTH,
+    Provider,
+    brief,
+    check_option,
+    is_reference,
+    option_role,
+    option_rules,
+)
 
 log = logging.getLogger(__name__)
 
 METADATA_KEY = "polars_embed"
-_SPEC_KEYS = {"provider", "version", "options", "dimension", "normalized", "library"}
+#: The most characters read of one column's description (a DuckDB comment), and of all of a file's.
+MAX_SPEC_CHARS = 65_536
+MAX_METADATA_CHARS = 1_048_576
+#: The longest provider, library or option name read back.
+MAX_NAME_LENGTH = 100
+#: Each key a spec may hold: its type, and the bounds of its value (a string's or object's length).
+_SPEC_TYPES: dict[str, tuple[type, int, int]] = {
+    "provider": (str, 1, MAX_NAME_LENGTH),
+    "version": (int, 0, 1_000_000),
+    "options": (dict, 0, 64),
+    "dimension": (int, 1, MAX_DIMENSION),
+    "normalized": (bool, 0, 1),
+    "library": (str, 0, MAX_NAME_LENGTH),
+}
+_SPEC_KEYS = set(_SPEC_TYPES)
 _SAMPLE_ROWS = 16
-_REMEMBERED_ROWS = 4_000_000  # about 40 MB of digests; the oldest are forgotten first
+_REMEMBERED_ROWS = 4_000_000  # about 64 MB of digests and makers; the oldest are forgotten first
+_CHUNK_ROWS = _REMEMBERED_ROWS // 16  # merged chunks stop growing here, so forgetting is gradual
 
 
 @dataclass(frozen=True)
@@ -51,7 +81,7 @@ class VectorSpec:
         The registry name of the provider.
     options
         Its identity options (``model`` among them) as resolved when the vectors
-        were made, and secrets only as ``$env:`` references.
+        were made.
     dimension
         The width of the vectors.
     normalized
@@ -102,70 +132,101 @@ class VectorSpec:
 
     @classmethod
     def from_json(cls, text: str | bytes) -> VectorSpec:
-        """Read a spec from untrusted JSON: only known keys, of the right types."""
+        """Read a spec from untrusted JSON: only known keys, of the right types, within bounds."""
         try:
-            data = json.loads(text)
-        except (TypeError, ValueError) as error:
+            data = _parsed(text, "vector metadata", MAX_SPEC_CHARS)
+        except json.JSONDecodeError as error:
             raise ConfigError(f"vector metadata is not valid JSON: {error}") from None
+        return cls.from_data(data)
+
+    @classmethod
+    def from_comment(cls, comment: str) -> VectorSpec | None:
+        """The spec a DuckDB column comment holds, or ``None`` when the comment is
+        someone else's note (not a JSON object naming a provider)."""
+        if not comment.lstrip().startswith("{"):
+            return None
+        try:
+            data = _parsed(comment, "the column comment", MAX_SPEC_CHARS)
+        except json.JSONDecodeError:
+            return None
+        if not isinstance(data, dict) or "provider" not in data:
+            return None
+        return cls.from_data(data)
+
+    @classmethod
+    def from_data(cls, data: object) -> VectorSpec:
+        """Read a spec from parsed, untrusted JSON: only known keys, of the right types, within bounds."""
         if not isinstance(data, dict):
             raise ConfigError("vector metadata must be a JSON object")
-        unknown = sorted(set(data) - _SPEC_KEYS)
+        unknown = sorted(set(data) - _SPEC_KEYS, key=str)
         if unknown:
-            raise ConfigError(f"vector metadata has unknown keys {unknown}; expected {sorted(_SPEC_KEYS)}")
-        expected_types = {
-            "provider": str,
-            "options": dict,
-            "dimension": int,
-            "normalized": bool,
-            "version": int,
-            "library": str,
-        }
+            raise ConfigError(
+                f"vector metadata has unknown keys {brief(unknown)}; expected {sorted(_SPEC_KEYS)}"
+            )
         for key, value in data.items():
-            if not isinstance(value, expected_types[key]) or (
-                expected_types[key] is int and isinstance(value, bool)
-            ):
-                raise ConfigError(f"vector metadata key {key!r} must be a {expected_types[key].__name__}")
+            expected, low, high = _SPEC_TYPES[key]
+            if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
+                raise ConfigError(f"vector metadata key {key!r} must be a {expected.__name__}")
+            size = len(value) if isinstance(value, str | dict) else value
+            if isinstance(size, int) and not low <= size <= high:
+                what = "length" if isinstance(value, str | dict) else "value"
+                raise ConfigError(f"vector metadata key {key!r} must have a {what} from {low} to {high}")
         if "provider" not in data or "dimension" not in data:
             raise ConfigError("vector metadata must name its provider and dimension")
+        for name, value in data.get("options", {}).items():
+            if not (isinstance(name, str) and len(name) <= MAX_NAME_LENGTH):
+                raise ConfigError(f"vector metadata has an option named {brief(name)}, not an option name")
+            if not (value is None or isinstance(value, bool | int | float | str)):
+                raise ConfigError(
+                    f"vector metadata option {name!r} must be a string, a number, true, false or null"
+                )
+            if isinstance(value, str) and len(value) > MAX_TEXT_LENGTH:
+                raise ConfigError(
+                    f"vector metadata option {name!r} is {len(value)} characters long; at most "
+                    f"{MAX_TEXT_LENGTH} are read"
+                )
         return cls(**data)
 
     def create_provider(self) -> Provider:
-        """Build the provider that made these vectors, trusting nothing in the spec."""
+        """Build the provider that made these vectors, trusting nothing in the spec.
+
+        Identity options come from the spec, checked against their bounds; everything
+        else comes from the registry's defaults for the provider (see the trust model in
+        :mod:`polars_embed.provider`). Any other option the spec sets is ignored when it
+        chooses nothing and refused when it would choose.
+        """
         from polars_embed.registry import get_registry
 
+        registry = get_registry()
         try:
-            entry = get_registry().get(self.provider)
+            entry = registry.get(self.provider)
         except UnknownProviderError as error:
             raise UnknownProviderError(
                 f"these vectors were made by a provider that is not installed: {error}"
             ) from None
-        fields = {f.name: f for f in dataclasses.fields(entry.provider_class) if f.init}
+        provider_class = entry.provider_class
+        if self.version != provider_class.version:
+            raise ConfigError(
+                f"these vectors were made by version {self.version} of provider {self.provider!r}, "
+                f"but version {provider_class.version} is installed: its vectors are not comparable"
+            )
+        fields = {f.name: f for f in dataclasses.fields(provider_class) if f.init}
+        identity = {}
         for name, value in self.options.items():
             if name not in fields:
                 raise ConfigError(
-                    f"vector metadata for provider {self.provider!r} has unknown option {name!r}"
+                    f"vector metadata for provider {self.provider!r} has unknown option {brief(name)}"
                 )
-            role = option_role(fields[name])
-            if role not in ("identity", "secret"):
-                raise ConfigError(
-                    f"vector metadata for provider {self.provider!r} sets {role} option {name!r}, "
-                    "which only code may set, never a file"
-                )
-            if role == "secret" and not (isinstance(value, str) and value.startswith("$env:")):
-                raise ConfigError(
-                    f"vector metadata holds a value for the secret option {name!r}; "
-                    "only an $env: reference to an environment variable is accepted"
-                )
-            if role == "identity" and is_reference(value):
-                raise ConfigError(
-                    f"vector metadata option {name!r} holds a reference; identity options are stored resolved"
-                )
-        if self.version != entry.provider_class.version:
-            raise ConfigError(
-                f"these vectors were made by version {self.version} of provider {self.provider!r}, "
-                f"but version {entry.provider_class.version} is installed: its vectors are not comparable"
-            )
-        return entry.create(**self.options)
+            role = option_role(provider_class, name)
+            if role == "identity":
+                _check_identity(provider_class, name, value)
+                identity[name] = value
+            elif not (
+                _chooses_nothing(provider_class, fields[name], value)
+                or name in registry.defaults(self.provider)
+            ):
+                raise ConfigError(_not_from_a_file(self.provider, name, role))
+        return entry.create(**identity)
 
 
 def check_width(provider: Provider, width: int, *, column: str, made_by: str | None = None) -> None:
@@ -179,11 +240,19 @@ def check_width(provider: Provider, width: int, *, column: str, made_by: str | N
 
 
 def check_same_provider(given: Provider, stored: Provider, *, column: str) -> None:
-    """Fail when a provider passed by the user is not the one that made the column."""
-    if given.spec() != stored.spec():
+    """Fail when a provider passed by the user does not make the vectors of the column.
+
+    Only identity options count: the endpoint, key and runtime settings are the user's.
+    """
+    ours, theirs = given.spec(), stored.spec()
+    if ours != theirs:
+        differing = sorted(key for key in ours.keys() | theirs.keys() if ours.get(key) != theirs.get(key))
+        shown = "; ".join(
+            f"{key} {brief(theirs.get(key))} stored, {brief(ours.get(key))} given" for key in differing[:3]
+        )
         raise ConfigError(
-            f"column {column!r} was embedded with {stored.label} ({stored.spec()}), but the query would "
-            f"be embedded with {given.label} ({given.spec()}); leave provider= out to use the stored one"
+            f"column {column!r} was embedded with {stored.label}, but the query would be embedded with "
+            f"{given.label} ({shown}); leave provider= out to use the stored one"
         )
 
 
@@ -207,39 +276,127 @@ def provider_for_query(
     return chosen
 
 
+@dataclass(frozen=True)
+class _Chunk:
+    """Sorted distinct row digests, the number of the provider that made each, and those numbers."""
+
+    digests: np.ndarray  # uint64, sorted, distinct
+    makers: np.ndarray  # int64 provider numbers, aligned with digests
+    numbers: frozenset[int]
+
+    def __len__(self) -> int:
+        return len(self.digests)
+
+    @classmethod
+    def of(cls, digests: np.ndarray, number: int) -> _Chunk:
+        return cls(digests, np.full(len(digests), number, dtype=np.int64), frozenset((number,)))
+
+    @classmethod
+    def merged(cls, older: _Chunk, newer: _Chunk) -> _Chunk:
+        """One chunk holding both; a digest in both keeps its newer maker."""
+        places = np.searchsorted(older.digests, newer.digests).clip(max=len(older) - 1)
+        repeated = places[older.digests[places] == newer.digests]
+        numbers = older.numbers
+        if len(repeated):
+            kept = np.ones(len(older), dtype=bool)
+            kept[repeated] = False
+            older = cls(older.digests[kept], older.makers[kept], frozenset())
+            numbers = frozenset(np.unique(older.makers).tolist())
+        # Where each newer digest lands among the older ones, shifted by the newer ones before it.
+        landing = np.searchsorted(older.digests, newer.digests) + np.arange(len(newer))
+        from_older = np.ones(len(older) + len(newer), dtype=bool)
+        from_older[landing] = False
+        digests = np.empty(len(from_older), dtype=np.uint64)
+        makers = np.empty(len(from_older), dtype=np.int64)
+        digests[landing], makers[landing] = newer.digests, newer.makers
+        digests[from_older], makers[from_older] = older.digests, older.makers
+        return cls(digests, makers, numbers | newer.numbers)
+
+
 class _Remembered:
-    """Row digests of vectors this process has seen, and the provider that made each."""
+    """Row digests of vectors this process has seen, and the provider that made each.
+
+    Chunks are kept oldest first. A new chunk is merged into the one before it while that
+    one is at most twice its size and the two fit in :data:`_CHUNK_ROWS`: like the digits
+    of a binary counter, chunks stay few however many calls added rows, so :meth:`find`
+    costs a few binary searches, never one per call. Past :data:`_REMEMBERED_ROWS` rows
+    the oldest chunks are forgotten first, and a provider with no rows left is let go.
+    """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._chunks: list[tuple[np.ndarray, int]] = []  # (sorted digests, index into _providers)
-        self._providers: list[Provider] = []
+        self._chunks: list[_Chunk] = []
+        self._providers: dict[int, Provider] = {}
+        self._numbers: dict[Provider, int] = {}  # the hashable providers, to number them at once
+        self._next_number = 0
         self._rows = 0
+
+    def __len__(self) -> int:
+        """How many row digests are remembered."""
+        return self._rows
+
+    @property
+    def chunk_count(self) -> int:
+        return len(self._chunks)
+
+    @property
+    def provider_count(self) -> int:
+        return len(self._providers)
 
     def add(self, vectors: np.ndarray, provider: Provider) -> None:
         digests = np.unique(_digests(vectors))
         if len(digests) == 0:
             return
         with self._lock:
-            try:
-                index = self._providers.index(provider)
-            except ValueError:
-                self._providers.append(provider)
-                index = len(self._providers) - 1
-            self._chunks.append((digests, index))
-            self._rows += len(digests)
+            chunk = _Chunk.of(digests, self._number(provider))
+            self._rows += len(chunk)
+            dropped = False  # whether some provider may have no rows left
+            while self._chunks and _mergeable(self._chunks[-1], chunk):
+                older = self._chunks.pop()
+                merged = _Chunk.merged(older, chunk)
+                self._rows -= len(older) + len(chunk) - len(merged)
+                dropped |= merged.numbers != older.numbers | chunk.numbers
+                chunk = merged
+            self._chunks.append(chunk)
             while self._rows > _REMEMBERED_ROWS and len(self._chunks) > 1:
-                forgotten, _ = self._chunks.pop(0)
-                self._rows -= len(forgotten)
+                self._rows -= len(self._chunks.pop(0))
+                dropped = True
+            if dropped:
+                self._let_go_of_providers_without_rows()
 
     def find(self, vectors: np.ndarray) -> Provider | None:
         digests = _digests(vectors)
         with self._lock:
-            for chunk, index in reversed(self._chunks):  # the most recent wins
-                positions = np.searchsorted(chunk, digests).clip(max=len(chunk) - 1)
-                if (chunk[positions] == digests).any():
-                    return self._providers[index]
+            for chunk in reversed(self._chunks):  # the most recent wins
+                positions = np.searchsorted(chunk.digests, digests).clip(max=len(chunk) - 1)
+                hits = chunk.digests[positions] == digests
+                if hits.any():
+                    return self._providers[int(chunk.makers[positions[np.argmax(hits)]])]
         return None
+
+    def _number(self, provider: Provider) -> int:
+        """The number of ``provider`` (or of one equal to it); a new number for a new provider."""
+        try:
+            number = self._numbers.get(provider)
+        except TypeError:  # an unhashable callable provider: compare it with each one
+            number = next((n for n, known in self._providers.items() if known == provider), None)
+        if number is None:
+            number, self._next_number = self._next_number, self._next_number + 1
+            self._providers[number] = provider
+            with contextlib.suppress(TypeError):
+                self._numbers[provider] = number
+        return number
+
+    def _let_go_of_providers_without_rows(self) -> None:
+        live = frozenset().union(*(chunk.numbers for chunk in self._chunks))
+        for number in self._providers.keys() - live:
+            provider = self._providers.pop(number)
+            with contextlib.suppress(TypeError, KeyError):
+                del self._numbers[provider]
+
+
+def _mergeable(older: _Chunk, newer: _Chunk) -> bool:
+    return len(older) <= 2 * len(newer) and len(older) + len(newer) <= _CHUNK_ROWS
 
 
 _remembered = _Remembered()
@@ -289,28 +446,98 @@ def specs_in(metadata: Mapping[str, str]) -> dict[str, VectorSpec]:
     stored = metadata.get(METADATA_KEY)
     if stored is None:
         return {}
+    where = f"the {METADATA_KEY!r} metadata"
     try:
-        columns = json.loads(stored)
-    except ValueError as error:
-        raise ConfigError(f"the {METADATA_KEY!r} metadata is not valid JSON: {error}") from None
+        columns = _parsed(stored, where, MAX_METADATA_CHARS)
+    except json.JSONDecodeError as error:
+        raise ConfigError(f"{where} is not valid JSON: {error}") from None
     if not isinstance(columns, dict):
-        raise ConfigError(f"the {METADATA_KEY!r} metadata must map column names to specs")
-    return {name: VectorSpec.from_json(json.dumps(spec)) for name, spec in columns.items()}
+        raise ConfigError(f"{where} must map column names to specs")
+    return {name: VectorSpec.from_data(spec) for name, spec in columns.items()}
+
+
+def _parsed(text: str | bytes, where: str, limit: int) -> Any:
+    """JSON read from a file, within ``limit`` characters and the parser's depth.
+
+    Raises :class:`json.JSONDecodeError` when it is not JSON, for the caller to word,
+    and :class:`ConfigError` beyond the bounds.
+    """
+    if not isinstance(text, str | bytes):
+        raise ConfigError(f"{where} must be text, not {type(text).__name__}")
+    if len(text) > limit:
+        raise ConfigError(f"{where} is {len(text)} characters long; at most {limit} are read")
+    try:
+        return json.loads(text, parse_constant=_refuse_constant)
+    except RecursionError:
+        raise ConfigError(f"{where} is nested too deeply to be a description of vectors") from None
+    except json.JSONDecodeError:
+        raise
+    except ValueError as error:  # such as an integer of more digits than Python reads
+        raise ConfigError(f"{where} holds a value that cannot be read: {str(error)[:80]}") from None
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ConfigError(f"vector metadata holds {name}, which is not a number a spec can hold")
+
+
+def _check_identity(provider_class: type[Provider], name: str, value: Any) -> None:
+    """Fail unless a file may give ``value`` to identity option ``name``: in bounds, not a reference."""
+    if is_reference(value):
+        raise ConfigError(
+            f"vector metadata option {name!r} holds a reference; identity options are stored resolved"
+        )
+    check_option(provider_class, name, value)
+    from_file = option_rules(provider_class, name).from_file
+    why = from_file(value) if from_file is not None else None
+    if why:
+        raise ConfigError(f"vector metadata option {name!r} of provider {provider_class.name!r} {why}")
+
+
+def _chooses_nothing(provider_class: type[Provider], field: dataclasses.Field, value: Any) -> bool:
+    """Whether a file's value for a non-identity option is what the provider does anyway:
+    null, its default, or (for a key) a reference to one of the provider's own documented
+    variables, as polars-embed 0.1 wrote."""
+    if value is None or value == field.default:
+        return True
+    own = {f"$env:{name}" for name in getattr(provider_class, "key_variables", ())}
+    return option_role(provider_class, field.name) == "secret" and value in own
+
+
+def _not_from_a_file(provider: str, name: str, role: str) -> str:
+    if role == "code_only":
+        return (
+            f"vector metadata for provider {provider!r} sets code_only option {name!r}, "
+            "which only code may set, never a file"
+        )
+    what = f"names a credential ({name!r})" if role == "secret" else f"sets {role} option {name!r}"
+    example = "'$env:NAME'" if role == "secret" else "..."
+    return (
+        f"vector metadata for provider {provider!r} {what}, which your own configuration chooses, "
+        f"never a file: set yours with get_registry().configure({provider!r}, {name}={example})"
+    )
+
+
+def parquet_metadata(providers: Mapping[str, Provider | VectorSpec]) -> dict[str, str]:
+    """The Parquet key-value metadata that describes these vector columns (by column name)."""
+    specs = {}
+    for name, provider in providers.items():
+        try:
+            spec = provider if isinstance(provider, VectorSpec) else VectorSpec.of(provider)
+            specs[name] = json.loads(spec.to_json())
+        except ConfigError as error:
+            log.warning("column %r is written without a description: %s", name, error)
+    return {METADATA_KEY: json.dumps(specs, sort_keys=True)}
 
 
 def write_parquet(frame: pl.DataFrame, path: str | PathLike[str], **options: Any) -> None:
     """``DataFrame.write_parquet``, storing the spec of every vector column this process knows."""
-    specs = {}
+    providers = {}
     for name, dtype in frame.schema.items():
         if is_vector_dtype(dtype):
             provider = provider_of(frame[name])
-            if provider is None:
-                continue
-            try:
-                specs[name] = json.loads(VectorSpec.of(provider).to_json())
-            except ConfigError as error:
-                log.warning("column %r is written without a description: %s", name, error)
-    metadata = {**(options.pop("metadata", None) or {}), METADATA_KEY: json.dumps(specs, sort_keys=True)}
+            if provider is not None:
+                providers[name] = provider
+    metadata = {**(options.pop("metadata", None) or {}), **parquet_metadata(providers)}
     frame.write_parquet(path, metadata=metadata, **options)
 
 
@@ -349,6 +576,6 @@ def _remembering(vectors: pl.Series, provider: Provider) -> pl.Series:
 def _checked_provider(spec: VectorSpec, dtype: pl.DataType, column: str) -> Provider:
     if dtype != pl.Array(pl.Float32, spec.dimension):
         raise ConfigError(
-            f"column {column!r} is {dtype}, but its metadata says {spec.dimension}-wide float32 vectors"
+            f"column {brief(column)} is {dtype}, but its metadata says {spec.dimension}-wide float32 vectors"
         )
     return spec.create_provider()

@@ -14,13 +14,14 @@ import logging
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any
 
 import pluggy
 
 from polars_embed import hookspecs
-from polars_embed.errors import ConfigError, DuplicateProviderError, UnknownProviderError
-from polars_embed.provider import CallableProvider, Provider
+from polars_embed.errors import ConfigError, DuplicateProviderError, InputTypeError, UnknownProviderError
+from polars_embed.provider import CallableProvider, Provider, check_known, check_option, option_role
 
 log = logging.getLogger(__name__)
 
@@ -45,8 +46,10 @@ class ProviderEntry:
     registry: Registry = field(repr=False, compare=False)
 
     def create(self, **options: Any) -> Provider:
-        """Build the provider from options (references stay unresolved until used)."""
-        return self.provider_class.create(**options).bind(self.registry)
+        """Build the provider from options, the registry's defaults filling those not given
+        (references stay unresolved until used)."""
+        given = {**self.registry.defaults(self.name), **options}
+        return self.provider_class.create(**given).bind(self.registry)
 
 
 class Registry:
@@ -63,6 +66,7 @@ class Registry:
         self._entries: dict[str, ProviderEntry] = {}
         self._broken: dict[str, str] = {}
         self._variables: dict[str, Any] = {}
+        self._defaults: dict[str, dict[str, Any]] = {}
         self._plugins = pluggy.PluginManager(hookspecs.PROJECT_NAME)
         self._plugins.add_hookspecs(hookspecs)
         for module in BUILTIN_PLUGINS:
@@ -110,7 +114,7 @@ class Registry:
 
     def _new_entry(self, provider_class: type[Provider], origin: str) -> ProviderEntry:
         if not (isinstance(provider_class, type) and issubclass(provider_class, Provider)):
-            raise TypeError(f"{provider_class!r} is not a polars_embed.Provider subclass")
+            raise InputTypeError(f"{provider_class!r} is not a polars_embed.Provider subclass")
         name = provider_class.name
         if not name or ":" in name:
             raise ConfigError(f"{provider_class.__name__} needs a name without ':', got {name!r}")
@@ -150,6 +154,48 @@ class Registry:
             options["model"] = model
         return self.get(name).create(**options)
 
+    def configure(self, name: str, **options: Any) -> None:
+        """Set the defaults of provider ``name``: where its requests go, which key, how it runs.
+
+        They apply whenever this registry builds that provider, unless an option is
+        given: by name (``"openai"``), from a file's description of its vectors, and
+        when a pickled provider is unpickled. This is how a file written elsewhere
+        is searched with your own endpoint and key, never the file's. The options
+        given replace any earlier defaults of ``name``; ``configure(name)`` clears them.
+
+        Only runtime and secret options can be defaults: an identity option changes
+        the vectors, so it belongs where a provider is built, and a code-only one
+        (``trust_remote_code``) would reach every model a file names.
+
+        Examples
+        --------
+        >>> registry = Registry(entry_points=False)
+        >>> registry.configure("openai", base_url="http://localhost:11434/v1", api_key="$env:TEAM_KEY")
+        >>> registry.create("openai:nomic-embed-text").base_url
+        'http://localhost:11434/v1'
+        >>> registry.configure("openai")  # back to OpenAI's own service and OPENAI_API_KEY
+        """
+        provider_class = self.get(name).provider_class
+        check_known(provider_class, options)
+        for key, value in options.items():
+            role = option_role(provider_class, key)
+            if role in ("identity", "code_only"):
+                kind = "an identity option (it changes the vectors)" if role == "identity" else "code-only"
+                raise ConfigError(
+                    f"option {key!r} of provider {name!r} is {kind}, so it cannot be a registry default; "
+                    "pass it where the provider is built"
+                )
+            check_option(provider_class, key, value)
+        with self._lock:
+            if options:
+                self._defaults[name] = dict(options)
+            else:
+                self._defaults.pop(name, None)
+
+    def defaults(self, name: str) -> Mapping[str, Any]:
+        """The defaults set for provider ``name`` with :meth:`configure`."""
+        return MappingProxyType(self._defaults.get(name, {}))
+
     @property
     def variables(self) -> Mapping[str, Any]:
         """Registry variables, read by ``"$var:name"`` references."""
@@ -179,6 +225,16 @@ def get_registry() -> Registry:
     return _default_registry
 
 
+def rebuild_provider(provider_class: type[Provider], options: dict[str, Any]) -> Provider:
+    """A provider unpickled: built by this process's registry, whose defaults fill the
+    options not given, when it knows the class; else by the class itself."""
+    registry = get_registry()
+    entry = registry._entries.get(provider_class.name)
+    if entry is not None and entry.provider_class is provider_class:
+        return entry.create(**options)
+    return provider_class.create(**options).bind(registry)
+
+
 def list_providers() -> list[str]:
     """The names of the installed providers."""
     return get_registry().names()
@@ -199,7 +255,7 @@ def resolve_provider(provider: ProviderLike = None, **options: Any) -> Provider:
         return provider.with_options(**options)
     if callable(provider):
         return CallableProvider.create(function=provider, **options)
-    raise TypeError(
+    raise InputTypeError(
         f"provider must be a name, a 'name:model' string, a Provider or a callable; "
         f"got {type(provider).__name__}"
     )

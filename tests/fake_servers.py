@@ -14,6 +14,7 @@ import threading
 import time
 import urllib.parse
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -80,12 +81,15 @@ class FakeServer:
         self.delay = delay
         self.models = {**self.widths, **(widths or {})}
         self.requests: list[Request] = []
+        #: Every connection accepted, whatever came over it: a request of any method, or none.
+        self.connections = 0
         self.in_flight = 0
         self.most_in_flight = 0
         self._plans: deque[Plan] = deque()
         self._lock = threading.Lock()
         self._stopping = threading.Event()
-        self._http = ThreadingHTTPServer(("127.0.0.1", 0), _handler_for(self))
+        self._http = _CountingHTTPServer(("127.0.0.1", 0), _handler_for(self))
+        self._http.fake = self
 
     @property
     def url(self) -> str:
@@ -225,7 +229,8 @@ class FakeOpenAI(FakeServer):
 
     ``floats_only``: ignore ``encoding_format`` and always send floats, as some
     compatible servers do. ``shuffled``: list the vectors in reverse order (each still
-    carries its ``index``).
+    carries its ``index``). ``count_tokens``: how ``usage.prompt_tokens`` counts one
+    text; by default, as its whitespace-separated words.
     """
 
     path = "/v1/embeddings"
@@ -235,10 +240,23 @@ class FakeOpenAI(FakeServer):
         "text-embedding-ada-002": 1536,
     }
 
-    def __init__(self, *, floats_only: bool = False, shuffled: bool = False, **options: Any) -> None:
+    def __init__(
+        self,
+        *,
+        floats_only: bool = False,
+        shuffled: bool = False,
+        count_tokens: Callable[[str], int] | None = None,
+        **options: Any,
+    ) -> None:
         super().__init__(**options)
         self.floats_only = floats_only
         self.shuffled = shuffled
+        self.count_tokens = count_tokens or (lambda text: len(text.split()))
+
+    @property
+    def billed_tokens(self) -> int:
+        """The tokens of every request received so far, counted as ``usage`` counts them."""
+        return sum(self.count_tokens(text) for text in self.texts)
 
     def texts_of(self, body: dict[str, Any]) -> list[str]:
         given = body.get("input", [])
@@ -271,7 +289,7 @@ class FakeOpenAI(FakeServer):
             }
             for index, vector in enumerate(vectors)
         ]
-        tokens = sum(len(text.split()) for text in texts)
+        tokens = sum(self.count_tokens(text) for text in texts)
         return {
             "object": "list",
             "data": data[::-1] if self.shuffled else data,
@@ -283,6 +301,17 @@ class FakeOpenAI(FakeServer):
         return json.dumps(
             {"error": {"message": message, "type": "invalid_request_error", "param": None, "code": None}}
         ).encode()
+
+
+class _CountingHTTPServer(ThreadingHTTPServer):
+    """Counts each connection as it is accepted, before a byte of it is read."""
+
+    fake: FakeServer
+
+    def verify_request(self, request: Any, client_address: Any) -> bool:
+        with self.fake._lock:
+            self.fake.connections += 1
+        return True
 
 
 def _handler_for(server: FakeServer) -> type[BaseHTTPRequestHandler]:

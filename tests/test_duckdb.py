@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import importlib
+import json
+import logging
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -24,9 +27,13 @@ from polars_embed import (
     DimensionMismatchError,
     DuplicateProviderError,
     EmbeddingIncompleteError,
+    InputTypeError,
+    InvalidInputError,
+    UnknownProviderError,
 )
 from polars_embed.metadata import VectorSpec
-from tests.providers import CountingProvider
+from tests.providers import CountingProvider, LongTextsProvider, RefusesFirstCall
+from tests.test_kernels import peak_bytes
 
 HOSTILE_TABLE = 'we"ird; DROP TABLE victim; --'
 HOSTILE_TEXT = "bo'dy\"; DELETE FROM victim; --"
@@ -124,7 +131,9 @@ class TestSqlFunctions:
     def test_registering_a_name_again_replaces_its_functions(self, con: duckdb.DuckDBPyConnection) -> None:
         duckdb_ext.register(con, "hashing", dims=8)
         duckdb_ext.register(con, "hashing", dims=12)
-        assert con.sql("SELECT typeof(embed('x')), typeof(embed_query('x'))").fetchone() == ("FLOAT[12]",) * 2
+        assert con.sql("SELECT typeof(embed('x')), typeof(embed_query('x'))").fetchall() == [
+            ("FLOAT[12]",) * 2
+        ]
 
     def test_create_table_as_and_insert_select(self, con: duckdb.DuckDBPyConnection) -> None:
         texts = texts_with_gaps(300)
@@ -134,16 +143,17 @@ class TestSqlFunctions:
         con.sql("INSERT INTO made SELECT id + 1000, embed(body) FROM docs")
         expected = polars_embed.embed(texts, "hashing", dims=16).to_list()
         assert vectors_by_id(con, "SELECT vector FROM made ORDER BY id") == expected * 2
-        assert con.sql("SELECT data_type FROM duckdb_columns() WHERE column_name = 'vector'").fetchone() == (
-            "FLOAT[16]",
-        )
+        assert con.sql("SELECT data_type FROM duckdb_columns() WHERE column_name = 'vector'").fetchall() == [
+            ("FLOAT[16]",)
+        ]
 
     def test_over_parquet(self, con: duckdb.DuckDBPyConnection, tmp_path: Path) -> None:
         texts = texts_with_gaps(3000)
         pl.DataFrame({"id": range(len(texts)), "body": texts}).write_parquet(tmp_path / "docs.parquet")
         duckdb_ext.register(con, "hashing", dims=16)
-        got = con.execute(
-            "SELECT embed(body) AS vector FROM read_parquet(?) ORDER BY id", [str(tmp_path / "docs.parquet")]
+        got = con.sql(
+            "SELECT embed(body) AS vector FROM read_parquet(?) ORDER BY id",
+            params=[str(tmp_path / "docs.parquet")],
         ).pl()
         assert got["vector"].to_list() == polars_embed.embed(texts, "hashing", dims=16).to_list()
 
@@ -174,7 +184,7 @@ class TestEmbedTable:
         failing = CountingProvider(fail_on=2)
         with pytest.raises(EmbeddingIncompleteError, match="400 bad request"):
             duckdb_ext.embed_table(con, "docs", "body", into="vector", provider=failing, batch_rows=20)
-        kept = con.sql("SELECT count(vector) FROM docs").fetchone()[0]
+        ((kept,),) = con.sql("SELECT count(vector) FROM docs").fetchall()
         assert 0 < kept < len([t for t in texts if t and t.strip()])
 
         resumed = CountingProvider()
@@ -188,10 +198,10 @@ class TestEmbedTable:
     def test_the_provider_is_recorded_and_a_rerun_needs_none(self, con: duckdb.DuckDBPyConnection) -> None:
         create_docs(con, ["alpha", "beta", None])
         assert duckdb_ext.embed_table(con, "docs", "body", provider="hashing:words", dims=24) == 2
-        comment = con.sql(
+        ((comment,),) = con.sql(
             "SELECT comment FROM duckdb_columns() WHERE column_name = 'body_embedding'"
-        ).fetchone()
-        spec = VectorSpec.from_json(comment[0])
+        ).fetchall()
+        spec = VectorSpec.from_json(comment)
         assert (spec.provider, spec.options["model"], spec.dimension) == ("hashing", "words", 24)
 
         con.sql("INSERT INTO docs (id, body) VALUES (10, 'gamma')")
@@ -207,7 +217,7 @@ class TestEmbedTable:
         assert written == 2 and "without a description" in caplog.text
         assert con.sql(
             "SELECT comment FROM duckdb_columns() WHERE column_name = 'body_embedding'"
-        ).fetchone() == (None,)
+        ).fetchall() == [(None,)]
 
     def test_a_provider_other_than_the_recorded_one_is_refused(self, con: duckdb.DuckDBPyConnection) -> None:
         create_docs(con, ["alpha"])
@@ -258,10 +268,49 @@ class TestExactSearch:
         np.testing.assert_allclose(found["score"].to_numpy(), scores[0], rtol=1e-6)
         assert found.columns == ["id", "body", "vector", "score"]
 
+    def test_batches_give_the_kernels_answer_over_the_whole_table(
+        self, con: duckdb.DuckDBPyConnection, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        # Small integers: exact scores and many ties, which must go to the lower row id
+        # across batches as within one topk.
+        monkeypatch.setattr(importlib.import_module("duckdb_ext.search"), "_BATCH_ROWS", 100)
+        rng = np.random.default_rng(14)
+        vectors = rng.integers(-1, 2, (1000, 5)).astype(np.float32)
+        vectors[[3, 500]] = 0
+        con.register("frame", pl.DataFrame({"id": range(1000), "vector": vectors}))
+        con.sql("CREATE TABLE docs AS SELECT * FROM frame ORDER BY id")
+        for query in rng.integers(-1, 2, (5, 5)).astype(np.float32):
+            if not query.any():
+                continue
+            indices, scores = polars_embed.topk(query, vectors, k=30)
+            found = duckdb_ext.search(con, "docs", "vector", query, k=30, exact=True).pl()
+            assert found["id"].to_list() == indices[0].tolist()
+            np.testing.assert_allclose(found["score"].to_numpy(), scores[0], rtol=1e-6)
+
     def test_a_vector_query_needs_no_provider(self, con: duckdb.DuckDBPyConnection) -> None:
         vectors = hashed_docs(con)
         for query in (vectors[5], vectors[5].tolist(), pl.Series(vectors[5]), vectors[5:6]):
-            assert duckdb_ext.search(con, "docs", "vector", query, k=1).fetchone()[0] == 5
+            assert duckdb_ext.search(con, "docs", "vector", query, k=1).select("id").fetchall() == [(5,)]
+
+    def test_the_hits_are_the_rows_as_they_were_when_searched(self, tmp_path: Path) -> None:
+        # Row ids change when a checkpoint compacts deleted rows (here row 250,000 becomes
+        # 50,000): hits found by row id are fetched in the snapshot that ranked them.
+        con = duckdb.connect(str(tmp_path / "docs.duckdb"))
+        con.sql(
+            "CREATE TABLE docs AS SELECT range AS id, "
+            "[cos(range % 1000 * pi() / 500), sin(range % 1000 * pi() / 500), "
+            "cos(range // 1000 * pi() / 150), sin(range // 1000 * pi() / 150)]::FLOAT[4] AS vector "
+            "FROM range(300000)"
+        )
+        (query,) = con.sql("SELECT vector FROM docs WHERE id = 250000").fetchnumpy()["vector"]
+        found = duckdb_ext.search(con, "docs", "vector", query, k=1)
+        con.sql("DELETE FROM docs WHERE id < 200000")
+        con.sql("CHECKPOINT")
+        assert found.select("id").fetchall() == [(250000,)]
+        con.begin()  # inside a transaction of the caller's own, it is that snapshot
+        assert duckdb_ext.search(con, "docs", "vector", query, k=1).select("id").fetchall() == [(250000,)]
+        con.rollback()
+        con.close()
 
     def test_where_filters_before_ranking(self, con: duckdb.DuckDBPyConnection) -> None:
         hashed_docs(con)
@@ -278,6 +327,21 @@ class TestExactSearch:
             (4,),
         ]
 
+    def test_vectors_holding_null_or_overflowing_are_never_returned(
+        self, con: duckdb.DuckDBPyConnection
+    ) -> None:
+        con.sql("CREATE TABLE docs (id INTEGER, vector FLOAT[3])")
+        con.sql(
+            "INSERT INTO docs VALUES (1, [1, 0, 0]), (3, [3e38, 3e38, 0]), "
+            "(4, ['nan'::FLOAT, 1, 0]), (5, ['inf'::FLOAT, 0, 0]), (6, [0, -1, 0])"
+        )
+        found = duckdb_ext.search(con, "docs", "vector", [1, 1, 0], k=10, exact=True)
+        assert found.select("id").fetchall() == [(1,), (6,)]
+        # DuckDB's array functions refuse a vector holding NULL: the search ranks the vectors.
+        con.sql("INSERT INTO docs VALUES (2, [1, NULL, 0])")
+        found = duckdb_ext.search(con, "docs", "vector", [1, 1, 0], k=10, exact=True)
+        assert found.select("id").fetchall() == [(1,), (6,)]
+
     def test_an_empty_table_gives_an_empty_relation(self, con: duckdb.DuckDBPyConnection) -> None:
         con.sql("CREATE TABLE docs (id INTEGER, vector FLOAT[3])")
         assert duckdb_ext.search(con, "docs", "vector", [1, 0, 0]).fetchall() == []
@@ -286,7 +350,19 @@ class TestExactSearch:
         create_docs(con, ["a black cat", "a small dog"])
         duckdb_ext.register(con, "hashing", dims=48, model="words")
         con.sql("CREATE TABLE pets AS SELECT id, body, embed(body) AS vector FROM docs")
-        assert duckdb_ext.search(con, "pets", "vector", "black cat", k=1).fetchone()[1] == "a black cat"
+        found = duckdb_ext.search(con, "pets", "vector", "black cat", k=1)
+        assert found.select("body").fetchall() == [("a black cat",)]
+
+    def test_a_list_column_is_refused_with_the_cast_that_makes_it_a_vector_column(
+        self, con: duckdb.DuckDBPyConnection
+    ) -> None:
+        con.sql("CREATE TABLE docs AS SELECT [0.5, 0.25]::FLOAT[] AS vector")
+        with pytest.raises(ConfigError, match="is FLOAT\\[\\], not a FLOAT\\[d\\]") as caught:
+            duckdb_ext.search(con, "docs", "vector", [1.0, 0.0])
+        fix = 'ALTER TABLE "memory"."main"."docs" ALTER "vector" TYPE FLOAT[d]'
+        assert fix in str(caught.value) and "duckdb_ext.load_parquet" in str(caught.value)
+        con.sql(fix.replace("[d]", "[2]"))  # the cast the message gives, as written
+        assert duckdb_ext.search(con, "docs", "vector", [1.0, 0.0]).select("score").fetchall() != []
 
     def test_vectors_of_unknown_origin_need_a_provider(self, con: duckdb.DuckDBPyConnection) -> None:
         con.sql("CREATE TABLE docs AS SELECT [0.5, 0.25]::FLOAT[2] AS vector")
@@ -316,12 +392,27 @@ class TestExactSearch:
         with pytest.raises(DimensionMismatchError, match=r"query vector has width 3.*width 16"):
             duckdb_ext.search(con, "made", "vector", [1.0, 2.0, 3.0])
 
+    def test_a_huge_k_returns_every_row_and_allocates_nothing_by_k(
+        self, con: duckdb.DuckDBPyConnection
+    ) -> None:
+        vectors = hashed_docs(con, count=10)
+        huge = 10**7  # a (1, k) pair of arrays alone would be 120 MB
+        assert (
+            peak_bytes(lambda: duckdb_ext.search(con, "docs", "vector", vectors[3], k=huge).fetchall())
+            < 2**20
+        )
+        found = duckdb_ext.search(con, "docs", "vector", vectors[3], k=huge).fetchall()
+        assert found == duckdb_ext.search(con, "docs", "vector", vectors[3], k=10).fetchall()
+        assert len(found) == 10
+
     def test_bad_arguments(self, con: duckdb.DuckDBPyConnection) -> None:
         hashed_docs(con)
-        with pytest.raises(ValueError, match="k must be a positive"):
+        with pytest.raises(ConfigError, match="k must be a positive"):
             duckdb_ext.search(con, "docs", "vector", "blue", k=0)
-        with pytest.raises(ValueError, match="not all zeros"):
+        with pytest.raises(InvalidInputError, match="not all zeros"):
             duckdb_ext.search(con, "docs", "vector", np.zeros(32))
+        with pytest.raises(InputTypeError, match="a text or a vector of numbers"):
+            duckdb_ext.search(con, "docs", "vector", ["not", "numbers"])
         with pytest.raises(ConfigError, match="not a FLOAT"):
             duckdb_ext.search(con, "docs", "body", "blue")
         with pytest.raises(ConfigError, match="no table 'nope'"):
@@ -345,7 +436,8 @@ class TestExactSearch:
         script = (
             "import duckdb, duckdb_ext\n"
             f"con = duckdb.connect({str(database)!r}, read_only=True)\n"
-            "print(duckdb_ext.search(con, 'docs', 'vector', 'green item 7 of kind 7', k=1).fetchone()[0])\n"
+            "found = duckdb_ext.search(con, 'docs', 'vector', 'green item 7 of kind 7', k=1)\n"
+            "print(found.fetchall()[0][0])\n"
         )
         printed = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
         assert printed.stdout.split() == ["7"]
@@ -359,7 +451,7 @@ class TestExactSearch:
 )
 def test_query_vectors_reach_sql_exactly(vector: np.ndarray) -> None:
     with duckdb.connect() as con:
-        (back,) = con.sql(f"SELECT {vector_literal(vector)}").fetchone()
+        ((back,),) = con.sql(f"SELECT {vector_literal(vector)}").fetchall()
     assert np.array_equal(np.array(back, dtype=np.float32), vector)
 
 
@@ -382,7 +474,7 @@ class TestQuoting:
         )
         duckdb_ext.record_provider(hostile, HOSTILE_TABLE, HOSTILE_VECTOR, provider)
         found = duckdb_ext.search(hostile, HOSTILE_TABLE, HOSTILE_VECTOR, "beta", k=1)
-        assert found.fetchone()[0] == "beta"
+        assert found.fetchall()[0][0] == "beta"
         assert hostile.sql("SELECT x FROM victim").fetchall() == [(1,)]
 
     def test_names_in_another_schema_and_in_any_case(self, con: duckdb.DuckDBPyConnection) -> None:
@@ -390,10 +482,8 @@ class TestQuoting:
         con.sql('CREATE TABLE "sch;ema"."Docs" (Body VARCHAR)')
         con.sql("INSERT INTO \"sch;ema\".\"Docs\" VALUES ('alpha'), ('beta')")
         duckdb_ext.embed_table(con, ("sch;ema", "docs"), "body", provider="hashing", dims=8)
-        assert (
-            duckdb_ext.search(con, ("sch;ema", "DOCS"), "BODY_EMBEDDING", "alpha", k=1).fetchone()[0]
-            == "alpha"
-        )
+        found = duckdb_ext.search(con, ("sch;ema", "DOCS"), "BODY_EMBEDDING", "alpha", k=1)
+        assert found.select("body").fetchall() == [("alpha",)]
         with pytest.raises(ConfigError, match="no table 'docs'"):
             duckdb_ext.search(con, "docs", "body_embedding", "alpha")
 
@@ -407,3 +497,151 @@ class TestQuoting:
     def test_impossible_names_are_refused(self, con: duckdb.DuckDBPyConnection, name: object) -> None:
         with pytest.raises(ConfigError, match="non-empty string"):
             duckdb_ext.search(con, name, "vector", [1.0])  # type: ignore[arg-type]
+
+
+class TestLoadParquet:
+    """Parquet files from Polars, opened in DuckDB by duckdb_ext.load_parquet."""
+
+    @staticmethod
+    def write_pets(path: Path, **options: object) -> pl.DataFrame:
+        texts = ["a black cat", None, "a small dog", "a black dog", "   "]
+        frame = pl.DataFrame({"id": range(len(texts)), "body": texts}).with_columns(
+            vec=pl.col("body").embed.with_provider("hashing", dims=48, **options)
+        )
+        frame.embed.write_parquet(path)
+        return frame
+
+    def test_a_fresh_process_searches_a_polars_file_by_text_with_no_provider(self, tmp_path: Path) -> None:
+        frame = self.write_pets(tmp_path / "pets.parquet", model="words")
+        expected = frame.embed.search("black cat", on="vec", k=3)["id"].to_list()
+        # Nothing in the new process has seen these vectors: only the file can name the model.
+        script = (
+            "import duckdb, duckdb_ext\n"
+            "con = duckdb.connect()\n"
+            f"print(duckdb_ext.load_parquet(con, {str(tmp_path / 'pets.parquet')!r}, table='pets'))\n"
+            'print(con.sql("SELECT DISTINCT typeof(vec) FROM pets").fetchall()[0][0])\n'
+            "found = duckdb_ext.search(con, 'pets', 'vec', 'black cat', k=3)\n"
+            "print(*[row[0] for row in found.select('id').fetchall()])\n"
+        )
+        printed = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+        assert printed.stdout.splitlines() == ["5", "FLOAT[48]", " ".join(map(str, expected))]
+        assert expected[0] == 0  # "a black cat" itself
+
+    def test_the_provider_is_recorded_as_the_column_comment(
+        self, con: duckdb.DuckDBPyConnection, tmp_path: Path
+    ) -> None:
+        self.write_pets(tmp_path / "pets.parquet")
+        duckdb_ext.load_parquet(con, tmp_path / "pets.parquet", table="pets")
+        ((comment, data_type),) = con.sql(
+            "SELECT comment, data_type FROM duckdb_columns() WHERE column_name = 'vec'"
+        ).fetchall()
+        assert VectorSpec.from_json(comment) == VectorSpec.of(
+            polars_embed.resolve_provider("hashing", dims=48)
+        )
+        assert data_type == "FLOAT[48]"
+        nulls = con.sql("SELECT id FROM pets WHERE vec IS NULL ORDER BY id").fetchall()
+        assert nulls == [(1,), (4,)]  # null and blank texts stay null vectors
+
+    def test_a_plain_parquet_file_gets_vector_columns_from_its_data(
+        self, con: duckdb.DuckDBPyConnection, tmp_path: Path
+    ) -> None:
+        vectors = np.eye(3, 4, dtype=np.float32)
+        pl.DataFrame(
+            {"vec": vectors, "ragged": [[1.0], [1.0, 2.0], None], "doubles": vectors.astype(np.float64)},
+            schema_overrides={"ragged": pl.List(pl.Float32)},
+        ).write_parquet(tmp_path / "plain.parquet")
+        assert duckdb_ext.load_parquet(con, tmp_path / "plain.parquet", table="plain") == 3
+        types = con.sql("SELECT column_name, data_type FROM duckdb_columns() WHERE table_name = 'plain'")
+        assert dict(types.fetchall()) == {"vec": "FLOAT[4]", "ragged": "FLOAT[]", "doubles": "DOUBLE[]"}
+        assert con.sql("SELECT comment FROM duckdb_columns() WHERE column_name = 'vec'").fetchall() == [
+            (None,)
+        ]
+        found = duckdb_ext.search(con, "plain", "vec", vectors[2], k=1)
+        assert found.select("vec").fetchall() == [((0.0, 0.0, 1.0, 0.0),)]
+        with pytest.raises(ConfigError, match="which model made column 'vec' is not known"):
+            duckdb_ext.search(con, "plain", "vec", "a text")
+
+    @pytest.mark.parametrize(
+        ("spec", "error", "message"),
+        [
+            (
+                {"provider": "hashing", "dimension": 8},
+                ConfigError,
+                "its metadata says 8",
+            ),
+            ({"provider": "not-installed", "dimension": 48}, UnknownProviderError, "not installed"),
+            (
+                {"provider": "sentence-transformers", "dimension": 48, "options": {"device": "cuda"}},
+                ConfigError,
+                "never a file",
+            ),
+        ],
+    )
+    def test_metadata_that_polars_would_refuse_creates_no_table(
+        self,
+        con: duckdb.DuckDBPyConnection,
+        tmp_path: Path,
+        spec: dict[str, object],
+        error: type[Exception],
+        message: str,
+    ) -> None:
+        frame = self.write_pets(tmp_path / "pets.parquet")
+        frame.write_parquet(tmp_path / "forged.parquet", metadata={"polars_embed": json.dumps({"vec": spec})})
+        with pytest.raises(error, match=message):
+            polars_embed.read_parquet(tmp_path / "forged.parquet")
+        with pytest.raises(error, match=message):
+            duckdb_ext.load_parquet(con, tmp_path / "forged.parquet", table="pets")
+        assert con.sql("SELECT count(*) FROM duckdb_tables()").fetchall() == [(0,)]
+
+    def test_an_existing_table_is_replaced_only_when_asked(
+        self, con: duckdb.DuckDBPyConnection, tmp_path: Path
+    ) -> None:
+        self.write_pets(tmp_path / "pets.parquet")
+        con.sql("CREATE TABLE pets AS SELECT 1 AS x")
+        with pytest.raises(ConfigError, match="replace=True"):
+            duckdb_ext.load_parquet(con, tmp_path / "pets.parquet", table="pets")
+        assert con.sql("SELECT * FROM pets").fetchall() == [(1,)]
+        assert duckdb_ext.load_parquet(con, tmp_path / "pets.parquet", table="pets", replace=True) == 5
+        assert duckdb_ext.search(con, "pets", "vec", "small dog", k=1).select("id").fetchall() == [(2,)]
+
+    def test_hostile_names_and_paths_are_quoted(self, con: duckdb.DuckDBPyConnection, tmp_path: Path) -> None:
+        folder = tmp_path / "it's here"
+        folder.mkdir()
+        frame = self.write_pets(folder / "pets.parquet").rename({"vec": HOSTILE_VECTOR})
+        frame.embed.write_parquet(folder / "pets.parquet")
+        con.sql("CREATE TABLE victim AS SELECT 1 AS x")
+        assert duckdb_ext.load_parquet(con, folder / "pets.parquet", table=HOSTILE_TABLE) == 5
+        found = duckdb_ext.search(con, HOSTILE_TABLE, HOSTILE_VECTOR, "small dog", k=1)
+        assert found.select("id").fetchall() == [(2,)]
+        assert con.sql("SELECT x FROM victim").fetchall() == [(1,)]
+
+
+class TestEngineRulesInDuckDB:
+    def test_register_learns_a_width_through_the_engines_retries(
+        self, con: duckdb.DuckDBPyConnection
+    ) -> None:
+        function = RefusesFirstCall()
+        duckdb_ext.register(con, function)
+        assert function.calls == ["dimension probe", "dimension probe"]
+        assert con.sql("SELECT typeof(embed('a'))").fetchall() == [("FLOAT[6]",)]
+
+    def test_embed_table_is_one_job_and_can_refuse_long_texts(
+        self, con: duckdb.DuckDBPyConnection, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        create_docs(con, [f"text {i}" + (" and many more" if i % 4 == 0 else "") for i in range(50)])
+        provider = LongTextsProvider()
+        with pytest.raises(ConfigError, match=r"over the 3 tokens counting:counting-v1 reads"):
+            duckdb_ext.embed_table(
+                con, "docs", "body", into="vector", provider=provider, batch_rows=10, truncate="error"
+            )
+        assert provider.recorder.batches == []
+        assert con.sql("SELECT count(vector) FROM docs").fetchall() == [(0,)]
+
+        caplog.set_level(logging.WARNING, logger="polars_embed")
+        assert (
+            duckdb_ext.embed_table(con, "docs", "body", into="vector", provider=provider, batch_rows=10) == 50
+        )
+        stats = polars_embed.last_stats()
+        assert (stats.rows, stats.truncated) == (50, 13)  # one record for the five batches
+        warnings = [record.getMessage() for record in caplog.records if record.levelno == logging.WARNING]
+        assert len(warnings) == 1 and warnings[0].startswith("13 texts were longer than the 3 tokens")

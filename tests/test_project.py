@@ -26,7 +26,22 @@ def test_ci_runs_the_readme_test_command_verbatim() -> None:
     assert tests in (ROOT / ".ci" / "run").read_text().splitlines()
 
 
+def _extras() -> dict[str, list[str]]:
+    return tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+
+
 def test_every_extra_the_readme_names_exists() -> None:
-    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
-    assert {"local", "cohere", "openai", "vss", "gpu", "dev"} <= set(extras)
+    extras = _extras()
+    assert {"local", "cohere", "openai", "vss", "gpu", "test", "dev"} <= set(extras)
+    assert extras["dev"] == ["polars-embed[local,cohere,openai,vss,test]"]
     assert "torch==2.13.0" in (ROOT / "constraints.txt").read_text().splitlines()
+
+
+def test_ci_also_runs_the_tests_on_the_newest_releases() -> None:
+    # The test extra must not pin what vss pins, or the second run would test the old duckdb again.
+    assert not any(requirement.startswith("duckdb") for requirement in _extras()["test"])
+    lines = (ROOT / ".ci" / "run").read_text().splitlines()
+    install = next(line for line in lines if line.startswith(".venv-latest/bin/pip install"))
+    assert "--upgrade" in install and "-c constraints.txt" in install
+    assert '".[local,cohere,openai,test]"' in install
+    assert ".venv-latest/bin/python -m pytest" in lines

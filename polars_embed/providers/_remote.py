@@ -29,7 +29,15 @@ from polars_embed.errors import (
     ProviderError,
     RetryableProviderError,
 )
-from polars_embed.provider import Embedded, Kind, Provider, is_reference, option
+from polars_embed.provider import (
+    MAX_DIMENSION,
+    Embedded,
+    Kind,
+    Provider,
+    is_reference,
+    option,
+    parse_reference,
+)
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +58,10 @@ class RemoteProvider(Provider):
         The key, or a reference such as ``"$env:TEAM_KEY"``; by default the first of
         the provider's ``key_variables`` that is set. Never shown or persisted.
     base_url
-        Where the API is served; the vendor's own service by default. The SDKs'
+        Where the API is served; the vendor's own service by default. A runtime
+        option: never stored with the vectors nor read from a file, so a search over
+        a file goes where your own configuration says (set it for every provider of
+        this name with ``get_registry().configure(name, base_url=...)``). The SDKs'
         environment variables for this (``CO_API_URL``, ``OPENAI_BASE_URL``) are not
         read: write ``base_url="$env:OPENAI_BASE_URL"`` to use one.
     dims
@@ -68,9 +79,9 @@ class RemoteProvider(Provider):
     default_base_url: ClassVar[str] = ""
 
     api_key: str | None = option(None, secret=True)
-    base_url: str | None = None
-    dims: int | None = option(None, runtime=True)
-    timeout: float = option(60.0, runtime=True)
+    base_url: str | None = option(None, runtime=True, max_length=2_048)
+    dims: int | None = option(None, runtime=True, low=1, high=MAX_DIMENSION)
+    timeout: float = option(60.0, runtime=True, low=0.001, high=86_400)
     max_concurrency: int = option(4, runtime=True)
 
     # --- what a subclass implements -------------------------------------------------------
@@ -133,8 +144,7 @@ class RemoteProvider(Provider):
         """Where a valid key goes, for messages about a missing or refused key."""
         configured = self.api_key
         if is_reference(configured):
-            source, _, rest = configured[1:].partition(":")
-            name = rest.partition(":")[0]
+            source, name, _ = parse_reference(configured)
             return f"set the {'environment' if source == 'env' else 'registry'} variable {name}"
         if configured is not None:
             return "pass a valid api_key"

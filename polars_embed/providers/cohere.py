@@ -7,7 +7,7 @@ from typing import Any, ClassVar
 
 from polars_embed.errors import ConfigError, ProviderError
 from polars_embed.hookspecs import hookimpl
-from polars_embed.provider import Embedded, Kind, Provider, option
+from polars_embed.provider import MAX_DIMENSION, Embedded, Kind, Provider, option
 from polars_embed.providers._remote import RemoteProvider
 
 #: The width of each model's vectors (for embed-v4.0, when no output_dimension is asked for).
@@ -52,7 +52,7 @@ class CohereProvider(RemoteProvider):
     default_base_url: ClassVar[str] = "https://api.cohere.com"
 
     model: str = "embed-english-v3.0"
-    output_dimension: int | None = None
+    output_dimension: int | None = option(None, low=1, high=MAX_DIMENSION)
     truncate: str = "END"
     batch_size: int = option(96, runtime=True)
 

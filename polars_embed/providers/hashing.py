@@ -16,9 +16,11 @@ import numpy as np
 
 from polars_embed.errors import ConfigError
 from polars_embed.hookspecs import hookimpl
-from polars_embed.provider import Kind, Provider, is_reference, option
+from polars_embed.provider import MAX_DIMENSION, Kind, Provider, is_reference, option
 
 FEATURE_SETS = ("words", "chars", "words+chars")
+#: The longest character n-gram, in bytes: each length is one pass over the batch.
+MAX_NGRAM = 32
 
 _BASE = np.uint64(0x100000001B3)  # FNV prime: any odd 64-bit multiplier spreads bytes well
 _WORD_SEED = np.uint64(0x9E3779B97F4A7C15)
@@ -35,32 +37,29 @@ class HashingProvider(Provider):
         Which features to hash: ``"words"`` (words and adjacent word pairs),
         ``"chars"`` (character n-grams) or ``"words+chars"`` (both, the default).
     dims
-        Width of the vectors.
+        Width of the vectors, from 1 to 65,536.
     min_n, max_n
-        Lengths, in bytes, of the character n-grams.
+        Lengths, in bytes, of the character n-grams: from 1 to 32, ``min_n <= max_n``.
     """
 
     name: ClassVar[str] = "hashing"
     cacheable: ClassVar[bool] = False  # recomputing is cheaper than a lookup
 
-    model: str = "words+chars"
-    dims: int = 256
-    min_n: int = 3
-    max_n: int = 5
+    model: str = option("words+chars", choices=FEATURE_SETS)
+    dims: int = option(256, low=1, high=MAX_DIMENSION)
+    min_n: int = option(3, low=1, high=MAX_NGRAM)
+    max_n: int = option(5, low=1, high=MAX_NGRAM)
     batch_size: int = option(4096, runtime=True)
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if not any(map(is_reference, (self.model, self.dims, self.min_n, self.max_n))):
             self._settings()  # fail at construction when there is nothing left to resolve
 
     def _settings(self) -> tuple[str, int, int, int]:
         model, dims, min_n, max_n = (self.resolve(name) for name in ("model", "dims", "min_n", "max_n"))
-        if model not in FEATURE_SETS:
-            raise ConfigError(f"hashing model must be one of {FEATURE_SETS}, got {model!r}")
-        if dims < 1:
-            raise ConfigError(f"hashing dims must be at least 1, got {dims}")
-        if not 1 <= min_n <= max_n:
-            raise ConfigError(f"hashing needs 1 <= min_n <= max_n, got {min_n}, {max_n}")
+        if min_n > max_n:
+            raise ConfigError(f"hashing needs min_n <= max_n, got {min_n}, {max_n}")
         return model, dims, min_n, max_n
 
     @property
