@@ -22,6 +22,7 @@ import random
 import sys
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import CancelledError, Future, ThreadPoolExecutor, as_completed
 from contextlib import contextmanager
@@ -80,7 +81,9 @@ RETRY_AFTER_CAP = 120.0
 Truncate = Literal["warn", "error"]
 TRUNCATE_RULES: tuple[Truncate, ...] = ("warn", "error")
 
-_limits: dict[Provider, threading.BoundedSemaphore] = {}
+# Weak: a provider no one holds any more (a callable made for one call) takes its limit
+# along, so the table does not grow with the calls a process has made.
+_limits: weakref.WeakKeyDictionary[Provider, threading.BoundedSemaphore] = weakref.WeakKeyDictionary()
 _limits_lock = threading.Lock()
 
 _T = TypeVar("_T")

@@ -60,6 +60,8 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
+import hmac
 import importlib
 import os
 import typing
@@ -96,6 +98,7 @@ MAX_TEXT_LENGTH = 4_096
 _SHORT = 60  # characters of a value quoted in an error message
 
 _RULES = "polars_embed_option"
+_SECRET_SALT = os.urandom(16)
 
 
 @dataclass(frozen=True)
@@ -175,6 +178,12 @@ def masked(value: Any) -> Any:
         return "***"
     source, name, default = parse_reference(value)
     return value if default is None else f"${source}:{name}:***"
+
+
+def secret_digest(value: Any) -> str:
+    """A digest that tells whether two secrets are the same, to keep beside what was built
+    with one: salted per process, so it holds nothing to show, and cannot test a guess elsewhere."""
+    return hmac.new(_SECRET_SALT, str(value).encode(), hashlib.sha256).hexdigest()
 
 
 def brief(value: Any) -> str:
@@ -423,6 +432,12 @@ class Provider:
             if option_role(type(self), field.name) == "identity":
                 spec[field.name] = self.resolve(field.name)
         return spec
+
+    def cache_scope(self) -> str | None:
+        """What besides :meth:`spec` decides the vectors, for the embedding cache to key on
+        (an OpenAI-compatible server's endpoint); ``None`` when the spec says it all. It is
+        the user's own configuration, so it is never stored with the vectors."""
+        return None
 
     def redact(self, message: str) -> str:
         """``message`` with any secret value this provider holds replaced by ``***``."""

@@ -12,7 +12,8 @@ import importlib
 import importlib.metadata
 import logging
 import threading
-from collections.abc import Callable, Mapping
+from collections import OrderedDict
+from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
@@ -21,11 +22,21 @@ import pluggy
 
 from polars_embed import hookspecs
 from polars_embed.errors import ConfigError, DuplicateProviderError, InputTypeError, UnknownProviderError
-from polars_embed.provider import CallableProvider, Provider, check_known, check_option, option_role
+from polars_embed.provider import (
+    CallableProvider,
+    Provider,
+    check_known,
+    check_option,
+    option_role,
+    secret_digest,
+)
 
 log = logging.getLogger(__name__)
 
 DEFAULT_PROVIDER = "sentence-transformers"
+#: Providers a registry keeps built, most recently used first: each keeps its SDK client,
+#: its width probe and its loaded model for the next call that names it the same way.
+MAX_BUILT_PROVIDERS = 64
 BUILTIN_PLUGINS = (
     "polars_embed.providers.sentence_transformers",
     "polars_embed.providers.hashing",
@@ -46,10 +57,15 @@ class ProviderEntry:
     registry: Registry = field(repr=False, compare=False)
 
     def create(self, **options: Any) -> Provider:
-        """Build the provider from options, the registry's defaults filling those not given
-        (references stay unresolved until used)."""
+        """The provider for these options, the registry's defaults filling those not given
+        (references stay unresolved until used).
+
+        Built once and reused: the same options (defaults included) give the same provider,
+        with the client, width and model it has set up, while it is among the registry's
+        :data:`MAX_BUILT_PROVIDERS` most recently used.
+        """
         given = {**self.registry.defaults(self.name), **options}
-        return self.provider_class.create(**given).bind(self.registry)
+        return self.registry._built(self.provider_class, given)
 
 
 class Registry:
@@ -67,6 +83,7 @@ class Registry:
         self._broken: dict[str, str] = {}
         self._variables: dict[str, Any] = {}
         self._defaults: dict[str, dict[str, Any]] = {}
+        self._providers: OrderedDict[tuple[Hashable, ...], Provider] = OrderedDict()
         self._plugins = pluggy.PluginManager(hookspecs.PROJECT_NAME)
         self._plugins.add_hookspecs(hookspecs)
         for module in BUILTIN_PLUGINS:
@@ -126,6 +143,29 @@ class Registry:
                 f"({provider_class.__qualname__})"
             )
         return ProviderEntry(name, provider_class, origin, self)
+
+    def _built(self, provider_class: type[Provider], options: dict[str, Any]) -> Provider:
+        """The provider of ``provider_class`` with ``options``: the one built before, else a new one."""
+        try:
+            key = (
+                provider_class,
+                *sorted(_key_part(provider_class, name, value) for name, value in options.items()),
+            )
+            hash(key)
+        except TypeError:  # a value that cannot be a key (a list, a function): built each time
+            return provider_class.create(**options).bind(self)
+        with self._lock:
+            built = self._providers.get(key)
+            if built is not None:
+                self._providers.move_to_end(key)
+                return built
+        provider = provider_class.create(**options).bind(self)
+        with self._lock:  # two threads may build it at once: both get the first one kept
+            built = self._providers.setdefault(key, provider)
+            self._providers.move_to_end(key)
+            while len(self._providers) > MAX_BUILT_PROVIDERS:
+                self._providers.popitem(last=False)
+        return built
 
     def names(self) -> list[str]:
         """The names of the registered providers, sorted."""
@@ -209,6 +249,15 @@ class Registry:
     def get_var(self, name: str, default: Any = None) -> Any:
         """The value of a registry variable."""
         return self._variables.get(name, default)
+
+
+def _key_part(provider_class: type[Provider], name: str, value: Any) -> tuple[str, str, Any]:
+    """Option ``name`` as part of a built provider's key: with the value's type, since
+    ``True == 1`` but ``batch_size=True`` is refused, and a secret (a reference too, whose
+    default may be one) by its salted digest."""
+    if value is not None and option_role(provider_class, name) == "secret":
+        value = secret_digest(value)
+    return name, type(value).__name__, value
 
 
 _default_registry: Registry | None = None

@@ -225,7 +225,9 @@ class FakeOpenAI(FakeServer):
     ``floats_only``: ignore ``encoding_format`` and always send floats, as some
     compatible servers do. ``shuffled``: list the vectors in reverse order (each still
     carries its ``index``). ``count_tokens``: how ``usage.prompt_tokens`` counts one
-    text; by default, as its whitespace-separated words.
+    text; by default, as its whitespace-separated words. ``salt``: make other vectors
+    than another server does for the same model and text, as a server with another
+    model of that name would.
     """
 
     path = "/v1/embeddings"
@@ -241,9 +243,11 @@ class FakeOpenAI(FakeServer):
         floats_only: bool = False,
         shuffled: bool = False,
         count_tokens: Callable[[str], int] | None = None,
+        salt: str = "",
         **options: Any,
     ) -> None:
         super().__init__(**options)
+        self.salt = salt
         self.floats_only = floats_only
         self.shuffled = shuffled
         self.count_tokens = count_tokens or (lambda text: len(text.split()))
@@ -272,7 +276,7 @@ class FakeOpenAI(FakeServer):
     def success(self, body: dict[str, Any], mangle: str) -> dict[str, Any]:
         texts = self.texts_of(body)
         width = body.get("dimensions") or self.models[body["model"]]
-        vectors = self.vectors(texts, width, mangle)
+        vectors = self.vectors(texts, width, mangle, salt=self.salt)
         as_base64 = body.get("encoding_format") == "base64" and not self.floats_only
         data = [
             {
