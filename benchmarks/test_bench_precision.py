@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 
 import polars_embed
-from benchmarks.corpus import raw_encode_reference, sentences
+from benchmarks.corpus import raw_encode, raw_encode_reference, sentences
 from polars_embed.providers import sentence_transformers as st_provider
 
 pytest.importorskip("sentence_transformers")
@@ -61,13 +61,7 @@ def test_raw_encode_bfloat16_forced(
 
     benchmark.group = GROUP
     model = copy.deepcopy(minilm._loaded()[0]).to(torch.bfloat16)
-    vectors = benchmark.pedantic(
-        model.encode,
-        args=(distinct_texts,),
-        kwargs={"batch_size": 32, "normalize_embeddings": True, "convert_to_numpy": True},
-        rounds=ROUNDS,
-        warmup_rounds=1,
-    )
+    vectors = raw_encode(benchmark, model, distinct_texts, rounds=ROUNDS)
     reference = minilm._loaded()[0].encode(distinct_texts[:200], normalize_embeddings=True)
     ours = vectors[:200] / np.linalg.norm(vectors[:200], axis=1, keepdims=True)
     cosine = (ours * reference).sum(axis=1)
