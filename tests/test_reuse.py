@@ -103,10 +103,12 @@ class TestBuiltOnce:
         for _ in range(10_000):
             provider = polars_embed.resolve_provider(MODEL, base_url=url)
             assert engine.width_of(provider) == 12
+        connections = server.connections
         for i in range(20):  # calls that send requests, through one client
             polars_embed.embed([f"text {i}"], MODEL, base_url=url)
         assert (counts.built, counts.clients, counts.probes) == (1, 1, 1)
-        assert len(server.requests) == 21 and server.connections == 1  # one kept-alive connection
+        # One kept-alive connection (a new one if the probe's idled out during the loop).
+        assert len(server.requests) == 21 and server.connections - connections <= 1
 
     def test_searches_set_up_once_and_the_process_keeps_no_more_after_many(
         self, server: FakeOpenAI, counts: Counts, cache_on: None
