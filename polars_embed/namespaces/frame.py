@@ -38,6 +38,10 @@ from polars_embed.registry import ProviderLike, resolve_provider
 __all__ = ["EmbedFrameNamespace", "EmbedLazyFrameNamespace"]
 
 QueryLike = str | Sequence[str] | VectorsLike
+_NO_PROVIDER_HINT = (
+    "pass provider= (the column's own provider), or read the vectors with "
+    "polars_embed.read_parquet/scan_parquet from a file written by df.embed.write_parquet"
+)
 FrameT = TypeVar("FrameT", pl.DataFrame, pl.LazyFrame)
 
 
@@ -340,21 +344,7 @@ class _Search:
     def __call__(self, frame: pl.DataFrame) -> pl.DataFrame:
         column = frame[self.on]
         stored = provider_of(column)
-        if self.texts is None:
-            queries = self.vectors
-            check_same_width(column, pl.Series("query", queries))
-        elif column.null_count() == len(column):  # nothing can match: spare the provider a call
-            queries = np.zeros((len(self.texts), column.dtype.shape[0]), dtype=np.float32)
-        else:
-            provider = provider_for_query(
-                self.provider,
-                stored,
-                column=self.on,
-                width=column.dtype.shape[0],
-                unknown="pass provider= (the column's own provider), or read the vectors with "
-                "polars_embed.read_parquet/scan_parquet from a file written by df.embed.write_parquet",
-            )
-            queries = embed_queries(list(self.texts), provider)
+        queries = self.query_vectors(column, stored, searchable=column.null_count() < len(column))
         indices, scores = topk(
             queries,
             as_matrix(column),
@@ -363,12 +353,39 @@ class _Search:
             valid=valid_rows(column),
             normalized=_normalized(self.normalized, stored),
         )
+        return self.found(frame, indices, scores)
+
+    def query_vectors(
+        self,
+        column: pl.Series,
+        stored: Provider | None,
+        *,
+        searchable: bool = True,
+        unknown: str = _NO_PROVIDER_HINT,
+    ) -> np.ndarray:
+        """The queries as ``(q, d)`` float32 vectors for ``column`` (its rows are not read), text
+        embedded by ``stored``, the provider that made the column, unless one was given.
+        ``searchable=False`` says no row can match, which spares the provider a call;
+        ``unknown`` tells the user what to do when no provider is known."""
+        if self.texts is None:
+            check_same_width(column, pl.Series("query", self.vectors))
+            return self.vectors
+        if not searchable:
+            return np.zeros((len(self.texts), column.dtype.shape[0]), dtype=np.float32)
+        provider = provider_for_query(
+            self.provider, stored, column=self.on, width=column.dtype.shape[0], unknown=unknown
+        )
+        return embed_queries(list(self.texts), provider)
+
+    def found(self, frame: pl.DataFrame, indices: np.ndarray, scores: np.ndarray) -> pl.DataFrame:
+        """The rows of ``frame`` that :func:`~polars_embed.topk` found, with the score and
+        query columns; ``indices`` are rows of ``frame``, -1 for none."""
         found = indices.ravel() >= 0
         hits = frame.gather(pl.Series(indices.ravel()[found])).with_columns(
             pl.Series(self.score, scores.ravel()[found])
         )
         if self.query_index is not None:
-            query_numbers = np.repeat(np.arange(len(queries), dtype=np.uint32), indices.shape[1])
+            query_numbers = np.repeat(np.arange(len(indices), dtype=np.uint32), indices.shape[1])
             hits.insert_column(0, pl.Series(self.query_index, query_numbers[found]))
         return hits
 
@@ -377,7 +394,7 @@ class _Search:
 class _KnnJoin:
     """A validated k-nearest-neighbour join, run on the left DataFrame."""
 
-    right: pl.DataFrame | pl.LazyFrame
+    right: pl.DataFrame | pl.LazyFrame | None  # None where the caller searches (polars_embed.ray)
     right_schema: pl.Schema
     left_on: str
     right_on: str
@@ -392,7 +409,7 @@ class _KnnJoin:
     def plan(
         cls,
         left_schema: pl.Schema,
-        right: pl.DataFrame | pl.LazyFrame,
+        right: pl.DataFrame | pl.LazyFrame | None,
         right_schema: pl.Schema,
         *,
         left_on: str | None,
@@ -433,13 +450,8 @@ class _KnnJoin:
         right = self.right.collect() if isinstance(self.right, pl.LazyFrame) else self.right
         queries, corpus = left[self.left_on], right[self.right_on]
         check_same_width(queries, corpus)
-        left_provider, right_provider = provider_of(queries), provider_of(corpus)
-        if left_provider and right_provider and left_provider.spec() != right_provider.spec():
-            raise ConfigError(
-                f"column {self.left_on!r} was embedded with {left_provider.label} and column "
-                f"{self.right_on!r} with {right_provider.label}: vectors from different models "
-                "cannot be compared"
-            )
+        right_provider = provider_of(corpus)
+        self.check_comparable(provider_of(queries), right_provider)
         indices, scores = topk(
             as_matrix(queries),
             as_matrix(corpus),
@@ -448,6 +460,22 @@ class _KnnJoin:
             valid=valid_rows(corpus),
             normalized=_normalized(self.normalized, right_provider),
         )
+        return self.joined(left, right, indices, scores)
+
+    def check_comparable(self, left_provider: Provider | None, right_provider: Provider | None) -> None:
+        """Fail when the two vector columns are known to come from different models."""
+        if left_provider and right_provider and left_provider.spec() != right_provider.spec():
+            raise ConfigError(
+                f"column {self.left_on!r} was embedded with {left_provider.label} and column "
+                f"{self.right_on!r} with {right_provider.label}: vectors from different models "
+                "cannot be compared"
+            )
+
+    def joined(
+        self, left: pl.DataFrame, right: pl.DataFrame, indices: np.ndarray, scores: np.ndarray
+    ) -> pl.DataFrame:
+        """Each row of ``left`` beside the rows of ``right`` that :func:`~polars_embed.topk` found
+        for it; ``indices`` are rows of ``right``, -1 for none."""
         if indices.shape[1] == 0:  # no row of other can match: one empty slot per row
             indices = np.full((len(left), 1), -1, dtype=np.int64)
             scores = np.full((len(left), 1), np.nan, dtype=np.float32)
