@@ -156,11 +156,11 @@ def embed(
 
     Examples
     --------
-    >>> import ray
-    >>> import polars_embed.ray as per
-    >>> ds = ray.data.from_items([{"text": "a cat"}, {"text": None}])  # doctest: +SKIP
-    >>> per.embed(ds, "text", "hashing", dims=8).take_all()  # doctest: +SKIP
-    [{'text': 'a cat', 'vec': array([...], dtype=float32)}, {'text': None, 'vec': None}]
+    On a running cluster (the README has an example that runs)::
+
+        ds = ray.data.from_items([{"text": "a cat"}, {"text": None}])
+        per.embed(ds, "text", "hashing", dims=8).take_all()
+        # [{'text': 'a cat', 'vec': array([...], dtype=float32)}, {'text': None, 'vec': None}]
     """
     check_kind(kind)
     resolved = resolve_provider(provider, **options)
@@ -232,7 +232,9 @@ def search(
 
     Examples
     --------
-    >>> hits = per.search(ds, "vec", ["refund not received"], k=10)  # doctest: +SKIP
+    ::
+
+        hits = per.search(ds, "vec", ["refund not received", "cancel my order"], k=10)
     """
     schema = _known_schema(ds)
     if schema is None:  # learning the schema would run the dataset: run it once, for the search
@@ -303,7 +305,10 @@ def knn_join(
 
     Examples
     --------
-    >>> pairs = per.knn_join(questions, answers, on="vec", k=5)  # doctest: +SKIP
+    ::
+
+        pairs = per.knn_join(questions, answers, on="vec", k=5)
+        pairs.write_parquet("pairs/")
     """
     right_schema = _known_schema(right)
     if right_schema is None:  # learning the schema would run the dataset: run it once, for the join
