@@ -30,6 +30,9 @@ from polars_embed import cache
 ray = pytest.importorskip("ray")
 import polars_embed.ray as per  # noqa: E402  (only once Ray is known to be installed)
 
+# Each Ray round starts two actors that each load the model: minutes on a loaded machine.
+pytestmark = pytest.mark.timeout(1800)
+
 TEXTS = int(os.environ.get("POLARS_EMBED_BENCH_TEXTS", "2000"))
 ROWS = int(os.environ.get("POLARS_EMBED_BENCH_SEARCH_ROWS", "1000000").replace("_", ""))
 WIDTH = 384

@@ -236,10 +236,7 @@ def search(
 
         hits = per.search(ds, "vec", ["refund not received", "cancel my order"], k=10)
     """
-    schema = _known_schema(ds)
-    if schema is None:  # learning the schema would run the dataset: run it once, for the search
-        ds.to_arrow_refs()
-        schema = _schema(ds)
+    schema = _searched_schema(ds)
     columns = _polars_schema(schema)
     plan = _Search.plan(
         columns,
@@ -310,10 +307,7 @@ def knn_join(
         pairs = per.knn_join(questions, answers, on="vec", k=5)
         pairs.write_parquet("pairs/")
     """
-    right_schema = _known_schema(right)
-    if right_schema is None:  # learning the schema would run the dataset: run it once, for the join
-        right.to_arrow_refs()
-        right_schema = _schema(right)
+    right_schema = _searched_schema(right)
     left_schema = _schema(left)
     left_columns, right_columns = _polars_schema(left_schema), _polars_schema(right_schema)
     plan = _KnnJoin.plan(
@@ -526,6 +520,16 @@ def _known_schema(ds: ray.data.Dataset) -> pa.Schema | None:
     """The dataset's Arrow schema when Ray knows it without running anything, else ``None``."""
     schema = ds.schema(fetch_if_missing=False)
     return None if schema is None else _arrow(schema)
+
+
+def _searched_schema(ds: ray.data.Dataset) -> pa.Schema:
+    """The schema of a dataset about to be searched: when learning it would run the dataset,
+    the dataset is run now, once, and its blocks kept for the search."""
+    schema = _known_schema(ds)
+    if schema is None:
+        ds.to_arrow_refs()
+        schema = _schema(ds)
+    return schema
 
 
 def _schema(ds: ray.data.Dataset) -> pa.Schema:

@@ -101,6 +101,19 @@ class ExitingProvider(HashingProvider):
         os._exit(1)
 
 
+@dataclass(frozen=True, kw_only=True, repr=False)
+class RefusingProvider(HashingProvider):
+    """Hashing's options, but every request is refused with the key quoted, as a careless
+    service might; unlike :class:`CountingProvider` it pickles, so it can run on workers."""
+
+    name: ClassVar[str] = "refusing"
+
+    api_key: str | None = option(None, secret=True)
+
+    def embed_batch(self, texts: list[str], *, kind: str) -> np.ndarray:
+        raise ProviderError(f"400 bad request (key {self.resolve('api_key')})")
+
+
 def _mangled(vectors: np.ndarray, how: str) -> object:
     if how == "width":
         return vectors[:, :-1]

@@ -25,7 +25,7 @@ import polars_embed
 from polars_embed import ConfigError, cache
 from polars_embed.kernels import topk
 from tests.fake_servers import FakeOpenAI, Plan
-from tests.providers import ExitingProvider, vector_for
+from tests.providers import ExitingProvider, RefusingProvider, vector_for
 from tests.test_registry import REVERSING_PLUGIN, _build_wheel, _pip_install
 
 ray = pytest.importorskip("ray")
@@ -233,6 +233,16 @@ class TestEmbed:
         assert got["id"].to_list() == list(range(len(column)))
         expected = polars_embed.embed(column, "hashing", dims=32)
         np.testing.assert_array_equal(got["vec"].to_numpy(), expected.to_numpy())
+
+    def test_a_provider_that_fails_fails_the_job_with_its_words_and_no_key(self, cluster: Path) -> None:
+        provider = RefusingProvider(api_key="$env:PE_RAY_TEST_KEY")
+        workers = {"env_vars": {"PE_RAY_TEST_KEY": SECRET}}
+        ds = ray.data.from_items([{"text": "a ticket"}])
+        embedded = per.embed(ds, "text", provider, runtime_env=workers)
+        with pytest.raises(Exception, match="400 bad request") as raised:
+            embedded.materialize()
+        assert "refusing:words+chars failed after 0 of 1 distinct texts" in str(raised.value)
+        assert SECRET not in str(raised.value)
 
     def test_a_key_travels_as_its_variable_name_never_as_its_value(
         self, cluster: Path, monkeypatch: pytest.MonkeyPatch
