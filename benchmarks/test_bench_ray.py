@@ -6,6 +6,10 @@
 - exact ``search`` over 1,000,000 x 384 in blocks, one Ray task per block, against
   ``polars_embed.topk`` over the whole array in this process, for 1 and 100 queries.
 
+Each Ray entry runs its reference just before each of its rounds (``interleaved``), so its
+round-by-round ratios hold on a busy machine. Every Ray round starts its actors afresh, so
+no round is a warm-up.
+
 Sizes: ``POLARS_EMBED_BENCH_TEXTS`` (texts, 2,000) and ``POLARS_EMBED_BENCH_SEARCH_ROWS``
 (rows searched, 1,000,000), as in the other suites. The load average of the machine is kept
 in each result's ``extra_info``.
@@ -16,7 +20,7 @@ Run: ``python -m pytest benchmarks/test_bench_ray.py``
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -25,6 +29,7 @@ import pytest
 
 import polars_embed
 from benchmarks.corpus import sentences
+from benchmarks.ratios import interleaved
 from polars_embed import cache
 
 ray = pytest.importorskip("ray")
@@ -63,8 +68,21 @@ def cluster() -> Iterator[None]:
 
 def timed(benchmark: Any, function: Any, *, rounds: int, reference: bool = False, **kwargs: Any) -> Any:
     benchmark.extra_info["reference"] = reference
+    return loaded(
+        benchmark,
+        lambda: benchmark.pedantic(function, kwargs=kwargs, rounds=rounds, warmup_rounds=1, iterations=1),
+    )
+
+
+def paired(benchmark: Any, candidate: Callable[[], Any], reference: Callable[[], Any], **rounds: int) -> Any:
+    """:func:`interleaved`, with the load average kept."""
+    return loaded(benchmark, lambda: interleaved(benchmark, candidate, reference, **rounds))
+
+
+def loaded(benchmark: Any, run: Callable[[], Any]) -> Any:
+    """``run()``, with the machine's load average before and after it in ``extra_info``."""
     benchmark.extra_info["load_before"] = os.getloadavg()[0]
-    result = benchmark.pedantic(function, kwargs=kwargs, rounds=rounds, warmup_rounds=1, iterations=1)
+    result = run()
     benchmark.extra_info["load_after"] = os.getloadavg()[0]
     return result
 
@@ -113,17 +131,29 @@ def test_embed_on_two_actors(
 ) -> None:
     """End to end: start two actors (each loads the model), embed, gather the blocks."""
     benchmark.group = EMBED_GROUP
-    table = timed(benchmark, _ray_embed, rounds=3, texts=texts, provider=minilm, workers=no_cache)
+    table = paired(
+        benchmark,
+        lambda: _ray_embed(texts, minilm, no_cache),
+        lambda: polars_embed.embed(texts, minilm),
+        rounds=3,
+        warmup_rounds=0,
+    )
     assert table.num_rows == len(texts) and table.column("vec").null_count == 0
 
 
 def test_actor_pool_start_alone(
-    benchmark: Any, cluster: None, minilm: polars_embed.Provider, no_cache: dict[str, Any]
+    benchmark: Any, cluster: None, minilm: polars_embed.Provider, texts: list[str], no_cache: dict[str, Any]
 ) -> None:
     """The fixed cost inside the end-to-end time: the same job on two texts."""
     benchmark.group = EMBED_GROUP
     two = ["one text", "another"]
-    table = timed(benchmark, _ray_embed, rounds=3, texts=two, provider=minilm, workers=no_cache)
+    table = paired(
+        benchmark,
+        lambda: _ray_embed(two, minilm, no_cache),
+        lambda: polars_embed.embed(texts, minilm),
+        rounds=3,
+        warmup_rounds=0,
+    )
     assert table.num_rows == 2
 
 
@@ -162,7 +192,12 @@ def test_search_ray_blocks(
 ) -> None:
     benchmark.group = f"search {ROWS:,} x {WIDTH}, k={K}, {n_queries} queries: Ray blocks vs one process"
     queries = np.random.default_rng(1).standard_normal((n_queries, WIDTH), dtype=np.float32)
-    hits = timed(benchmark, per.search, rounds=5, ds=blocks, on="vec", query=queries, k=K)
+    hits = paired(
+        benchmark,
+        lambda: per.search(blocks, "vec", queries, k=K),
+        lambda: polars_embed.topk(queries, corpus, K),
+        rounds=5,
+    )
     expected, scores = polars_embed.topk(queries, corpus, K)
     np.testing.assert_array_equal(hits["vec"].to_numpy(), corpus[expected.ravel()])
     np.testing.assert_allclose(hits["score"].to_numpy(), scores.ravel(), rtol=1e-5)

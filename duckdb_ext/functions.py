@@ -20,7 +20,15 @@ from duckdb_ext._catalog import (
     resolve_table,
     set_comment,
 )
-from polars_embed.engine import as_text_series, embed_series, progress_bar
+from polars_embed.engine import (
+    EmbedJob,
+    Truncate,
+    as_text_series,
+    embed_series,
+    progress_bar,
+    resolve_truncate,
+    width_of,
+)
 from polars_embed.errors import ConfigError
 from polars_embed.metadata import VectorSpec, check_same_provider, check_width
 from polars_embed.provider import Kind, Provider
@@ -79,7 +87,7 @@ def register(
     [('FLOAT[8]', True)]
     """
     resolved = resolve_provider(provider, **options)
-    vector_type = f"FLOAT[{resolved.dimension}]"
+    vector_type = f"FLOAT[{width_of(resolved)}]"
     for function_name, kind in ((name, "document"), (f"{name}_query", "query")):
         with contextlib.suppress(duckdb.Error):  # nothing registered by that name yet
             con.remove_function(function_name)
@@ -144,6 +152,7 @@ def embed_table(
     provider: ProviderLike = None,
     batch_rows: int = DEFAULT_BATCH_ROWS,
     progress: bool | None = None,
+    truncate: Truncate = "warn",
     **options: Any,
 ) -> int:
     """Fill a table's vector column from a text column, in large batches.
@@ -175,6 +184,9 @@ def embed_table(
         Rows per engine call and per committed UPDATE.
     progress
         Show a progress bar (``None``: on long runs in a terminal or notebook).
+    truncate
+        Texts longer than the model reads: ``"warn"`` embeds their beginning and
+        warns, ``"error"`` refuses them (see :func:`polars_embed.embed`).
     **options
         Provider options, e.g. ``device="cpu"``.
 
@@ -203,11 +215,7 @@ def embed_table(
     vectors_name = into or f"{texts.name}_embedding"
     existing = target.column(vectors_name)
     stored = _stored_provider(existing)
-    chosen = (
-        stored.with_options(**options)
-        if provider is None and stored
-        else resolve_provider(provider, **options)
-    )
+    chosen, rule = resolve_truncate(stored if provider is None and stored else provider, truncate, **options)
     if stored is not None:
         check_same_provider(chosen, stored, column=vectors_name)
     vectors = _vector_column(con, target, vectors_name, existing, chosen)
@@ -216,7 +224,7 @@ def embed_table(
         set_comment(con, target, vectors, VectorSpec.of(chosen).to_json())
     except ConfigError as error:  # a plain callable has no name another process could look up
         log.warning("column %r of %s is filled without a description: %s", vectors.name, target, error)
-    return _fill(con, target, texts, vectors, chosen, batch_rows, progress)
+    return _fill(con, target, texts, vectors, chosen, batch_rows, progress, rule)
 
 
 def _stored_provider(column: Column | None) -> Provider | None:
@@ -229,7 +237,7 @@ def _vector_column(
 ) -> Column:
     """The ``FLOAT[d]`` column to fill, added when missing; a foreign comment on it is an error."""
     if existing is None:
-        added = Column(name, f"FLOAT[{provider.dimension}]", None)
+        added = Column(name, f"FLOAT[{width_of(provider)}]", None)
         con.execute(f"ALTER TABLE {table.sql} ADD COLUMN {added.sql} {added.data_type}")
         return added
     check_width(provider, existing.width, column=existing.name)
@@ -250,6 +258,7 @@ def _fill(
     provider: Provider,
     batch_rows: int,
     progress: bool | None,
+    truncate: Truncate,
 ) -> int:
     pending = f"{vectors.sql} IS NULL AND {texts.sql} IS NOT NULL"
     # Row ids first, then each batch by its row-id range: a result set left open on the
@@ -257,14 +266,18 @@ def _fill(
     row_ids = con.sql(f"SELECT rowid FROM {table.sql} WHERE {pending} ORDER BY rowid").pl().to_series()
     staging = f"__polars_embed_batch_{uuid.uuid4().hex}"
     written = 0
-    with progress_bar(len(row_ids), provider.label, progress) as bar:
+    # One job for the table: one stats record and one truncation warning, however many batches.
+    with (
+        progress_bar(len(row_ids), provider.label, progress) as bar,
+        EmbedJob(provider, progress=False, truncate=truncate) as job,
+    ):
         for start in range(0, len(row_ids), batch_rows):
             first, last = row_ids[start], row_ids[min(start + batch_rows, len(row_ids)) - 1]
             batch = con.sql(
                 f"SELECT rowid, {texts.sql} FROM {table.sql} WHERE rowid BETWEEN ? AND ? AND {pending}",
                 params=[first, last],
             ).pl()
-            embedded = embed_series(batch.to_series(1), provider, progress=False)
+            embedded = job.embed(batch.to_series(1))
             update = pl.DataFrame({"row": batch.to_series(0), "vector": embedded}).filter(
                 embedded.is_not_null()
             )

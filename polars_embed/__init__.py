@@ -5,18 +5,26 @@
 True
 """
 
+import importlib
 from importlib.metadata import PackageNotFoundError, version
+from typing import TYPE_CHECKING, Any
 
 from polars_embed import namespaces  # noqa: F401  (registers .embed on expressions and frames)
+from polars_embed._estimate import Estimate, estimate
 from polars_embed.cache import cache_settings, configure_cache
 from polars_embed.engine import aembed, embed
 from polars_embed.errors import (
     AuthenticationError,
+    BudgetExceededError,
+    ColumnNotFoundError,
     ConfigError,
     DimensionMismatchError,
+    DuplicateColumnError,
     DuplicateProviderError,
     EmbeddingIncompleteError,
+    InputTypeError,
     InvalidEmbeddingError,
+    InvalidInputError,
     MissingDependencyError,
     PolarsEmbedError,
     ProviderError,
@@ -24,11 +32,44 @@ from polars_embed.errors import (
     UnknownProviderError,
 )
 from polars_embed.hookspecs import hookimpl
-from polars_embed.kernels import l2_normalize, pairwise_scores, topk
+from polars_embed.kernels import l2_normalize, pairwise_scores, squared_norms, topk, topk_merge
 from polars_embed.metadata import read_parquet, scan_parquet
 from polars_embed.provider import CallableProvider, Embedded, Provider, option
+from polars_embed.quantization import Quantization, QuantizedVectors, quantize, quantized_topk, recall_at_k
 from polars_embed.registry import Registry, get_registry, list_providers, resolve_provider
 from polars_embed.stats import EmbedStats, last_stats, track_stats
+
+if TYPE_CHECKING:
+    from polars_embed.tables import (
+        Agreement,
+        ConflictError,
+        Database,
+        DatabaseLockedError,
+        DatabaseNotFoundError,
+        Id,
+        Model,
+        ReadOnlyError,
+        RecordNotFoundError,
+        Search,
+        Source,
+        Table,
+        TableExistsError,
+        TableNotFoundError,
+        ValidationError,
+        Vector,
+        VectorOf,
+        WriteError,
+        connect,
+    )
+
+
+def __getattr__(name: str) -> Any:
+    # Embedding tables load on first use: they build on duckdb_ext, which imports this package.
+    tables = importlib.import_module("polars_embed.tables")
+    if name in tables.__all__:
+        return getattr(tables, name)
+    raise AttributeError(f"module 'polars_embed' has no attribute {name!r}")
+
 
 try:
     __version__ = version("polars-embed")
@@ -36,27 +77,55 @@ except PackageNotFoundError:  # running from a source tree that is not installed
     __version__ = "0+unknown"
 
 __all__ = [
+    "Agreement",
     "AuthenticationError",
+    "BudgetExceededError",
     "CallableProvider",
+    "ColumnNotFoundError",
     "ConfigError",
+    "ConflictError",
+    "Database",
+    "DatabaseLockedError",
+    "DatabaseNotFoundError",
     "DimensionMismatchError",
+    "DuplicateColumnError",
     "DuplicateProviderError",
     "EmbedStats",
     "Embedded",
     "EmbeddingIncompleteError",
+    "Estimate",
+    "Id",
+    "InputTypeError",
     "InvalidEmbeddingError",
+    "InvalidInputError",
     "MissingDependencyError",
+    "Model",
     "PolarsEmbedError",
     "Provider",
     "ProviderError",
+    "Quantization",
+    "QuantizedVectors",
+    "ReadOnlyError",
+    "RecordNotFoundError",
     "Registry",
     "RetryableProviderError",
+    "Search",
+    "Source",
+    "Table",
+    "TableExistsError",
+    "TableNotFoundError",
     "UnknownProviderError",
+    "ValidationError",
+    "Vector",
+    "VectorOf",
+    "WriteError",
     "__version__",
     "aembed",
     "cache_settings",
     "configure_cache",
+    "connect",
     "embed",
+    "estimate",
     "get_registry",
     "hookimpl",
     "l2_normalize",
@@ -64,9 +133,14 @@ __all__ = [
     "list_providers",
     "option",
     "pairwise_scores",
+    "quantize",
+    "quantized_topk",
     "read_parquet",
+    "recall_at_k",
     "resolve_provider",
     "scan_parquet",
+    "squared_norms",
     "topk",
+    "topk_merge",
     "track_stats",
 ]

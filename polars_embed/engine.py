@@ -8,32 +8,41 @@
 
 A provider only embeds a batch; everything around that happens here, once, for
 Polars, DuckDB and plain Python alike. The engine keeps no per-call state
-outside the call, so many threads may use it at once.
+outside the call (or the :class:`EmbedJob` a front end opens for a column it
+hands over in pieces), so many threads may use it at once.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import os
 import random
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
-from concurrent.futures import CancelledError, ThreadPoolExecutor, as_completed
-from typing import Any, TypeVar
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import CancelledError, Future, ThreadPoolExecutor, as_completed
+from contextlib import contextmanager
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any, Literal, TypeVar
 
 import numpy as np
 import polars as pl
 import pyarrow as pa
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
-from polars_embed.cache import cache_for
+from polars_embed._tokens import approximate_token_counter, approximate_tokens
+from polars_embed.cache import EmbeddingCache, cache_for
 from polars_embed.errors import (
+    BudgetExceededError,
     ConfigError,
     EmbeddingIncompleteError,
+    InputTypeError,
     InvalidEmbeddingError,
+    InvalidInputError,
     ProviderError,
     RetryableProviderError,
 )
@@ -41,6 +50,20 @@ from polars_embed.metadata import remember
 from polars_embed.provider import Embedded, Kind, Provider, check_kind
 from polars_embed.registry import ProviderLike, resolve_provider
 from polars_embed.stats import EmbedStats, record
+
+__all__ = [
+    "TRUNCATE_RULES",
+    "EmbedJob",
+    "Truncate",
+    "aembed",
+    "as_text_series",
+    "embed",
+    "embed_queries",
+    "embed_series",
+    "progress_bar",
+    "resolve_truncate",
+    "width_of",
+]
 
 log = logging.getLogger("polars_embed")
 
@@ -51,6 +74,11 @@ TextsLike = Sequence[str | None] | pl.Series | pa.Array | pa.ChunkedArray | np.n
 BACKOFF_BASE = 0.5
 BACKOFF_CAP = 30.0
 RETRY_AFTER_CAP = 120.0
+
+#: What to do with a text longer than the model reads: embed its beginning and warn
+#: (counted in the stats), or refuse the call before any request.
+Truncate = Literal["warn", "error"]
+TRUNCATE_RULES: tuple[Truncate, ...] = ("warn", "error")
 
 _limits: dict[Provider, threading.BoundedSemaphore] = {}
 _limits_lock = threading.Lock()
@@ -64,6 +92,8 @@ def embed(
     *,
     kind: Kind = "document",
     progress: bool | None = None,
+    truncate: Truncate = "warn",
+    max_tokens: int | None = None,
     **options: Any,
 ) -> pl.Series:
     """Embed texts, returning one vector per input row.
@@ -82,6 +112,17 @@ def embed(
     progress
         Show a progress bar: ``None`` shows one on long calls in a terminal or
         notebook (not under pytest, nor with ``POLARS_EMBED_PROGRESS=0``).
+    truncate
+        Texts longer than the model reads (e.g. 256 tokens for all-MiniLM-L6-v2):
+        ``"warn"`` embeds their beginning, counts them in
+        :func:`~polars_embed.last_stats` and logs one warning; ``"error"`` refuses
+        the call before any request. A provider's own option of this name
+        (Cohere's ``"START"``, ``"END"``, ``"NONE"``) is passed to the provider.
+    max_tokens
+        A budget: refuse to start when the texts not in the cache would cost more
+        tokens (as :func:`polars_embed.estimate` counts them), and stop before a
+        request that would take the tokens used past it. Either way a
+        :class:`~polars_embed.BudgetExceededError`; what was embedded stays in the cache.
     **options
         Provider options, e.g. ``model="..."``, ``batch_size=64``.
 
@@ -97,8 +138,10 @@ def embed(
     >>> vectors.dtype, vectors.null_count()
     (Array(Float32, shape=(8,)), 2)
     """
-    resolved = resolve_provider(provider, **options)
-    return embed_series(as_text_series(texts), resolved, kind=kind, progress=progress)
+    resolved, rule = resolve_truncate(provider, truncate, **options)
+    return embed_series(
+        as_text_series(texts), resolved, kind=kind, progress=progress, truncate=rule, max_tokens=max_tokens
+    )
 
 
 async def aembed(
@@ -107,30 +150,74 @@ async def aembed(
     *,
     kind: Kind = "document",
     progress: bool | None = None,
+    truncate: Truncate = "warn",
+    max_tokens: int | None = None,
     **options: Any,
 ) -> pl.Series:
     """:func:`embed` for code already running in an event loop.
 
     The work runs on a worker thread, so the loop stays responsive.
     """
-    return await asyncio.to_thread(embed, texts, provider, kind=kind, progress=progress, **options)
+    return await asyncio.to_thread(
+        embed,
+        texts,
+        provider,
+        kind=kind,
+        progress=progress,
+        truncate=truncate,
+        max_tokens=max_tokens,
+        **options,
+    )
+
+
+def resolve_truncate(provider: ProviderLike, truncate: str, **options: Any) -> tuple[Provider, Truncate]:
+    """The provider, and the engine's rule for texts longer than the model reads.
+
+    ``truncate`` is the engine's ``"warn"`` or ``"error"``; any other value goes to
+    the provider's own option of that name (Cohere's ``"START"``, ``"END"``, ``"NONE"``),
+    and the engine warns.
+    """
+    resolved = resolve_provider(provider, **options)
+    if truncate in TRUNCATE_RULES:
+        return resolved, truncate  # type: ignore[return-value]
+    if "truncate" not in {field.name for field in dataclasses.fields(resolved)}:
+        raise ConfigError(f"truncate must be one of {TRUNCATE_RULES}, got {truncate!r}")
+    return resolved.with_options(truncate=truncate), "warn"
+
+
+def width_of(provider: Provider) -> int:
+    """The width of ``provider``'s vectors, for whatever must know it before embedding.
+
+    Most providers read it from their configuration. One that must ask its service
+    or function (an OpenAI-compatible server's model, a callable, neither with
+    ``dims``) asks once, within the provider's concurrency limit and with the
+    engine's retries, as a request to embed would.
+    """
+    width, _ = _with_retries(provider, lambda: provider.dimension, _concurrency_limit(provider))
+    return width
 
 
 def embed_queries(queries: Sequence[str], provider: Provider) -> np.ndarray:
-    """Embed search queries as a ``(q, d)`` float32 array; a blank query is an error."""
+    """Embed search queries as a ``(q, d)`` float32 array; a blank query is an error.
+
+    Query vectors are not remembered as a vector column (:func:`~polars_embed.metadata.remember`):
+    a process may run any number of searches.
+    """
     blank = [i for i, query in enumerate(queries) if not isinstance(query, str) or not query.strip()]
     if blank:
-        raise ValueError(
-            f"search queries must be non-blank strings; query {blank[0]} is {queries[blank[0]]!r}"
+        shown = repr(queries[blank[0]])
+        raise InvalidInputError(
+            f"search queries must be non-blank strings, but query {blank[0]} is "
+            f"{shown if len(shown) <= 40 else shown[:40] + '...'}: leave it out or pass a vector instead"
         )
     vectors = embed_series(pl.Series("query", list(queries), dtype=pl.String), provider, kind="query")
     return vectors.to_numpy()
 
 
 def as_text_series(texts: TextsLike, name: str = "embedding") -> pl.Series:
-    """Texts as a Polars String Series; anything that is not text is a ``TypeError``."""
+    """Texts as a Polars String Series; anything that is not text is an :class:`InputTypeError`."""
     if isinstance(texts, str):
-        raise TypeError("embed() takes a sequence of texts, not one string: wrap it as [text]")
+        raise InputTypeError("embed() takes a sequence of texts, not one string: wrap it as [text]")
     if isinstance(texts, pa.Array | pa.ChunkedArray):
         series = pl.Series(name, texts)
     elif isinstance(texts, pl.Series):
@@ -139,11 +226,14 @@ def as_text_series(texts: TextsLike, name: str = "embedding") -> pl.Series:
         try:
             series = pl.Series(name, list(texts), dtype=pl.String, strict=True)
         except TypeError as error:
-            raise TypeError(f"embed() needs strings or None: {error}".split("\n")[0]) from None
+            raise InputTypeError(
+                f"embed() needs a sequence of strings or None ({str(error).splitlines()[0]}); "
+                "convert the texts to str first"
+            ) from None
     if series.dtype in (pl.Null, pl.Categorical) or isinstance(series.dtype, pl.Enum):
         series = series.cast(pl.String)
     if series.dtype != pl.String:
-        raise TypeError(
+        raise InputTypeError(
             f"embed() needs a String column, but {series.name!r} is {series.dtype}; "
             f"convert it first, e.g. pl.col({series.name!r}).cast(pl.String)"
         )
@@ -151,50 +241,213 @@ def as_text_series(texts: TextsLike, name: str = "embedding") -> pl.Series:
 
 
 def embed_series(
-    texts: pl.Series, provider: Provider, *, kind: Kind = "document", progress: bool | None = None
+    texts: pl.Series,
+    provider: Provider,
+    *,
+    kind: Kind = "document",
+    progress: bool | None = None,
+    truncate: Truncate = "warn",
+    max_tokens: int | None = None,
 ) -> pl.Series:
     """The engine's core: a String Series in, an aligned ``pl.Array(pl.Float32, d)`` out."""
-    check_kind(kind)
-    started = time.perf_counter()
+    with EmbedJob(provider, kind=kind, progress=progress, truncate=truncate, max_tokens=max_tokens) as job:
+        return job.embed(texts)
+
+
+def distinct_texts(texts: pl.Series) -> tuple[pl.Series, int]:
+    """The distinct texts worth embedding, in input order, and how many rows were null or blank."""
     keep = texts.is_not_null() & (texts.str.strip_chars() != "")
-    distinct = texts.filter(keep).unique(maintain_order=True)
-    stats = EmbedStats(
-        provider=provider.label, rows=len(texts), skipped=len(texts) - int(keep.sum()), distinct=len(distinct)
-    )
-    try:
-        vectors = _embed_distinct(distinct.to_list(), provider, kind, progress, stats)
-    finally:
-        stats.seconds = time.perf_counter() - started
-        record(stats)
+    return texts.filter(keep).unique(maintain_order=True), len(texts) - int(keep.sum())
+
+
+class EmbedJob:
+    """One column's worth of engine calls: one progress bar, one stats record, one log line.
+
+    A front end that hands a column over in pieces (Polars' streaming engine calls
+    once per morsel, from several threads at once) sends each piece through
+    :meth:`embed` of one job. The job adds the pieces up: its bar's total grows as
+    pieces arrive, its record (what :func:`~polars_embed.last_stats` gives, updated
+    as each piece ends) covers every row, with the wall time from the first piece's
+    start to the last one's end, and texts cut to the model's length are warned
+    about once, when the job is closed. :func:`embed_series` is a job of one piece.
+
+    Parameters
+    ----------
+    provider
+        The provider that embeds every piece.
+    kind, progress, truncate
+        As for :func:`embed`.
+    max_tokens
+        As for :func:`embed`, for the whole job: every piece draws on one budget.
+    """
+
+    def __init__(
+        self,
+        provider: Provider,
+        *,
+        kind: Kind = "document",
+        progress: bool | None = None,
+        truncate: Truncate = "warn",
+        max_tokens: int | None = None,
+    ) -> None:
+        check_kind(kind)
+        if truncate not in TRUNCATE_RULES:
+            raise ConfigError(f"truncate must be one of {TRUNCATE_RULES}, got {truncate!r}")
+        self.budget = None if max_tokens is None else _TokenBudget(max_tokens)
+        self.provider = provider
+        self.kind = kind
+        self.truncate = truncate
+        self._progress = progress
+        self._lock = threading.Lock()
+        self._bar: tqdm | None = None
+        self._stats = EmbedStats(provider=provider.label)
+        self._span: tuple[float, float] | None = None
+        self._cut: tuple[int, str] | None = None  # (limit, text) of one truncated text
+        self._closed = False
+
+    def embed(self, texts: pl.Series) -> pl.Series:
+        """Embed one piece of the column (any thread): its vectors, aligned with ``texts``."""
+        started = time.perf_counter()
+        distinct, skipped = distinct_texts(texts)
+        stats = EmbedStats(
+            provider=self.provider.label, rows=len(texts), skipped=skipped, distinct=len(distinct)
+        )
+        try:
+            vectors = _embed_distinct(distinct.to_list(), self, stats)
+        finally:
+            self._add(stats, started, time.perf_counter())
+        lookup = pl.DataFrame(
+            {"text": distinct, "position": pl.int_range(len(distinct), dtype=pl.UInt32, eager=True)}
+        )
+        positions = pl.DataFrame({"text": texts}).join(lookup, on="text", how="left", maintain_order="left")
+        distinct_vectors = pl.Series(texts.name, vectors)
+        if self.kind == "document":  # not queries: every search makes some, and the store must not grow
+            remember(distinct_vectors, self.provider)
+        return distinct_vectors.gather(positions["position"])
+
+    def close(self) -> None:
+        """Close the bar and log the job's line (and its truncation warning); idempotent."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            bar, stats, cut = self._bar, dataclasses.replace(self._stats), self._cut
+        if bar is not None:
+            bar.close()
+        if cut is not None:
+            limit, text = cut
+            log.warning(
+                "%d texts were longer than the %d tokens %s reads, and only their beginnings were "
+                "embedded (e.g. one starting %r); shorten or split them, or pass truncate='error' "
+                "to refuse them",
+                stats.truncated,
+                limit,
+                self.provider.label,
+                text[:60],
+            )
         log.log(logging.INFO if stats.embedded else logging.DEBUG, "embedded %s", stats)
-    lookup = pl.DataFrame(
-        {"text": distinct, "position": pl.int_range(len(distinct), dtype=pl.UInt32, eager=True)}
-    )
-    positions = pl.DataFrame({"text": texts}).join(lookup, on="text", how="left", maintain_order="left")
-    distinct_vectors = pl.Series(texts.name, vectors)
-    remember(distinct_vectors, provider)
-    return distinct_vectors.gather(positions["position"])
+
+    def __enter__(self) -> EmbedJob:
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def _add(self, call: EmbedStats, started: float, ended: float) -> None:
+        with self._lock:
+            first, last = self._span or (started, ended)
+            self._span = (min(first, started), max(last, ended))
+            self._stats.add(call)
+            self._stats.seconds = self._span[1] - self._span[0]
+            record(call, started, ended, last=self._stats)  # under the lock: records land in order
+
+    def _plan(self, texts: list[str], stats: EmbedStats, tokens: list[int] | None = None) -> list[list[int]]:
+        """Batches for ``texts`` (none from the cache), after the length rules: texts the
+        service refuses are refused here, and texts the model cuts counted or refused.
+        ``tokens``: the provider's own counts, where the budget has them already."""
+        if not texts:
+            return []
+        provider = self.provider
+        reads = provider.max_input_tokens
+        if tokens is None and (provider.max_batch_tokens or provider.max_text_tokens or reads):
+            tokens = provider.count_tokens(texts, kind=self.kind)
+        if tokens is not None:
+            refused = provider.max_text_tokens
+            _refuse_over(texts, tokens, refused, f"{provider.label}'s limit of {refused} tokens per text")
+            if self.truncate == "error":
+                _refuse_over(
+                    texts,
+                    tokens,
+                    reads,
+                    f"the {reads} tokens {provider.label} reads, and truncate='error' refuses them",
+                    fix="shorten or split them, or pass truncate='warn' to embed their beginnings",
+                    counted=False,  # a text over the limit may have been counted only that far
+                )
+            cut = [i for i, count in enumerate(tokens) if reads and count > reads]
+            if cut:
+                stats.truncated = len(cut)
+                with self._lock:
+                    self._cut = self._cut or (reads, texts[cut[0]])
+        return _plan_batches(texts, provider, tokens)
+
+    @contextmanager
+    def _progress_of(self, pending: int) -> Iterator[tqdm]:
+        """The job's bar, its total grown by ``pending`` texts."""
+        with self._lock:
+            if self._bar is None:
+                self._bar = progress_bar(pending, self.provider.label, self._progress)
+            elif pending:
+                _grow(self._bar, pending)
+            bar = self._bar
+        yield bar
 
 
-def _embed_distinct(
-    texts: list[str], provider: Provider, kind: Kind, progress: bool | None, stats: EmbedStats
-) -> np.ndarray:
+def _refuse_over(
+    texts: list[str],
+    tokens: list[int],
+    limit: int | None,
+    over: str,
+    *,
+    fix: str = "shorten them first",
+    counted: bool = True,
+) -> None:
+    """Refuse texts of more than ``limit`` tokens with a :class:`ConfigError` naming how many, and one."""
+    too_long = [i for i, count in enumerate(tokens) if limit and count > limit]
+    if too_long:
+        first = too_long[0]
+        size = f"of about {tokens[first]} tokens " if counted else ""
+        raise ConfigError(
+            f"{len(too_long)} texts are over {over}, e.g. one {size}starting {texts[first][:60]!r}; {fix}"
+        )
+
+
+def _embed_distinct(texts: list[str], job: EmbedJob, stats: EmbedStats) -> np.ndarray:
     """Embed distinct non-blank texts into one ``(len(texts), d)`` float32 array."""
+    provider, kind = job.provider, job.kind
     limit = _concurrency_limit(provider)
-    # Some providers learn their width from a request (a probe), retried like any other.
-    width, stats.retries = _with_retries(provider, lambda: provider.dimension, limit)
+    width, stats.retries = _width(provider, limit)
     vectors = np.empty((len(texts), width), dtype=np.float32)
-    cache = cache_for(provider)
-    keys = cache.keys(provider, kind, texts) if cache else []
-    cached = cache.get(keys, width) if cache else {}
+    cache, keys, cached = _cache_lookup(texts, provider, kind, width)
     if cached:
         vectors[list(cached)] = np.stack(list(cached.values()))
     stats.cache_hits = len(cached)
     pending = [position for position in range(len(texts)) if position not in cached]
-    batches = [[pending[i] for i in batch] for batch in _plan_batches([texts[p] for p in pending], provider)]
+    pending_texts = [texts[p] for p in pending]
+    budget = job.budget
+    counts, provider_counts = budget.admit(pending_texts, provider, kind) if budget else (None, None)
+    batches = [[pending[i] for i in batch] for batch in job._plan(pending_texts, stats, provider_counts)]
+    tokens_of = dict(zip(pending, counts, strict=True)) if counts is not None else {}
 
     def request(batch: list[int]) -> tuple[Embedded, int]:
-        return _request_with_retries(provider, [texts[i] for i in batch], kind, limit)
+        if budget is None:
+            return _request_with_retries(provider, [texts[i] for i in batch], kind, limit)
+        estimated = sum(tokens_of[i] for i in batch)
+        budget.reserve(estimated)
+        answer = _request_with_retries(provider, [texts[i] for i in batch], kind, limit)
+        budget.settle(estimated, answer[0].tokens)
+        return answer
 
     def store(batch: list[int], answer: tuple[Embedded, int]) -> None:
         embedded, retries = answer
@@ -207,26 +460,63 @@ def _embed_distinct(
         stats.tokens += embedded.tokens
         bar.update(len(batch))
 
-    with progress_bar(len(pending), provider.label, progress) as bar:
+    with job._progress_of(len(pending)) as bar:
         try:
             _run_batches(batches, request, store, provider.resolve("max_concurrency"))
         except ProviderError as error:
-            # The provider's error is chained below, so it must not show a secret either.
-            error.args = tuple(provider.redact(arg) if isinstance(arg, str) else arg for arg in error.args)
+            raise _incomplete(error, provider, stats, len(texts), resumable=cache is not None) from error
+        except _OverBudget as error:
             done = stats.cache_hits + stats.embedded
-            kept = " Finished batches are in the embedding cache: a rerun resumes." if cache else ""
-            raise EmbeddingIncompleteError(
-                f"{provider.label} failed after {done} of {len(texts)} distinct texts were embedded "
-                f"({stats.cache_hits} from the cache); nothing was returned.{kept} "
-                f"{provider.redact(str(error))}",
-                done=done,
-                total=len(texts),
-            ) from error
+            kept = " What was embedded is in the cache: a rerun resumes from there." if cache else ""
+            raise BudgetExceededError(
+                f"{provider.label} stopped after {done} of {len(texts)} distinct texts: {error}; "
+                f"nothing was returned.{kept} Raise max_tokens to go on"
+            ) from None
     return vectors
 
 
-def _plan_batches(texts: list[str], provider: Provider) -> list[list[int]]:
-    """Group text positions into requests, by count and, where the provider says, by tokens.
+def _incomplete(
+    error: ProviderError, provider: Provider, stats: EmbedStats, total: int, *, resumable: bool
+) -> EmbeddingIncompleteError:
+    """The error for a column that failed part way. Its message alone says why, how far it
+    got and what a rerun does: on the way out of a Polars expression nothing else survives."""
+    # The provider's error is chained, so it must not show a secret either.
+    error.args = tuple(provider.redact(arg) if isinstance(arg, str) else arg for arg in error.args)
+    cause = str(error).removeprefix(f"{provider.label}: ")
+    retries = provider.resolve("max_retries")
+    if isinstance(error, RetryableProviderError) and retries:
+        cause += f" (still failing after {retries} retries)"
+    done = stats.cache_hits + stats.embedded
+    rerun = (
+        "finished batches are in the embedding cache, so a rerun resumes from there"
+        if resumable
+        else "without the embedding cache, a rerun starts over"
+    )
+    return EmbeddingIncompleteError(
+        f"{provider.label} failed after {done} of {total} distinct texts were embedded "
+        f"({stats.cache_hits} from the cache), so nothing was returned: {cause}; {rerun}",
+        done=done,
+        total=total,
+    )
+
+
+def _width(provider: Provider, limit: threading.BoundedSemaphore) -> tuple[int, int]:
+    """The provider's width and the retries it took: some learn it from a request (a probe)."""
+    return _with_retries(provider, lambda: provider.dimension, limit)
+
+
+def _cache_lookup(
+    texts: list[str], provider: Provider, kind: Kind, width: int
+) -> tuple[EmbeddingCache | None, list[bytes], dict[int, np.ndarray]]:
+    """The provider's cache (if any), each text's key in it, and the vectors it has, by position."""
+    cache = cache_for(provider)
+    keys = cache.keys(provider, kind, texts) if cache else []
+    return cache, keys, cache.get(keys, width) if cache else {}
+
+
+def _plan_batches(texts: list[str], provider: Provider, tokens: list[int] | None = None) -> list[list[int]]:
+    """Group text positions into requests, by count and, where the provider says and
+    ``tokens`` counts them, by tokens.
 
     Texts go longest first so that each batch holds texts of similar length, which
     keeps the padding a local model computes on small.
@@ -236,17 +526,7 @@ def _plan_batches(texts: list[str], provider: Provider) -> list[list[int]]:
         size = min(size, provider.max_batch_size)
     if size < 1:
         raise ConfigError(f"batch_size must be at least 1, got {size}")
-    token_budget = provider.max_batch_tokens
-    tokens = provider.count_tokens(texts) if token_budget or provider.max_text_tokens else None
-    if tokens is not None and provider.max_text_tokens:
-        too_long = [i for i, count in enumerate(tokens) if count > provider.max_text_tokens]
-        if too_long:
-            first = too_long[0]
-            raise ConfigError(
-                f"{len(too_long)} texts are over {provider.label}'s limit of "
-                f"{provider.max_text_tokens} tokens per text, e.g. one of about {tokens[first]} "
-                f"tokens starting {texts[first][:60]!r}; shorten them first"
-            )
+    token_budget = provider.max_batch_tokens if tokens is not None else None
     order = np.argsort([-len(text) for text in texts], kind="stable")
     batches: list[list[int]] = []
     current: list[int] = []
@@ -281,11 +561,14 @@ def _run_batches(
         return
     failure: BaseException | None = None
     pool = ThreadPoolExecutor(max_workers=min(concurrency, len(batches)), thread_name_prefix="polars-embed")
+    futures: dict[Future[Any], list[int]] = {}
+    stored: set[Future[Any]] = set()
     try:
         futures = {pool.submit(request, batch): batch for batch in batches}
         for future in as_completed(futures):
             try:
                 store(futures[future], future.result())
+                stored.add(future)
             except CancelledError:
                 continue
             except Exception as error:
@@ -293,6 +576,13 @@ def _run_batches(
                     failure = error
                     for pending in futures:
                         pending.cancel()
+    except KeyboardInterrupt:
+        # Ctrl-C: the requests in flight are paid for, so wait for them and keep their answers.
+        pool.shutdown(wait=True, cancel_futures=True)
+        for future, batch in futures.items():
+            if future not in stored and not future.cancelled() and future.exception() is None:
+                store(batch, future.result())
+        raise
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
     if failure is not None:
@@ -390,10 +680,20 @@ def _validated(vectors: Any, provider: Provider, texts: list[str], width: int) -
     return array
 
 
+def _grow(bar: tqdm, more: int) -> None:
+    """Add ``more`` to a bar's total, in a terminal and in a notebook alike."""
+    bar.total += more
+    widget = getattr(bar, "container", None)  # tqdm.notebook draws an ipywidgets bar with its own max
+    if widget is not None:
+        widget.children[1].max = bar.total
+
+
 def progress_bar(total: int, label: str, progress: bool | None) -> tqdm:
     """The progress bar of a long embedding job; ``progress=None`` decides as :func:`embed` documents."""
     if progress is None:
         progress = _progress_by_default()
+    # A text bar in notebooks too (tqdm, not tqdm.auto): a saved notebook keeps a widget's
+    # first frame but a text bar's last ("100% 3000/3000"); Jupyter redraws it in place.
     # delay: a call that ends within two seconds never draws a bar
     return tqdm(total=total, desc=f"embedding ({label})", unit="text", disable=not progress, delay=2.0)
 
@@ -405,3 +705,117 @@ def _progress_by_default() -> bool:
     if "PYTEST_CURRENT_TEST" in os.environ:
         return False
     return "ipykernel" in sys.modules or bool(sys.stderr and sys.stderr.isatty())
+
+
+# --- Cost preview and token budget -------------------------------------------------------
+# Public API of the engine, with distinct_texts above: polars_embed.estimate and the command
+# line build on these. They reuse the engine's own width probe, cache lookup, token counting
+# and batch planning, so a preview counts exactly what a run would send.
+
+
+def count_tokens(
+    texts: Sequence[str], provider: Provider, *, kind: Kind = "document"
+) -> tuple[list[int], str, bool]:
+    """Tokens per text, how they were counted, and whether the provider itself counted them.
+
+    The provider's :meth:`~polars_embed.Provider.count_tokens` when it counts, else an
+    approximation: tiktoken's cl100k_base when it loads, else UTF-8 bytes / 3.
+    """
+    counted = provider.count_tokens(texts, kind=kind)
+    if counted is not None:
+        return list(counted), provider.token_counter or f"{provider.name}'s own count", True
+    return (
+        approximate_tokens(texts),
+        f"approximated by {approximate_token_counter()}; {provider.name} does not count tokens",
+        False,
+    )
+
+
+@dataclass(frozen=True)
+class RequestPlan:
+    """What embedding some distinct texts would send, worked out without sending them.
+
+    Attributes
+    ----------
+    cached
+        Texts already in the embedding cache: they cost nothing.
+    pending
+        Texts that would be sent.
+    requests
+        Requests they would take, batched as a run batches them.
+    tokens
+        Tokens they would cost, counted as ``token_counter`` says.
+    token_counter
+        How the tokens were counted.
+    """
+
+    cached: int
+    pending: int
+    requests: int
+    tokens: int
+    token_counter: str
+
+
+def plan_requests(texts: list[str], provider: Provider, *, kind: Kind = "document") -> RequestPlan:
+    """The requests that embedding distinct non-blank ``texts`` would make, as a run makes them.
+
+    Nothing is sent, except a width probe by a provider that can only learn its width
+    from a request (an OpenAI-compatible model with no ``dims``).
+    """
+    check_kind(kind)
+    width, _ = _width(provider, _concurrency_limit(provider))
+    _, _, cached = _cache_lookup(texts, provider, kind, width)
+    pending = [text for position, text in enumerate(texts) if position not in cached]
+    tokens, counter, by_provider = count_tokens(pending, provider, kind=kind)
+    batches = _plan_batches(pending, provider, tokens if by_provider else None)
+    return RequestPlan(len(cached), len(pending), len(batches), sum(tokens), counter)
+
+
+class _OverBudget(Exception):
+    """The next request would pass ``max_tokens``; the engine rewords this for the user."""
+
+
+class _TokenBudget:
+    """``max_tokens`` for one job: each piece's texts are checked against the estimate
+    before its first request, then each request against the tokens counted so far (the
+    provider's count where it reports one, else the estimate) and those in flight."""
+
+    def __init__(self, max_tokens: int) -> None:
+        if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 0:
+            raise ConfigError(f"max_tokens must be a whole number of tokens, 0 or more; got {max_tokens!r}")
+        self.max_tokens = max_tokens
+        self.spent = 0
+        self.in_flight = 0
+        self._lock = threading.Lock()
+
+    def admit(self, texts: list[str], provider: Provider, kind: Kind) -> tuple[list[int], list[int] | None]:
+        """Tokens per text, and the same when the provider counted them itself; a
+        :class:`BudgetExceededError` before anything is sent when they would not fit."""
+        counts, counter, by_provider = count_tokens(texts, provider, kind=kind)
+        total = sum(counts)
+        with self._lock:
+            used = self.spent + self.in_flight
+        if used + total > self.max_tokens:
+            so_far, unsent = (
+                (f" on top of the {used} used so far", "none of them") if used else ("", "nothing")
+            )
+            raise BudgetExceededError(
+                f"{provider.label}: the {len(texts)} texts to embed would cost about {total} "
+                f"tokens ({counter}){so_far}, over max_tokens={self.max_tokens}; {unsent} was sent. "
+                "Raise max_tokens or embed fewer texts; polars_embed.estimate previews a run"
+            )
+        return counts, counts if by_provider else None
+
+    def reserve(self, estimated: int) -> None:
+        with self._lock:
+            if self.spent + self.in_flight + estimated > self.max_tokens:
+                raise _OverBudget(
+                    f"the next request (about {estimated} tokens) would take the {self.spent} tokens "
+                    f"used so far past max_tokens={self.max_tokens}"
+                )
+            self.in_flight += estimated
+
+    def settle(self, estimated: int, counted: int) -> None:
+        with self._lock:
+            self.in_flight -= estimated
+            self.spent += counted or estimated

@@ -1,16 +1,78 @@
 """Exceptions raised by polars-embed.
 
-Every error a user can meet derives from :class:`PolarsEmbedError`, and each one
-also derives from the built-in exception a Python user would expect (``KeyError``
-for an unknown name, ``ImportError`` for a missing extra, ``ValueError`` for bad
-values), so existing ``except`` clauses keep working.
+The hierarchy::
+
+    PolarsEmbedError
+    ├── ConfigError             (ValueError)  an option or argument is not accepted
+    ├── InvalidInputError       (ValueError)  data that cannot be embedded or searched
+    ├── InputTypeError          (TypeError)   data or an argument of the wrong type
+    ├── DimensionMismatchError  (ValueError)  vectors of different widths compared
+    ├── BudgetExceededError     (ValueError)  a run would pass its max_tokens
+    ├── ColumnNotFoundError     (polars.exceptions.ColumnNotFoundError)
+    ├── DuplicateColumnError    (polars.exceptions.DuplicateError)
+    ├── UnknownProviderError    (KeyError)
+    ├── DuplicateProviderError  (ValueError)
+    ├── MissingDependencyError  (ImportError)
+    └── ProviderError                         a provider failed to embed a batch
+        ├── RetryableProviderError
+        ├── AuthenticationError
+        ├── InvalidEmbeddingError
+        └── EmbeddingIncompleteError          a column failed part way; nothing returned
+
+Each class also derives from the exception that Python or Polars would raise in
+its place (in brackets), so existing ``except`` clauses keep working.
+
+Every error is rebuilt from its message alone on the way out of a Polars
+expression: Polars 2.x raises ``type(error)(message)`` with the expression
+appended to the message, keeping the class but losing the attributes, the
+traceback and ``__cause__``. So every class here takes its message as its only
+required argument, and the message alone says what went wrong, how to fix it
+and, for :class:`EmbeddingIncompleteError`, how far the work got and whether a
+rerun resumes. Exceptions pickle (for process pools and Ray) with their attributes.
 """
 
 from __future__ import annotations
 
+import re
+
+import polars as pl
+
 
 class PolarsEmbedError(Exception):
     """Base class of every polars-embed error."""
+
+
+class ConfigError(PolarsEmbedError, ValueError):
+    """An option or argument is not accepted: unknown, out of range, of the wrong type for a
+    provider option, referencing an unset variable, or read from a file that cannot be trusted."""
+
+
+class InvalidInputError(PolarsEmbedError, ValueError):
+    """Data that cannot be embedded or searched: no query, a blank query, a vector of the
+    wrong shape or without a direction."""
+
+
+class InputTypeError(PolarsEmbedError, TypeError):
+    """Data or an argument of the wrong type: texts that are not strings, a column that is not
+    a vector column, vectors that are not numbers, a ``k`` that is not an integer."""
+
+
+class DimensionMismatchError(PolarsEmbedError, ValueError):
+    """Vectors of different widths (usually from different models) were compared."""
+
+
+class BudgetExceededError(PolarsEmbedError, ValueError):
+    """A run would cost more tokens than its ``max_tokens``: refused before the first
+    request, or stopped before the request that would pass it (what was embedded is
+    in the cache)."""
+
+
+class ColumnNotFoundError(PolarsEmbedError, pl.exceptions.ColumnNotFoundError):
+    """A column named in an argument is not in the frame."""
+
+
+class DuplicateColumnError(PolarsEmbedError, pl.exceptions.DuplicateError):
+    """An output column would take a name the frame already has."""
 
 
 class UnknownProviderError(PolarsEmbedError, KeyError):
@@ -26,10 +88,6 @@ class DuplicateProviderError(PolarsEmbedError, ValueError):
 
 class MissingDependencyError(PolarsEmbedError, ImportError):
     """A provider needs an optional dependency that is not installed."""
-
-
-class ConfigError(PolarsEmbedError, ValueError):
-    """An option is unknown, has the wrong type, or references an unset variable."""
 
 
 class ProviderError(PolarsEmbedError):
@@ -60,19 +118,24 @@ class InvalidEmbeddingError(ProviderError):
     """A provider returned something that is not one finite float vector per text."""
 
 
+# How the engine words the progress of a failed column; read back by an error rebuilt from it.
+_PROGRESS = re.compile(r"after (\d+) of (\d+) distinct texts")
+
+
 class EmbeddingIncompleteError(ProviderError):
     """A column failed part way through; nothing partial was returned.
 
-    ``done`` and ``total`` count distinct texts. Batches that finished before the
-    failure are kept by the embedding cache (when it is on), so a rerun pays only
-    for the rest.
+    ``done`` and ``total`` count distinct texts; when they are not given (an error
+    rebuilt from its message, as Polars does) they are read from the message.
+    Batches that finished before the failure are kept by the embedding cache
+    (when it is on), so a rerun pays only for the rest.
     """
 
-    def __init__(self, message: str, *, done: int, total: int) -> None:
+    def __init__(self, message: str, *, done: int | None = None, total: int | None = None) -> None:
         super().__init__(message)
+        progress = _PROGRESS.search(str(message))
+        if progress is not None:
+            done = int(progress[1]) if done is None else done
+            total = int(progress[2]) if total is None else total
         self.done = done
         self.total = total
-
-
-class DimensionMismatchError(PolarsEmbedError, ValueError):
-    """Vectors of different widths (usually from different models) were compared."""

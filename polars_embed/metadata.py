@@ -13,14 +13,17 @@ keeps track of which provider made every vector column, two ways:
   within its bounds (sizes, nesting and numbers), and an unknown provider is an
   error, not an import. Where requests go and which key they carry come from the
   user's own configuration (see the trust model in :mod:`polars_embed.provider`).
-- **In this process**: vectors the engine makes, or that were read from a described
-  file, are recognised by their content (a digest per row), so the knowledge
-  survives filters, sorts, joins and renames. :func:`provider_of` answers which
-  provider made a column.
+- **In this process**: document vectors the engine makes, or that were read from a
+  described file, are recognised by their content (a digest per row), so the
+  knowledge survives filters, sorts, joins and renames. :func:`provider_of` answers
+  which provider made a column. Query vectors are not remembered, so searches never
+  grow the store, and the store's size and lookup cost are bounded (see
+  :class:`_Remembered`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import glob
 import json
@@ -66,7 +69,8 @@ _SPEC_TYPES: dict[str, tuple[type, int, int]] = {
 }
 _SPEC_KEYS = set(_SPEC_TYPES)
 _SAMPLE_ROWS = 16
-_REMEMBERED_ROWS = 4_000_000  # about 40 MB of digests; the oldest are forgotten first
+_REMEMBERED_ROWS = 4_000_000  # about 64 MB of digests and makers; the oldest are forgotten first
+_CHUNK_ROWS = _REMEMBERED_ROWS // 16  # merged chunks stop growing here, so forgetting is gradual
 
 
 @dataclass(frozen=True)
@@ -274,39 +278,127 @@ def provider_for_query(
     return chosen
 
 
+@dataclass(frozen=True)
+class _Chunk:
+    """Sorted distinct row digests, the number of the provider that made each, and those numbers."""
+
+    digests: np.ndarray  # uint64, sorted, distinct
+    makers: np.ndarray  # int64 provider numbers, aligned with digests
+    numbers: frozenset[int]
+
+    def __len__(self) -> int:
+        return len(self.digests)
+
+    @classmethod
+    def of(cls, digests: np.ndarray, number: int) -> _Chunk:
+        return cls(digests, np.full(len(digests), number, dtype=np.int64), frozenset((number,)))
+
+    @classmethod
+    def merged(cls, older: _Chunk, newer: _Chunk) -> _Chunk:
+        """One chunk holding both; a digest in both keeps its newer maker."""
+        places = np.searchsorted(older.digests, newer.digests).clip(max=len(older) - 1)
+        repeated = places[older.digests[places] == newer.digests]
+        numbers = older.numbers
+        if len(repeated):
+            kept = np.ones(len(older), dtype=bool)
+            kept[repeated] = False
+            older = cls(older.digests[kept], older.makers[kept], frozenset())
+            numbers = frozenset(np.unique(older.makers).tolist())
+        # Where each newer digest lands among the older ones, shifted by the newer ones before it.
+        landing = np.searchsorted(older.digests, newer.digests) + np.arange(len(newer))
+        from_older = np.ones(len(older) + len(newer), dtype=bool)
+        from_older[landing] = False
+        digests = np.empty(len(from_older), dtype=np.uint64)
+        makers = np.empty(len(from_older), dtype=np.int64)
+        digests[landing], makers[landing] = newer.digests, newer.makers
+        digests[from_older], makers[from_older] = older.digests, older.makers
+        return cls(digests, makers, numbers | newer.numbers)
+
+
 class _Remembered:
-    """Row digests of vectors this process has seen, and the provider that made each."""
+    """Row digests of vectors this process has seen, and the provider that made each.
+
+    Chunks are kept oldest first. A new chunk is merged into the one before it while that
+    one is at most twice its size and the two fit in :data:`_CHUNK_ROWS`: like the digits
+    of a binary counter, chunks stay few however many calls added rows, so :meth:`find`
+    costs a few binary searches, never one per call. Past :data:`_REMEMBERED_ROWS` rows
+    the oldest chunks are forgotten first, and a provider with no rows left is let go.
+    """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._chunks: list[tuple[np.ndarray, int]] = []  # (sorted digests, index into _providers)
-        self._providers: list[Provider] = []
+        self._chunks: list[_Chunk] = []
+        self._providers: dict[int, Provider] = {}
+        self._numbers: dict[Provider, int] = {}  # the hashable providers, to number them at once
+        self._next_number = 0
         self._rows = 0
+
+    def __len__(self) -> int:
+        """How many row digests are remembered."""
+        return self._rows
+
+    @property
+    def chunk_count(self) -> int:
+        return len(self._chunks)
+
+    @property
+    def provider_count(self) -> int:
+        return len(self._providers)
 
     def add(self, vectors: np.ndarray, provider: Provider) -> None:
         digests = np.unique(_digests(vectors))
         if len(digests) == 0:
             return
         with self._lock:
-            try:
-                index = self._providers.index(provider)
-            except ValueError:
-                self._providers.append(provider)
-                index = len(self._providers) - 1
-            self._chunks.append((digests, index))
-            self._rows += len(digests)
+            chunk = _Chunk.of(digests, self._number(provider))
+            self._rows += len(chunk)
+            dropped = False  # whether some provider may have no rows left
+            while self._chunks and _mergeable(self._chunks[-1], chunk):
+                older = self._chunks.pop()
+                merged = _Chunk.merged(older, chunk)
+                self._rows -= len(older) + len(chunk) - len(merged)
+                dropped |= merged.numbers != older.numbers | chunk.numbers
+                chunk = merged
+            self._chunks.append(chunk)
             while self._rows > _REMEMBERED_ROWS and len(self._chunks) > 1:
-                forgotten, _ = self._chunks.pop(0)
-                self._rows -= len(forgotten)
+                self._rows -= len(self._chunks.pop(0))
+                dropped = True
+            if dropped:
+                self._let_go_of_providers_without_rows()
 
     def find(self, vectors: np.ndarray) -> Provider | None:
         digests = _digests(vectors)
         with self._lock:
-            for chunk, index in reversed(self._chunks):  # the most recent wins
-                positions = np.searchsorted(chunk, digests).clip(max=len(chunk) - 1)
-                if (chunk[positions] == digests).any():
-                    return self._providers[index]
+            for chunk in reversed(self._chunks):  # the most recent wins
+                positions = np.searchsorted(chunk.digests, digests).clip(max=len(chunk) - 1)
+                hits = chunk.digests[positions] == digests
+                if hits.any():
+                    return self._providers[int(chunk.makers[positions[np.argmax(hits)]])]
         return None
+
+    def _number(self, provider: Provider) -> int:
+        """The number of ``provider`` (or of one equal to it); a new number for a new provider."""
+        try:
+            number = self._numbers.get(provider)
+        except TypeError:  # an unhashable callable provider: compare it with each one
+            number = next((n for n, known in self._providers.items() if known == provider), None)
+        if number is None:
+            number, self._next_number = self._next_number, self._next_number + 1
+            self._providers[number] = provider
+            with contextlib.suppress(TypeError):
+                self._numbers[provider] = number
+        return number
+
+    def _let_go_of_providers_without_rows(self) -> None:
+        live = frozenset().union(*(chunk.numbers for chunk in self._chunks))
+        for number in self._providers.keys() - live:
+            provider = self._providers.pop(number)
+            with contextlib.suppress(TypeError, KeyError):
+                del self._numbers[provider]
+
+
+def _mergeable(older: _Chunk, newer: _Chunk) -> bool:
+    return len(older) <= 2 * len(newer) and len(older) + len(newer) <= _CHUNK_ROWS
 
 
 _remembered = _Remembered()
@@ -427,11 +519,11 @@ def _not_from_a_file(provider: str, name: str, role: str) -> str:
     )
 
 
-def describable(provider: Provider, column: str) -> VectorSpec | None:
+def describable(provider: Provider | VectorSpec, column: str) -> VectorSpec | None:
     """The spec of ``provider``'s vectors for a file, or ``None`` (with a warning) when they
     cannot be described in one."""
-    spec = VectorSpec.of(provider)
     try:
+        spec = provider if isinstance(provider, VectorSpec) else VectorSpec.of(provider)
         spec.to_json()
     except ConfigError as error:
         log.warning("column %r is written without a description: %s", column, error)
@@ -439,25 +531,29 @@ def describable(provider: Provider, column: str) -> VectorSpec | None:
     return spec
 
 
-def file_metadata(specs: Mapping[str, VectorSpec]) -> dict[str, str]:
-    """The key-value metadata that describes vector columns in a file, as :func:`specs_in` reads it."""
-    described = {name: json.loads(spec.to_json()) for name, spec in specs.items()}
-    return {METADATA_KEY: json.dumps(described, sort_keys=True)}
+def parquet_metadata(providers: Mapping[str, Provider | VectorSpec]) -> dict[str, str]:
+    """The Parquet key-value metadata that describes these vector columns (by column name)."""
+    specs = {}
+    for name, provider in providers.items():
+        spec = describable(provider, name)
+        if spec is not None:
+            specs[name] = json.loads(spec.to_json())
+    return {METADATA_KEY: json.dumps(specs, sort_keys=True)}
 
 
 def write_parquet(frame: pl.DataFrame, path: str | PathLike[str], **options: Any) -> None:
     """``DataFrame.write_parquet``, storing the spec of every vector column this process knows."""
-    specs = {}
+    providers = {}
     for name, dtype in frame.schema.items():
-        provider = provider_of(frame[name]) if is_vector_dtype(dtype) else None
-        spec = describable(provider, name) if provider is not None else None
-        if spec is not None:
-            specs[name] = spec
-    metadata = {**(options.pop("metadata", None) or {}), **file_metadata(specs)}
+        if is_vector_dtype(dtype):
+            provider = provider_of(frame[name])
+            if provider is not None:
+                providers[name] = provider
+    metadata = {**(options.pop("metadata", None) or {}), **parquet_metadata(providers)}
     frame.write_parquet(path, metadata=metadata, **options)
 
 
-def parquet_metadata(source: str | PathLike[str]) -> dict[str, str]:
+def _read_metadata(source: str | PathLike[str]) -> dict[str, str]:
     """The key-value metadata of a Parquet file, or of the files in a directory or glob (as Ray
     Data and other dataset writers leave them), which must all describe their vectors alike."""
     path = os.fspath(source)
@@ -485,7 +581,7 @@ def read_parquet(source: str | PathLike[str], **options: Any) -> pl.DataFrame:
     ``source`` may be a file, a directory or a glob of files that describe their vectors alike.
     """
     frame = pl.read_parquet(source, **options)
-    for name, spec in specs_in(parquet_metadata(source)).items():
+    for name, spec in specs_in(_read_metadata(source)).items():
         if name in frame.columns:
             remember(frame[name], checked_provider(spec, frame.schema[name], name))
     return frame
@@ -499,7 +595,7 @@ def scan_parquet(source: str | PathLike[str], **options: Any) -> pl.LazyFrame:
     frame = pl.scan_parquet(source, **options)
     schema = frame.collect_schema()
     remembered = []
-    for name, spec in specs_in(parquet_metadata(source)).items():
+    for name, spec in specs_in(_read_metadata(source)).items():
         if name in schema:
             provider = checked_provider(spec, schema[name], name)
             remembered.append(

@@ -276,7 +276,8 @@ class Provider:
     extra: ClassVar[str | None] = None
     #: A hard limit on texts per request imposed by the service.
     max_batch_size: ClassVar[int | None] = None
-    #: Limits on tokens per request and per text, where the service has them.
+    #: Limits on tokens per request and per text, where the service has them (a text
+    #: over ``max_text_tokens`` is refused by the service, so the engine refuses it first).
     max_batch_tokens: ClassVar[int | None] = None
     max_text_tokens: ClassVar[int | None] = None
     #: Bump when the same options start giving different vectors (it changes the spec).
@@ -310,8 +311,23 @@ class Provider:
         """Embed non-blank ``texts`` as documents or queries; one row per text."""
         raise NotImplementedError
 
-    def count_tokens(self, texts: Sequence[str]) -> list[int] | None:
-        """Tokens per text, for batching by tokens; ``None`` when not counted."""
+    @property
+    def max_input_tokens(self) -> int | None:
+        """How many tokens of a text the model reads: a longer text is embedded from
+        its beginning only. ``None`` when the whole text is read, or the limit is not
+        known. The engine counts such texts (:meth:`count_tokens`) and warns or refuses."""
+        return None
+
+    def count_tokens(self, texts: Sequence[str], *, kind: Kind = "document") -> list[int] | None:
+        """Tokens per text as the model sees it for ``kind`` (prompt and special tokens
+        included), for the limits above; ``None`` when not counted. Where an exact count
+        would decide nothing, a bound may stand in: at least the count for a text within
+        :attr:`max_input_tokens`, at most the count for one over it."""
+        return None
+
+    @property
+    def token_counter(self) -> str | None:
+        """How :meth:`count_tokens` counts, in a few words, for cost previews."""
         return None
 
     # --- construction -------------------------------------------------------------------

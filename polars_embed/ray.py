@@ -59,13 +59,13 @@ import pyarrow as pa
 
 from polars_embed.engine import as_text_series, embed_series
 from polars_embed.errors import ConfigError, MissingDependencyError
-from polars_embed.kernels import Metric, topk
+from polars_embed.kernels import Metric, topk, topk_merge
 from polars_embed.metadata import (
     METADATA_KEY,
     VectorSpec,
     checked_provider,
     describable,
-    file_metadata,
+    parquet_metadata,
     specs_in,
 )
 from polars_embed.namespaces._vectors import as_matrix, check_same_width, valid_rows
@@ -248,10 +248,11 @@ def search(
         normalized=normalized,
         score=score,
         query_index=query_index,
+        quantized=None,
         options=options,
     )
     stored = _stored_provider(schema, on, columns)
-    queries = plan.query_vectors(pl.Series(on, [], dtype=columns[on]), stored, unknown=_NO_PROVIDER_HINT)
+    queries = plan.queries_for(pl.Series(on, [], dtype=columns[on]), stored, unknown=_NO_PROVIDER_HINT)
     blocks = ds.to_arrow_refs()
     indices, scores, offsets = _search_blocks(
         blocks, on, queries, plan.k, plan.metric, _normalized(plan.normalized, stored)
@@ -322,6 +323,7 @@ def knn_join(
         how=how,
         suffix=suffix,
         score=score,
+        quantized=None,
     )
     check_same_width(
         pl.Series(plan.left_on, [], dtype=left_columns[plan.left_on]),
@@ -339,7 +341,7 @@ def knn_join(
             "plan": plan,
             "blocks": right.to_arrow_refs(),  # inside a list, Ray passes the references, not the blocks
             "normalized": _normalized(plan.normalized, right_provider),
-            "metadata": file_metadata(described) if described else {},
+            "metadata": parquet_metadata(described) if described else {},
         },
         batch_format="pyarrow",
         batch_size=batch_size,
@@ -371,10 +373,11 @@ class _EmbedBatches:
         with track_stats() as stats:
             vectors = embed_series(texts, self._provider, kind=self._kind, progress=False)
         self._stats.add(stats)
+        self._stats.seconds += stats.seconds  # an actor embeds one batch at a time
         embedded = batch.append_column(self._into, vectors.to_arrow())
         # Blocks read from files may have lost the description their dataset's schema has.
         specs = {**_specs(batch.schema), **self._specs}
-        return embedded.replace_schema_metadata({**(batch.schema.metadata or {}), **file_metadata(specs)})
+        return embedded.replace_schema_metadata({**(batch.schema.metadata or {}), **parquet_metadata(specs)})
 
     def __del__(self) -> None:  # Ray Data deletes the callable when the actor shuts down
         log.info("polars_embed.ray actor on %s: %s", self._where, self._stats)
@@ -416,32 +419,18 @@ def _search_blocks(
         [_block_topk.remote(block, column, queries_ref, k, metric, normalized) for block in blocks]
     )
     offsets = np.cumsum([0] + [rows for rows, _, _ in answers])
-    parts = [
-        (np.where(indices >= 0, indices + offset, -1), scores)
-        for (_, indices, scores), offset in zip(answers, offsets, strict=False)
-    ]
-    indices, scores = _merge_topk(parts, k, metric=metric, n_queries=len(queries))
+    if not answers:  # a dataset of no blocks: nothing to find
+        return np.empty((len(queries), 0), np.int64), np.empty((len(queries), 0), np.float32), offsets
+    indices, scores = topk_merge(
+        [
+            np.where(indices >= 0, indices + offset, -1)
+            for (_, indices, _), offset in zip(answers, offsets, strict=False)
+        ],
+        [scores for _, _, scores in answers],
+        k,
+        metric=metric,
+    )
     return indices, scores, offsets
-
-
-def _merge_topk(
-    parts: list[tuple[np.ndarray, np.ndarray]], k: int, *, metric: Metric, n_queries: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """Merge the top-k of several parts of a corpus into the top-k of the whole.
-
-    ``parts`` are :func:`~polars_embed.topk` results whose indices are already row
-    numbers of the whole corpus (-1 for none). The merge keeps ``topk``'s order: best
-    score first (lowest for ``"l2"``), ties to the lower row number.
-    """
-    if not parts:
-        return np.full((n_queries, 0), -1, dtype=np.int64), np.full((n_queries, 0), np.nan, dtype=np.float32)
-    indices = np.concatenate([part_indices for part_indices, _ in parts], axis=1)
-    scores = np.concatenate([part_scores for _, part_scores in parts], axis=1)
-    found = indices >= 0
-    worse = np.where(found, scores if metric == "l2" else -scores, np.inf)
-    rows = np.where(found, indices, np.iinfo(np.int64).max)
-    order = np.lexsort((rows, worse), axis=-1)[:, :k]
-    return np.take_along_axis(indices, order, axis=1), np.take_along_axis(scores, order, axis=1)
 
 
 @ray.remote

@@ -20,7 +20,7 @@ from typing import Any
 import pluggy
 
 from polars_embed import hookspecs
-from polars_embed.errors import ConfigError, DuplicateProviderError, UnknownProviderError
+from polars_embed.errors import ConfigError, DuplicateProviderError, InputTypeError, UnknownProviderError
 from polars_embed.provider import CallableProvider, Provider, check_known, check_option, option_role
 
 log = logging.getLogger(__name__)
@@ -114,7 +114,7 @@ class Registry:
 
     def _new_entry(self, provider_class: type[Provider], origin: str) -> ProviderEntry:
         if not (isinstance(provider_class, type) and issubclass(provider_class, Provider)):
-            raise TypeError(f"{provider_class!r} is not a polars_embed.Provider subclass")
+            raise InputTypeError(f"{provider_class!r} is not a polars_embed.Provider subclass")
         name = provider_class.name
         if not name or ":" in name:
             raise ConfigError(f"{provider_class.__name__} needs a name without ':', got {name!r}")
@@ -255,7 +255,7 @@ def resolve_provider(provider: ProviderLike = None, **options: Any) -> Provider:
         return provider.with_options(**options)
     if callable(provider):
         return CallableProvider.create(function=provider, **options)
-    raise TypeError(
+    raise InputTypeError(
         f"provider must be a name, a 'name:model' string, a Provider or a callable; "
         f"got {type(provider).__name__}"
     )

@@ -1,9 +1,11 @@
 """What each embedding call did: rows, cache hits, requests, retries, tokens, time.
 
-Every call logs one line on the ``polars_embed`` logger. To read the figures in
-code, :func:`last_stats` gives the most recent call's, and :func:`track_stats`
-adds up every call made while it is open, from any thread (Polars and DuckDB
-call the engine from their worker threads)::
+Every call, and every column a Polars query embeds, logs one line on the
+``polars_embed`` logger. To read the figures in code, :func:`last_stats` gives
+the most recent call's or column's (one record for a column, however many
+morsels Polars handed over), and :func:`track_stats` adds up every call made
+while it is open, from any thread (Polars and DuckDB call the engine from their
+worker threads). Times are wall time: calls that overlap count once::
 
     with polars_embed.track_stats() as stats:
         df = df.with_columns(vec=pl.col("text").embed.with_provider("hashing"))
@@ -12,13 +14,24 @@ call the engine from their worker threads)::
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-_COUNTERS = ("rows", "skipped", "distinct", "cache_hits", "embedded", "requests", "retries", "tokens")
+_COUNTERS = (
+    "rows",
+    "skipped",
+    "distinct",
+    "cache_hits",
+    "embedded",
+    "requests",
+    "retries",
+    "tokens",
+    "truncated",
+)
 
 
 @dataclass
@@ -45,8 +58,11 @@ class EmbedStats:
         Requests retried after a retryable failure.
     tokens
         Tokens billed, where the provider reports them.
+    truncated
+        Texts longer than the model reads, embedded from their beginning only
+        (counted where the provider knows its limit; see ``truncate=``).
     seconds
-        Wall time.
+        Wall time: overlapping calls (Polars' concurrent morsels) count once.
     """
 
     provider: str = ""
@@ -58,13 +74,13 @@ class EmbedStats:
     requests: int = 0
     retries: int = 0
     tokens: int = 0
+    truncated: int = 0
     seconds: float = 0.0
 
     def add(self, other: EmbedStats) -> None:
-        """Add another call's counters to these."""
+        """Add another call's counters to these (not its time: wall times do not add up)."""
         for name in _COUNTERS:
             setattr(self, name, getattr(self, name) + getattr(other, name))
-        self.seconds += other.seconds
         self.provider = other.provider
 
     def __str__(self) -> str:
@@ -72,38 +88,70 @@ class EmbedStats:
             f"{self.provider}: {self.rows} rows, {self.skipped} null or blank, "
             f"{self.distinct} distinct, {self.cache_hits} from cache, {self.embedded} embedded "
             f"in {self.requests} requests ({self.retries} retries, {self.tokens} tokens), "
-            f"{self.seconds:.2f}s"
+            f"{self.truncated} truncated, {self.seconds:.2f}s"
         )
 
 
+class _Tracker:
+    """The sums of one ``track_stats`` block; its seconds are the union of the calls' spans."""
+
+    def __init__(self) -> None:
+        self.totals = EmbedStats()
+        self._spans: list[tuple[float, float]] = []  # disjoint, sorted
+
+    def add(self, call: EmbedStats, started: float, ended: float) -> None:
+        self.totals.add(call)
+        spans = self._spans
+        low = bisect.bisect_left(spans, started, key=lambda span: span[1])
+        high = bisect.bisect_right(spans, ended, key=lambda span: span[0])
+        if low < high:  # merge with the spans this call overlaps
+            started, ended = min(started, spans[low][0]), max(ended, spans[high - 1][1])
+        spans[low:high] = [(started, ended)]
+        self.totals.seconds = sum(end - start for start, end in spans)
+
+
 _lock = threading.Lock()
-_open_trackers: list[EmbedStats] = []
+_open_trackers: list[_Tracker] = []
 _last = EmbedStats()
+_before_reading: list[Callable[[], None]] = []
 
 
-def record(stats: EmbedStats) -> None:
-    """Make ``stats`` the last call's and add it to every open tracker."""
+def record(call: EmbedStats, started: float, ended: float, *, last: EmbedStats | None = None) -> None:
+    """Add one engine call (from ``started`` to ``ended``, in ``time.perf_counter()``
+    seconds) to every open tracker, and make ``last`` (the column the call is part of;
+    the call itself by default) what :func:`last_stats` gives."""
     global _last
     with _lock:
-        _last = stats
-        for totals in _open_trackers:
-            totals.add(stats)
+        _last = dataclasses.replace(last if last is not None else call)
+        for tracker in _open_trackers:
+            tracker.add(call, started, ended)
+
+
+def before_reading(finish: Callable[[], None]) -> None:
+    """Run ``finish`` before :func:`last_stats` reads: it completes records that are
+    closed in the background (a Polars column's, when its query has returned)."""
+    _before_reading.append(finish)
 
 
 def last_stats() -> EmbedStats:
-    """A copy of the counters of the most recent embedding call in this process."""
+    """A copy of the counters of the most recent embedding call or column in this process."""
+    for finish in _before_reading:
+        finish()
     with _lock:
         return dataclasses.replace(_last)
 
 
 @contextmanager
 def track_stats() -> Iterator[EmbedStats]:
-    """Sum the counters of every embedding call made inside the ``with`` block."""
-    totals = EmbedStats()
+    """Sum the counters of every embedding call made inside the ``with`` block.
+
+    ``seconds`` is the wall time during which at least one call was running.
+    """
+    tracker = _Tracker()
     with _lock:
-        _open_trackers.append(totals)
+        _open_trackers.append(tracker)
     try:
-        yield totals
+        yield tracker.totals
     finally:
         with _lock:
-            _open_trackers[:] = [open_ for open_ in _open_trackers if open_ is not totals]
+            _open_trackers[:] = [open_ for open_ in _open_trackers if open_ is not tracker]

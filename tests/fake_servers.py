@@ -13,6 +13,7 @@ import json
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, ClassVar
@@ -223,7 +224,8 @@ class FakeOpenAI(FakeServer):
 
     ``floats_only``: ignore ``encoding_format`` and always send floats, as some
     compatible servers do. ``shuffled``: list the vectors in reverse order (each still
-    carries its ``index``).
+    carries its ``index``). ``count_tokens``: how ``usage.prompt_tokens`` counts one
+    text; by default, as its whitespace-separated words.
     """
 
     path = "/v1/embeddings"
@@ -233,10 +235,23 @@ class FakeOpenAI(FakeServer):
         "text-embedding-ada-002": 1536,
     }
 
-    def __init__(self, *, floats_only: bool = False, shuffled: bool = False, **options: Any) -> None:
+    def __init__(
+        self,
+        *,
+        floats_only: bool = False,
+        shuffled: bool = False,
+        count_tokens: Callable[[str], int] | None = None,
+        **options: Any,
+    ) -> None:
         super().__init__(**options)
         self.floats_only = floats_only
         self.shuffled = shuffled
+        self.count_tokens = count_tokens or (lambda text: len(text.split()))
+
+    @property
+    def billed_tokens(self) -> int:
+        """The tokens of every request received so far, counted as ``usage`` counts them."""
+        return sum(self.count_tokens(text) for text in self.texts)
 
     def texts_of(self, body: dict[str, Any]) -> list[str]:
         given = body.get("input", [])
@@ -269,7 +284,7 @@ class FakeOpenAI(FakeServer):
             }
             for index, vector in enumerate(vectors)
         ]
-        tokens = sum(len(text.split()) for text in texts)
+        tokens = sum(self.count_tokens(text) for text in texts)
         return {
             "object": "list",
             "data": data[::-1] if self.shuffled else data,

@@ -77,7 +77,7 @@ class CountingProvider(Provider):
                 raise RetryableProviderError("429 slow down", retry_after=0.01)
             if request_number == self.fail_on:
                 raise ProviderError(f"400 bad request (key {self.resolve('api_key')})")
-            vectors = np.stack([vector_for(f"{kind}:{text}", self.dimension) for text in texts])
+            vectors = np.stack([vector_for(f"{kind}:{text}", self.resolve("dims")) for text in texts])
             return Embedded(_mangled(vectors, self.mangle), tokens=sum(len(t.split()) for t in texts))
         finally:
             with recorder.lock:
@@ -112,6 +112,32 @@ class RefusingProvider(HashingProvider):
 
     def embed_batch(self, texts: list[str], *, kind: str) -> np.ndarray:
         raise ProviderError(f"400 bad request (key {self.resolve('api_key')})")
+
+
+class LongTextsProvider(CountingProvider):
+    """Reads 3 words of a text, as a model reads a fixed number of tokens."""
+
+    @property
+    def max_input_tokens(self) -> int:
+        return 3
+
+    def count_tokens(self, texts: list[str], *, kind: str = "document") -> list[int]:
+        return [len(text.split()) for text in texts]
+
+
+class RefusesFirstCall:
+    """A plain embedding function, with no declared width, whose first call (the width
+    probe) is rate limited; ``calls`` holds the first text of each call."""
+
+    def __init__(self, width: int = 6) -> None:
+        self.width = width
+        self.calls: list[str] = []
+
+    def __call__(self, texts: list[str]) -> np.ndarray:
+        self.calls.append(texts[0])
+        if len(self.calls) == 1:
+            raise RetryableProviderError("429 slow down", retry_after=0.001)
+        return np.ones((len(texts), self.width))
 
 
 def _mangled(vectors: np.ndarray, how: str) -> object:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import importlib
 import json
+import logging
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -25,10 +27,13 @@ from polars_embed import (
     DimensionMismatchError,
     DuplicateProviderError,
     EmbeddingIncompleteError,
+    InputTypeError,
+    InvalidInputError,
     UnknownProviderError,
 )
 from polars_embed.metadata import VectorSpec
-from tests.providers import CountingProvider
+from tests.providers import CountingProvider, LongTextsProvider, RefusesFirstCall
+from tests.test_kernels import peak_bytes
 
 HOSTILE_TABLE = 'we"ird; DROP TABLE victim; --'
 HOSTILE_TEXT = "bo'dy\"; DELETE FROM victim; --"
@@ -263,10 +268,49 @@ class TestExactSearch:
         np.testing.assert_allclose(found["score"].to_numpy(), scores[0], rtol=1e-6)
         assert found.columns == ["id", "body", "vector", "score"]
 
+    def test_batches_give_the_kernels_answer_over_the_whole_table(
+        self, con: duckdb.DuckDBPyConnection, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        # Small integers: exact scores and many ties, which must go to the lower row id
+        # across batches as within one topk.
+        monkeypatch.setattr(importlib.import_module("duckdb_ext.search"), "_BATCH_ROWS", 100)
+        rng = np.random.default_rng(14)
+        vectors = rng.integers(-1, 2, (1000, 5)).astype(np.float32)
+        vectors[[3, 500]] = 0
+        con.register("frame", pl.DataFrame({"id": range(1000), "vector": vectors}))
+        con.sql("CREATE TABLE docs AS SELECT * FROM frame ORDER BY id")
+        for query in rng.integers(-1, 2, (5, 5)).astype(np.float32):
+            if not query.any():
+                continue
+            indices, scores = polars_embed.topk(query, vectors, k=30)
+            found = duckdb_ext.search(con, "docs", "vector", query, k=30, exact=True).pl()
+            assert found["id"].to_list() == indices[0].tolist()
+            np.testing.assert_allclose(found["score"].to_numpy(), scores[0], rtol=1e-6)
+
     def test_a_vector_query_needs_no_provider(self, con: duckdb.DuckDBPyConnection) -> None:
         vectors = hashed_docs(con)
         for query in (vectors[5], vectors[5].tolist(), pl.Series(vectors[5]), vectors[5:6]):
             assert duckdb_ext.search(con, "docs", "vector", query, k=1).select("id").fetchall() == [(5,)]
+
+    def test_the_hits_are_the_rows_as_they_were_when_searched(self, tmp_path: Path) -> None:
+        # Row ids change when a checkpoint compacts deleted rows (here row 250,000 becomes
+        # 50,000): hits found by row id are fetched in the snapshot that ranked them.
+        con = duckdb.connect(str(tmp_path / "docs.duckdb"))
+        con.sql(
+            "CREATE TABLE docs AS SELECT range AS id, "
+            "[cos(range % 1000 * pi() / 500), sin(range % 1000 * pi() / 500), "
+            "cos(range // 1000 * pi() / 150), sin(range // 1000 * pi() / 150)]::FLOAT[4] AS vector "
+            "FROM range(300000)"
+        )
+        (query,) = con.sql("SELECT vector FROM docs WHERE id = 250000").fetchnumpy()["vector"]
+        found = duckdb_ext.search(con, "docs", "vector", query, k=1)
+        con.sql("DELETE FROM docs WHERE id < 200000")
+        con.sql("CHECKPOINT")
+        assert found.select("id").fetchall() == [(250000,)]
+        con.begin()  # inside a transaction of the caller's own, it is that snapshot
+        assert duckdb_ext.search(con, "docs", "vector", query, k=1).select("id").fetchall() == [(250000,)]
+        con.rollback()
+        con.close()
 
     def test_where_filters_before_ranking(self, con: duckdb.DuckDBPyConnection) -> None:
         hashed_docs(con)
@@ -282,6 +326,21 @@ class TestExactSearch:
             (1,),
             (4,),
         ]
+
+    def test_vectors_holding_null_or_overflowing_are_never_returned(
+        self, con: duckdb.DuckDBPyConnection
+    ) -> None:
+        con.sql("CREATE TABLE docs (id INTEGER, vector FLOAT[3])")
+        con.sql(
+            "INSERT INTO docs VALUES (1, [1, 0, 0]), (3, [3e38, 3e38, 0]), "
+            "(4, ['nan'::FLOAT, 1, 0]), (5, ['inf'::FLOAT, 0, 0]), (6, [0, -1, 0])"
+        )
+        found = duckdb_ext.search(con, "docs", "vector", [1, 1, 0], k=10, exact=True)
+        assert found.select("id").fetchall() == [(1,), (6,)]
+        # DuckDB's array functions refuse a vector holding NULL: the search ranks the vectors.
+        con.sql("INSERT INTO docs VALUES (2, [1, NULL, 0])")
+        found = duckdb_ext.search(con, "docs", "vector", [1, 1, 0], k=10, exact=True)
+        assert found.select("id").fetchall() == [(1,), (6,)]
 
     def test_an_empty_table_gives_an_empty_relation(self, con: duckdb.DuckDBPyConnection) -> None:
         con.sql("CREATE TABLE docs (id INTEGER, vector FLOAT[3])")
@@ -333,12 +392,27 @@ class TestExactSearch:
         with pytest.raises(DimensionMismatchError, match=r"query vector has width 3.*width 16"):
             duckdb_ext.search(con, "made", "vector", [1.0, 2.0, 3.0])
 
+    def test_a_huge_k_returns_every_row_and_allocates_nothing_by_k(
+        self, con: duckdb.DuckDBPyConnection
+    ) -> None:
+        vectors = hashed_docs(con, count=10)
+        huge = 10**7  # a (1, k) pair of arrays alone would be 120 MB
+        assert (
+            peak_bytes(lambda: duckdb_ext.search(con, "docs", "vector", vectors[3], k=huge).fetchall())
+            < 2**20
+        )
+        found = duckdb_ext.search(con, "docs", "vector", vectors[3], k=huge).fetchall()
+        assert found == duckdb_ext.search(con, "docs", "vector", vectors[3], k=10).fetchall()
+        assert len(found) == 10
+
     def test_bad_arguments(self, con: duckdb.DuckDBPyConnection) -> None:
         hashed_docs(con)
-        with pytest.raises(ValueError, match="k must be a positive"):
+        with pytest.raises(ConfigError, match="k must be a positive"):
             duckdb_ext.search(con, "docs", "vector", "blue", k=0)
-        with pytest.raises(ValueError, match="not all zeros"):
+        with pytest.raises(InvalidInputError, match="not all zeros"):
             duckdb_ext.search(con, "docs", "vector", np.zeros(32))
+        with pytest.raises(InputTypeError, match="a text or a vector of numbers"):
+            duckdb_ext.search(con, "docs", "vector", ["not", "numbers"])
         with pytest.raises(ConfigError, match="not a FLOAT"):
             duckdb_ext.search(con, "docs", "body", "blue")
         with pytest.raises(ConfigError, match="no table 'nope'"):
@@ -499,7 +573,7 @@ class TestLoadParquet:
             (
                 {"provider": "sentence-transformers", "dimension": 48, "options": {"device": "cuda"}},
                 ConfigError,
-                "only code may set",
+                "never a file",
             ),
         ],
     )
@@ -540,3 +614,34 @@ class TestLoadParquet:
         found = duckdb_ext.search(con, HOSTILE_TABLE, HOSTILE_VECTOR, "small dog", k=1)
         assert found.select("id").fetchall() == [(2,)]
         assert con.sql("SELECT x FROM victim").fetchall() == [(1,)]
+
+
+class TestEngineRulesInDuckDB:
+    def test_register_learns_a_width_through_the_engines_retries(
+        self, con: duckdb.DuckDBPyConnection
+    ) -> None:
+        function = RefusesFirstCall()
+        duckdb_ext.register(con, function)
+        assert function.calls == ["dimension probe", "dimension probe"]
+        assert con.sql("SELECT typeof(embed('a'))").fetchall() == [("FLOAT[6]",)]
+
+    def test_embed_table_is_one_job_and_can_refuse_long_texts(
+        self, con: duckdb.DuckDBPyConnection, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        create_docs(con, [f"text {i}" + (" and many more" if i % 4 == 0 else "") for i in range(50)])
+        provider = LongTextsProvider()
+        with pytest.raises(ConfigError, match=r"over the 3 tokens counting:counting-v1 reads"):
+            duckdb_ext.embed_table(
+                con, "docs", "body", into="vector", provider=provider, batch_rows=10, truncate="error"
+            )
+        assert provider.recorder.batches == []
+        assert con.sql("SELECT count(vector) FROM docs").fetchall() == [(0,)]
+
+        caplog.set_level(logging.WARNING, logger="polars_embed")
+        assert (
+            duckdb_ext.embed_table(con, "docs", "body", into="vector", provider=provider, batch_rows=10) == 50
+        )
+        stats = polars_embed.last_stats()
+        assert (stats.rows, stats.truncated) == (50, 13)  # one record for the five batches
+        warnings = [record.getMessage() for record in caplog.records if record.levelno == logging.WARNING]
+        assert len(warnings) == 1 and warnings[0].startswith("13 texts were longer than the 3 tokens")

@@ -121,6 +121,16 @@ class TestIndexedSearch:
         np.testing.assert_allclose(found.pl()["score"], exact.pl()["score"], atol=1e-5)
         assert found.columns == exact.columns == ["id", "grp", "vector", "score"]
 
+    def test_the_index_is_never_asked_for_more_rows_than_the_table_has(
+        self, con: duckdb.DuckDBPyConnection
+    ) -> None:
+        table_from(con, "docs", pl.DataFrame({"id": range(10), "vector": np.eye(10, dtype=np.float32)}))
+        duckdb_ext.create_hnsw_index(con, "docs", "vector")
+        found = duckdb_ext.search(con, "docs", "vector", np.eye(10, dtype=np.float32)[2], k=3000)
+        assert INDEX_SCAN in found.explain()
+        assert "LIMIT 10" in found.sql_query() and "3000" not in found.sql_query()
+        assert found.select("id").fetchall()[0] == (2,) and len(found.fetchall()) == 10
+
     def test_a_filtered_search_returns_k_rows_where_plain_vss_returns_fewer(
         self, con: duckdb.DuckDBPyConnection
     ) -> None:

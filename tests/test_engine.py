@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+import time
 import traceback
 from concurrent.futures import ThreadPoolExecutor
 
@@ -21,8 +22,8 @@ from polars_embed import (
     ProviderError,
     RetryableProviderError,
 )
-from polars_embed.engine import _plan_batches
-from tests.providers import CountingProvider, vector_for
+from polars_embed.engine import EmbedJob, resolve_truncate, width_of
+from tests.providers import CountingProvider, LongTextsProvider, vector_for
 
 
 def expected(texts: list[str | None], dims: int = 8, kind: str = "document") -> list[list[float] | None]:
@@ -128,20 +129,21 @@ class TestBatching:
         class TokenLimited(CountingProvider):
             max_batch_tokens = 10
 
-            def count_tokens(self, texts: list[str]) -> list[int]:
+            def count_tokens(self, texts: list[str], *, kind: str = "document") -> list[int]:
                 return [len(text.split()) for text in texts]
 
         texts = ["one two three four"] + [f"w{i} x y" for i in range(9)]
-        batches = _plan_batches(texts, TokenLimited(batch_size=100))
-        for batch in batches:
-            assert sum(len(texts[i].split()) for i in batch) <= 10
-        assert sorted(i for batch in batches for i in batch) == list(range(10))
+        provider = TokenLimited(batch_size=100)
+        polars_embed.embed(texts, provider)
+        for batch in provider.recorder.batches:
+            assert sum(len(text.split()) for text in batch) <= 10
+        assert sorted(provider.recorder.texts) == sorted(texts)
 
     def test_a_text_over_the_per_text_token_limit_is_named_before_any_request(self) -> None:
         class TextLimited(CountingProvider):
             max_text_tokens = 3
 
-            def count_tokens(self, texts: list[str]) -> list[int]:
+            def count_tokens(self, texts: list[str], *, kind: str = "document") -> list[int]:
                 return [len(text.split()) for text in texts]
 
         provider = TextLimited()
@@ -318,18 +320,20 @@ class TestStatsAndProgress:
     ) -> None:
         polars_embed.embed(["a", "b"], counting)
         assert "embedding" not in capsys.readouterr().err
-        monkeypatch.setattr("polars_embed.engine.tqdm", _undelayed_tqdm())
+        monkeypatch.setattr("polars_embed.engine.tqdm", _undelayed_tqdm([]))
         polars_embed.embed(["c", "d"], counting, progress=True)
         assert "embedding (counting:counting-v1)" in capsys.readouterr().err
 
 
-def _undelayed_tqdm() -> type:
+def _undelayed_tqdm(made: list) -> type:
+    """A tqdm that draws at once (not after two seconds), and lists each bar in ``made``."""
     from tqdm import tqdm
 
     class Undelayed(tqdm):
         def __init__(self, *args: object, **kwargs: object) -> None:
             kwargs["delay"] = 0
             super().__init__(*args, **kwargs)
+            made.append(self)
 
     return Undelayed
 
@@ -337,3 +341,87 @@ def _undelayed_tqdm() -> type:
 def test_provider_errors_are_polars_embed_errors() -> None:
     assert issubclass(EmbeddingIncompleteError, ProviderError)
     assert issubclass(ProviderError, polars_embed.PolarsEmbedError)
+
+
+class TestTruncation:
+    def test_texts_longer_than_the_model_reads_are_counted_and_warned_about_once(
+        self, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        caplog.set_level(logging.WARNING, logger="polars_embed")
+        provider = LongTextsProvider(batch_size=2)
+        texts = ["short", "one two three four", "five six seven eight nine", None, "a b c", "x y z w v u"]
+        vectors = polars_embed.embed(texts, provider)
+        assert vectors.to_list() == expected(texts)  # still embedded, from what the provider was sent
+        assert polars_embed.last_stats().truncated == 3
+        warnings = [record.getMessage() for record in caplog.records if record.levelno == logging.WARNING]
+        assert warnings == [
+            "3 texts were longer than the 3 tokens counting:counting-v1 reads, and only their beginnings "
+            "were embedded (e.g. one starting 'one two three four'); shorten or split them, or "
+            "pass truncate='error' to refuse them"
+        ]
+
+    def test_truncate_error_refuses_them_before_any_request(self) -> None:
+        provider = LongTextsProvider()
+        with pytest.raises(ConfigError) as raised:
+            polars_embed.embed(
+                ["short", "one two three four", "five six seven eight"], provider, truncate="error"
+            )
+        assert str(raised.value) == (
+            "2 texts are over the 3 tokens counting:counting-v1 reads, and truncate='error' refuses them, "
+            "e.g. one starting 'one two three four'; shorten or split them, or pass truncate='warn' to "
+            "embed their beginnings"
+        )
+        assert provider.recorder.batches == []
+        assert polars_embed.embed(["a b c"], provider, truncate="error").null_count() == 0
+
+    def test_an_unknown_rule_is_refused_and_a_providers_own_truncate_option_kept(self) -> None:
+        with pytest.raises(ConfigError, match=r"truncate must be one of \('warn', 'error'\), got 'cut'"):
+            polars_embed.embed(["a"], "hashing", truncate="cut")
+        cohere, rule = resolve_truncate("cohere", "START")
+        assert (cohere.resolve("truncate"), rule) == ("START", "warn")
+        assert resolve_truncate("cohere", "error")[0].resolve("truncate") == "END"
+
+
+class TestJobs:
+    def test_pieces_from_many_threads_make_one_record_and_one_bar(
+        self, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        caplog.set_level(logging.INFO, logger="polars_embed")
+        made = []
+        monkeypatch.setattr("polars_embed.engine.tqdm", _undelayed_tqdm(made))
+        provider = CountingProvider(delay=0.01, batch_size=5)
+        pieces = [pl.Series("text", [f"piece {p} text {i}" for i in range(10)] + [None]) for p in range(8)]
+        started = time.perf_counter()
+        with EmbedJob(provider, progress=True) as job, ThreadPoolExecutor(4) as pool:
+            results = list(pool.map(job.embed, pieces))
+            assert polars_embed.last_stats().rows == 88  # the job's record, as its pieces end
+        wall = time.perf_counter() - started
+        assert [result.to_list() for result in results] == [expected(piece.to_list()) for piece in pieces]
+        stats = polars_embed.last_stats()
+        assert (stats.rows, stats.skipped, stats.embedded, stats.requests) == (88, 8, 80, 16)
+        assert 0 < stats.seconds <= wall
+        assert len(made) == 1 and made[0].n == made[0].total == 80
+        assert len([record for record in caplog.records if record.message.startswith("embedded")]) == 1
+
+    def test_track_stats_counts_overlapping_calls_once(self) -> None:
+        provider = CountingProvider(delay=0.02, max_concurrency=4)
+        started = time.perf_counter()
+        with polars_embed.track_stats() as totals, ThreadPoolExecutor(4) as pool:
+            list(pool.map(lambda i: polars_embed.embed([f"x{i}", f"y{i}"], provider), range(8)))
+        wall = time.perf_counter() - started
+        assert totals.rows == 16 and 0 < totals.seconds <= wall
+
+    def test_the_width_of_a_provider_is_probed_within_its_concurrency_limit(self) -> None:
+        class Probing(CountingProvider):
+            """Learns its width from a request, as a compatible server's model does."""
+
+            @property
+            def dimension(self) -> int:
+                self.embed_batch(["probe"], kind="document")
+                return self.dims
+
+        provider = Probing(max_concurrency=1, delay=0.01)
+        with ThreadPoolExecutor(4) as pool:
+            widths = list(pool.map(lambda _: width_of(provider), range(4)))
+            list(pool.map(lambda i: polars_embed.embed([f"t{i}"], provider), range(4)))
+        assert widths == [8] * 4 and provider.recorder.most_in_flight == 1

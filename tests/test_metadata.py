@@ -8,12 +8,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import duckdb
 import numpy as np
 import polars as pl
 import pytest
 
+import duckdb_ext
 import polars_embed
-from polars_embed import ConfigError, DuplicateProviderError, UnknownProviderError
+from polars_embed import CallableProvider, ConfigError, DuplicateProviderError, UnknownProviderError, metadata
 from polars_embed.metadata import (
     METADATA_KEY,
     VectorSpec,
@@ -44,6 +46,8 @@ class TestInThisProcess:
         changed = frame.filter(pl.col("text") != "alpha").sort("text", descending=True).rename({"vec": "v"})
         found = provider_of(changed["v"])
         assert found is not None and found.label == "hashing:words+chars" and found.dimension == 32
+        joined = pl.DataFrame({"text": ["gamma", "beta"], "n": [1, 2]}).join(frame, on="text")
+        assert provider_of(joined["vec"]) == found
 
     def test_vectors_it_never_saw_are_unknown(self) -> None:
         assert provider_of(pl.Series(np.random.default_rng(0).random((4, 32), dtype=np.float32))) is None
@@ -55,6 +59,97 @@ class TestInThisProcess:
         other = polars_embed.embed(["x"], "hashing", dims=8, model="chars")
         assert provider_of(narrow).model == "words+chars"
         assert provider_of(other).model == "chars"
+
+
+class TestTheStoreStaysBounded:
+    """The store that recognises vector columns grows with the vectors made, never with the calls."""
+
+    @pytest.fixture
+    def store(self, monkeypatch: pytest.MonkeyPatch) -> metadata._Remembered:
+        """An empty store in place of the process's own, which other tests fill."""
+        fresh = metadata._Remembered()
+        monkeypatch.setattr(metadata, "_remembered", fresh)
+        return fresh
+
+    def test_searches_leave_the_store_as_it_was(self, frame: pl.DataFrame) -> None:
+        store = metadata._remembered
+        before = (len(store), store.chunk_count, store.provider_count)
+        con = duckdb.connect()
+        duckdb_ext.register(con, "hashing", dims=32)
+        con.register("frame", frame)
+        for i in range(250):
+            assert frame.embed.search(f"query {i}", k=1).height == 1
+            assert frame.lazy().embed.search([f"lazy {i}", "alpha"], k=1).collect().height == 2
+            polars_embed.embed([f"a query {i}"], "hashing", dims=32, kind="query")
+            con.sql(f"SELECT embed_query('sql {i}') FROM frame").fetchall()
+        assert (len(store), store.chunk_count, store.provider_count) == before
+
+    def test_many_small_calls_make_few_chunks_and_are_all_recognised(
+        self, store: metadata._Remembered
+    ) -> None:
+        providers = [polars_embed.resolve_provider("hashing", dims=8, model=m) for m in ("words", "chars")]
+        calls = [random_vectors(1 + call % 5, seed=call) for call in range(5000)]
+        for call, vectors in enumerate(calls):
+            store.add(vectors, providers[call % 2])
+        assert len(store) == sum(map(len, calls))
+        assert store.chunk_count <= 24  # one chunk per call would be 5,000
+        for call in (0, 1, 1234, 4999):
+            assert store.find(calls[call]) == providers[call % 2]
+
+    def test_it_answers_like_a_plain_dict_of_each_rows_latest_maker(
+        self, store: metadata._Remembered
+    ) -> None:
+        rng = np.random.default_rng(1)
+        pool = random_vectors(200, seed=1)
+        providers = [polars_embed.resolve_provider("hashing", dims=4, model=m) for m in ("words", "chars")]
+        providers.append(providers[0].with_options(batch_size=7))
+        latest = {}
+        for call in range(400):
+            rows = rng.choice(len(pool), size=int(rng.integers(1, 20)), replace=False)
+            store.add(pool[rows], providers[call % 3])
+            latest.update(dict.fromkeys(rows.tolist(), providers[call % 3]))
+        assert store.provider_count == 3  # a row made again may be held twice until its chunks merge
+        for row, provider in latest.items():
+            assert store.find(pool[row : row + 1]) is provider
+
+    def test_past_the_cap_the_oldest_are_forgotten_first(
+        self, store: metadata._Remembered, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        monkeypatch.setattr(metadata, "_REMEMBERED_ROWS", 1000)
+        monkeypatch.setattr(metadata, "_CHUNK_ROWS", 1000 // 16)
+        provider = polars_embed.resolve_provider("hashing", dims=8)
+        calls = [random_vectors(10, seed=call) for call in range(300)]
+        for vectors in calls:
+            store.add(vectors, provider)
+        assert 1000 - 1000 // 16 <= len(store) <= 1000
+        assert store.find(calls[0]) is None and store.find(calls[150]) is None
+        assert store.find(calls[-1]) == provider and store.find(calls[-90]) == provider
+
+    def test_a_provider_whose_vectors_are_all_forgotten_or_remade_is_let_go(
+        self, store: metadata._Remembered, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        monkeypatch.setattr(metadata, "_REMEMBERED_ROWS", 1000)
+        monkeypatch.setattr(metadata, "_CHUNK_ROWS", 1000 // 16)
+        vectors = random_vectors(3, seed=0)
+        for _ in range(500):  # a new function each time, as `lambda batch: model(batch)` in a loop makes
+            store.add(vectors, CallableProvider(function=lambda batch: batch, dims=4))
+        assert len(store) == 3 and store.provider_count <= 2
+        for call in range(300):
+            store.add(random_vectors(10, seed=call), CallableProvider(function=lambda batch: batch, dims=4))
+        assert store.provider_count <= 1000 // 10 + 1
+
+    def test_the_latest_maker_of_the_same_vectors_wins(self, store: metadata._Remembered) -> None:
+        texts = [f"text {i}" for i in range(8)]
+        first = polars_embed.resolve_provider("hashing", dims=8)
+        second = first.with_options(batch_size=3)  # the same vectors, another provider
+        polars_embed.embed(texts, first)
+        vectors = polars_embed.embed(texts, second)
+        assert store.chunk_count == 1 and store.provider_count == 1
+        assert provider_of(vectors).batch_size == 3
+
+
+def random_vectors(rows: int, seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).standard_normal((rows, 4), dtype=np.float32)
 
 
 class TestParquet:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import time
 from pathlib import Path
 
 import numpy as np
@@ -9,9 +11,10 @@ import polars as pl
 import pytest
 
 import polars_embed
-from polars_embed import ConfigError, DimensionMismatchError, kernels
+from polars_embed import ConfigError, DimensionMismatchError, InvalidInputError, kernels
+from polars_embed.engine import EmbedJob
 from polars_embed.namespaces import expr as expr_module
-from tests.providers import CountingProvider, vector_for
+from tests.providers import CountingProvider, LongTextsProvider, RefusesFirstCall, vector_for
 
 ENGINES = ["auto", "streaming", "in-memory"]
 
@@ -38,15 +41,15 @@ def expected_vectors(texts: list[str | None], dims: int = 8, kind: str = "docume
 
 @pytest.fixture
 def embed_calls(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """The length of every batch Polars hands to the embedding expression."""
+    """The length of every batch Polars hands to the embedding expression (each goes to the engine)."""
     calls: list[int] = []
-    embedded = expr_module._embedded
+    embedded = EmbedJob.embed
 
-    def counted(texts: pl.Series, provider: polars_embed.Provider, kind: str) -> pl.Series:
+    def counted(job: EmbedJob, texts: pl.Series) -> pl.Series:
         calls.append(len(texts))
-        return embedded(texts, provider, kind)
+        return embedded(job, texts)
 
-    monkeypatch.setattr(expr_module, "_embedded", counted)
+    monkeypatch.setattr(EmbedJob, "embed", counted)
     return calls
 
 
@@ -279,7 +282,9 @@ class TestVectorExpressions:
             wide.lazy().select(pl.col("vec").embed.dot("wide")).collect()
 
     def test_a_batch_is_not_a_query_vector(self) -> None:
-        with pytest.raises(ValueError, match="compare with one vector"):
+        with pytest.raises(
+            InvalidInputError, match="got 2 vectors, but a column is compared with one vector"
+        ):
             pl.col("vec").embed.dot(np.ones((2, 4)))
 
     def test_a_column_that_is_not_vectors(self) -> None:
@@ -306,3 +311,124 @@ class TestVectorExpressions:
         )
         expected = reference_scores(frame["vec"].to_numpy(), query, "cosine")
         np.testing.assert_allclose(out["vec"].to_numpy(), expected, rtol=1e-5, atol=1e-6)
+
+
+@pytest.fixture
+def bars(monkeypatch: pytest.MonkeyPatch) -> list:
+    """Every progress bar the engine makes, drawn at once (not after two seconds)."""
+    from tqdm import tqdm
+
+    made: list[tqdm] = []
+
+    class Recorded(tqdm):
+        def __init__(self, *args: object, **kwargs: object) -> None:
+            kwargs["delay"] = 0
+            super().__init__(*args, **kwargs)
+            made.append(self)
+
+    monkeypatch.setattr("polars_embed.engine.tqdm", Recorded)
+    return made
+
+
+def many_morsels(count: int = 3000) -> tuple[pl.LazyFrame, pl.Config]:
+    """A frame of ``count`` distinct texts, and settings that stream it in morsels of 100 rows."""
+    frame = pl.LazyFrame({"text": [f"text number {i}" for i in range(count)]})
+    return frame, pl.Config(streaming_chunk_size=100)
+
+
+class TestOneJobPerColumn:
+    def test_a_streaming_collect_of_many_morsels_shows_one_bar_and_gives_one_record(
+        self, bars: list, embed_calls: list[int], capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        frame, small_morsels = many_morsels()
+        provider = CountingProvider(delay=0.002)
+        with small_morsels:
+            started = time.perf_counter()
+            frame.with_columns(vec=pl.col("text").embed.with_provider(provider, progress=True)).collect(
+                engine="streaming"
+            )
+            wall = time.perf_counter() - started
+        stats = polars_embed.last_stats()
+        assert len(embed_calls) >= 30
+        assert (stats.rows, stats.embedded, stats.requests) == (3000, 3000, len(provider.recorder.batches))
+        assert 0 < stats.seconds <= wall  # the wall time of the column, not a sum over morsels
+        assert len(bars) == 1
+        assert bars[0].n == bars[0].total == 3000 and bars[0].disable  # closed with the query
+        assert "3000/3000" in capsys.readouterr().err
+
+    def test_two_collects_of_one_expression_give_two_records(
+        self, bars: list, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        caplog.set_level(logging.INFO, logger="polars_embed")
+        frame, small_morsels = many_morsels(1000)
+        expression = pl.col("text").embed.with_provider("hashing", progress=True)
+        records = []
+        with small_morsels:
+            for engine in ("streaming", "in-memory", "streaming"):
+                frame.with_columns(vec=expression).collect(engine=engine)
+                records.append(polars_embed.last_stats())
+        assert [record.rows for record in records] == [1000, 1000, 1000]
+        assert [bar.total for bar in bars] == [1000, 1000, 1000]
+        lines = [record.getMessage() for record in caplog.records if record.message.startswith("embedded")]
+        assert len(lines) == 3 and all("1000 rows" in line for line in lines)
+
+    def test_two_columns_of_one_query_are_two_jobs(self, bars: list) -> None:
+        frame, small_morsels = many_morsels(1000)
+        with small_morsels:
+            frame.select(
+                pl.col("text").embed.with_provider("hashing", dims=8, progress=True),
+                upper=pl.col("text").str.to_uppercase().embed.with_provider("hashing", dims=8, progress=True),
+            ).collect(engine="streaming")
+        polars_embed.last_stats()
+        assert sorted(bar.total for bar in bars) == [1000, 1000]
+
+    def test_track_stats_counts_overlapping_morsels_once(self) -> None:
+        frame, small_morsels = many_morsels()
+        provider = CountingProvider(delay=0.002)
+        with polars_embed.track_stats() as totals, small_morsels:
+            started = time.perf_counter()
+            frame.with_columns(vec=pl.col("text").embed.with_provider(provider)).collect(engine="streaming")
+            wall = time.perf_counter() - started
+        assert totals.rows == 3000 and 0 < totals.seconds <= wall
+
+    @pytest.mark.parametrize("progress", [False, True])
+    def test_progress_can_be_set(
+        self, progress: bool, bars: list, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        frame = pl.DataFrame({"text": ["a", "b", None]})
+        frame.with_columns(vec=pl.col("text").embed.with_provider("hashing", progress=progress))
+        polars_embed.last_stats()
+        assert len(bars) == 1 and bars[0].disable
+        assert ("embedding (hashing" in capsys.readouterr().err) is progress
+
+    def test_long_texts_are_warned_about_once_per_column(self, caplog: pytest.LogCaptureFixture) -> None:
+        caplog.set_level(logging.WARNING, logger="polars_embed")
+        texts = [f"text {i}" + (" and many more words" if i % 5 == 0 else "") for i in range(3000)]
+        with pl.Config(streaming_chunk_size=100):
+            pl.LazyFrame({"text": texts}).with_columns(
+                vec=pl.col("text").embed.with_provider(LongTextsProvider())
+            ).collect(engine="streaming")
+        assert polars_embed.last_stats().truncated == 600
+        warnings = [record.getMessage() for record in caplog.records if record.levelno == logging.WARNING]
+        assert len(warnings) == 1 and warnings[0].startswith(
+            "600 texts were longer than the 3 tokens counting:counting-v1 reads"
+        )
+
+    def test_truncate_error_refuses_long_texts(self) -> None:
+        provider = LongTextsProvider()
+        frame = pl.DataFrame({"text": ["short", "one two three four"]})
+        with pytest.raises(ConfigError, match=r"1 texts are over the 3 tokens counting:counting-v1 reads"):
+            frame.with_columns(vec=pl.col("text").embed.with_provider(provider, truncate="error"))
+        assert provider.recorder.batches == []
+        with pytest.raises(ConfigError, match=r"truncate must be one of \('warn', 'error'\)"):
+            pl.col("text").embed.with_provider(provider, truncate="ignore")
+
+
+class TestWidthProbes:
+    def test_a_width_probe_at_expression_build_is_retried(self) -> None:
+        function = RefusesFirstCall()
+        expression = pl.col("text").embed.with_provider(function)
+        assert function.calls == ["dimension probe", "dimension probe"]
+        assert pl.LazyFrame({"text": ["a"]}).select(expression).collect_schema()["text"] == pl.Array(
+            pl.Float32, 6
+        )

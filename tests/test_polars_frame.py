@@ -8,6 +8,7 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from unittest import mock
 
 import numpy as np
 import polars as pl
@@ -16,8 +17,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import polars_embed
-from polars_embed import ConfigError, DimensionMismatchError
+from polars_embed import (
+    ColumnNotFoundError,
+    ConfigError,
+    DimensionMismatchError,
+    DuplicateColumnError,
+    InputTypeError,
+    InvalidInputError,
+)
 from tests.providers import CountingProvider
+from tests.test_kernels import peak_bytes
 
 ROOT = Path(__file__).resolve().parent.parent
 ENGINES = ["auto", "streaming", "in-memory"]
@@ -105,7 +114,9 @@ class TestSearch:
     @pytest.mark.parametrize("lazy", [False, True])
     def test_k_must_be_positive(self, animals: pl.DataFrame, k: int, lazy: bool) -> None:
         frame = animals.lazy() if lazy else animals
-        with pytest.raises(ValueError, match=f"k must be a positive number of results, got {k}"):
+        with pytest.raises(
+            ConfigError, match=rf"k must be a positive integer \(results per query, e.g. k=10\), got {k}"
+        ):
             frame.embed.search("cat", k=k)
 
     @settings(max_examples=60, deadline=None)
@@ -190,22 +201,33 @@ class TestSearch:
         assert both.embed.search("cat", k=2).drop("narrow").equals(animals.embed.search("cat", k=2))
 
     def test_bad_arguments(self, animals: pl.DataFrame) -> None:
-        with pytest.raises(pl.exceptions.ColumnNotFoundError, match="no vector column 'embedding'"):
+        with pytest.raises(ColumnNotFoundError, match="no vector column 'embedding': pass on= one of"):
             animals.embed.search("cat", on="embedding")
-        with pytest.raises(TypeError, match="column 'text' is String, not a vector column"):
+        with pytest.raises(InputTypeError, match="column 'text' is String, not a vector column"):
             animals.embed.search("cat", on="text")
-        with pytest.raises(ValueError, match="unknown metric 'manhattan'"):
+        with pytest.raises(ConfigError, match="unknown metric 'manhattan'"):
             animals.embed.search("cat", metric="manhattan")
-        with pytest.raises(pl.exceptions.DuplicateError, match="two columns named 'text'"):
+        with pytest.raises(DuplicateColumnError, match="two columns named 'text'"):
             animals.embed.search("cat", score="text")
-        with pytest.raises(ValueError, match="at least one query"):
+        with pytest.raises(InvalidInputError, match="at least one query"):
             animals.embed.search([])
-        with pytest.raises(ValueError, match="query 1 is '  '"):
+        with pytest.raises(InvalidInputError, match="query 1 is '  '"):
             animals.embed.search(["cat", "  "])
-        with pytest.raises(ValueError, match="these queries are vectors already"):
+        with pytest.raises(InputTypeError, match="query vectors must be numbers"):
+            animals.embed.search([[1.0, 2.0], [1.0]])
+        with pytest.raises(ConfigError, match="these queries are vectors already"):
             animals.embed.search(np.ones(64), provider="hashing")
-        with pytest.raises(ValueError, match=r"options \['dims'\] are for provider="):
+        with pytest.raises(ConfigError, match=r"options \['dims'\] are for provider="):
             animals.embed.search("cat", dims=64)
+
+    def test_a_huge_k_returns_every_row_and_allocates_nothing_by_k(self, animals: pl.DataFrame) -> None:
+        huge = 10**7  # a (2, k) pair of arrays alone would be 240 MB
+        assert peak_bytes(lambda: animals.embed.search(["cat", "stocks"], k=huge)) < 2**20
+        assert peak_bytes(lambda: animals.embed.knn_join(animals, on="vec", k=huge)) < 2**20
+        hits = animals.embed.search(["cat", "stocks"], k=huge)
+        joined = animals.embed.knn_join(animals, on="vec", k=huge)
+        assert hits.equals(animals.embed.search(["cat", "stocks"], k=4))
+        assert joined.equals(animals.embed.knn_join(animals, on="vec", k=4))
 
     def test_an_all_null_column_costs_no_provider_call(self, counting: CountingProvider) -> None:
         frame = pl.DataFrame({"vec": [None, None]}, schema={"vec": pl.Array(pl.Float32, 8)})
@@ -243,6 +265,56 @@ class TestLazySearch:
         hits = scan.embed.search(["cats", "stocks"], k=5).collect(engine=engine)
         assert hits.equals(frame.embed.search(["cats", "stocks"], k=5))
         assert hits.height == 10
+
+    @pytest.mark.parametrize("metric", ["cosine", "dot", "l2"])
+    def test_chunked_lazy_and_scanned_frames_search_like_one_chunk(self, metric: str, tmp_path: Path) -> None:
+        # Small integers: every score is exact, so ties must break alike (to the earlier row)
+        # whatever the chunks; every fifth vector is null and some are zero.
+        rng = np.random.default_rng(12)
+        vectors = rng.integers(-1, 2, (3000, 6)).astype(np.float32)
+        frame = pl.DataFrame({"id": range(3000), "vec": vectors}).with_columns(
+            vec=pl.when(pl.col("id") % 5 != 0).then(pl.col("vec"))
+        )
+        pieces = [frame.slice(start, size) for start, size in ((0, 7), (7, 993), (1000, 1500), (2500, 500))]
+        chunked = pl.concat(pieces, rechunk=False)
+        assert chunked["vec"].n_chunks() == 4
+        frame.write_parquet(tmp_path / "vectors.parquet", row_group_size=256)
+        queries = rng.integers(-1, 2, (4, 6)).astype(np.float32)
+        want = frame.embed.search(queries, k=25, metric=metric, normalized=False)
+        for normalized in (False, None):
+            assert chunked.embed.search(queries, k=25, metric=metric, normalized=normalized).equals(want)
+        assert chunked.lazy().embed.search(queries, k=25, metric=metric).collect().equals(want)
+        scanned = pl.scan_parquet(tmp_path / "vectors.parquet").embed.search(queries, k=25, metric=metric)
+        assert scanned.collect(engine="streaming").equals(want)
+        left = pl.DataFrame({"q": [*queries.tolist(), None]}, schema={"q": pl.Array(pl.Float32, 6)})
+        joined = left.embed.knn_join(chunked, left_on="q", right_on="vec", k=3, metric=metric, how="left")
+        assert joined.equals(
+            left.embed.knn_join(frame, left_on="q", right_on="vec", k=3, metric=metric, how="left")
+        )
+        assert joined.filter(pl.col("q").is_null())["id"].to_list() == [None]
+
+    def test_kept_norms_are_used_again_and_never_outlive_the_data(self) -> None:
+        rng = np.random.default_rng(13)
+        vectors = rng.standard_normal((500, 8)).astype(np.float32) * rng.uniform(0.1, 9, (500, 1))
+        frame = pl.DataFrame({"id": range(500), "vec": vectors.astype(np.float32)})
+        query = vectors[42]
+        computed = polars_embed.namespaces._vectors.squared_norms
+        with mock.patch.object(polars_embed.namespaces._vectors, "squared_norms", wraps=computed) as norms:
+            assert frame.embed.search(query, k=1, normalized=False)["id"].to_list() == [42]
+            assert frame.embed.search(-query, k=1, normalized=False)["id"].to_list() != [42]
+            assert norms.call_count == 1
+            # New values in the same frame: replaced in place, and rewritten with a copy.
+            changed = vectors.copy()
+            changed[42] = -changed[42]
+            frame.replace_column(1, pl.Series("vec", changed))
+            assert frame.embed.search(query, k=1, normalized=False)["id"].to_list() != [42]
+            assert norms.call_count == 2
+            frame = frame.with_columns(pl.col("vec").arr.eval(pl.element() * 0.5))
+            hits = frame.embed.search(-query, k=1, normalized=False)
+            assert hits["id"].to_list() == [42] and norms.call_count == 3
+            another = pl.concat([frame.head(10), frame.tail(490)], rechunk=False)  # a frame of its own
+            assert another.embed.search(-query, k=1, normalized=False)["id"].to_list() == [42]
+            assert norms.call_count == 4
 
     def test_a_filter_after_the_search_filters_its_results(self, animals: pl.DataFrame) -> None:
         hits = animals.lazy().embed.search("cat", k=2).filter(pl.col("id") != 4).collect()
@@ -298,10 +370,14 @@ class TestKnnJoin:
         right = animals.select(pl.col("id").alias("doc"), "text", pl.col("vec").alias("embedding"))
         joined = animals.embed.knn_join(right, left_on="vec", right_on="embedding", k=2, suffix="_doc")
         assert joined.columns == ["id", "text", "vec", "doc", "text_doc", "embedding", "score"]
-        with pytest.raises(pl.exceptions.DuplicateError, match="two columns named 'text'"):
+        with pytest.raises(DuplicateColumnError, match="two columns named 'text'"):
             animals.embed.knn_join(right, left_on="vec", right_on="embedding", score="text")
-        with pytest.raises(ValueError, match="on=, or left_on= and right_on="):
+        with pytest.raises(DuplicateColumnError, match="two columns named 'score': pass another name"):
+            animals.embed.knn_join(right.rename({"doc": "score"}), left_on="vec", right_on="embedding")
+        with pytest.raises(ConfigError, match="on=, or left_on= and right_on="):
             animals.embed.knn_join(right, left_on="vec")
+        with pytest.raises(ConfigError, match="how must be 'inner' or 'left', got 'outer'"):
+            animals.embed.knn_join(right, left_on="vec", right_on="embedding", how="outer")
 
     def test_an_empty_or_all_null_right_side(self, animals: pl.DataFrame) -> None:
         for right in (animals.clear(), animals.with_columns(vec=pl.lit(None, animals.schema["vec"]))):

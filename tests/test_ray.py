@@ -334,24 +334,8 @@ class TestSearch:
 
 
 class TestMerge:
-    @pytest.mark.parametrize("metric", ["cosine", "dot", "l2"])
-    def test_merged_parts_are_topk_of_the_whole(self, metric: str) -> None:
-        generator = np.random.default_rng(3)
-        for _ in range(20):
-            corpus = integer_vectors(generator, int(generator.integers(1, 400)))
-            queries = integer_vectors(generator, 3)
-            k = int(generator.integers(1, 60))
-            cuts = np.sort(generator.integers(0, len(corpus) + 1, size=int(generator.integers(0, 6))))
-            bounds = [0, *cuts.tolist(), len(corpus)]
-            parts = []
-            for start, stop in itertools.pairwise(bounds):
-                indices, scores = topk(queries, corpus[start:stop], k, metric=metric)
-                parts.append((np.where(indices >= 0, indices + start, -1), scores))
-            merged = per._merge_topk(parts, k, metric=metric, n_queries=len(queries))
-            expected = topk(queries, corpus, k, metric=metric)
-            np.testing.assert_array_equal(merged[0], expected[0])
-            np.testing.assert_array_equal(merged[1], expected[1])
-
-    def test_no_parts_is_no_results(self) -> None:
-        indices, scores = per._merge_topk([], 5, metric="cosine", n_queries=2)
+    def test_a_dataset_of_no_blocks_has_no_results(self, cluster: Path) -> None:
+        queries = integer_vectors(np.random.default_rng(4), 2)
+        indices, scores, offsets = per._search_blocks([], "vec", queries, 5, "cosine", False)
         assert indices.shape == scores.shape == (2, 0)
+        assert offsets.tolist() == [0]

@@ -14,8 +14,10 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
+from pathlib import Path
 from typing import Any
 
+import polars as pl
 import pytest
 
 import polars_embed
@@ -27,6 +29,7 @@ from polars_embed import (
     Provider,
     ProviderError,
     RetryableProviderError,
+    _tokens,
 )
 from polars_embed.providers import openai as openai_provider
 from polars_embed.providers._remote import retry_after_seconds, service_message
@@ -444,10 +447,10 @@ class TestOpenAI:
 
     def test_token_estimate_is_utf8_bytes_over_3_rounded_up(self, monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.setitem(sys.modules, "tiktoken", None)  # not installed
-        openai_provider._tokenizer.cache_clear()
+        _tokens.tiktoken_encoding.cache_clear()
         provider = polars_embed.resolve_provider("openai")
         assert provider.count_tokens(["abc", "abcd", "日本", ""]) == [1, 2, 2, 0]
-        openai_provider._tokenizer.cache_clear()
+        _tokens.tiktoken_encoding.cache_clear()
 
     @pytest.mark.parametrize("loads", [True, False])
     def test_tiktoken_counts_when_its_encoding_loads(
@@ -464,9 +467,9 @@ class TestOpenAI:
             return Encoding()
 
         monkeypatch.setitem(sys.modules, "tiktoken", types.SimpleNamespace(get_encoding=get_encoding))
-        openai_provider._tokenizer.cache_clear()
+        _tokens.tiktoken_encoding.cache_clear()
         counts = polars_embed.resolve_provider("openai").count_tokens(["one two three four"])
-        openai_provider._tokenizer.cache_clear()
+        _tokens.tiktoken_encoding.cache_clear()
         assert counts == ([4] if loads else [6])
 
     def test_no_key_for_the_openai_service_is_a_clear_error(self) -> None:
@@ -516,6 +519,22 @@ class TestOpenAICompatibleServers:
         assert vectors.to_list() == [vector_for("a", 12).tolist()]
         assert len(local_server.requests) == 3  # the refused probe, the probe, the batch
         assert polars_embed.last_stats().retries == 1
+
+    def test_a_rate_limited_probe_when_an_expression_or_sql_function_is_made_is_retried(
+        self, local_server: FakeOpenAI
+    ) -> None:
+        import duckdb
+
+        import duckdb_ext
+
+        local_server.then(Plan(status=429, headers={"retry-after-ms": "1"}))
+        expression = pl.col("text").embed.with_provider(self.provider(local_server))
+        assert pl.LazyFrame({"text": ["a"]}).select(expression).collect_schema()["text"] == pl.Array(
+            pl.Float32, 12
+        )
+        local_server.then(Plan(status=429, headers={"retry-after-ms": "1"}))
+        duckdb_ext.register(duckdb.connect(), self.provider(local_server))
+        assert [request.texts for request in local_server.requests] == [[openai_provider.PROBE_TEXT]] * 4
 
     def test_dims_skips_the_probe(self, local_server: FakeOpenAI) -> None:
         polars_embed.embed(["a"], self.provider(local_server, dims=12))
@@ -577,3 +596,75 @@ def test_the_services_own_words_are_found_in_its_error_body(body: object, words:
 
 def test_both_are_registered() -> None:
     assert {"cohere", "openai"} <= set(polars_embed.list_providers())
+
+
+POLARS_ENGINES = ["eager", "in-memory", "streaming"]
+
+
+def embedded_through_polars(engine: str, provider: Provider) -> None:
+    """Embed a column with ``provider`` in an eager frame, or a lazy one collected by ``engine``."""
+    frame = pl.DataFrame({"text": ["a", "b", None, "a"]})
+    vectors = pl.col("text").embed.with_provider(provider)
+    if engine == "eager":
+        frame.with_columns(vec=vectors)
+    else:
+        frame.lazy().with_columns(vec=vectors).collect(engine=engine)
+
+
+class TestErrorsThroughPolars:
+    """Polars rebuilds an exception raised in an expression from its message: class and words must survive."""
+
+    @pytest.fixture(autouse=True)
+    def cache_in(self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch.setenv("POLARS_EMBED_CACHE", "1")
+        monkeypatch.setenv("POLARS_EMBED_CACHE_DIR", str(tmp_path))
+
+    @pytest.mark.parametrize("engine", POLARS_ENGINES)
+    def test_a_refused_key(self, service: Service, engine: str, monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch.setenv(service.key_variable, SECRET)
+        with pytest.raises(EmbeddingIncompleteError) as raised:
+            embedded_through_polars(engine, service.provider(api_key=None))
+        message = str(raised.value)
+        assert type(raised.value) is EmbeddingIncompleteError
+        assert f"{service.provider().label} failed after 0 of" in message
+        assert (
+            f"HTTP 401 Unauthorized: invalid api token ***. The key was refused: set {service.key_variable}"
+            in (message)
+        )
+        assert "a rerun resumes" in message
+        assert SECRET not in message
+        assert raised.value.done == 0 and f"after 0 of {raised.value.total} distinct texts" in message
+
+    # The streaming engine may split the column into morsels, each a call of its own:
+    # the server fails every request, so that each morsel fails.
+
+    @pytest.mark.parametrize("engine", POLARS_ENGINES)
+    def test_server_errors_that_outlast_the_retries(self, service: Service, engine: str) -> None:
+        service.server.then(Plan(status=503), times=100)
+        with pytest.raises(EmbeddingIncompleteError) as raised:
+            embedded_through_polars(engine, service.provider(max_retries=2))
+        message = str(raised.value)
+        assert type(raised.value) is EmbeddingIncompleteError
+        assert "HTTP 503 Service Unavailable: scripted failure 503 (still failing after 2 retries)" in message
+        assert "a rerun resumes" in message
+        assert raised.value.done == 0 and f"after 0 of {raised.value.total} distinct texts" in message
+
+    @pytest.mark.parametrize("engine", POLARS_ENGINES)
+    def test_vectors_of_the_wrong_width(self, service: Service, engine: str) -> None:
+        service.server.then(Plan(mangle="width"), times=100)
+        with pytest.raises(EmbeddingIncompleteError) as raised:
+            embedded_through_polars(engine, service.provider())
+        message = str(raised.value)
+        assert type(raised.value) is EmbeddingIncompleteError
+        assert f"returned vectors of width {service.width - 1} but declares width {service.width}" in message
+        assert raised.value.done == 0 and f"after 0 of {raised.value.total} distinct texts" in message
+
+    @pytest.mark.parametrize("engine", POLARS_ENGINES)
+    def test_a_key_variable_that_is_not_set(self, service: Service, engine: str) -> None:
+        with pytest.raises(ConfigError) as raised:
+            embedded_through_polars(engine, service.provider(api_key="$env:TEAM_EMBEDDING_KEY"))
+        assert type(raised.value) is ConfigError
+        assert "'TEAM_EMBEDDING_KEY' is not set (used by option 'api_key'); set it with export" in str(
+            raised.value
+        )
+        assert service.server.requests == []

@@ -11,10 +11,14 @@ from __future__ import annotations
 from functools import partial
 from typing import Any
 
+import numpy as np
 import polars as pl
 
-from polars_embed.engine import as_text_series, embed_series
+from polars_embed._project import Method, check_projection, fit_projection, kmeans
+from polars_embed.engine import Truncate, resolve_truncate, width_of
+from polars_embed.errors import InvalidInputError
 from polars_embed.kernels import Metric, l2_normalize, pairwise_scores
+from polars_embed.namespaces._column_jobs import ColumnEmbedder
 from polars_embed.namespaces._vectors import (
     VectorsLike,
     as_matrix,
@@ -22,8 +26,8 @@ from polars_embed.namespaces._vectors import (
     check_same_width,
     null_where,
 )
-from polars_embed.provider import Kind, Provider, check_kind
-from polars_embed.registry import ProviderLike, resolve_provider
+from polars_embed.provider import Kind, check_kind
+from polars_embed.registry import ProviderLike
 
 __all__ = ["EmbedExprNamespace"]
 
@@ -38,13 +42,24 @@ class EmbedExprNamespace:
         self._expr = expr
 
     def with_provider(
-        self, provider: ProviderLike = None, *, kind: Kind = "document", **options: Any
+        self,
+        provider: ProviderLike = None,
+        *,
+        kind: Kind = "document",
+        progress: bool | None = None,
+        truncate: Truncate = "warn",
+        max_tokens: int | None = None,
+        **options: Any,
     ) -> pl.Expr:
         """Embed a text column, one vector per row.
 
         Null and blank texts give null vectors and are never sent to the provider;
         each distinct text in a batch is embedded once. A column that is not text
-        fails with a ``TypeError`` before any provider call.
+        fails with an :class:`~polars_embed.InputTypeError` before any provider call.
+        Building the expression embeds nothing and loads no model: the width comes
+        from the provider's configuration. However many batches (morsels) a query
+        hands over, each column it embeds shows one progress bar and gives one
+        :func:`~polars_embed.last_stats` record.
 
         Parameters
         ----------
@@ -54,6 +69,15 @@ class EmbedExprNamespace:
             vectors. Default: the local ``sentence-transformers`` model.
         kind
             ``"document"`` or ``"query"``: many models embed the two differently.
+        progress
+            Show a progress bar: ``None`` shows one on long queries in a terminal
+            or notebook (not under pytest, nor with ``POLARS_EMBED_PROGRESS=0``).
+        truncate
+            Texts longer than the model reads: ``"warn"`` embeds their beginning,
+            counts them and logs one warning per column; ``"error"`` refuses them.
+        max_tokens
+            A token budget, as for :func:`polars_embed.embed`, for the whole column,
+            however many batches Polars hands over (preview it with ``lf.embed.estimate``).
         **options
             Provider options, e.g. ``model="..."``, ``batch_size=64``.
 
@@ -61,6 +85,16 @@ class EmbedExprNamespace:
         -------
         pl.Expr
             ``pl.Array(pl.Float32, d)``, named like the text column.
+
+        Raises
+        ------
+        UnknownProviderError, ConfigError, MissingDependencyError
+            At once, if the provider or an option is not known or not installed.
+        InputTypeError
+            When the expression runs, if the column is not text.
+        EmbeddingIncompleteError
+            When the expression runs, if the provider failed; its message says
+            why, how far the column got and whether a rerun resumes.
 
         Examples
         --------
@@ -81,10 +115,10 @@ class EmbedExprNamespace:
         └───────┴─────────────────────────┘
         """
         check_kind(kind)
-        resolved = resolve_provider(provider, **options)
+        resolved, rule = resolve_truncate(provider, truncate, **options)
         return self._expr.map_batches(
-            partial(_embedded, provider=resolved, kind=kind),
-            return_dtype=pl.Array(pl.Float32, resolved.dimension),
+            ColumnEmbedder(resolved, kind, progress, rule, max_tokens),
+            return_dtype=pl.Array(pl.Float32, width_of(resolved)),
             is_elementwise=True,
         )
 
@@ -229,17 +263,109 @@ class EmbedExprNamespace:
             )
         vectors, _ = as_query_vectors(other)
         if len(vectors) != 1:  # a batch of one, such as embed(["a query"]), is one vector
-            raise ValueError(
-                f"compare with one vector, or with a column by name or expression; got {len(vectors)} vectors"
+            raise InvalidInputError(
+                f"got {len(vectors)} vectors, but a column is compared with one vector, "
+                "or row by row with a column: pass one vector, or a column by name or expression"
             )
         query = pl.Series("query", vectors)
         return self._expr.map_batches(
             partial(_scores, other=query, metric=metric), return_dtype=pl.Float32, is_elementwise=True
         )
 
+    def project(self, n: int = 2, *, method: Method = "pca", seed: int = 0) -> pl.Expr:
+        """Coordinates of each vector in ``n`` dimensions, for a picture of the space.
 
-def _embedded(texts: pl.Series, provider: Provider, kind: Kind) -> pl.Series:
-    return embed_series(as_text_series(texts), provider, kind=kind)
+        The projection is fitted on the whole column (not row by row), so use it in
+        ``select``/``with_columns`` on the frame to draw.
+
+        Parameters
+        ----------
+        n
+            1, 2 or 3 coordinates per row.
+        method
+            ``"pca"`` (numpy; each axis signed so that its largest loading is
+            positive: the same vectors give the same picture in any order) or
+            ``"umap"`` (cosine UMAP, the ``umap`` extra).
+        seed
+            For UMAP's random start; PCA has none.
+
+        Returns
+        -------
+        pl.Expr
+            ``pl.Array(pl.Float32, n)``; null where the vector is null.
+
+        Examples
+        --------
+        >>> import polars as pl
+        >>> import polars_embed
+        >>> df = pl.DataFrame(
+        ...     {"vec": [[1.0, 1.0, 0.0], None, [3.0, 3.0, 0.0], [2.0, 2.0, 0.0]]},
+        ...     schema={"vec": pl.Array(pl.Float32, 3)},
+        ... )
+        >>> df.select(pl.col("vec").embed.project(n=1).arr.first().round(3))
+        shape: (4, 1)
+        ┌────────┐
+        │ vec    │
+        │ ---    │
+        │ f32    │
+        ╞════════╡
+        │ -1.414 │
+        │ null   │
+        │ 1.414  │
+        │ 0.0    │
+        └────────┘
+        """
+        check_projection(n, method)
+        return self._expr.map_batches(
+            partial(_projected, n=n, method=method, seed=seed), return_dtype=pl.Array(pl.Float32, n)
+        )
+
+    def cluster(self, k: int, *, seed: int = 0, max_iter: int = 300) -> pl.Expr:
+        """Label each vector with one of ``k`` k-means clusters, fitted on the whole column.
+
+        Lloyd's algorithm from greedy k-means++ seeds, on the vectors as they are
+        (for unit vectors, such as the default model's, near in cosine is near here).
+        Clusters are numbered in order of first appearance: the first row's is 0.
+
+        Parameters
+        ----------
+        k
+            The number of clusters.
+        seed
+            Seeds the k-means++ start: the same data and seed give the same labels.
+        max_iter
+            Most rounds of Lloyd's algorithm.
+
+        Returns
+        -------
+        pl.Expr
+            ``pl.UInt32`` labels; null where the vector is null.
+
+        Examples
+        --------
+        >>> import polars as pl
+        >>> import polars_embed
+        >>> df = pl.DataFrame(
+        ...     {"vec": [[0.0, 1.0], [5.0, 5.0], None, [0.1, 0.9], [5.1, 4.9]]},
+        ...     schema={"vec": pl.Array(pl.Float32, 2)},
+        ... )
+        >>> df.select(pl.col("vec").embed.cluster(2))
+        shape: (5, 1)
+        ┌──────┐
+        │ vec  │
+        │ ---  │
+        │ u32  │
+        ╞══════╡
+        │ 0    │
+        │ 1    │
+        │ null │
+        │ 0    │
+        │ 1    │
+        └──────┘
+        """
+        return self._expr.map_batches(
+            partial(_clustered, k=k, seed=seed, max_iter=max_iter), return_dtype=pl.UInt32
+        )
 
 
 def _column_scores(columns: list[pl.Series], metric: Metric) -> pl.Series:
@@ -259,3 +385,24 @@ def _scores(vectors: pl.Series, other: pl.Series, metric: Metric) -> pl.Series:
 def _normalized(vectors: pl.Series) -> pl.Series:
     unit = pl.Series(vectors.name, l2_normalize(as_matrix(vectors))).cast(vectors.dtype)
     return null_where(unit, vectors.is_null().to_numpy())
+
+
+def _non_null_matrix(vectors: pl.Series) -> tuple[np.ndarray, np.ndarray]:
+    """The non-null rows of a vector column as ``(m, d)``, and which rows they are."""
+    valid = vectors.is_not_null().to_numpy()
+    return as_matrix(vectors)[valid], valid
+
+
+def _projected(vectors: pl.Series, n: int, method: Method, seed: int) -> pl.Series:
+    matrix, valid = _non_null_matrix(vectors)
+    coordinates = np.zeros((len(vectors), n), dtype=np.float32)
+    if valid.any():
+        coordinates[valid] = fit_projection(matrix, n, method=method, seed=seed).transform(matrix)
+    return null_where(pl.Series(vectors.name, coordinates), ~valid)
+
+
+def _clustered(vectors: pl.Series, k: int, seed: int, max_iter: int) -> pl.Series:
+    matrix, valid = _non_null_matrix(vectors)
+    labels = np.zeros(len(vectors), dtype=np.uint32)
+    labels[valid], _ = kmeans(matrix, k, seed=seed, max_iter=max_iter)
+    return null_where(pl.Series(vectors.name, labels), ~valid)

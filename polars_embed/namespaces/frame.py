@@ -10,30 +10,46 @@ which walks the corpus in blocks: memory grows with the results, never with
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from os import PathLike
-from typing import Any, Generic, Literal, TypeVar, get_args
+from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar, get_args
 
 import numpy as np
 import polars as pl
 
 from polars_embed import metadata
+from polars_embed._estimate import Estimate, estimate
+from polars_embed._project import Method
 from polars_embed.engine import embed_queries
-from polars_embed.errors import ConfigError
-from polars_embed.kernels import Metric, check_k, topk
+from polars_embed.errors import (
+    ColumnNotFoundError,
+    ConfigError,
+    DuplicateColumnError,
+    InvalidInputError,
+)
+from polars_embed.kernels import Metric, check_k, check_metric, topk
 from polars_embed.metadata import provider_for_query, provider_of
+from polars_embed.namespaces._plot import plot_chart
 from polars_embed.namespaces._vectors import (
     VectorsLike,
     as_matrix,
     as_query_vectors,
+    cached_squared_norms,
+    cached_twin,
     check_same_width,
     null_where,
     valid_rows,
+    vector_chunks,
     vector_width,
 )
-from polars_embed.provider import Provider
+from polars_embed.provider import Kind, Provider
+from polars_embed.quantization import Quantization, quantized_topk
 from polars_embed.registry import ProviderLike, resolve_provider
+
+if TYPE_CHECKING:
+    import altair as alt
 
 __all__ = ["EmbedFrameNamespace", "EmbedLazyFrameNamespace"]
 
@@ -62,6 +78,8 @@ class _EmbedNamespace(Generic[FrameT]):
         normalized: bool | None = None,
         score: str = "score",
         query_index: str = "query_index",
+        quantized: Quantization | None = None,
+        oversample: int | None = None,
         **options: Any,
     ) -> FrameT:
         """The ``k`` rows whose vectors best match a query, best first, with a score column.
@@ -90,6 +108,16 @@ class _EmbedNamespace(Generic[FrameT]):
         query_index
             For a batch of queries only: name of the first column, the position
             (``pl.UInt32``) of the query each row answers.
+        quantized
+            ``"int8"`` or ``"binary"``: rank every row on a compact twin of the
+            column (a quarter or a thirty-second of its bytes), then rescore
+            the best ``oversample * k`` exactly; cosine only. The twin is made
+            on the first such search of a DataFrame's column and kept with the
+            frame. Scores are exact; a true match may be missed:
+            :func:`polars_embed.recall_at_k` measures how often.
+        oversample
+            Candidates rescored per result with ``quantized`` (default 4 for
+            int8, 200 for binary).
         **options
             Options of ``provider``, e.g. ``dims=64``; only with ``provider``.
 
@@ -101,13 +129,22 @@ class _EmbedNamespace(Generic[FrameT]):
 
         Raises
         ------
-        ValueError
-            If ``k <= 0``, the metric is unknown, or an output name is taken.
+        ColumnNotFoundError
+            If the frame has no column ``on``.
+        InputTypeError
+            If column ``on`` is not a vector column, a query is neither text nor
+            numbers, or ``k`` is not an integer.
+        DuplicateColumnError
+            If the frame already has a column named ``score`` or ``query_index``.
+        ConfigError
+            If ``k <= 0``, the metric is unknown, a text query has no provider to
+            embed it, or ``provider`` is not the one that made the column.
+        InvalidInputError
+            If there is no query, a text query is blank, or a vector has no width.
         DimensionMismatchError
             If the query's width is not the column's.
-        ConfigError
-            If a text query has no provider to embed it, or ``provider`` is not
-            the one that made the column.
+        EmbeddingIncompleteError
+            If the provider failed to embed a text query.
 
         Examples
         --------
@@ -150,6 +187,7 @@ class _EmbedNamespace(Generic[FrameT]):
             normalized=normalized,
             score=score,
             query_index=query_index,
+            quantized=_Quantized.check(quantized, oversample, metric),
             options=options,
         )
         return self._run(search)
@@ -167,6 +205,8 @@ class _EmbedNamespace(Generic[FrameT]):
         how: Literal["inner", "left"] = "inner",
         suffix: str = "_right",
         score: str = "score",
+        quantized: Quantization | None = None,
+        oversample: int | None = None,
     ) -> FrameT:
         """Join each row to the ``k`` rows of ``other`` whose vectors match its own best.
 
@@ -196,12 +236,30 @@ class _EmbedNamespace(Generic[FrameT]):
             Added to the name of each column of ``other`` that this frame has too.
         score
             Name of the score column (``pl.Float32``).
+        quantized, oversample
+            Search ``other`` through a compact twin of its vectors, as in
+            :meth:`search`.
 
         Returns
         -------
         DataFrame or LazyFrame
             This frame's columns, ``other``'s, and the score: each row's matches
             in turn, best first, ties to the earlier row of ``other``.
+
+        Raises
+        ------
+        ColumnNotFoundError
+            If a frame has no such vector column.
+        InputTypeError
+            If a column is not a vector column, or ``k`` is not an integer.
+        DuplicateColumnError
+            If an output column would take a name this frame has (change ``suffix``
+            or ``score``).
+        ConfigError
+            If no vector column is named, ``k <= 0``, ``metric`` or ``how`` is
+            unknown, or the two columns were made by different models.
+        DimensionMismatchError
+            If the two columns' widths differ.
 
         Examples
         --------
@@ -238,8 +296,58 @@ class _EmbedNamespace(Generic[FrameT]):
             how=how,
             suffix=suffix,
             score=score,
+            quantized=_Quantized.check(quantized, oversample, metric),
         )
         return self._run(join)
+
+    def estimate(
+        self,
+        column: str,
+        provider: ProviderLike = None,
+        *,
+        kind: Kind = "document",
+        price_per_million_tokens: float | None = None,
+        **options: Any,
+    ) -> Estimate:
+        """Preview embedding a text column: rows, distinct texts, cache hits, requests, tokens.
+
+        Nothing is sent to the provider; a LazyFrame reads only ``column``. See
+        :func:`polars_embed.estimate`.
+
+        Parameters
+        ----------
+        column
+            The text column.
+        provider
+            As for ``pl.col(column).embed.with_provider``.
+        kind
+            ``"document"`` or ``"query"``.
+        price_per_million_tokens
+            The provider's price, to get the cost.
+        **options
+            Provider options.
+
+        Returns
+        -------
+        Estimate
+
+        Examples
+        --------
+        >>> import polars as pl
+        >>> import polars_embed
+        >>> lf = pl.LazyFrame({"text": ["a cat", "a cat", None, "a dog"]})
+        >>> preview = lf.embed.estimate("text", "openai:text-embedding-3-small")
+        >>> preview.rows, preview.skipped, preview.distinct, preview.requests
+        (4, 1, 2, 1)
+        """
+        return estimate(
+            self._frame,
+            provider,
+            column=column,
+            kind=kind,
+            price_per_million_tokens=price_per_million_tokens,
+            **options,
+        )
 
     def _schema(self) -> pl.Schema:
         raise NotImplementedError
@@ -267,6 +375,92 @@ class EmbedFrameNamespace(_EmbedNamespace[pl.DataFrame]):
             Passed to ``DataFrame.write_parquet``, e.g. ``row_group_size``.
         """
         metadata.write_parquet(self._frame, path, **options)
+
+    def plot(
+        self,
+        *,
+        on: str = "vec",
+        color: str | None = None,
+        tooltip: str | Sequence[str] | None = None,
+        query: QueryLike | None = None,
+        k: int = 5,
+        method: Method = "pca",
+        seed: int = 0,
+        max_points: int | None = 5000,
+        provider: ProviderLike = None,
+        **options: Any,
+    ) -> alt.LayerChart:
+        """An interactive scatter of the embedding space (Altair): pan, zoom, hover.
+
+        Each row with a vector is a point, placed by ``pl.col(on).embed.project(2,
+        method=method)``; rows whose vector is null are left out. With ``query``,
+        each query is drawn as a cross where it falls, and its ``k`` nearest rows
+        (as :meth:`search` finds them) are ringed.
+
+        Parameters
+        ----------
+        on
+            The vector column.
+        color
+            A column to colour points by, e.g. ``pl.col(on).embed.cluster(8)``.
+        tooltip
+            Column(s) shown on hover.
+        query
+            Text or vector queries to highlight, as :meth:`search` takes them.
+        k
+            Neighbours ringed per query.
+        method
+            ``"pca"`` or ``"umap"``, as for ``project``.
+        seed
+            For UMAP, and for choosing ``max_points`` rows to draw.
+        max_points
+            Draw at most this many rows (a seeded sample; the projection still uses
+            them all); ``None`` draws every row.
+        provider, **options
+            Embed text queries, as for :meth:`search`.
+
+        Returns
+        -------
+        altair.LayerChart
+            Display it in a notebook, or ``.save("chart.html")``. Needs the
+            ``plot`` extra.
+
+        Examples
+        --------
+        >>> import polars as pl
+        >>> import polars_embed
+        >>> df = pl.DataFrame({"text": ["a cat", "a dog", None, "stock prices fell"]})
+        >>> df = df.with_columns(vec=pl.col("text").embed.with_provider("hashing", dims=32))
+        >>> chart = df.embed.plot(tooltip="text", query="cat", k=1)
+        >>> [(layer.mark.type, len(layer.data)) for layer in chart.layer]  # rows, rings, crosses
+        [('circle', 3), ('point', 1), ('point', 1)]
+        """
+        _check_column(self._frame.schema, on)
+        search = None
+        if query is not None:
+            search = _Search.plan(
+                self._frame.schema,
+                query,
+                on=on,
+                k=k,
+                provider=provider,
+                metric="cosine",
+                normalized=None,
+                score="score",
+                query_index="query",
+                quantized=None,
+                options=options,
+            )
+        return plot_chart(
+            self._frame,
+            on=on,
+            color=color,
+            tooltip=tooltip,
+            search=search,
+            method=method,
+            seed=seed,
+            max_points=max_points,
+        )
 
     def _schema(self) -> pl.Schema:
         return self._frame.schema
@@ -301,6 +495,7 @@ class _Search:
     texts: tuple[str, ...] | None  # text queries, embedded when the search runs
     vectors: np.ndarray | None  # (q, d) float32 vector queries
     provider: Provider | None
+    quantized: _Quantized | None
 
     @classmethod
     def plan(
@@ -315,24 +510,30 @@ class _Search:
         normalized: bool | None,
         score: str,
         query_index: str,
+        quantized: _Quantized | None,
         options: dict[str, Any],
     ) -> _Search:
         _check_column(schema, on)
         texts, vectors, single = _parse_query(query)
         if texts is None and provider is not None:
-            raise ValueError("provider= embeds text queries, but these queries are vectors already")
+            raise ConfigError(
+                "provider= embeds text queries, but these queries are vectors already: leave it out"
+            )
         if options and provider is None:
-            raise ValueError(f"options {sorted(options)} are for provider=, which is not given")
+            raise ConfigError(
+                f"options {sorted(options)} are for provider=, which is not given: pass the provider too"
+            )
         search = cls(
             on=on,
             k=check_k(k),
-            metric=_check_metric(metric),
+            metric=check_metric(metric),
             normalized=normalized,
             score=score,
             query_index=None if single else query_index,
             texts=texts,
             vectors=vectors,
             provider=None if provider is None else resolve_provider(provider, **options),
+            quantized=quantized,
         )
         _check_new_names(schema, [name for name in (search.query_index, score) if name is not None])
         return search
@@ -342,46 +543,47 @@ class _Search:
         return pl.Schema({**query_column, **schema, self.score: pl.Float32})
 
     def __call__(self, frame: pl.DataFrame) -> pl.DataFrame:
-        column = frame[self.on]
-        stored = provider_of(column)
-        queries = self.query_vectors(column, stored, searchable=column.null_count() < len(column))
-        indices, scores = topk(
-            queries,
-            as_matrix(column),
-            self.k,
-            metric=self.metric,
-            valid=valid_rows(column),
-            normalized=_normalized(self.normalized, stored),
-        )
-        return self.found(frame, indices, scores)
+        return self.answer(frame, self.query_vectors(frame[self.on]))
 
-    def query_vectors(
-        self,
-        column: pl.Series,
-        stored: Provider | None,
-        *,
-        searchable: bool = True,
-        unknown: str = _NO_PROVIDER_HINT,
+    def query_vectors(self, column: pl.Series) -> np.ndarray:
+        """The queries as a ``(q, d)`` float32 array, text ones embedded for ``column``."""
+        if self.texts is not None and column.null_count() == len(column):
+            # nothing can match: spare the provider a call
+            return np.zeros((len(self.texts), column.dtype.shape[0]), dtype=np.float32)
+        return self.queries_for(column, provider_of(column))
+
+    def queries_for(
+        self, column: pl.Series, stored: Provider | None, *, unknown: str = _NO_PROVIDER_HINT
     ) -> np.ndarray:
         """The queries as ``(q, d)`` float32 vectors for ``column`` (its rows are not read), text
-        embedded by ``stored``, the provider that made the column, unless one was given.
-        ``searchable=False`` says no row can match, which spares the provider a call;
+        embedded by ``stored``, the provider that made the column, unless one was given;
         ``unknown`` tells the user what to do when no provider is known."""
         if self.texts is None:
             check_same_width(column, pl.Series("query", self.vectors))
             return self.vectors
-        if not searchable:
-            return np.zeros((len(self.texts), column.dtype.shape[0]), dtype=np.float32)
         provider = provider_for_query(
             self.provider, stored, column=self.on, width=column.dtype.shape[0], unknown=unknown
         )
         return embed_queries(list(self.texts), provider)
 
+    def answer(self, frame: pl.DataFrame, queries: np.ndarray) -> pl.DataFrame:
+        """The rows of ``frame`` that best match each of ``queries``, with their scores."""
+        indices, scores = _search_frame(
+            queries,
+            frame,
+            self.on,
+            self.k,
+            self.metric,
+            _normalized(self.normalized, provider_of(frame[self.on])),
+            self.quantized,
+        )
+        return self.found(frame, indices, scores)
+
     def found(self, frame: pl.DataFrame, indices: np.ndarray, scores: np.ndarray) -> pl.DataFrame:
-        """The rows of ``frame`` that :func:`~polars_embed.topk` found, with the score and
-        query columns; ``indices`` are rows of ``frame``, -1 for none."""
+        """The rows of ``frame`` that a search found, with the score and query columns;
+        ``indices`` are rows of ``frame``, -1 for none."""
         found = indices.ravel() >= 0
-        hits = frame.gather(pl.Series(indices.ravel()[found])).with_columns(
+        hits = _gather(frame, indices.ravel()[found], self.on).with_columns(
             pl.Series(self.score, scores.ravel()[found])
         )
         if self.query_index is not None:
@@ -404,6 +606,7 @@ class _KnnJoin:
     keep_unmatched: bool
     score: str
     right_names: dict[str, str]  # right column -> output name
+    quantized: _Quantized | None
 
     @classmethod
     def plan(
@@ -420,11 +623,12 @@ class _KnnJoin:
         how: str,
         suffix: str,
         score: str,
+        quantized: _Quantized | None,
     ) -> _KnnJoin:
         if left_on is None or right_on is None:
-            raise ValueError("knn_join needs the vector columns: on=, or left_on= and right_on=")
+            raise ConfigError("knn_join needs the vector columns: pass on=, or left_on= and right_on=")
         if how not in ("inner", "left"):
-            raise ValueError(f"how must be 'inner' or 'left', got {how!r}")
+            raise ConfigError(f"how must be 'inner' or 'left', got {how!r}")
         _check_column(left_schema, left_on)
         _check_column(right_schema, right_on)
         right_names = {name: name + suffix if name in left_schema else name for name in right_schema}
@@ -435,11 +639,12 @@ class _KnnJoin:
             left_on=left_on,
             right_on=right_on,
             k=check_k(k),
-            metric=_check_metric(metric),
+            metric=check_metric(metric),
             normalized=normalized,
             keep_unmatched=how == "left",
             score=score,
             right_names=right_names,
+            quantized=quantized,
         )
 
     def output_schema(self, left_schema: pl.Schema) -> pl.Schema:
@@ -452,13 +657,11 @@ class _KnnJoin:
         check_same_width(queries, corpus)
         right_provider = provider_of(corpus)
         self.check_comparable(provider_of(queries), right_provider)
-        indices, scores = topk(
-            as_matrix(queries),
-            as_matrix(corpus),
-            self.k,
-            metric=self.metric,
-            valid=valid_rows(corpus),
-            normalized=_normalized(self.normalized, right_provider),
+        normalized = _normalized(self.normalized, right_provider)
+        # The left side is the queries, one array (a BLAS multiply rounds a score differently
+        # with another number of queries); the right side is searched in its chunks.
+        indices, scores = _search_frame(
+            as_matrix(queries), right, self.right_on, self.k, self.metric, normalized, self.quantized
         )
         return self.joined(left, right, indices, scores)
 
@@ -485,15 +688,93 @@ class _KnnJoin:
             keep[:, 0] |= ~found.any(axis=1)
         left_rows = np.repeat(np.arange(len(left)), indices.shape[1])[keep.ravel()]
         unmatched = ~found[keep]
-        right_rows = null_where(pl.Series(indices[keep]), unmatched)
+        right_rows = np.where(unmatched, -1, indices[keep])
         return pl.concat(
             [
                 left.gather(pl.Series(left_rows)),
-                right.rename(self.right_names).gather(right_rows),
+                _gather(right, right_rows, self.right_on).rename(self.right_names),
                 null_where(pl.Series(self.score, scores[keep]), unmatched).to_frame(),
             ],
             how="horizontal",
         )
+
+
+@dataclass(frozen=True)
+class _Quantized:
+    """A quantised search's options, checked."""
+
+    kind: Quantization
+    oversample: int | None
+
+    @classmethod
+    def check(cls, kind: str | None, oversample: int | None, metric: str) -> _Quantized | None:
+        if kind is None:
+            if oversample is not None:
+                raise ConfigError("oversample= is for a quantized= search; pass quantized='int8' or 'binary'")
+            return None
+        if kind not in get_args(Quantization):
+            raise ConfigError(f"quantized must be 'int8', 'binary' or None, got {kind!r}")
+        if metric != "cosine":
+            raise ConfigError(f"a quantized search ranks by cosine similarity, not {metric!r}: drop metric=")
+        return cls(kind, None if oversample is None else check_k(oversample))
+
+
+def _search_frame(
+    queries: np.ndarray,
+    frame: pl.DataFrame,
+    on: str,
+    k: int,
+    metric: Metric,
+    normalized: bool,
+    quantized: _Quantized | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`topk` over the chunks of ``frame[on]``, with what it derives from them kept for the next
+    search: the row norms, or the quantised twin."""
+    column = frame[on]
+    chunks = vector_chunks(column)
+    if quantized is not None:
+        twin = cached_twin(frame, on, chunks, quantized.kind)
+        return quantized_topk(queries, chunks, twin, k, oversample=quantized.oversample)
+    needs_norms = metric == "l2" or (metric == "cosine" and not normalized)
+    return topk(
+        queries,
+        chunks,
+        k,
+        metric=metric,
+        valid=valid_rows(column),
+        normalized=normalized,
+        squared_norms=cached_squared_norms(frame, on, chunks) if needs_norms else None,
+    )
+
+
+def _gather(frame: pl.DataFrame, rows: np.ndarray, column: str) -> pl.DataFrame:
+    """``frame.gather(rows)``, row -1 giving a row of nulls, without copying a chunked frame whole.
+
+    Polars rechunks a column of many chunks to gather from it; here each chunk
+    of ``column`` (the vectors, by far the largest) gives its rows from a
+    zero-copy slice of the frame, and one small gather puts them in order.
+    """
+    lengths = frame[column].chunk_lengths()
+    missing = rows < 0
+    if frame.height == 0:  # every row is missing
+        return frame.clear(len(rows))
+    rows = np.where(missing, 0, rows)
+    if len(lengths) <= 1 or len(rows) == 0:
+        gathered = frame.gather(pl.Series(rows, dtype=pl.Int64))
+    else:
+        starts = np.cumsum([0, *lengths])
+        chunk_of = np.searchsorted(starts, rows, side="right") - 1
+        order = np.argsort(chunk_of, kind="stable")
+        edges = np.searchsorted(chunk_of[order], np.arange(len(lengths) + 1))
+        parts = [
+            frame.slice(int(starts[i]), lengths[i]).gather(pl.Series(rows[order[low:high]] - starts[i]))
+            for i, (low, high) in enumerate(itertools.pairwise(edges))
+            if high > low
+        ]
+        gathered = pl.concat(parts).gather(pl.Series(np.argsort(order)))
+    if not missing.any():
+        return gathered
+    return gathered.select(pl.when(pl.Series(~missing)).then(pl.all()).name.keep())
 
 
 def _parse_query(query: QueryLike) -> tuple[tuple[str, ...] | None, np.ndarray | None, bool]:
@@ -501,7 +782,7 @@ def _parse_query(query: QueryLike) -> tuple[tuple[str, ...] | None, np.ndarray |
     if isinstance(query, str):
         return (query,), None, True
     if isinstance(query, pl.Series | Sequence) and len(query) == 0:
-        raise ValueError("search needs at least one query")
+        raise InvalidInputError("search needs at least one query, but got an empty batch")
     if isinstance(query, pl.Series) and query.dtype == pl.String:
         return tuple(query.to_list()), None, False
     if isinstance(query, Sequence) and all(isinstance(item, str) for item in query):
@@ -512,29 +793,25 @@ def _parse_query(query: QueryLike) -> tuple[tuple[str, ...] | None, np.ndarray |
 
 def _check_column(schema: pl.Schema, column: str) -> None:
     if column not in schema:
-        raise pl.exceptions.ColumnNotFoundError(
-            f"no vector column {column!r}; the columns are {', '.join(map(repr, schema))}"
+        raise ColumnNotFoundError(
+            f"no vector column {column!r}: pass on= one of the columns, {', '.join(map(repr, schema))}"
         )
     vector_width(schema[column], column=column)
-
-
-def _check_metric(metric: str) -> Metric:
-    if metric not in get_args(Metric):
-        raise ValueError(f"unknown metric {metric!r}; expected one of {', '.join(get_args(Metric))}")
-    return metric
 
 
 def _check_new_names(schema: pl.Schema, names: list[str]) -> None:
     """Output columns must not take a name the frame already has, nor each other's."""
     taken = [name for name in names if name in schema]
     if taken:
-        raise pl.exceptions.DuplicateError(
+        raise DuplicateColumnError(
             f"the output would have two columns named {taken[0]!r}: pass another name "
             "(score=, query_index= or suffix=)"
         )
     if len(set(names)) < len(names):
         repeated = next(name for name in names if names.count(name) > 1)
-        raise pl.exceptions.DuplicateError(f"the output would have two columns named {repeated!r}")
+        raise DuplicateColumnError(
+            f"the output would have two columns named {repeated!r}: pass another name (score= or suffix=)"
+        )
 
 
 def _normalized(promised: bool | None, stored: Provider | None) -> bool:

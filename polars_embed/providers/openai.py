@@ -8,9 +8,7 @@ key, and its model's width comes from ``dims`` or from one probe request.
 from __future__ import annotations
 
 import base64
-import functools
 import logging
-import math
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -18,6 +16,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from polars_embed._tokens import approximate_token_counter, approximate_tokens
 from polars_embed.errors import ConfigError, InvalidEmbeddingError, ProviderError
 from polars_embed.hookspecs import hookimpl
 from polars_embed.provider import MAX_DIMENSION, Embedded, Kind, Provider, option
@@ -32,8 +31,6 @@ MODEL_WIDTHS = {
 }
 #: Models that can shorten their vectors to ``dimensions`` numbers.
 SHORTENABLE = frozenset({"text-embedding-3-small", "text-embedding-3-large"})
-#: Without tiktoken, a text counts as one token per this many UTF-8 bytes, rounded up.
-BYTES_PER_TOKEN = 3
 #: Sent to a server at ``base_url`` when no key is configured: the SDK insists on one.
 NO_KEY = "no-key"
 PROBE_TEXT = "dimension probe"
@@ -109,11 +106,12 @@ class OpenAIProvider(RemoteProvider):
                 log.info("%s: the server gives vectors of width %d", self.label, width)
         return width
 
-    def count_tokens(self, texts: Sequence[str]) -> list[int]:
-        encoding = _tokenizer()
-        if encoding is None:
-            return [math.ceil(len(text.encode()) / BYTES_PER_TOKEN) for text in texts]
-        return [len(tokens) for tokens in encoding.encode_ordinary_batch(list(texts))]
+    def count_tokens(self, texts: Sequence[str], *, kind: Kind = "document") -> list[int]:
+        return approximate_tokens(texts)
+
+    @property
+    def token_counter(self) -> str:
+        return approximate_token_counter()
 
     def _connect(self, api_key: str | None, base_url: str, timeout: float) -> Any:
         if api_key is None:
@@ -160,18 +158,6 @@ def _decoded(embedding: str | list[float]) -> np.ndarray:
     if not isinstance(embedding, list):
         raise TypeError(f"an embedding is {type(embedding).__name__}, not base64 or a list")
     return np.asarray(embedding, dtype=np.float32)
-
-
-@functools.cache
-def _tokenizer() -> Any | None:
-    """tiktoken's cl100k_base, the encoding of OpenAI's embedding models, if it loads here."""
-    try:
-        import tiktoken
-
-        return tiktoken.get_encoding("cl100k_base")
-    except Exception as error:  # not installed, or its file cannot be fetched: estimate instead
-        log.debug("token counts are estimated: tiktoken's cl100k_base did not load (%s)", error)
-        return None
 
 
 @hookimpl
