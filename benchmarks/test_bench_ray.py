@@ -126,18 +126,29 @@ def _ray_embed(texts: list[str], provider: polars_embed.Provider, workers: dict[
     return pa.concat_tables(ray.get(embedded.to_arrow_refs()))
 
 
+def _against_one_process(
+    benchmark: Any,
+    on_ray: list[str],
+    texts: list[str],
+    provider: polars_embed.Provider,
+    workers: dict[str, Any],
+) -> pa.Table:
+    """:func:`_ray_embed` of ``on_ray``, each round just after ``polars_embed.embed(texts)`` here."""
+    benchmark.group = EMBED_GROUP
+    return paired(
+        benchmark,
+        lambda: _ray_embed(on_ray, provider, workers),
+        lambda: polars_embed.embed(texts, provider),
+        rounds=3,
+        warmup_rounds=0,  # every round starts its actors afresh
+    )
+
+
 def test_embed_on_two_actors(
     benchmark: Any, cluster: None, minilm: polars_embed.Provider, texts: list[str], no_cache: dict[str, Any]
 ) -> None:
     """End to end: start two actors (each loads the model), embed, gather the blocks."""
-    benchmark.group = EMBED_GROUP
-    table = paired(
-        benchmark,
-        lambda: _ray_embed(texts, minilm, no_cache),
-        lambda: polars_embed.embed(texts, minilm),
-        rounds=3,
-        warmup_rounds=0,
-    )
+    table = _against_one_process(benchmark, texts, texts, minilm, no_cache)
     assert table.num_rows == len(texts) and table.column("vec").null_count == 0
 
 
@@ -145,15 +156,7 @@ def test_actor_pool_start_alone(
     benchmark: Any, cluster: None, minilm: polars_embed.Provider, texts: list[str], no_cache: dict[str, Any]
 ) -> None:
     """The fixed cost inside the end-to-end time: the same job on two texts."""
-    benchmark.group = EMBED_GROUP
-    two = ["one text", "another"]
-    table = paired(
-        benchmark,
-        lambda: _ray_embed(two, minilm, no_cache),
-        lambda: polars_embed.embed(texts, minilm),
-        rounds=3,
-        warmup_rounds=0,
-    )
+    table = _against_one_process(benchmark, ["one text", "another"], texts, minilm, no_cache)
     assert table.num_rows == 2
 
 
