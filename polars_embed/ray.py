@@ -68,8 +68,8 @@ from polars_embed.metadata import (
     parquet_metadata,
     specs_in,
 )
-from polars_embed.namespaces._vectors import as_matrix, check_same_width, valid_rows
-from polars_embed.namespaces.frame import QueryLike, _KnnJoin, _normalized, _Search
+from polars_embed.namespaces._vectors import QueryLike, as_matrix, check_same_width, valid_rows
+from polars_embed.namespaces.frame import _KnnJoin, _normalized, _Search
 from polars_embed.provider import Kind, Provider, check_kind
 from polars_embed.registry import ProviderLike, resolve_provider
 from polars_embed.stats import EmbedStats, track_stats
