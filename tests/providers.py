@@ -6,6 +6,7 @@ told to fail in the ways real services fail.
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 import zlib
@@ -15,6 +16,7 @@ from typing import ClassVar
 import numpy as np
 
 from polars_embed import Embedded, Provider, ProviderError, RetryableProviderError, option
+from polars_embed.providers.hashing import HashingProvider
 
 
 def vector_for(text: str, dims: int) -> np.ndarray:
@@ -80,6 +82,36 @@ class CountingProvider(Provider):
         finally:
             with recorder.lock:
                 recorder.in_flight -= 1
+
+
+@dataclass(frozen=True, kw_only=True, repr=False)
+class ExitingProvider(HashingProvider):
+    """Hashing vectors, except that the first process to embed a batch dies on the spot, as a
+    worker killed mid-job does: ``marker`` is a file path that only that first call creates."""
+
+    name: ClassVar[str] = "exiting"
+
+    marker: str = option("", runtime=True)
+
+    def embed_batch(self, texts: list[str], *, kind: str) -> np.ndarray:
+        try:
+            os.close(os.open(self.marker, os.O_CREAT | os.O_EXCL))
+        except FileExistsError:
+            return super().embed_batch(texts, kind=kind)
+        os._exit(1)
+
+
+@dataclass(frozen=True, kw_only=True, repr=False)
+class RefusingProvider(HashingProvider):
+    """Hashing's options, but every request is refused with the key quoted, as a careless
+    service might; unlike :class:`CountingProvider` it pickles, so it can run on workers."""
+
+    name: ClassVar[str] = "refusing"
+
+    api_key: str | None = option(None, secret=True)
+
+    def embed_batch(self, texts: list[str], *, kind: str) -> np.ndarray:
+        raise ProviderError(f"400 bad request (key {self.resolve('api_key')})")
 
 
 class LongTextsProvider(CountingProvider):

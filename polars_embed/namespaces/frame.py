@@ -52,6 +52,10 @@ if TYPE_CHECKING:
 
 __all__ = ["EmbedFrameNamespace", "EmbedLazyFrameNamespace"]
 
+_NO_PROVIDER_HINT = (
+    "pass provider= (the column's own provider), or read the vectors with "
+    "polars_embed.read_parquet/scan_parquet from a file written by df.embed.write_parquet"
+)
 FrameT = TypeVar("FrameT", pl.DataFrame, pl.LazyFrame)
 
 
@@ -541,23 +545,24 @@ class _Search:
 
     def query_vectors(self, column: pl.Series) -> np.ndarray:
         """The queries as a ``(q, d)`` float32 array, text ones embedded for ``column``."""
-        stored = provider_of(column)
+        if self.texts is not None and column.null_count() == len(column):
+            # nothing can match: spare the provider a call
+            return np.zeros((len(self.texts), column.dtype.shape[0]), dtype=np.float32)
+        return self.queries_for(column, provider_of(column))
+
+    def queries_for(
+        self, column: pl.Series, stored: Provider | None, *, unknown: str = _NO_PROVIDER_HINT
+    ) -> np.ndarray:
+        """The queries as ``(q, d)`` float32 vectors for ``column`` (its rows are not read), text
+        embedded by ``stored``, the provider that made the column, unless one was given;
+        ``unknown`` tells the user what to do when no provider is known."""
         if self.texts is None:
-            queries = self.vectors
-            check_same_width(column, pl.Series("query", queries))
-        elif column.null_count() == len(column):  # nothing can match: spare the provider a call
-            queries = np.zeros((len(self.texts), column.dtype.shape[0]), dtype=np.float32)
-        else:
-            provider = provider_for_query(
-                self.provider,
-                stored,
-                column=self.on,
-                width=column.dtype.shape[0],
-                unknown="pass provider= (the column's own provider), or read the vectors with "
-                "polars_embed.read_parquet/scan_parquet from a file written by df.embed.write_parquet",
-            )
-            queries = embed_queries(list(self.texts), provider)
-        return queries
+            check_same_width(column, pl.Series("query", self.vectors))
+            return self.vectors
+        provider = provider_for_query(
+            self.provider, stored, column=self.on, width=column.dtype.shape[0], unknown=unknown
+        )
+        return embed_queries(list(self.texts), provider)
 
     def answer(self, frame: pl.DataFrame, queries: np.ndarray) -> pl.DataFrame:
         """The rows of ``frame`` that best match each of ``queries``, with their scores."""
@@ -570,12 +575,17 @@ class _Search:
             _normalized(self.normalized, provider_of(frame[self.on])),
             self.quantized,
         )
+        return self.found(frame, indices, scores)
+
+    def found(self, frame: pl.DataFrame, indices: np.ndarray, scores: np.ndarray) -> pl.DataFrame:
+        """The rows of ``frame`` that a search found, with the score and query columns;
+        ``indices`` are rows of ``frame``, -1 for none."""
         found = indices.ravel() >= 0
         hits = _gather(frame, indices.ravel()[found], self.on).with_columns(
             pl.Series(self.score, scores.ravel()[found])
         )
         if self.query_index is not None:
-            query_numbers = np.repeat(np.arange(len(queries), dtype=np.uint32), indices.shape[1])
+            query_numbers = np.repeat(np.arange(len(indices), dtype=np.uint32), indices.shape[1])
             hits.insert_column(0, pl.Series(self.query_index, query_numbers[found]))
         return hits
 
@@ -584,7 +594,7 @@ class _Search:
 class _KnnJoin:
     """A validated k-nearest-neighbour join, run on the left DataFrame."""
 
-    right: pl.DataFrame | pl.LazyFrame
+    right: pl.DataFrame | pl.LazyFrame | None  # None where the caller searches (polars_embed.ray)
     right_schema: pl.Schema
     left_on: str
     right_on: str
@@ -600,7 +610,7 @@ class _KnnJoin:
     def plan(
         cls,
         left_schema: pl.Schema,
-        right: pl.DataFrame | pl.LazyFrame,
+        right: pl.DataFrame | pl.LazyFrame | None,
         right_schema: pl.Schema,
         *,
         left_on: str | None,
@@ -643,19 +653,30 @@ class _KnnJoin:
         right = self.right.collect() if isinstance(self.right, pl.LazyFrame) else self.right
         queries, corpus = left[self.left_on], right[self.right_on]
         check_same_width(queries, corpus)
-        left_provider, right_provider = provider_of(queries), provider_of(corpus)
-        if left_provider and right_provider and left_provider.spec() != right_provider.spec():
-            raise ConfigError(
-                f"column {self.left_on!r} was embedded with {left_provider.label} and column "
-                f"{self.right_on!r} with {right_provider.label}: vectors from different models "
-                "cannot be compared"
-            )
+        right_provider = provider_of(corpus)
+        self.check_comparable(provider_of(queries), right_provider)
         normalized = _normalized(self.normalized, right_provider)
         # The left side is the queries, one array (a BLAS multiply rounds a score differently
         # with another number of queries); the right side is searched in its chunks.
         indices, scores = _search_frame(
             as_matrix(queries), right, self.right_on, self.k, self.metric, normalized, self.quantized
         )
+        return self.joined(left, right, indices, scores)
+
+    def check_comparable(self, left_provider: Provider | None, right_provider: Provider | None) -> None:
+        """Fail when the two vector columns are known to come from different models."""
+        if left_provider and right_provider and left_provider.spec() != right_provider.spec():
+            raise ConfigError(
+                f"column {self.left_on!r} was embedded with {left_provider.label} and column "
+                f"{self.right_on!r} with {right_provider.label}: vectors from different models "
+                "cannot be compared"
+            )
+
+    def joined(
+        self, left: pl.DataFrame, right: pl.DataFrame, indices: np.ndarray, scores: np.ndarray
+    ) -> pl.DataFrame:
+        """Each row of ``left`` beside the rows of ``right`` that :func:`~polars_embed.topk` found
+        for it; ``indices`` are rows of ``right``, -1 for none."""
         if indices.shape[1] == 0:  # no row of other can match: one empty slot per row
             indices = np.full((len(left), 1), -1, dtype=np.int64)
             scores = np.full((len(left), 1), np.nan, dtype=np.float32)
