@@ -94,9 +94,8 @@ def check_accepts(provider: Provider, kind: InputKind, column: str | None = None
         if kind == "image"
         else "pass a column of images (Binary, or paths with root=)"
     )
-    raise InputTypeError(
-        f"{provider.label} embeds {' and '.join(takes)} only, but column {column!r} holds {kind}s; {fix}"
-    )
+    given = f"column {column!r} holds {kind}s" if column is not None else f"it was given {kind}s"
+    raise InputTypeError(f"{provider.label} embeds {' and '.join(takes)} only, but {given}; {fix}")
 
 
 def prepare(series: pl.Series, images: Images | None) -> Prepared:
@@ -151,6 +150,8 @@ def decode_image(data: bytes, where: str) -> Any:
                 raise _bomb(where, f"{image.width}x{image.height} pixels", limit)
             image.draft("RGB", (MAX_IMAGE_SIDE, MAX_IMAGE_SIDE))  # a JPEG decodes at a smaller scale
             rgb = image.convert("RGB")
+    except InvalidImageError:
+        raise
     except image_module.DecompressionBombError:  # Pillow's own check, at twice the limit
         raise _bomb(where, "too many pixels", image_module.MAX_IMAGE_PIXELS) from None
     except (OSError, ValueError, SyntaxError, EOFError) as error:  # UnidentifiedImageError is an OSError
