@@ -7,10 +7,12 @@ import os
 from pathlib import Path
 from typing import Any
 
+import duckdb
 import numpy as np
 import polars as pl
 import pytest
 
+import duckdb_ext
 import polars_embed
 from polars_embed import (
     CallableProvider,
@@ -314,3 +316,58 @@ class TestPathColumns:
     def test_a_root_that_is_not_a_folder_is_refused_at_once(self, tmp_path: Path, sizes: Sizes) -> None:
         with pytest.raises(ConfigError, match="is not a folder"):
             pl.col("path").embed.images(images_of(sizes), root=tmp_path / "nowhere")
+
+
+class TestDuckDB:
+    @pytest.fixture
+    def con(self) -> Any:
+        connection = duckdb.connect()
+        photos = [encoded("blue"), None, encoded("red"), encoded("green"), encoded("red")]
+        connection.register("frame", pl.DataFrame({"sku": ["b", "none", "r", "g", "r2"], "photo": photos}))
+        connection.sql("CREATE TABLE products AS SELECT * FROM frame")
+        yield connection
+        connection.close()
+
+    def test_embed_image_over_a_blob_column_and_a_text_query_finds_it(
+        self, con: Any, clip: SentenceTransformersProvider
+    ) -> None:
+        duckdb_ext.register(con, clip)
+        rows = con.sql(
+            "SELECT sku, embed_image(photo) AS vec, typeof(embed_image(photo)) FROM products ORDER BY sku"
+        ).fetchall()
+        assert rows[0][2] == f"FLOAT[{PROJECTION}]"
+        by_sku = {sku: vector for sku, vector, _ in rows}
+        assert by_sku["none"] is None
+        best = con.sql(
+            "SELECT sku FROM products ORDER BY array_cosine_similarity(embed_image(photo), "
+            "embed_query('green')) DESC NULLS LAST LIMIT 1"
+        ).fetchall()
+        assert best == [("g",)]
+
+    def test_embed_table_fills_a_vector_column_from_a_blob_column(
+        self, con: Any, clip: SentenceTransformersProvider
+    ) -> None:
+        assert duckdb_ext.embed_table(con, "products", "photo", into="vec", provider=clip) == 4
+        stats = polars_embed.last_stats()
+        assert (stats.distinct, stats.embedded) == (3, 3)
+        hits = duckdb_ext.search(con, "products", "vec", "red", k=2, provider=clip).select("sku").fetchall()
+        assert sorted(hits) == [("r",), ("r2",)]
+        # The column's comment names the model, a local folder here, which is never loaded from it.
+        with pytest.raises(ConfigError, match="a file never names a local path"):
+            duckdb_ext.search(con, "products", "vec", "red", k=2)
+
+    def test_a_text_provider_gets_no_embed_image_and_refuses_a_blob_column(self, con: Any) -> None:
+        duckdb_ext.register(con, "hashing", dims=8)
+        with pytest.raises(duckdb.Error, match="embed_image"):
+            con.sql("SELECT embed_image(photo) FROM products").fetchall()
+        with pytest.raises(InputTypeError, match="embeds text only, but column 'photo' holds images"):
+            duckdb_ext.embed_table(con, "products", "photo", into="vec", provider="hashing")
+        assert "vec" not in con.sql("SELECT * FROM products").columns
+
+    def test_an_unreadable_blob_is_an_error_naming_its_row(
+        self, con: Any, clip: SentenceTransformersProvider
+    ) -> None:
+        duckdb_ext.register(con, clip)
+        con.sql("INSERT INTO products VALUES ('bad', 'not an image'::BLOB)")
+        with pytest.raises(duckdb.Error, match=r"row 5 of .* cannot be read as an image"):
+            con.sql("SELECT embed_image(photo) FROM products").fetchall()
