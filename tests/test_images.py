@@ -352,6 +352,7 @@ class TestDuckDB:
         assert (stats.distinct, stats.embedded) == (3, 3)
         hits = duckdb_ext.search(con, "products", "vec", "red", k=2, provider=clip).select("sku").fetchall()
         assert sorted(hits) == [("r",), ("r2",)]
+        assert duckdb_ext.embed_table(con, "products", "photo", into="vec", provider=clip) == 0  # a rerun
         # The column's comment names the model, a local folder here, which is never loaded from it.
         with pytest.raises(ConfigError, match="a file never names a local path"):
             duckdb_ext.search(con, "products", "vec", "red", k=2)
@@ -371,3 +372,42 @@ class TestDuckDB:
         con.sql("INSERT INTO products VALUES ('bad', 'not an image'::BLOB)")
         with pytest.raises(duckdb.Error, match=r"row 5 of .* cannot be read as an image"):
             con.sql("SELECT embed_image(photo) FROM products").fetchall()
+
+
+class TestTables:
+    def test_a_table_with_an_image_source_embeds_on_write_and_a_text_query_finds_it(
+        self, tmp_path: Path, tiny_clip: Path, clip: SentenceTransformersProvider
+    ) -> None:
+        class Product(polars_embed.Model):
+            sku: str = polars_embed.Id()
+            photo: bytes | None = polars_embed.Source()
+            photo_vec: polars_embed.Vector = polars_embed.VectorOf(
+                "photo", provider="sentence-transformers", model=str(tiny_clip), device="cpu"
+            )
+
+        database = polars_embed.connect(tmp_path / "shop.duckdb")
+        products = database.create_table("products", Product)
+        rows = pl.DataFrame({"sku": ["r", "g", "none"], "photo": [encoded("red"), encoded("green"), None]})
+        with polars_embed.track_stats() as first:
+            products.upsert(rows)
+        with polars_embed.track_stats() as again:
+            products.upsert(rows)
+        assert (first.embedded, again.embedded) == (2, 0)  # unchanged images are not embedded again
+        products.upsert(pl.DataFrame({"sku": ["b"], "photo": [encoded("blue")]}))
+        for colour in COLOURS:
+            hits = products.search(colour).limit(1).to_polars()
+            assert hits["sku"].to_list() == [colour[0]]
+        # Reopened in code with the provider (the stored spec names a local folder, never loaded from it).
+        reopened = polars_embed.connect(tmp_path / "shop.duckdb").open_table(
+            "products", providers={"photo_vec": clip}
+        )
+        assert reopened.search("blue").limit(1).to_polars()["sku"].to_list() == ["b"]
+
+    def test_an_image_source_needs_a_provider_that_embeds_images(self, tmp_path: Path) -> None:
+        with pytest.raises(InputTypeError, match="embeds text only, but column 'photo' holds images"):
+            polars_embed.connect(tmp_path / "shop.duckdb").create_table(
+                "products",
+                {"sku": str, "photo": bytes},
+                id="sku",
+                vectors={"photo_vec": polars_embed.VectorOf("photo", provider="hashing", dims=8)},
+            )
