@@ -282,8 +282,8 @@ def as_text_series(texts: TextsLike, name: str = "embedding") -> pl.Series:
         series = series.cast(pl.String)
     if series.dtype != pl.String:
         raise InputTypeError(
-            f"embed() needs a String column, but {series.name!r} is {series.dtype} (a Binary one "
-            f"embeds as images); convert it first, e.g. pl.col({series.name!r}).cast(pl.String)"
+            f"embed() needs a String column, but {series.name!r} is {series.dtype}; convert it first, "
+            f"e.g. pl.col({series.name!r}).cast(pl.String) (a Binary column embeds as images)"
         )
     return series
 

@@ -48,9 +48,11 @@ class Sizes:
 
     def __init__(self) -> None:
         self.seen: list[tuple[int, int]] = []
+        self.batches: list[int] = []
 
     def __call__(self, images: list[Any]) -> np.ndarray:
         self.seen += [image.size for image in images]
+        self.batches.append(len(images))
         return np.stack([np.asarray(image, dtype=np.float32).mean(axis=(0, 1)) + 1 for image in images])
 
 
@@ -244,7 +246,14 @@ class TestImageColumns:
         with pytest.raises(InputTypeError, match="embeds text only"):
             polars_embed.embed([encoded("red")], "hashing")
 
-    def test_an_image_only_function_still_takes_text_columns_as_text(self, sizes: Sizes) -> None:
+    def test_images_are_batched_by_batch_size(self, sizes: Sizes) -> None:
+        provider = CallableProvider(function=sizes, dims=3, images=True, batch_size=2)
+        photos = [encoded((i, 0, 0)) for i in range(5)]
+        vectors = polars_embed.embed(photos, provider).to_numpy()
+        assert sizes.batches == [2, 2, 1]
+        np.testing.assert_allclose(vectors[:, 0], np.arange(5) + 1)  # each row its own image's vector
+
+    def test_a_callable_embeds_images_only_when_it_says_so(self, sizes: Sizes) -> None:
         provider = images_of(sizes)
         assert provider.input_kinds == ("text", "image")
         assert CallableProvider(function=sizes, dims=3).input_kinds == ("text",)
