@@ -27,19 +27,18 @@ from polars_embed.errors import (
     ColumnNotFoundError,
     ConfigError,
     DuplicateColumnError,
-    InvalidInputError,
 )
 from polars_embed.kernels import Metric, check_k, check_metric, topk
 from polars_embed.metadata import provider_for_query, provider_of
 from polars_embed.namespaces._plot import plot_chart
 from polars_embed.namespaces._vectors import (
-    VectorsLike,
+    QueryLike,
     as_matrix,
-    as_query_vectors,
     cached_squared_norms,
     cached_twin,
     check_same_width,
     null_where,
+    parse_query,
     valid_rows,
     vector_chunks,
     vector_width,
@@ -53,7 +52,6 @@ if TYPE_CHECKING:
 
 __all__ = ["EmbedFrameNamespace", "EmbedLazyFrameNamespace"]
 
-QueryLike = str | Sequence[str] | VectorsLike
 FrameT = TypeVar("FrameT", pl.DataFrame, pl.LazyFrame)
 
 
@@ -444,6 +442,7 @@ class EmbedFrameNamespace(_EmbedNamespace[pl.DataFrame]):
                 normalized=None,
                 score="score",
                 query_index="query",
+                quantized=None,
                 options=options,
             )
         return plot_chart(
@@ -509,7 +508,7 @@ class _Search:
         options: dict[str, Any],
     ) -> _Search:
         _check_column(schema, on)
-        texts, vectors, single = _parse_query(query)
+        texts, vectors, single = parse_query(query)
         if texts is None and provider is not None:
             raise ConfigError(
                 "provider= embeds text queries, but these queries are vectors already: leave it out"
@@ -753,20 +752,6 @@ def _gather(frame: pl.DataFrame, rows: np.ndarray, column: str) -> pl.DataFrame:
     if not missing.any():
         return gathered
     return gathered.select(pl.when(pl.Series(~missing)).then(pl.all()).name.keep())
-
-
-def _parse_query(query: QueryLike) -> tuple[tuple[str, ...] | None, np.ndarray | None, bool]:
-    """Text queries or vector queries, and whether there was a single query."""
-    if isinstance(query, str):
-        return (query,), None, True
-    if isinstance(query, pl.Series | Sequence) and len(query) == 0:
-        raise InvalidInputError("search needs at least one query, but got an empty batch")
-    if isinstance(query, pl.Series) and query.dtype == pl.String:
-        return tuple(query.to_list()), None, False
-    if isinstance(query, Sequence) and all(isinstance(item, str) for item in query):
-        return tuple(query), None, False
-    vectors, single = as_query_vectors(query)
-    return None, vectors, single
 
 
 def _check_column(schema: pl.Schema, column: str) -> None:
