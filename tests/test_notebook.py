@@ -103,7 +103,7 @@ def test_searches_from_polars_and_duckdb_find_the_right_functions(executed: Any)
 def test_a_rerun_comes_from_the_cache(executed: Any) -> None:
     rerun = text_of(outputs(executed, "rerun = polars_embed.last_stats()"), "stdout")
     distinct = pl.read_parquet(CORPUS)["doc"].n_unique()
-    assert f"{distinct} from cache, 0 embedded in 0 requests" in rerun
+    assert f"{distinct} from cache, 0 shared, 0 embedded in 0 requests" in rerun
 
 
 def test_the_cost_preview_needs_no_key(executed: Any) -> None:
