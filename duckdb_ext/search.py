@@ -186,8 +186,9 @@ def _query_provider(
 ) -> Provider:
     """The provider that must embed a text query: the given one, the recorded one, or the recognised one."""
     spec = vectors.stored_spec()
+    given = None if provider is None else resolve_provider(provider)
     if spec is not None:
-        stored = spec.create_provider()
+        stored = spec.provider_for(given)
     else:
         sample = con.sql(
             f"SELECT {vectors.sql} FROM {table.sql} WHERE {vectors.sql} IS NOT NULL "
@@ -195,7 +196,7 @@ def _query_provider(
         ).pl()
         stored = provider_of(sample.to_series()) if sample.height else None
     return provider_for_query(
-        None if provider is None else resolve_provider(provider),
+        given,
         stored,
         column=vectors.name,
         width=vectors.width,

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 from polars_embed import namespaces  # noqa: F401  (registers .embed on expressions and frames)
 from polars_embed._estimate import Estimate, estimate
 from polars_embed.cache import cache_settings, configure_cache
-from polars_embed.engine import aembed, embed
+from polars_embed.engine import Images, aembed, embed
 from polars_embed.errors import (
     AuthenticationError,
     BudgetExceededError,
@@ -27,6 +27,7 @@ from polars_embed.errors import (
     EmbeddingIncompleteError,
     InputTypeError,
     InvalidEmbeddingError,
+    InvalidImageError,
     InvalidInputError,
     MissingDependencyError,
     PolarsEmbedError,
@@ -95,8 +96,10 @@ __all__ = [
     "EmbeddingIncompleteError",
     "Estimate",
     "Id",
+    "Images",
     "InputTypeError",
     "InvalidEmbeddingError",
+    "InvalidImageError",
     "InvalidInputError",
     "MissingDependencyError",
     "Model",

@@ -35,6 +35,7 @@ import polars as pl
 import pyarrow as pa
 from tqdm import tqdm
 
+from polars_embed._inputs import Images, Prepared, check_accepts, prepare
 from polars_embed._tokens import approximate_token_counter, approximate_tokens
 from polars_embed.cache import InFlight, cache_for, text_keys
 from polars_embed.errors import (
@@ -55,9 +56,12 @@ from polars_embed.stats import EmbedStats, record
 __all__ = [
     "TRUNCATE_RULES",
     "EmbedJob",
+    "Images",
     "Truncate",
     "aembed",
+    "as_input_series",
     "as_text_series",
+    "check_accepts",
     "embed",
     "embed_queries",
     "embed_series",
@@ -69,6 +73,7 @@ __all__ = [
 log = logging.getLogger("polars_embed")
 
 TextsLike = Sequence[str | None] | pl.Series | pa.Array | pa.ChunkedArray | np.ndarray
+InputsLike = TextsLike | Sequence[bytes | None]
 
 #: Exponential backoff between retries: BACKOFF_BASE * 2**attempt, at most BACKOFF_CAP
 #: seconds, with jitter. A server's Retry-After is honoured up to RETRY_AFTER_CAP seconds.
@@ -90,22 +95,25 @@ _T = TypeVar("_T")
 
 
 def embed(
-    texts: TextsLike,
+    texts: InputsLike,
     provider: ProviderLike = None,
     *,
     kind: Kind = "document",
     progress: bool | None = None,
     truncate: Truncate = "warn",
     max_tokens: int | None = None,
+    images: Images | None = None,
     **options: Any,
 ) -> pl.Series:
-    """Embed texts, returning one vector per input row.
+    """Embed texts (or images), returning one vector per input row.
 
     Parameters
     ----------
     texts
         A list of strings, a Polars Series or an Arrow array of strings. Nulls
         and blank strings give null vectors and are never sent to the provider.
+        Encoded images (``bytes``, a ``pl.Binary`` Series) are embedded as images,
+        by a provider that embeds them (a CLIP model); identical images once.
     provider
         A registered name (``"hashing"``), ``"name:model"``, a
         :class:`~polars_embed.Provider`, or any callable from a list of strings
@@ -126,6 +134,10 @@ def embed(
         tokens (as :func:`polars_embed.estimate` counts them), and stop before a
         request that would take the tokens used past it. Either way a
         :class:`~polars_embed.BudgetExceededError`; what was embedded stays in the cache.
+        Texts only: images are not counted in tokens.
+    images
+        ``Images(root="photos/")`` reads a String ``texts`` as paths of image files
+        under that folder (relative, inside it, never a URL).
     **options
         Provider options, e.g. ``model="..."``, ``batch_size=64``.
 
@@ -133,6 +145,12 @@ def embed(
     -------
     pl.Series
         ``pl.Array(pl.Float32, d)``, aligned with ``texts``.
+
+    Raises
+    ------
+    InvalidImageError
+        An image that cannot be read, over Pillow's decompression-bomb limit, or a
+        path out of the root; the message names its row.
 
     Examples
     --------
@@ -143,7 +161,13 @@ def embed(
     """
     resolved, rule = resolve_truncate(provider, truncate, **options)
     return embed_series(
-        as_text_series(texts), resolved, kind=kind, progress=progress, truncate=rule, max_tokens=max_tokens
+        as_input_series(texts),
+        resolved,
+        kind=kind,
+        progress=progress,
+        truncate=rule,
+        max_tokens=max_tokens,
+        images=images,
     )
 
 
@@ -155,6 +179,7 @@ async def aembed(
     progress: bool | None = None,
     truncate: Truncate = "warn",
     max_tokens: int | None = None,
+    images: Images | None = None,
     **options: Any,
 ) -> pl.Series:
     """:func:`embed` for code already running in an event loop.
@@ -169,6 +194,7 @@ async def aembed(
         progress=progress,
         truncate=truncate,
         max_tokens=max_tokens,
+        images=images,
         **options,
     )
 
@@ -217,6 +243,28 @@ def embed_queries(queries: Sequence[str], provider: Provider) -> np.ndarray:
     return vectors.to_numpy()
 
 
+def as_input_series(values: InputsLike, name: str = "embedding") -> pl.Series:
+    """Encoded images as a Binary Series (from ``bytes``, Binary or Arrow binary), anything
+    else as :func:`as_text_series` takes it."""
+    if isinstance(values, pa.Array | pa.ChunkedArray) and (
+        pa.types.is_binary(values.type) or pa.types.is_large_binary(values.type)
+    ):
+        return pl.Series(name, values)
+    if isinstance(values, pl.Series):
+        return values if values.dtype == pl.Binary else as_text_series(values, name)
+    if not isinstance(values, str | bytes | pa.Array | pa.ChunkedArray | np.ndarray):
+        values = list(values)
+        if any(isinstance(value, bytes | bytearray) for value in values):
+            try:
+                return pl.Series(name, values, dtype=pl.Binary, strict=True)
+            except TypeError:
+                raise InputTypeError(
+                    "embed() got bytes mixed with other values: pass encoded images (bytes) "
+                    "or texts (str), one kind per call"
+                ) from None
+    return as_text_series(values, name)
+
+
 def as_text_series(texts: TextsLike, name: str = "embedding") -> pl.Series:
     """Texts as a Polars String Series; anything that is not text is an :class:`InputTypeError`."""
     if isinstance(texts, str):
@@ -237,8 +285,8 @@ def as_text_series(texts: TextsLike, name: str = "embedding") -> pl.Series:
         series = series.cast(pl.String)
     if series.dtype != pl.String:
         raise InputTypeError(
-            f"embed() needs a String column, but {series.name!r} is {series.dtype}; "
-            f"convert it first, e.g. pl.col({series.name!r}).cast(pl.String)"
+            f"embed() needs a String column, but {series.name!r} is {series.dtype}; convert it first, "
+            f"e.g. pl.col({series.name!r}).cast(pl.String) (a Binary column embeds as images)"
         )
     return series
 
@@ -251,9 +299,12 @@ def embed_series(
     progress: bool | None = None,
     truncate: Truncate = "warn",
     max_tokens: int | None = None,
+    images: Images | None = None,
 ) -> pl.Series:
-    """The engine's core: a String Series in, an aligned ``pl.Array(pl.Float32, d)`` out."""
-    with EmbedJob(provider, kind=kind, progress=progress, truncate=truncate, max_tokens=max_tokens) as job:
+    """The engine's core: a String (or Binary) Series in, an aligned ``pl.Array(pl.Float32, d)`` out."""
+    with EmbedJob(
+        provider, kind=kind, progress=progress, truncate=truncate, max_tokens=max_tokens, images=images
+    ) as job:
         return job.embed(texts)
 
 
@@ -282,6 +333,9 @@ class EmbedJob:
         As for :func:`embed`.
     max_tokens
         As for :func:`embed`, for the whole job: every piece draws on one budget.
+    images
+        As for :func:`embed`: read String pieces as paths of images under a root.
+        A Binary piece is always images.
     """
 
     def __init__(
@@ -292,6 +346,7 @@ class EmbedJob:
         progress: bool | None = None,
         truncate: Truncate = "warn",
         max_tokens: int | None = None,
+        images: Images | None = None,
     ) -> None:
         check_kind(kind)
         if truncate not in TRUNCATE_RULES:
@@ -300,6 +355,7 @@ class EmbedJob:
         self.provider = provider
         self.kind = kind
         self.truncate = truncate
+        self.images = images
         self._progress = progress
         self._lock = threading.Lock()
         self._bar: tqdm | None = None
@@ -311,18 +367,24 @@ class EmbedJob:
     def embed(self, texts: pl.Series) -> pl.Series:
         """Embed one piece of the column (any thread): its vectors, aligned with ``texts``."""
         started = time.perf_counter()
-        distinct, skipped = distinct_texts(texts)
+        inputs = prepare(texts, self.images)
+        check_accepts(self.provider, inputs.kind, texts.name)
+        if inputs.kind != "text" and self.budget is not None:
+            raise ConfigError("max_tokens counts the tokens of texts, and images have none: leave it out")
+        distinct, skipped = distinct_texts(inputs.keys)
         stats = EmbedStats(
             provider=self.provider.label, rows=len(texts), skipped=skipped, distinct=len(distinct)
         )
         try:
-            vectors = _embed_distinct(distinct.to_list(), self, stats)
+            vectors = _embed_distinct(distinct.to_list(), self, stats, inputs)
         finally:
             self._add(stats, started, time.perf_counter())
         lookup = pl.DataFrame(
             {"text": distinct, "position": pl.int_range(len(distinct), dtype=pl.UInt32, eager=True)}
         )
-        positions = pl.DataFrame({"text": texts}).join(lookup, on="text", how="left", maintain_order="left")
+        positions = pl.DataFrame({"text": inputs.keys}).join(
+            lookup, on="text", how="left", maintain_order="left"
+        )
         distinct_vectors = pl.Series(texts.name, vectors)
         if self.kind == "document":  # not queries: every search makes some, and the store must not grow
             remember(distinct_vectors, self.provider)
@@ -366,12 +428,17 @@ class EmbedJob:
             self._stats.seconds = self._span[1] - self._span[0]
             record(call, started, ended, last=self._stats)  # under the lock: records land in order
 
-    def _plan(self, texts: list[str], stats: EmbedStats, tokens: list[int] | None = None) -> list[list[int]]:
+    def _plan(
+        self, texts: list[str], stats: EmbedStats, tokens: list[int] | None = None, *, text: bool = True
+    ) -> list[list[int]]:
         """Batches for ``texts`` (none from the cache), after the length rules: texts the
         service refuses are refused here, and texts the model cuts counted or refused.
-        ``tokens``: the provider's own counts, where the budget has them already."""
+        ``tokens``: the provider's own counts, where the budget has them already.
+        Images (``text=False``, ``texts`` their keys) have no tokens to count."""
         if not texts:
             return []
+        if not text:
+            return _plan_batches(texts, self.provider)
         provider = self.provider
         reads = provider.max_input_tokens
         if tokens is None and (provider.max_batch_tokens or provider.max_text_tokens or reads):
@@ -426,8 +493,9 @@ def _refuse_over(
         )
 
 
-def _embed_distinct(texts: list[str], job: EmbedJob, stats: EmbedStats) -> np.ndarray:
-    """Embed distinct non-blank texts into one ``(len(texts), d)`` float32 array.
+def _embed_distinct(texts: list[str], job: EmbedJob, stats: EmbedStats, inputs: Prepared) -> np.ndarray:
+    """Embed distinct non-blank texts (or images, by their keys) into one ``(len(texts), d)``
+    float32 array.
 
     A text that another call in this process is already embedding (a parallel morsel of
     the same collect, another thread) is not sent again: this call embeds its own texts
@@ -440,16 +508,18 @@ def _embed_distinct(texts: list[str], job: EmbedJob, stats: EmbedStats) -> np.nd
     vectors = np.empty((len(texts), width), dtype=np.float32)
     on_disk = cache_for(provider)
     cache = on_disk.session() if on_disk else None  # remembers a lock for the rest of this call
-    keys = text_keys(provider, kind, texts) if provider.cacheable else None
+    # An image's key is its digest: the cache keeps it apart from a text that reads the same.
+    cache_kind = kind if inputs.kind == "text" else f"{kind}:{inputs.kind}"
+    keys = text_keys(provider, cache_kind, texts) if provider.cacheable else None  # type: ignore[arg-type]
     budget = job.budget
     tokens_of: dict[int, int] = {}
 
     def request(batch: list[int]) -> tuple[Embedded, int]:
         if budget is None:
-            return _request_with_retries(provider, [texts[i] for i in batch], kind, limit)
+            return _request_with_retries(provider, inputs.load([texts[i] for i in batch]), kind, limit)
         estimated = sum(tokens_of[i] for i in batch)
         budget.reserve(estimated)
-        answer = _request_with_retries(provider, [texts[i] for i in batch], kind, limit)
+        answer = _request_with_retries(provider, inputs.load([texts[i] for i in batch]), kind, limit)
         budget.settle(estimated, answer[0].tokens)
         return answer
 
@@ -480,7 +550,7 @@ def _embed_distinct(texts: list[str], job: EmbedJob, stats: EmbedStats) -> np.nd
             counts, provider_counts = budget.admit(pending_texts, provider, kind) if budget else (None, None)
             if counts is not None:
                 tokens_of.update(zip(pending, counts, strict=True))
-            plan = job._plan(pending_texts, stats, provider_counts)
+            plan = job._plan(pending_texts, stats, provider_counts, text=inputs.kind == "text")
             batches = [[pending[i] for i in batch] for batch in plan]
             with job._progress_of(len(pending)) as bar:
                 try:
@@ -607,7 +677,7 @@ def _run_batches(
 
 
 def _request_with_retries(
-    provider: Provider, texts: list[str], kind: Kind, limit: threading.BoundedSemaphore
+    provider: Provider, texts: list[Any], kind: Kind, limit: threading.BoundedSemaphore
 ) -> tuple[Embedded, int]:
     """One batch, retried on retryable failures only; returns the answer and the retries made."""
     answer, retries = _with_retries(provider, lambda: provider.embed_batch(texts, kind=kind), limit)

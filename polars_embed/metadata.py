@@ -189,6 +189,20 @@ class VectorSpec:
                 )
         return cls(**data)
 
+    def provider_for(self, given: Provider | None) -> Provider:
+        """``given`` when it makes these vectors, else :meth:`create_provider`.
+
+        A provider the user passed whose identity is the stored one is taken as it
+        is, so a model the file may not name (a local folder) still serves a search
+        or a rerun when the user names it in code.
+        """
+        if given is not None:
+            spec = given.spec()
+            options = {key: value for key, value in spec.items() if key not in ("provider", "version")}
+            if (given.name, given.version, options) == (self.provider, self.version, dict(self.options)):
+                return given
+        return self.create_provider()
+
     def create_provider(self) -> Provider:
         """Build the provider that made these vectors, trusting nothing in the spec.
 

@@ -80,6 +80,8 @@ if TYPE_CHECKING:
 
 Kind = Literal["document", "query"]
 KINDS: tuple[Kind, ...] = ("document", "query")
+#: What a provider embeds: texts, and for some models images into the same space.
+InputKind = Literal["text", "image"]
 
 
 def check_kind(kind: str) -> Kind:
@@ -317,8 +319,18 @@ class Provider:
         return False
 
     def embed_batch(self, texts: list[str], *, kind: Kind) -> np.ndarray | Embedded:
-        """Embed non-blank ``texts`` as documents or queries; one row per text."""
+        """Embed non-blank ``texts`` as documents or queries; one row per text.
+
+        A provider whose :attr:`input_kinds` include ``"image"`` is also given
+        batches of RGB ``PIL.Image`` images (decoded and downscaled by the engine)."""
         raise NotImplementedError
+
+    @property
+    def input_kinds(self) -> tuple[InputKind, ...]:
+        """What the provider embeds, known without loading a model: ``("text",)``, or
+        ``("text", "image")`` for a model that puts both in one space (CLIP). The engine
+        refuses a column of another kind before anything is sent."""
+        return ("text",)
 
     @property
     def max_input_tokens(self) -> int | None:
@@ -512,6 +524,8 @@ class CallableProvider(Provider):
     here unchanged, and get batching, deduplication and null handling from the
     engine. Pass ``dims`` to know the width without a call; otherwise the
     function is called once on a short probe text, and the width remembered.
+    With ``images=True`` the function also embeds images: it is then given
+    lists of RGB ``PIL.Image`` images, decoded and downscaled by the engine.
     """
 
     name: ClassVar[str] = "callable"
@@ -520,6 +534,7 @@ class CallableProvider(Provider):
     function: Callable[[list[str]], Any]
     model: str = ""
     dims: int | None = option(None, low=1, high=MAX_DIMENSION)
+    images: bool = option(False, runtime=True)
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -537,6 +552,10 @@ class CallableProvider(Provider):
             return int(declared)
         probe = np.asarray(self.function(["dimension probe"]))
         return int(probe.shape[-1])
+
+    @property
+    def input_kinds(self) -> tuple[InputKind, ...]:
+        return ("text", "image") if self.images else ("text",)
 
     def embed_batch(self, texts: list[str], *, kind: Kind) -> np.ndarray | Embedded:
         return self.function(texts)

@@ -31,7 +31,7 @@ from typing import Any
 
 import polars as pl
 
-from polars_embed.engine import EmbedJob, Truncate, as_text_series, embed_series
+from polars_embed.engine import EmbedJob, Images, Truncate, as_input_series, embed_series
 from polars_embed.provider import Kind, Provider
 from polars_embed.stats import before_reading
 
@@ -50,9 +50,10 @@ class ColumnEmbedder:
     progress: bool | None
     truncate: Truncate
     max_tokens: int | None = None
+    images: Images | None = None
 
     def __call__(self, texts: pl.Series, **_polars_arguments: Any) -> pl.Series:  # Polars adds return_dtype
-        series = as_text_series(texts)
+        series = as_input_series(texts)
         queries = _running_queries(sys._getframe(1))
         if queries is None:  # not called by Polars: a call of its own
             return embed_series(
@@ -62,6 +63,7 @@ class ColumnEmbedder:
                 progress=self.progress,
                 truncate=self.truncate,
                 max_tokens=self.max_tokens,
+                images=self.images,
             )
         column = _join(self, series.name, queries)
         try:
@@ -107,6 +109,7 @@ def _join(embedder: ColumnEmbedder, name: str, queries: list[Query]) -> _Column:
                 progress=embedder.progress,
                 truncate=embedder.truncate,
                 max_tokens=embedder.max_tokens,
+                images=embedder.images,
             )
             column = _open[key] = _Column(job, queries)
             if _watcher is None:

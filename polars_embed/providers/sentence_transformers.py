@@ -8,6 +8,11 @@ the local directory, the packaged copy or the local Hugging Face cache, and the
 weights load on the first batch there is to embed. A model that is on none of
 these and cannot be downloaded fails at once, naming what is available offline.
 
+CLIP-family models (``clip-ViT-B-32`` and friends) embed images as well as texts,
+into one space: images as documents, texts as documents or queries. What a model
+embeds is read from the same files (its input module's modality configuration, or a
+CLIP configuration), and its width from the CLIP projection.
+
 ``precision="bfloat16"`` runs the model in bfloat16 where the hardware multiplies it
 natively (a CPU with AVX-512 BF16 or AMX, a CUDA GPU that has it), and
 ``"float16"`` on a CUDA GPU; elsewhere one log line says so and float32 runs. The
@@ -37,7 +42,7 @@ import numpy as np
 
 from polars_embed.errors import ConfigError
 from polars_embed.hookspecs import hookimpl
-from polars_embed.provider import Kind, Provider, option
+from polars_embed.provider import InputKind, Kind, Provider, option
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +64,10 @@ PRECISIONS = ("float32", "bfloat16", "float16")
 # which adds one embedding's width (sentence-transformers concatenates them).
 _WIDTH_KEEPING_MODULES = frozenset({"Normalize", "Dropout", "LayerNorm"})
 _SHORT_NORMALIZERS = frozenset({"BertNormalizer", "Lowercase", "Strip", "NFC"})
+# Input modules that may wrap a CLIP model (sentence-transformers' Transformer, and its older
+# CLIPModel), and the Hugging Face model types whose vectors are the CLIP projection.
+_INPUT_MODULES = frozenset({"Transformer", "CLIPModel"})
+_CLIP_TYPES = frozenset({"clip", "chinese_clip"})
 _LEGACY_POOLING_MODES = (
     "pooling_mode_cls_token",
     "pooling_mode_max_tokens",
@@ -151,6 +160,10 @@ class SentenceTransformersProvider(Provider):
         return bool(self.resolve("normalize")) or _configured(_model_files(self.resolve("model"))).normalizes
 
     @property
+    def input_kinds(self) -> tuple[InputKind, ...]:
+        return _configured(_model_files(self.resolve("model"))).inputs
+
+    @property
     def running_precision(self) -> str:
         """The precision the model runs in here: ``precision`` where the hardware has it, else float32."""
         return _runnable_precision(self.resolve("precision"), self._device())
@@ -199,13 +212,14 @@ class SentenceTransformersProvider(Provider):
             counts[i] = count
         return counts
 
-    def embed_batch(self, texts: list[str], *, kind: Kind) -> np.ndarray:
+    def embed_batch(self, texts: list[Any], *, kind: Kind) -> np.ndarray:
         model, lock = self._loaded()
+        images = bool(texts) and not isinstance(texts[0], str)  # the engine's decoded PIL images
         encode = model.encode_query if kind == "query" else model.encode_document
         with lock:
             vectors = encode(
                 texts,
-                prompt=self._prompt(model, kind),
+                prompt=None if images else self._prompt(model, kind),
                 batch_size=self.resolve("batch_size"),
                 normalize_embeddings=bool(self.resolve("normalize")),
                 convert_to_numpy=True,
@@ -325,6 +339,7 @@ class _Configured:
 
     width: int | None = None
     normalizes: bool = False
+    inputs: tuple[InputKind, ...] = ("text",)
 
 
 @functools.lru_cache(maxsize=64)
@@ -332,9 +347,10 @@ def _configured(folder: Path | None) -> _Configured:
     """The width of a model's vectors and whether it normalises them, from its files.
 
     sentence-transformers gives the width of the last module that sets one: a Dense
-    layer's ``out_features``, or a Pooling module's embedding width times its number of
-    pooling modes, capped by ``truncate_dim``. Anything else (a bare transformer, a
-    router, a custom module) is left to the loaded model.
+    layer's ``out_features``, a Pooling module's embedding width times its number of
+    pooling modes, or a CLIP model's ``projection_dim``, capped by ``truncate_dim``.
+    Anything else (a bare transformer, a router, a custom module) is left to the
+    loaded model. What the model embeds (text, images) is its input module's to say.
     """
     if folder is None:
         return _Configured()
@@ -351,12 +367,38 @@ def _configured(folder: Path | None) -> _Configured:
             width = _positive(settings.get("out_features"))
         elif kind == "Pooling" and isinstance(settings, dict):
             width = _pooled_width(settings)
+        elif (
+            kind in _INPUT_MODULES
+            and isinstance(settings, dict)
+            and settings.get("model_type") in _CLIP_TYPES
+        ):
+            width = _positive(settings.get("projection_dim"))
         break
     if width is not None:
         model_settings = _json(folder / "config_sentence_transformers.json")
         cap = _positive(model_settings.get("truncate_dim")) if isinstance(model_settings, dict) else None
         width = min(width, cap) if cap else width
-    return _Configured(width=width, normalizes="Normalize" in kinds)
+    return _Configured(
+        width=width,
+        normalizes="Normalize" in kinds,
+        inputs=_inputs(folder, modules[0], kinds[0]) if modules else ("text",),
+    )
+
+
+def _inputs(folder: Path, module: dict[str, Any], kind: str) -> tuple[InputKind, ...]:
+    """What a model's input module embeds: the modalities its configuration declares, or for
+    a CLIP model saved without them, texts and images; anything else, texts."""
+    if kind not in _INPUT_MODULES:
+        return ("text",)
+    path = folder / str(module.get("path", ""))
+    declared = _json(path / "sentence_bert_config.json")
+    modalities = declared.get("modality_config") if isinstance(declared, dict) else None
+    if isinstance(modalities, dict):
+        found = tuple(name for name in ("text", "image") if name in modalities)
+        return found or ("text",)  # type: ignore[return-value]
+    settings = _json(path / "config.json")
+    clip = kind == "CLIPModel" or (isinstance(settings, dict) and settings.get("model_type") in _CLIP_TYPES)
+    return ("text", "image") if clip else ("text",)
 
 
 def _pooled_width(settings: dict[str, Any]) -> int | None:
