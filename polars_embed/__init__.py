@@ -35,7 +35,15 @@ from polars_embed.hookspecs import hookimpl
 from polars_embed.kernels import l2_normalize, pairwise_scores, topk
 from polars_embed.metadata import read_parquet, scan_parquet
 from polars_embed.provider import CallableProvider, Embedded, Provider, option
-from polars_embed.registry import Registry, get_registry, list_providers, resolve_provider
+from polars_embed.registry import (
+    Registry,
+    get_registry,
+    list_providers,
+    list_rerankers,
+    resolve_provider,
+    resolve_reranker,
+)
+from polars_embed.reranker import Reranker, Scored
 from polars_embed.stats import EmbedStats, last_stats, track_stats
 
 if TYPE_CHECKING:
@@ -105,7 +113,9 @@ __all__ = [
     "ReadOnlyError",
     "RecordNotFoundError",
     "Registry",
+    "Reranker",
     "RetryableProviderError",
+    "Scored",
     "Search",
     "Source",
     "Table",
@@ -128,10 +138,12 @@ __all__ = [
     "l2_normalize",
     "last_stats",
     "list_providers",
+    "list_rerankers",
     "option",
     "pairwise_scores",
     "read_parquet",
     "resolve_provider",
+    "resolve_reranker",
     "scan_parquet",
     "topk",
     "track_stats",
