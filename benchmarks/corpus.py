@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 from functools import cache
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -51,3 +52,25 @@ def raw_encode_reference(
         warmup_rounds=1,
     )
     assert vectors.shape == (len(texts), minilm.dimension)
+
+
+CACHE_DIR = Path(__file__).resolve().parent.parent / ".benchmarks"
+
+
+def minilm_vectors(rows: int, queries: int, *, seed: int = 11) -> tuple[np.ndarray, np.ndarray]:
+    """``rows`` document vectors and ``queries`` query vectors of real-word sentences, by MiniLM.
+
+    Embedded once and kept in ``.benchmarks/`` (ignored by git): 20,000 texts
+    take a minute on a quiet 2-core machine, several on a busy one.
+    """
+    path = CACHE_DIR / f"minilm-{rows}x{queries}-seed{seed}.npz"
+    if path.exists():
+        with np.load(path) as stored:
+            return stored["vectors"], stored["queries"]
+    texts = sentences(rows + queries, seed=seed, min_words=3, max_words=16)
+    provider = polars_embed.resolve_provider("sentence-transformers", device="cpu", batch_size=128)
+    vectors = polars_embed.embed(texts[:rows], provider, progress=False).to_numpy()
+    query_vectors = polars_embed.embed(texts[rows:], provider, kind="query", progress=False).to_numpy()
+    CACHE_DIR.mkdir(exist_ok=True)
+    np.savez(path, vectors=vectors, queries=query_vectors)
+    return vectors, query_vectors

@@ -1,8 +1,10 @@
 """Every benchmark as a ratio to its group's reference, in Markdown tables.
 
-A group's reference sets ``benchmark.extra_info["reference"] = True``. The tables
-are printed after every benchmark run (see ``conftest.py``), and can be made again
-from a saved run::
+A group's reference sets ``benchmark.extra_info["reference"] = True``. Entries timed
+by :func:`interleaved` also carry ratios measured round by round against their
+reference run just before them (last two columns), which a busy machine moves far
+less than ratios of separately timed entries. The tables are printed after every
+benchmark run (see ``conftest.py``), and can be made again from a saved run::
 
     python -m pytest benchmarks --benchmark-json=bench.json
     python benchmarks/ratios.py bench.json
@@ -11,9 +13,11 @@ from a saved run::
 from __future__ import annotations
 
 import json
+import statistics
 import sys
+import time
 from collections import defaultdict
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 
@@ -28,8 +32,9 @@ def tables(benchmarks: Iterable[Mapping[str, Any]]) -> str:
         lines += [
             f"### {group}",
             "",
-            "| benchmark | min (s) | median (s) | min / reference | median / reference |",
-            "| --- | ---: | ---: | ---: | ---: |",
+            "| benchmark | min (s) | median (s) | min / reference | median / reference "
+            "| interleaved min | interleaved median |",
+            "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
         ]
         for bench in sorted(members, key=lambda bench: bench["stats"]["min"]):
             stats = bench["stats"]
@@ -40,9 +45,52 @@ def tables(benchmarks: Iterable[Mapping[str, Any]]) -> str:
                 if reference
                 else "| "
             )
-            lines.append(f"| {name} | {stats['min']:.4f} | {stats['median']:.4f} | {ratios} |")
+            info = bench["extra_info"]
+            paired = (
+                f"{_ratio(info['interleaved_min'])} | {_ratio(info['interleaved_median'])}"
+                if "interleaved_min" in info
+                else " | "
+            )
+            lines.append(f"| {name} | {stats['min']:.4f} | {stats['median']:.4f} | {ratios} | {paired} |")
         lines.append("")
     return "\n".join(lines)
+
+
+def interleaved(
+    benchmark: Any,
+    candidate: Callable[[], Any],
+    reference: Callable[[], Any],
+    *,
+    rounds: int,
+    warmup_rounds: int = 1,
+) -> Any:
+    """Time ``candidate`` with pytest-benchmark, running ``reference`` just before each round.
+
+    Each round's ratio (candidate time over the reference time just before it)
+    goes to ``extra_info``: min and median, as ``interleaved_min`` and
+    ``interleaved_median``. Returns what the last call of ``candidate`` returned.
+    """
+    paired: list[float] = []
+    reference_seconds: list[float] = []
+
+    def run_reference() -> None:
+        started = time.perf_counter()
+        reference()
+        reference_seconds.append(time.perf_counter() - started)
+
+    def run_candidate() -> Any:
+        started = time.perf_counter()
+        result = candidate()
+        paired.append((time.perf_counter() - started) / reference_seconds[-1])
+        return result
+
+    result = benchmark.pedantic(
+        run_candidate, setup=run_reference, rounds=rounds, iterations=1, warmup_rounds=warmup_rounds
+    )
+    measured = paired[warmup_rounds:] or paired
+    benchmark.extra_info["interleaved_min"] = min(measured)
+    benchmark.extra_info["interleaved_median"] = statistics.median(measured)
+    return result
 
 
 def _ratio(ratio: float) -> str:

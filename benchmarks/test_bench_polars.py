@@ -1,7 +1,9 @@
 """The Polars namespaces against what a user would write without them.
 
 - ``with_columns(embed)`` over 2,000 texts against raw ``SentenceTransformer.encode``;
-- ``search`` over 1,000,000 x 384 against numpy (one matmul and an argpartition);
+- ``search`` over 1,000,000 x 384 against numpy (one matmul and an argpartition), and each
+  front end (one chunk, ten chunks, lazy, unknown column, quantised) against the kernel it
+  calls, interleaved round by round;
 - ``knn_join`` 1,000 x 100,000 x 384 against numpy in blocks and a Polars cross join
   (the streaming engine streams it; the in-memory engine cannot hold 10^8 pairs of
   vectors, so it is compared at 100 x 10,000, the size this machine can spare).
@@ -26,6 +28,7 @@ import pytest
 
 import polars_embed
 from benchmarks.corpus import raw_encode_reference, sentences
+from benchmarks.ratios import interleaved
 
 WIDTH = 384
 K_SEARCH = 10
@@ -113,24 +116,67 @@ def test_search_numpy(benchmark: Any, corpus: pl.DataFrame, query: np.ndarray) -
     assert len(rows) == K_SEARCH
 
 
-@pytest.mark.parametrize("normalized", [True, None], ids=["unit-vectors-promised", "cosine-computes-norms"])
-def test_search(benchmark: Any, corpus: pl.DataFrame, query: np.ndarray, normalized: bool | None) -> None:
+def kernel_search(corpus: pl.DataFrame, query: np.ndarray) -> Any:
+    """The kernel every search calls, on the column's buffer: what a front end is compared with."""
+    matrix = corpus["vec"].to_numpy()
+    return lambda: polars_embed.topk(query, matrix, K_SEARCH, normalized=True)
+
+
+@pytest.fixture(scope="module")
+def chunked(corpus: pl.DataFrame) -> pl.DataFrame:
+    """The same rows in ten chunks, as ``pl.concat(..., rechunk=False)`` leaves them."""
+    step = -(-SEARCH_ROWS // 10)
+    return pl.concat([corpus.slice(start, step) for start in range(0, SEARCH_ROWS, step)], rechunk=False)
+
+
+@pytest.mark.parametrize(
+    ("normalized", "layout"),
+    [(True, "one-chunk"), (True, "ten-chunks"), (None, "one-chunk"), (None, "ten-chunks")],
+    ids=["unit-vectors-promised", "ten-chunks", "unknown-column-norms-kept", "unknown-column-ten-chunks"],
+)
+def test_search(
+    benchmark: Any,
+    corpus: pl.DataFrame,
+    chunked: pl.DataFrame,
+    query: np.ndarray,
+    normalized: bool | None,
+    layout: str,
+) -> None:
+    """``normalized=None`` on a frame of unknown origin: cosine needs the norms, kept after the
+    first search of the frame (the warm-up round)."""
     benchmark.group = SEARCH_GROUP
-    hits = benchmark.pedantic(
-        corpus.embed.search,
-        args=(query,),
-        kwargs={"k": K_SEARCH, "normalized": normalized},
+    frame = corpus if layout == "one-chunk" else chunked
+    hits = interleaved(
+        benchmark,
+        lambda: frame.embed.search(query, k=K_SEARCH, normalized=normalized),
+        kernel_search(corpus, query),
         rounds=5,
-        warmup_rounds=1,
     )
     expected = numpy_search(corpus["vec"].to_numpy(), query, K_SEARCH)
     assert hits["id"].to_list() == expected.tolist()
 
 
-def test_search_lazy(benchmark: Any, corpus: pl.DataFrame, query: np.ndarray) -> None:
+@pytest.mark.parametrize("layout", ["one-chunk", "ten-chunks"])
+def test_search_lazy(
+    benchmark: Any, corpus: pl.DataFrame, chunked: pl.DataFrame, query: np.ndarray, layout: str
+) -> None:
     benchmark.group = SEARCH_GROUP
-    plan = corpus.lazy().embed.search(query, k=K_SEARCH, normalized=True)
-    hits = benchmark.pedantic(plan.collect, rounds=5, warmup_rounds=1)
+    frame = corpus if layout == "one-chunk" else chunked
+    plan = frame.lazy().embed.search(query, k=K_SEARCH, normalized=True)
+    hits = interleaved(benchmark, plan.collect, kernel_search(corpus, query), rounds=5)
+    assert hits["id"].to_list() == numpy_search(corpus["vec"].to_numpy(), query, K_SEARCH).tolist()
+
+
+@pytest.mark.parametrize("kind", ["int8", "binary"])
+def test_search_quantized(benchmark: Any, corpus: pl.DataFrame, query: np.ndarray, kind: str) -> None:
+    """The twin is made in the warm-up round and kept with the frame."""
+    benchmark.group = SEARCH_GROUP
+    hits = interleaved(
+        benchmark,
+        lambda: corpus.embed.search(query, k=K_SEARCH, quantized=kind),
+        kernel_search(corpus, query),
+        rounds=5,
+    )
     assert hits.height == K_SEARCH
 
 

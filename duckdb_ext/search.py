@@ -9,8 +9,10 @@ Two paths give the same kind of answer, a relation of the table's rows plus a
   search asks the index for more rows than ``k`` (as many as the filter's
   selectivity says are needed, twice over, growing if that was not enough) and
   keeps the first ``k`` that pass the filter.
-- **Exact**, otherwise: the vectors of the rows that pass the filter are read
-  into memory and ranked by :func:`polars_embed.topk`. It is also where a
+- **Exact**, otherwise: DuckDB computes every row's dot product with the
+  query and its squared norm; those stream out as Arrow record batches, and
+  the best rows are kept by the rule of :func:`polars_embed.topk` (zero and
+  non-finite vectors never match, ties go to the lower row id). It is also where a
   filtered search goes when the filter is so selective that the index would
   have to return more than a quarter of the rows the exact search would score.
 """
@@ -19,11 +21,13 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 
 import duckdb
 import numpy as np
 import polars as pl
+import pyarrow as pa
 
 from duckdb_ext._catalog import (
     Column,
@@ -44,7 +48,7 @@ from polars_embed.errors import (
     InvalidInputError,
     MissingDependencyError,
 )
-from polars_embed.kernels import check_k, topk
+from polars_embed.kernels import check_k, topk, topk_merge
 from polars_embed.metadata import provider_for_query, provider_of
 from polars_embed.provider import Provider
 from polars_embed.registry import ProviderLike, resolve_provider
@@ -62,6 +66,8 @@ _FETCH_MARGIN = 2
 _FETCH_GROWTH = 4
 _MAX_FETCH_SHARE = 0.25
 _RECOGNITION_SAMPLE = 16
+# Rows per Arrow record batch of an exact search (row id, dot product, squared norm).
+_BATCH_ROWS = 65536
 
 
 def search(
@@ -294,19 +300,102 @@ def _exact_search(
     k: int,
     where: str | None,
 ) -> duckdb.DuckDBPyRelation:
+    # Row ids are only stable within one snapshot (a checkpoint after deletes renumbers
+    # rows), so the hits are ranked and fetched in one, and kept as they were then.
+    with _one_snapshot(con) as restart:
+        rows, scores = _exact_topk(con, table, vectors, query, k, where, restart)
+        row_list = ", ".join(str(int(row)) for row in rows)
+        hits = con.sql(
+            f"SELECT target.*, hits.score FROM {table.sql} AS target JOIN (SELECT "
+            f"unnest([{row_list}]::BIGINT[]) AS row, unnest({float_literal(scores, 'FLOAT[]')}) AS score, "
+            f"unnest(range({len(rows)})) AS rank) AS hits ON target.rowid = hits.row ORDER BY hits.rank"
+        ).to_arrow_table()
+    return con.from_arrow(hits)
+
+
+@contextmanager
+def _one_snapshot(con: duckdb.DuckDBPyConnection) -> Iterator[Callable[[], None]]:
+    """Run the body in one transaction: the caller's, if one is open, else a read-only one of
+    its own. The body gets a function that starts its own one again after a failed statement."""
+    if _in_transaction(con):  # the caller's transaction is one snapshot already
+        yield lambda: None
+        return
+    con.begin()
+
+    def restart() -> None:
+        con.rollback()
+        con.begin()
+
+    try:
+        yield restart
+    finally:
+        con.rollback()  # nothing was written
+
+
+def _in_transaction(con: duckdb.DuckDBPyConnection) -> bool:
+    """Whether ``con`` is inside a transaction it began: outside one, each statement is a
+    transaction of its own, with an id of its own."""
+    (first,), (second,) = (one_row(con, "SELECT txid_current()") for _ in range(2))
+    return first == second
+
+
+def _exact_topk(
+    con: duckdb.DuckDBPyConnection,
+    table: Table,
+    vectors: Column,
+    query: np.ndarray,
+    k: int,
+    where: str | None,
+    restart: Callable[[], None],
+) -> tuple[np.ndarray, np.ndarray]:
+    """The row ids and cosine scores of the ``k`` best rows (``restart``: see :func:`_one_snapshot`).
+
+    DuckDB computes each row's dot product with the unit query and its squared
+    norm, on its own threads; only those two numbers per row leave it, as Arrow
+    record batches (zero-copy views, no Python object per row): exporting the
+    vectors themselves cost 20 times numpy's search of them. Rows whose squared
+    norm is zero or not finite are never returned, as in :func:`polars_embed.topk`;
+    each batch's best rows and the merge follow :func:`polars_embed.topk_merge`'s
+    rule, so ties go to the lower row id.
+    """
     condition = f" AND (\n{where}\n)" if where else ""
-    candidates = con.sql(
-        f"SELECT rowid, {vectors.sql} FROM {table.sql} AS {quote_identifier(table.name)} "
-        f"WHERE {vectors.sql} IS NOT NULL{condition}"
-    ).pl()
-    if candidates.height:
-        indices, scores = topk(query, candidates.to_series(1).to_numpy(), k, metric="cosine")
-        rows, scores = candidates.to_series(0).to_numpy()[indices[0]], scores[0]
-    else:
-        rows, scores = np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)
-    row_list = ", ".join(str(int(row)) for row in rows)
-    return con.sql(
-        f"SELECT target.*, hits.score FROM {table.sql} AS target JOIN (SELECT "
-        f"unnest([{row_list}]::BIGINT[]) AS row, unnest({float_literal(scores, 'FLOAT[]')}) AS score, "
-        f"unnest(range({len(rows)})) AS rank) AS hits ON target.rowid = hits.row ORDER BY hits.rank"
+    source = f"FROM {table.sql} AS {quote_identifier(table.name)} WHERE {vectors.sql} IS NOT NULL{condition}"
+    unit = vector_literal(query / np.linalg.norm(query))
+    found_rows, found_scores = [np.zeros((1, 0), dtype=np.int64)], [np.zeros((1, 0), dtype=np.float32)]
+    try:
+        reader = con.sql(
+            f"SELECT rowid, array_inner_product({vectors.sql}, {unit}) AS dot, "
+            f"array_inner_product({vectors.sql}, {vectors.sql}) AS squared {source}"
+        ).to_arrow_reader(_BATCH_ROWS)
+        for batch in reader:
+            rows, scores = _best_of_batch(batch, k)
+            found_rows.append(rows[None, :])
+            found_scores.append(scores[None, :])
+    except duckdb.InvalidInputException as error:
+        if "NULL" not in str(error):
+            raise
+        # Some vector holds a NULL, which DuckDB's array functions refuse: rank the
+        # vectors themselves, where such a row is NaN and never matches (slower).
+        restart()
+        found_rows, found_scores = found_rows[:1], found_scores[:1]
+        for batch in con.sql(f"SELECT rowid, {vectors.sql} {source}").to_arrow_reader(_BATCH_ROWS):
+            values = batch.column(1).flatten().to_numpy(zero_copy_only=False).reshape(-1, vectors.width)
+            indices, scores = topk(query, values, k)
+            found_rows.append(batch.column(0).to_numpy()[indices])
+            found_scores.append(scores)
+    rows, scores = topk_merge(found_rows, found_scores, k)
+    return rows[0], scores[0]
+
+
+def _best_of_batch(batch: pa.RecordBatch, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The searchable rows of one batch that can be among its ``k`` best (ties kept), unordered."""
+    row_ids, dot, squared = (
+        column.to_numpy(zero_copy_only=False).astype(dtype, copy=False)
+        for column, dtype in zip(batch.columns, (np.int64, np.float32, np.float32), strict=True)
     )
+    with np.errstate(all="ignore"):  # NULL (a vector holding NULL) arrives as NaN
+        searchable = np.isfinite(squared) & (squared > 0) & np.isfinite(dot)
+        scores = np.where(searchable, dot / np.sqrt(np.where(searchable, squared, 1)), -np.inf)
+    if len(scores) > k:
+        searchable &= scores >= np.partition(scores, len(scores) - k)[len(scores) - k]
+    return row_ids[searchable], scores[searchable]

@@ -32,9 +32,10 @@ from polars_embed.errors import (
     UnknownProviderError,
 )
 from polars_embed.hookspecs import hookimpl
-from polars_embed.kernels import l2_normalize, pairwise_scores, topk
+from polars_embed.kernels import l2_normalize, pairwise_scores, squared_norms, topk, topk_merge
 from polars_embed.metadata import read_parquet, scan_parquet
 from polars_embed.provider import CallableProvider, Embedded, Provider, option
+from polars_embed.quantization import Quantization, QuantizedVectors, quantize, quantized_topk, recall_at_k
 from polars_embed.registry import (
     Registry,
     get_registry,
@@ -110,6 +111,8 @@ __all__ = [
     "PolarsEmbedError",
     "Provider",
     "ProviderError",
+    "Quantization",
+    "QuantizedVectors",
     "ReadOnlyError",
     "RecordNotFoundError",
     "Registry",
@@ -141,10 +144,15 @@ __all__ = [
     "list_rerankers",
     "option",
     "pairwise_scores",
+    "quantize",
+    "quantized_topk",
     "read_parquet",
+    "recall_at_k",
     "resolve_provider",
     "resolve_reranker",
     "scan_parquet",
+    "squared_norms",
     "topk",
+    "topk_merge",
     "track_stats",
 ]

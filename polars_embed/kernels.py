@@ -12,14 +12,26 @@ is bounded by the block, never by ``q x n``. Every metric is turned into a
 A block's maximum key per query is compared with that query's current k-th
 best key; only the queries it beats look at the block more closely. After the
 first few blocks that is a small minority, so selection costs little next to
-the multiply.
+the multiply. With numpy, the selection of one block runs on a worker thread
+while the multiply of the next one runs on the BLAS threads, so the cores are
+not left waiting for it.
+
+A corpus may come in chunks (the chunks of a Polars column, Arrow record
+batches): they are walked in turn, rows numbered across them, never joined
+into one array. Results of separate searches over parts of a corpus combine
+with :func:`topk_merge`, by the same rule as within one search: best key
+first, ties to the lower row number.
 """
 
 from __future__ import annotations
 
 import logging
 import operator
-from typing import Literal, get_args
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, Literal, get_args
 
 import array_api_compat
 
@@ -27,12 +39,24 @@ from polars_embed import _xp
 from polars_embed._xp import Array, Namespace
 from polars_embed.errors import ConfigError, DimensionMismatchError, InputTypeError, InvalidInputError
 
-__all__ = ["Metric", "check_k", "check_metric", "l2_normalize", "pairwise_scores", "topk"]
+__all__ = [
+    "Corpus",
+    "Metric",
+    "check_k",
+    "check_metric",
+    "l2_normalize",
+    "pairwise_scores",
+    "squared_norms",
+    "topk",
+    "topk_merge",
+]
 
 logger = logging.getLogger(__name__)
 
 Metric = Literal["cosine", "dot", "l2"]
 _METRICS: tuple[str, ...] = get_args(Metric)
+Corpus = Array | Sequence[Array]
+"""An ``(n, d)`` array, or a sequence of ``(n_i, d)`` chunks whose rows are numbered in turn."""
 
 # Score entries per (query chunk x corpus block). Large blocks keep the number of
 # BLAS calls low, which matters most when other processes compete for the cores:
@@ -52,12 +76,13 @@ _SPARSE_CANDIDATES = 64
 
 def topk(
     queries: Array,
-    corpus: Array,
+    corpus: Corpus,
     k: int = 10,
     *,
     metric: Metric = "cosine",
     valid: Array | None = None,
     normalized: bool = False,
+    squared_norms: Array | None = None,
     block_size: int | None = None,
 ) -> tuple[Array, Array]:
     """Find the exact ``k`` best corpus rows for each query.
@@ -66,9 +91,11 @@ def topk(
     ----------
     queries : array, shape (q, d) or (d,)
         Query vectors; a 1-D array is one query. Converted to float32 if needed.
-    corpus : array, shape (n, d)
+    corpus : array, shape (n, d), or a sequence of arrays of shape (n_i, d)
         Vectors to search, from the same array library as ``queries``. Should be
         float32: other dtypes are converted block by block, never copied whole.
+        A sequence is searched as the rows of its chunks in turn, without
+        joining them (small chunks are joined a block at a time).
     k : int, default 10
         Number of results per query. More than the number of searchable rows
         returns them all.
@@ -81,6 +108,11 @@ def topk(
         Promise that corpus rows are unit length, so cosine skips dividing the
         scores by the row norms. Zero and non-finite rows are still excluded.
         Ignored for "dot" and "l2".
+    squared_norms : array, shape (n,), optional
+        The corpus rows' squared Euclidean norms, as :func:`squared_norms`
+        gives them, kept from an earlier search of the same vectors: cosine
+        and L2 then skip their pass over the corpus to compute them. Results
+        are the same as without; norms of other vectors give wrong results.
     block_size : int, optional
         Corpus rows per block, to override the default (mainly for tests).
 
@@ -129,14 +161,21 @@ def topk(
     array([[0, 2]])
     >>> scores
     array([[1. , 0.6]], dtype=float32)
+
+    A corpus in chunks numbers its rows across them:
+
+    >>> topk(np.array([0, 1], dtype=np.float32), [corpus[:2], corpus[2:]], k=2)[0]
+    array([[1, 2]])
     """
-    xp = _xp.namespace(queries, corpus, valid)
+    chunks = _corpus_chunks(corpus)
+    xp = _xp.namespace(queries, *chunks, valid, squared_norms)
     k = check_k(k)
     metric = check_metric(metric)
     if block_size is not None:
         block_size = _positive_integer(block_size, "block_size", "corpus rows per block")
-    queries, corpus = _check_vectors(xp, queries, corpus)
-    n_rows = corpus.shape[0]
+    for chunk in chunks:
+        queries, _ = _check_vectors(xp, queries, chunk)
+    n_rows = sum(chunk.shape[0] for chunk in chunks)
     # Every buffer below is (queries, k) wide: never wider than the corpus has rows.
     k = min(k, max(n_rows, 1))
     if valid is not None and valid.dtype != xp.bool:
@@ -147,22 +186,111 @@ def topk(
         raise InvalidInputError(
             f"valid must have one entry per corpus row, shape ({n_rows},), but has shape {valid.shape}"
         )
-    if corpus.dtype != xp.float32:
-        logger.debug("converting the %s corpus to float32 block by block", corpus.dtype)
+    if squared_norms is not None and squared_norms.shape != (n_rows,):
+        raise InvalidInputError(
+            f"squared_norms must have one entry per corpus row, shape ({n_rows},), "
+            f"but has shape {squared_norms.shape}"
+        )
+    if any(chunk.dtype != xp.float32 for chunk in chunks):
+        logger.debug("converting the corpus to float32 block by block")
 
     if block_size is None:
-        block_size = _default_block_size(xp, queries.shape[0], corpus, k)
+        block_size = _default_block_size(xp, queries.shape[0], chunks, k)
     query_block = max(1, _SCORE_BLOCK_ELEMENTS // block_size)
+    if squared_norms is not None:
+        squared_norms = _as_float32(xp, squared_norms)
     with _xp.float_errors_ignored():
         query_keys, query_ok = _query_keys(xp, queries, metric)
         keys, indices, n_searchable = _search(
-            xp, query_keys, query_ok, corpus, valid, k, metric, normalized, block_size, query_block
+            xp,
+            query_keys,
+            query_ok,
+            chunks,
+            _Rows(valid, squared_norms),
+            k,
+            metric,
+            normalized,
+            block_size,
+            query_block,
         )
         k_eff = min(k, n_searchable)
         keys, indices = keys[:, :k_eff], indices[:, :k_eff]
         if metric == "l2":
-            return _exact_l2(xp, queries, corpus, indices, query_block)
+            return _exact_l2(xp, queries, chunks, indices, query_block)
         return indices, xp.where(indices >= 0, keys, xp.nan)
+
+
+def topk_merge(
+    indices: Sequence[Array], scores: Sequence[Array], k: int, *, metric: Metric = "cosine"
+) -> tuple[Array, Array]:
+    """Combine the top-k results of searches over separate parts of one corpus.
+
+    Each part is a :func:`topk` result whose row numbers have been made global
+    (the part's first row added). The merged result is what one :func:`topk`
+    over the whole corpus gives: best score first, ties to the lower row
+    number, missing results (row -1, score NaN) last.
+
+    Parameters
+    ----------
+    indices : sequence of int arrays, shape (q, k_i)
+        Row numbers of each part's results, -1 for none.
+    scores : sequence of float arrays, shape (q, k_i)
+        Their scores, as :func:`topk` returns them for ``metric``.
+    k : int
+        Results per query to keep.
+    metric : {"cosine", "dot", "l2"}, default "cosine"
+        Which way the scores rank: cosine and dot descending, L2 ascending.
+
+    Returns
+    -------
+    indices : int64 array, shape (q, min(k, sum of k_i))
+    scores : float32 array, of the same shape
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> corpus = np.array([[1, 0], [0, 1], [1, 0], [3, 4]], dtype=np.float32)
+    >>> query = np.array([1, 0], dtype=np.float32)
+    >>> first, second = topk(query, corpus[:2], 2), topk(query, corpus[2:], 2)
+    >>> topk_merge([first[0], second[0] + 2], [first[1], second[1]], 3)
+    (array([[0, 2, 3]]), array([[1. , 1. , 0.6]], dtype=float32))
+    """
+    k = check_k(k)
+    metric = check_metric(metric)
+    if len(indices) == 0 or len(indices) != len(scores):
+        raise InvalidInputError(
+            "topk_merge needs one scores array per indices array, and at least one of each: "
+            "pass the two halves of each partial result in the same order"
+        )
+    xp = _xp.namespace(*indices, *scores)
+    all_indices = xp.concat([xp.astype(part, xp.int64) for part in indices], axis=1)
+    all_scores = xp.concat([_as_float32(xp, part) for part in scores], axis=1)
+    found = all_indices >= 0
+    keys = xp.where(found, -all_scores if metric == "l2" else all_scores, -xp.inf)
+    merged_indices, merged_keys = _rank(xp, all_indices, keys, min(k, all_indices.shape[1]))
+    merged_scores = -merged_keys if metric == "l2" else merged_keys
+    return merged_indices, xp.where(merged_indices >= 0, merged_scores, xp.nan)
+
+
+def squared_norms(corpus: Corpus) -> Array:
+    """Each corpus row's squared Euclidean norm, float32, as :func:`topk` computes them.
+
+    Keep them to pass as ``topk(..., squared_norms=...)`` in later searches of
+    the same vectors: cosine and L2 then read the corpus once instead of twice.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> squared_norms(np.array([[3, 4], [1, 0]], dtype=np.float32))
+    array([25.,  1.], dtype=float32)
+    """
+    chunks = _corpus_chunks(corpus)
+    xp = _xp.namespace(*chunks)
+    with _xp.float_errors_ignored():
+        parts = [_squared_norms(xp, rows) for _, rows in _blocks(xp, chunks, _MAX_CORPUS_BLOCK)]
+    if not parts:
+        return xp.zeros((0,), dtype=xp.float32, device=array_api_compat.device(chunks[0]))
+    return xp.concat(parts) if len(parts) > 1 else parts[0]
 
 
 def l2_normalize(x: Array) -> Array:
@@ -325,8 +453,8 @@ def _search(
     xp: Namespace,
     query_keys: Array,
     query_ok: Array,
-    corpus: Array,
-    valid: Array | None,
+    chunks: list[Array],
+    given: _Rows,
     k: int,
     metric: Metric,
     normalized: bool,
@@ -342,10 +470,14 @@ def _search(
     (``unchecked_rows``): that saves a pass over the corpus, as costly as the
     multiply itself for a single query. The searchable count then comes from
     the results, so it is only done this way when some query can match.
+
+    The main thread converts each block and runs its multiplies; the norms
+    and the selection of a block are tasks of a :class:`_Pipeline`, which runs
+    them in order, on a worker thread for numpy, while the next multiply runs.
     """
-    device = array_api_compat.device(corpus)
+    device = array_api_compat.device(query_keys)
     needs_norms = metric == "l2" or (metric == "cosine" and not normalized)
-    check_late = not needs_norms and bool(xp.any(query_ok))
+    check_late = not needs_norms and given.squared_norms is None and bool(xp.any(query_ok))
     query_chunks = _chunks(query_keys.shape[0], query_block)
     # Each query chunk keeps its best k keys so far, best first; a query that can
     # never match starts "full" at +inf so no block ever beats its k-th best.
@@ -356,48 +488,57 @@ def _search(
         empty = xp.full((usable.shape[0], k), -xp.inf, dtype=xp.float32, device=device)
         best_keys.append(xp.where(usable, empty, xp.inf))
         best_indices.append(xp.full((usable.shape[0], k), -1, dtype=xp.int64, device=device))
-
     n_searchable = 0
-    for block in _chunks(corpus.shape[0], corpus_block):
-        rows = corpus[block, :]
-        if rows.dtype != xp.float32:
-            rows = xp.astype(rows, xp.float32)
-        searchable = None if valid is None else valid[block]
-        column_scale = column_shift = None
+
+    def prepare(block: _Block) -> None:
+        """Find the block's searchable rows and how its keys are corrected, from the row norms."""
+        nonlocal n_searchable
         if not check_late:
+            squared = given.rows(block, "squared_norms")
+            if squared is None:
+                squared = _squared_norms(xp, block.rows)
             # Correct the multiply's output per column rather than the corpus: a
             # normalised copy of the corpus would cost as much memory as the corpus.
-            squared_norms = xp.vecdot(rows, rows)
-            finite_norms = _searchable(xp, squared_norms, metric)
-            searchable = finite_norms if searchable is None else searchable & finite_norms
-            safe_squared_norms = xp.where(finite_norms, squared_norms, 1.0)
+            finite_norms = _searchable(xp, squared, metric)
+            block.searchable = finite_norms if block.searchable is None else block.searchable & finite_norms
+            safe_squared = xp.where(finite_norms, squared, 1.0)
             if metric == "cosine" and not normalized:
-                column_scale = 1.0 / xp.sqrt(safe_squared_norms)
+                block.column_scale = 1.0 / xp.sqrt(safe_squared)
             elif metric == "l2":
-                column_shift = safe_squared_norms
-        n_block_searchable = rows.shape[0] if searchable is None else int(xp.count_nonzero(searchable))
-        n_searchable += n_block_searchable
-        if n_block_searchable == 0:
-            continue
+                block.column_shift = safe_squared
+        if block.searchable is not None:
+            block.n_searchable = int(xp.count_nonzero(block.searchable))
+        n_searchable += block.n_searchable
 
-        rows_t = xp.matrix_transpose(rows)
-        for i, chunk in enumerate(query_chunks):
-            keys = query_keys[chunk, :] @ rows_t
-            if column_scale is not None:
-                keys *= column_scale
-            if column_shift is not None:
-                keys -= column_shift
-            if n_block_searchable < rows.shape[0]:
-                keys = xp.where(searchable, keys, -xp.inf)
-            best_keys[i], best_indices[i] = _merge_block(
-                xp,
-                keys,
-                block.start,
-                best_keys[i],
-                best_indices[i],
-                rows if check_late else None,
-                metric,
-            )
+    def select(block: _Block, i: int, keys: Array) -> None:
+        if block.n_searchable == 0:
+            return
+        if block.column_scale is not None:
+            keys *= block.column_scale
+        if block.column_shift is not None:
+            keys -= block.column_shift
+        if block.n_searchable < block.rows.shape[0]:
+            keys = xp.where(block.searchable, keys, -xp.inf)
+        best_keys[i], best_indices[i] = _merge_block(
+            xp,
+            keys,
+            block.first_row,
+            best_keys[i],
+            best_indices[i],
+            block.rows if check_late else None,
+            metric,
+        )
+
+    several_blocks = sum(chunk.shape[0] for chunk in chunks) > corpus_block
+    with _Pipeline(threaded=several_blocks and array_api_compat.is_numpy_namespace(xp)) as pipeline:
+        for first_row, rows in _blocks(xp, chunks, corpus_block):
+            block = _Block(first_row, rows, given.rows_of(first_row, rows.shape[0], "valid"))
+            if block.searchable is not None and not bool(xp.any(block.searchable)):
+                continue
+            pipeline.submit(prepare, block)
+            rows_t = xp.matrix_transpose(rows)
+            for i, chunk in enumerate(query_chunks):
+                pipeline.submit(select, block, i, query_keys[chunk, :] @ rows_t)
 
     keys = xp.concat(best_keys, axis=0)
     indices = xp.concat(best_indices, axis=0)
@@ -407,11 +548,138 @@ def _search(
     return keys, indices, n_searchable
 
 
-def _default_block_size(xp: Namespace, n_queries: int, corpus: Array, k: int) -> int:
+@dataclass(frozen=True)
+class _Rows:
+    """What the caller told about the corpus rows: which may match, their squared norms."""
+
+    valid: Array | None
+    squared_norms: Array | None
+
+    def rows_of(self, first_row: int, n_rows: int, name: str) -> Array | None:
+        values = getattr(self, name)
+        return None if values is None else values[first_row : first_row + n_rows]
+
+    def rows(self, block: _Block, name: str) -> Array | None:
+        return self.rows_of(block.first_row, block.rows.shape[0], name)
+
+
+@dataclass
+class _Block:
+    """One block of corpus rows, and what :func:`_search` learns about them before selecting."""
+
+    first_row: int
+    rows: Array
+    searchable: Array | None  # None: every row
+    n_searchable: int = -1
+    column_scale: Array | None = None
+    column_shift: Array | None = None
+
+    def __post_init__(self) -> None:
+        self.n_searchable = self.rows.shape[0]
+
+
+class _Pipeline:
+    """Runs tasks in the order they are submitted, on the worker thread or inline.
+
+    On the worker, a block's norms and selection overlap with the main thread's
+    next multiply (numpy and BLAS release the GIL). At most two tasks of one
+    pipeline wait at once, so at most three blocks of keys are alive. The
+    worker is one thread for the process, started on first use: searches run
+    from several threads at once share it, each still in its own order. Only
+    for numpy: CuPy already runs asynchronously, and its current device and
+    stream are per-thread.
+    """
+
+    _worker: ThreadPoolExecutor | None = None
+    _worker_lock = threading.Lock()
+
+    def __init__(self, *, threaded: bool) -> None:
+        self._executor = self._shared_worker() if threaded else None
+        self._pending: list[Future[None]] = []
+
+    @classmethod
+    def _shared_worker(cls) -> ThreadPoolExecutor:
+        with cls._worker_lock:
+            if cls._worker is None:
+                cls._worker = ThreadPoolExecutor(1, thread_name_prefix="polars-embed-topk")
+            return cls._worker
+
+    def __enter__(self) -> _Pipeline:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        # Wait for every task even after an error: none may still use the blocks.
+        pending, self._pending = self._pending, []
+        errors = [future.exception() for future in pending]
+        if exc_info[0] is None:
+            for error in errors:
+                if error is not None:
+                    raise error
+
+    def submit(self, task: Callable[..., None], *args: Any) -> None:
+        if self._executor is None:
+            task(*args)
+            return
+        while len(self._pending) >= 2:
+            self._pending.pop(0).result()
+        self._pending.append(self._executor.submit(_errors_ignored, task, *args))
+
+
+def _errors_ignored(task: Callable[..., None], *args: Any) -> None:
+    # numpy's error state is per thread: the worker does not inherit topk's.
+    with _xp.float_errors_ignored():
+        task(*args)
+
+
+def _corpus_chunks(corpus: Corpus) -> list[Array]:
+    if isinstance(corpus, list | tuple):
+        if not corpus:
+            raise InvalidInputError("a corpus in chunks needs at least one chunk: pass an empty (0, d) one")
+        return list(corpus)
+    return [corpus]
+
+
+def _blocks(xp: Namespace, chunks: list[Array], size: int) -> Iterator[tuple[int, Array]]:
+    """Yield ``(first row, float32 rows)`` blocks of about ``size`` rows over the chunks in turn.
+
+    A chunk of a sixteenth of a block or more is sliced in place; smaller ones
+    are joined with their neighbours into one block, so that many tiny chunks
+    do not cost one multiply each. Only the joined rows are ever copied: a
+    copy costs a pass over them, as much as one query's multiply.
+    """
+    first_row = 0
+    pending: list[Array] = []
+    pending_rows = 0
+    for chunk in chunks:
+        n_rows = chunk.shape[0]
+        if n_rows == 0:
+            continue
+        if n_rows < max(size // 16, 1):
+            pending.append(_as_float32(xp, chunk))
+            pending_rows += n_rows
+            if pending_rows >= size:
+                yield first_row, xp.concat(pending, axis=0)
+                first_row, pending, pending_rows = first_row + pending_rows, [], 0
+            continue
+        if pending:
+            yield first_row, xp.concat(pending, axis=0)
+            first_row, pending, pending_rows = first_row + pending_rows, [], 0
+        for block in _chunks(n_rows, size):
+            yield first_row + block.start, _as_float32(xp, chunk[block, :])
+        first_row += n_rows
+    if pending:
+        yield first_row, xp.concat(pending, axis=0)
+
+
+def _squared_norms(xp: Namespace, rows: Array) -> Array:
+    return xp.vecdot(rows, rows)
+
+
+def _default_block_size(xp: Namespace, n_queries: int, chunks: list[Array], k: int) -> int:
     rows = max(_SCORE_BLOCK_ELEMENTS // max(n_queries, 1), 4 * k)
-    if corpus.dtype != xp.float32:
+    if any(chunk.dtype != xp.float32 for chunk in chunks):
         # Each block is converted to float32: keep that copy within the budget too.
-        rows = min(rows, max(_SCORE_BLOCK_ELEMENTS // max(corpus.shape[1], 1), 4 * k))
+        rows = min(rows, max(_SCORE_BLOCK_ELEMENTS // max(chunks[0].shape[1], 1), 4 * k))
     if array_api_compat.is_cupy_namespace(xp):
         # Each block costs a few device-to-host synchronisations (block maxima, candidate
         # counts), which dwarf a GPU's multiply of a CPU-sized block: no cap.
@@ -456,35 +724,39 @@ def _merge_block(
     then row number ascending. Every block row number is above every number
     already kept, so a block entry must strictly beat the k-th best to enter:
     a tie would lose to the lower number.
+
+    One comparison with each query's k-th best and one flat ``nonzero`` find
+    the candidates (NaN keys never compare greater); everything after that
+    works on the candidates alone, which after the first blocks are few.
     """
     n_queries = keys.shape[0]
     k = best_keys.shape[1]
-    block_max = xp.max(keys, axis=1)
-    if bool(xp.any(xp.isnan(block_max))):
-        # NaN rows (or overflow) give NaN keys, which would hide the block maximum.
-        keys = xp.where(xp.isnan(keys), -xp.inf, keys)
-        block_max = xp.max(keys, axis=1)
-    active = block_max > best_keys[:, k - 1]
-    n_active = int(xp.count_nonzero(active))
-    if n_active == 0:
+    candidates = _candidates(xp, keys, best_keys[:, k - 1], k, unchecked_rows, metric)
+    if candidates is None:
         return best_keys, best_indices
+    positions, starts, counts = candidates
+    active = counts > 0
+    n_active = int(xp.count_nonzero(active))
     # Gathering the active queries only pays when they are few; the others would merely
     # contribute no candidates.
     subset = 2 * n_active < n_queries
     if subset:
         (active_rows,) = xp.nonzero(active)
-        keys = xp.take(keys, active_rows, axis=0)
+        starts, counts = xp.take(starts, active_rows), xp.take(counts, active_rows)
         kept_keys = xp.take(best_keys, active_rows, axis=0)
         kept_indices = xp.take(best_indices, active_rows, axis=0)
     else:
         kept_keys, kept_indices = best_keys, best_indices
 
-    candidate_keys, candidate_columns = _candidates(xp, keys, kept_keys[:, k - 1], k, unchecked_rows, metric)
-    all_keys = xp.concat([kept_keys, candidate_keys], axis=1)
-    all_indices = xp.concat(
-        [kept_indices, xp.where(candidate_columns >= 0, candidate_columns + first_row, -1)],
-        axis=1,
-    )
+    width = int(xp.max(counts))
+    slot = xp.arange(width, device=array_api_compat.device(keys))
+    present = slot[None, :] < counts[:, None]
+    picked = xp.take(positions, xp.reshape(xp.where(present, starts[:, None] + slot, 0), (-1,)))
+    n_candidates = kept_keys.shape[0]
+    columns = xp.reshape(picked % keys.shape[1], (n_candidates, width))
+    values = xp.reshape(xp.take(xp.reshape(keys, (-1,)), picked), (n_candidates, width))
+    all_keys = xp.concat([kept_keys, xp.where(present, values, -xp.inf)], axis=1)
+    all_indices = xp.concat([kept_indices, xp.where(present, columns + first_row, -1)], axis=1)
     # Stable, so equal keys keep their order: kept entries (lower row numbers, already
     # ordered) before candidates (in row-number order). Negating rather than asking for
     # descending order spares the flips that array_api_compat adds for numpy.
@@ -511,44 +783,53 @@ def _candidates(
     k: int,
     unchecked_rows: Array | None,
     metric: Metric,
-) -> tuple[Array, Array]:
-    """Return each row's entries that beat ``kth_best``, left-aligned and padded.
+) -> tuple[Array, Array, Array] | None:
+    """Find each row's entries that beat ``kth_best``, as :func:`_runs_by_row` gives them.
 
-    Returns keys and block columns; padding has key -inf and column -1. Rows
-    with more than a handful of candidates are first cut down to their best
-    ``k`` and any ties with the k-th, so the later sort stays small and the
-    lowest column still wins ties.
+    Returns None when there are none. Rows with more than a handful of
+    candidates are first cut down to their best ``k`` and any ties with the
+    k-th, so the later sort stays small and the lowest column still wins
+    ties. Candidates in ``unchecked_rows`` that cannot be searched are
+    dropped: their key becomes -inf.
     """
-    n_rows, n_columns = keys.shape
-    most = max(_SPARSE_CANDIDATES, k)
     beats = keys > kth_best[:, None]
-    cut = int(xp.count_nonzero(beats)) > n_rows * most
-    if not cut:
-        positions, starts, counts = _runs_by_row(xp, beats)
-        cut = int(xp.max(counts)) > most
+    positions, starts, counts = _runs_by_row(xp, beats)
+    if positions.shape[0] == 0:
+        return None
+    crowded = counts > max(_SPARSE_CANDIDATES, k)
+    cut = bool(xp.any(crowded))
     if cut:
-        beats = beats & (keys >= _xp.kth_largest(xp, keys, k)[:, None])
+        beats = beats & (keys >= _cut_threshold(xp, keys, crowded, k)[:, None])
         positions, starts, counts = _runs_by_row(xp, beats)
+    if unchecked_rows is None:
+        return positions, starts, counts
+    columns = positions % keys.shape[1]
+    searchable = _searchable_columns(xp, unchecked_rows, columns, metric)
+    if bool(xp.all(searchable)):
+        return positions, starts, counts
+    if cut:
+        # Unsearchable rows took places in the cut that searchable rows behind them
+        # should have had: check the whole block and cut again (rare).
+        searchable = _searchable(xp, _squared_norms(xp, unchecked_rows), metric)
+        return _candidates(xp, xp.where(searchable, keys, -xp.inf), kth_best, k, None, metric)
+    # Few candidates: drop the unsearchable ones by their flat positions.
+    (kept,) = xp.nonzero(searchable)
+    if kept.shape[0] == 0:
+        return None
+    positions = xp.take(positions, kept)
+    row_numbers = xp.arange(keys.shape[0] + 1, device=array_api_compat.device(keys))
+    bounds = xp.searchsorted(positions // keys.shape[1], row_numbers)
+    return positions, bounds[:-1], bounds[1:] - bounds[:-1]
 
-    width = int(xp.max(counts))
-    slot = xp.arange(width, device=array_api_compat.device(keys))
-    present = slot[None, :] < counts[:, None]
-    picked = xp.take(positions, xp.reshape(xp.where(present, starts[:, None] + slot, 0), (-1,)))
-    columns = picked % n_columns
-    if unchecked_rows is not None:
-        searchable = xp.reshape(_searchable_columns(xp, unchecked_rows, columns, metric), (n_rows, width))
-        if cut and not bool(xp.all(searchable | ~present)):
-            # Unsearchable rows took places in the cut that searchable rows behind them
-            # should have had: check the whole block and cut again (rare).
-            searchable = _searchable(xp, xp.vecdot(unchecked_rows, unchecked_rows), metric)
-            keys = xp.where(searchable, keys, -xp.inf)
-            return _candidates(xp, keys, kth_best, k, None, metric)
-        present = present & searchable
-    values = xp.reshape(xp.take(xp.reshape(keys, (-1,)), picked), (n_rows, width))
-    return (
-        xp.where(present, values, -xp.inf),
-        xp.where(present, xp.reshape(columns, (n_rows, width)), -1),
-    )
+
+def _cut_threshold(xp: Namespace, keys: Array, crowded: Array, k: int) -> Array:
+    """Each crowded row's k-th largest key (NaN counted as -inf); -inf for the other rows."""
+    (crowded_rows,) = xp.nonzero(crowded)
+    crowded_keys = xp.take(keys, crowded_rows, axis=0)
+    crowded_keys = xp.where(xp.isnan(crowded_keys), -xp.inf, crowded_keys)
+    cut = _xp.kth_largest(xp, crowded_keys, k)
+    slot = xp.maximum(xp.cumulative_sum(xp.astype(crowded, xp.int64)) - 1, 0)
+    return xp.where(crowded, xp.take(cut, slot), -xp.inf)
 
 
 def _runs_by_row(xp: Namespace, mask: Array) -> tuple[Array, Array, Array]:
@@ -565,12 +846,51 @@ def _searchable_columns(xp: Namespace, rows: Array, columns: Array, metric: Metr
     """Check the block rows numbered ``columns``; gather them only when they are few."""
     if columns.shape[0] < rows.shape[0]:
         picked = xp.take(rows, columns, axis=0)
-        return _searchable(xp, xp.vecdot(picked, picked), metric)
-    return xp.take(_searchable(xp, xp.vecdot(rows, rows), metric), columns)
+        return _searchable(xp, _squared_norms(xp, picked), metric)
+    return xp.take(_searchable(xp, _squared_norms(xp, rows), metric), columns)
+
+
+def _take_rows(xp: Namespace, chunks: list[Array], rows: Array) -> Array:
+    """Gather corpus rows (valid global row numbers, any order) from chunks, as float32.
+
+    Rows are grouped by chunk with one stable sort, gathered one chunk at a
+    time, and put back in their order by the inverse permutation: the
+    standard has no scatter.
+    """
+    if len(chunks) == 1:
+        return _as_float32(xp, xp.take(chunks[0], rows, axis=0))
+    device = array_api_compat.device(rows)
+    lengths = [chunk.shape[0] for chunk in chunks]
+    starts = [sum(lengths[:i]) for i in range(len(chunks) + 1)]
+    chunk_of = xp.searchsorted(xp.asarray(starts[1:], dtype=xp.int64, device=device), rows, side="right")
+    order = xp.argsort(chunk_of, stable=True)
+    sorted_rows = xp.take(rows, order)
+    bounds = xp.searchsorted(xp.take(chunk_of, order), xp.arange(len(chunks) + 1, device=device))
+    parts = []
+    for i, chunk in enumerate(chunks):
+        low, high = int(bounds[i]), int(bounds[i + 1])
+        if high > low:
+            parts.append(_as_float32(xp, xp.take(chunk, sorted_rows[low:high] - starts[i], axis=0)))
+    if not parts:
+        return xp.zeros((0, chunks[0].shape[1]), dtype=xp.float32, device=device)
+    return xp.take(xp.concat(parts, axis=0), xp.argsort(order), axis=0)
+
+
+def _rank(xp: Namespace, indices: Array, keys: Array, k: int) -> tuple[Array, Array]:
+    """Each row's best ``k`` entries by key descending, ties to the lower index, -1 last.
+
+    The one ranking rule of every merge: sort by index first, then stably by key.
+    """
+    last = xp.iinfo(xp.int64).max
+    by_index = xp.argsort(xp.where(indices >= 0, indices, last), axis=1, stable=True)
+    indices = xp.take_along_axis(indices, by_index, axis=1)
+    keys = xp.take_along_axis(keys, by_index, axis=1)
+    by_key = xp.argsort(-keys, axis=1, stable=True)[:, :k]
+    return xp.take_along_axis(indices, by_key, axis=1), xp.take_along_axis(keys, by_key, axis=1)
 
 
 def _exact_l2(
-    xp: Namespace, queries: Array, corpus: Array, indices: Array, query_block: int
+    xp: Namespace, queries: Array, chunks: list[Array], indices: Array, query_block: int
 ) -> tuple[Array, Array]:
     """Recompute the results' L2 distances from the vectors and re-rank by them.
 
@@ -582,23 +902,16 @@ def _exact_l2(
     found = indices >= 0
     if k_eff == 0:
         return indices, xp.zeros(indices.shape, dtype=xp.float32)
-    rows_per_chunk = max(1, _SCORE_BLOCK_ELEMENTS // (k_eff * queries.shape[1]))
+    width = queries.shape[1]
+    rows_per_chunk = max(1, _SCORE_BLOCK_ELEMENTS // (k_eff * width))
     distances = []
     for chunk in _chunks(n_queries, rows_per_chunk):
         rows = xp.where(found[chunk, :], indices[chunk, :], 0)
-        gathered = xp.take(corpus, xp.reshape(rows, (-1,)), axis=0)
-        gathered = xp.reshape(_as_float32(xp, gathered), (rows.shape[0], k_eff, corpus.shape[1]))
+        gathered = _take_rows(xp, chunks, xp.reshape(rows, (-1,)))
+        gathered = xp.reshape(gathered, (rows.shape[0], k_eff, width))
         difference = gathered - queries[chunk, None, :]
         distances.append(xp.sqrt(xp.vecdot(difference, difference)))
     distance = xp.where(found, xp.concat(distances, axis=0), xp.inf)
-
-    # Order by distance, ties by row number: sort by row number first, then stably by
-    # distance. Missing results (-1) have infinite distance and stay last.
-    last = xp.iinfo(xp.int64).max
-    by_index = xp.argsort(xp.where(found, indices, last), axis=1, stable=True)
-    indices = xp.take_along_axis(indices, by_index, axis=1)
-    distance = xp.take_along_axis(distance, by_index, axis=1)
-    by_distance = xp.argsort(distance, axis=1, stable=True)
-    indices = xp.take_along_axis(indices, by_distance, axis=1)
-    distance = xp.take_along_axis(distance, by_distance, axis=1)
-    return indices, xp.where(indices >= 0, distance, xp.nan)
+    # Missing results (-1) have infinite distance and stay last.
+    indices, negated = _rank(xp, indices, -distance, k_eff)
+    return indices, xp.where(indices >= 0, -negated, xp.nan)

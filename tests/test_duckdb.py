@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import importlib
 import json
 import logging
 import subprocess
@@ -267,10 +268,49 @@ class TestExactSearch:
         np.testing.assert_allclose(found["score"].to_numpy(), scores[0], rtol=1e-6)
         assert found.columns == ["id", "body", "vector", "score"]
 
+    def test_batches_give_the_kernels_answer_over_the_whole_table(
+        self, con: duckdb.DuckDBPyConnection, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        # Small integers: exact scores and many ties, which must go to the lower row id
+        # across batches as within one topk.
+        monkeypatch.setattr(importlib.import_module("duckdb_ext.search"), "_BATCH_ROWS", 100)
+        rng = np.random.default_rng(14)
+        vectors = rng.integers(-1, 2, (1000, 5)).astype(np.float32)
+        vectors[[3, 500]] = 0
+        con.register("frame", pl.DataFrame({"id": range(1000), "vector": vectors}))
+        con.sql("CREATE TABLE docs AS SELECT * FROM frame ORDER BY id")
+        for query in rng.integers(-1, 2, (5, 5)).astype(np.float32):
+            if not query.any():
+                continue
+            indices, scores = polars_embed.topk(query, vectors, k=30)
+            found = duckdb_ext.search(con, "docs", "vector", query, k=30, exact=True).pl()
+            assert found["id"].to_list() == indices[0].tolist()
+            np.testing.assert_allclose(found["score"].to_numpy(), scores[0], rtol=1e-6)
+
     def test_a_vector_query_needs_no_provider(self, con: duckdb.DuckDBPyConnection) -> None:
         vectors = hashed_docs(con)
         for query in (vectors[5], vectors[5].tolist(), pl.Series(vectors[5]), vectors[5:6]):
             assert duckdb_ext.search(con, "docs", "vector", query, k=1).select("id").fetchall() == [(5,)]
+
+    def test_the_hits_are_the_rows_as_they_were_when_searched(self, tmp_path: Path) -> None:
+        # Row ids change when a checkpoint compacts deleted rows (here row 250,000 becomes
+        # 50,000): hits found by row id are fetched in the snapshot that ranked them.
+        con = duckdb.connect(str(tmp_path / "docs.duckdb"))
+        con.sql(
+            "CREATE TABLE docs AS SELECT range AS id, "
+            "[cos(range % 1000 * pi() / 500), sin(range % 1000 * pi() / 500), "
+            "cos(range // 1000 * pi() / 150), sin(range // 1000 * pi() / 150)]::FLOAT[4] AS vector "
+            "FROM range(300000)"
+        )
+        (query,) = con.sql("SELECT vector FROM docs WHERE id = 250000").fetchnumpy()["vector"]
+        found = duckdb_ext.search(con, "docs", "vector", query, k=1)
+        con.sql("DELETE FROM docs WHERE id < 200000")
+        con.sql("CHECKPOINT")
+        assert found.select("id").fetchall() == [(250000,)]
+        con.begin()  # inside a transaction of the caller's own, it is that snapshot
+        assert duckdb_ext.search(con, "docs", "vector", query, k=1).select("id").fetchall() == [(250000,)]
+        con.rollback()
+        con.close()
 
     def test_where_filters_before_ranking(self, con: duckdb.DuckDBPyConnection) -> None:
         hashed_docs(con)
@@ -286,6 +326,21 @@ class TestExactSearch:
             (1,),
             (4,),
         ]
+
+    def test_vectors_holding_null_or_overflowing_are_never_returned(
+        self, con: duckdb.DuckDBPyConnection
+    ) -> None:
+        con.sql("CREATE TABLE docs (id INTEGER, vector FLOAT[3])")
+        con.sql(
+            "INSERT INTO docs VALUES (1, [1, 0, 0]), (3, [3e38, 3e38, 0]), "
+            "(4, ['nan'::FLOAT, 1, 0]), (5, ['inf'::FLOAT, 0, 0]), (6, [0, -1, 0])"
+        )
+        found = duckdb_ext.search(con, "docs", "vector", [1, 1, 0], k=10, exact=True)
+        assert found.select("id").fetchall() == [(1,), (6,)]
+        # DuckDB's array functions refuse a vector holding NULL: the search ranks the vectors.
+        con.sql("INSERT INTO docs VALUES (2, [1, NULL, 0])")
+        found = duckdb_ext.search(con, "docs", "vector", [1, 1, 0], k=10, exact=True)
+        assert found.select("id").fetchall() == [(1,), (6,)]
 
     def test_an_empty_table_gives_an_empty_relation(self, con: duckdb.DuckDBPyConnection) -> None:
         con.sql("CREATE TABLE docs (id INTEGER, vector FLOAT[3])")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import doctest
+import itertools
 import tracemalloc
 import warnings
 from unittest import mock
@@ -479,3 +480,109 @@ def test_cupy_matches_numpy():
         want = topk(queries, corpus, 10, metric=metric)
         np.testing.assert_array_equal(cupy.asnumpy(indices), want[0])
         np.testing.assert_allclose(cupy.asnumpy(scores), want[1], rtol=1e-4, atol=1e-5)
+
+
+def split_rows(array, cuts):
+    """``array`` split into chunks at the sorted row numbers ``cuts``."""
+    bounds = [0, *sorted(cuts), array.shape[0]]
+    return [array[start:stop] for start, stop in itertools.pairwise(bounds)]
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(problems(), st.lists(st.integers(0, 40), max_size=6))
+def test_a_corpus_in_chunks_gives_what_one_array_gives(problem, cuts):
+    # Small integers make every score exact, so chunk and block boundaries cannot change
+    # a single bit: ties, null rows (valid) and NaN, infinite and zero rows included.
+    corpus, metric = problem["corpus"], problem["metric"]
+    cuts = [cut for cut in cuts if cut <= corpus.shape[0]]
+    kwargs = {"metric": metric, "valid": problem["valid"], "block_size": problem["block_size"]}
+    want = topk(problem["queries"], corpus, problem["k"], **kwargs)
+    got = topk(problem["queries"], split_rows(corpus, cuts), problem["k"], **kwargs)
+    np.testing.assert_array_equal(got[0], want[0])
+    np.testing.assert_array_equal(got[1], want[1])
+
+
+def test_small_chunks_are_joined_and_large_ones_walked_in_place():
+    rng = np.random.default_rng(8)
+    corpus = rng.integers(-3, 4, (5000, 8)).astype(np.float32)
+    queries = rng.integers(-3, 4, (6, 8)).astype(np.float32)
+    chunks = split_rows(corpus, [3, 4, 10, 900, 901, 4000])
+    for metric in METRICS:
+        want = topk(queries, corpus, 20, metric=metric, block_size=256)
+        got = topk(queries, chunks, 20, metric=metric, block_size=256)
+        np.testing.assert_array_equal(got[0], want[0])
+        np.testing.assert_array_equal(got[1], want[1])
+    with pytest.raises(ValueError, match="at least one chunk"):
+        topk(queries, [], 3)
+    with pytest.raises(ValueError, match="corpus has 4"):
+        topk(queries, [corpus[:5], np.ones((3, 4), np.float32)], 3)
+
+
+@pytest.mark.parametrize("metric", METRICS)
+def test_topk_merge_of_parts_is_topk_of_the_whole(metric):
+    rng = np.random.default_rng(9)
+    corpus = rng.integers(-2, 3, (700, 4)).astype(np.float32)  # many exact ties
+    corpus[[5, 300]] = np.nan
+    queries = rng.integers(-2, 3, (9, 4)).astype(np.float32)
+    queries[2] = np.nan  # cannot match: -1 and NaN from every part
+    want = topk(queries, corpus, 15, metric=metric)
+    parts, starts = split_rows(corpus, [100, 101, 450]), [0, 100, 101, 450]
+    results = [topk(queries, part, 15, metric=metric) for part in parts]
+    indices = [
+        np.where(found >= 0, found + start, -1) for (found, _), start in zip(results, starts, strict=True)
+    ]
+    got = kernels.topk_merge(indices, [scores for _, scores in results], 15, metric=metric)
+    np.testing.assert_array_equal(got[0], want[0])
+    np.testing.assert_array_equal(got[1], want[1])
+
+
+def test_topk_merge_refuses_mismatched_parts():
+    with pytest.raises(ValueError, match="one scores array per indices"):
+        kernels.topk_merge([np.zeros((1, 1), np.int64)], [], 3)
+
+
+@pytest.mark.parametrize("metric", METRICS)
+def test_kept_squared_norms_give_the_same_results(metric):
+    rng = np.random.default_rng(10)
+    corpus = rng.standard_normal((3000, 16), dtype=np.float32)
+    corpus[[3, 40]] = 0
+    corpus[7, 2] = np.nan
+    queries = rng.standard_normal((5, 16), dtype=np.float32)
+    chunks = split_rows(corpus, [1000, 2500])
+    norms = kernels.squared_norms(chunks)
+    np.testing.assert_array_equal(norms, kernels.squared_norms(corpus))
+    want = topk(queries, corpus, 12, metric=metric, block_size=500)
+    got = topk(queries, chunks, 12, metric=metric, squared_norms=norms, block_size=500)
+    np.testing.assert_array_equal(got[0], want[0])
+    np.testing.assert_array_equal(got[1], want[1])
+    with pytest.raises(InvalidInputError, match=r"squared_norms must have one entry per corpus row"):
+        topk(queries, corpus, 3, squared_norms=norms[:10])
+
+
+def test_the_worker_thread_sees_the_same_floating_point_rules():
+    # Zero and NaN rows produce warnings in the norm pass, which runs on the worker
+    # thread for numpy; they must stay silent there too.
+    corpus = np.zeros((5000, 4), dtype=np.float32)
+    corpus[::7] = np.nan
+    corpus[1::7, 0] = 1
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        indices, _ = topk(np.ones(4, np.float32), corpus, 3, block_size=100)
+    np.testing.assert_array_equal(indices, [[1, 8, 15]])
+
+
+def test_the_standard_fallbacks_for_bits_agree_with_numpy():
+    xp = pytest.importorskip("array_api_strict")
+    from polars_embed import _xp
+
+    rng = np.random.default_rng(11)
+    words = rng.integers(0, 2**63, (40, 3), dtype=np.uint64) | np.uint64(2**63)
+    np.testing.assert_array_equal(
+        np.asarray(_xp.bitwise_count(xp, xp.asarray(words))), np.bitwise_count(words)
+    )
+    bits = rng.random((7, 130)) > 0.5
+    packed, standard = _xp.pack_bits(np, bits), np.asarray(_xp.pack_bits(xp, xp.asarray(bits)))
+    assert packed.shape == standard.shape == (7, 3)
+    # Bit order inside a word may differ; the number of set bits and equality may not.
+    np.testing.assert_array_equal(np.bitwise_count(packed).sum(axis=1), bits.sum(axis=1))
+    np.testing.assert_array_equal(np.bitwise_count(standard).sum(axis=1), bits.sum(axis=1))

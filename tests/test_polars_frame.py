@@ -8,6 +8,7 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from unittest import mock
 
 import numpy as np
 import polars as pl
@@ -264,6 +265,56 @@ class TestLazySearch:
         hits = scan.embed.search(["cats", "stocks"], k=5).collect(engine=engine)
         assert hits.equals(frame.embed.search(["cats", "stocks"], k=5))
         assert hits.height == 10
+
+    @pytest.mark.parametrize("metric", ["cosine", "dot", "l2"])
+    def test_chunked_lazy_and_scanned_frames_search_like_one_chunk(self, metric: str, tmp_path: Path) -> None:
+        # Small integers: every score is exact, so ties must break alike (to the earlier row)
+        # whatever the chunks; every fifth vector is null and some are zero.
+        rng = np.random.default_rng(12)
+        vectors = rng.integers(-1, 2, (3000, 6)).astype(np.float32)
+        frame = pl.DataFrame({"id": range(3000), "vec": vectors}).with_columns(
+            vec=pl.when(pl.col("id") % 5 != 0).then(pl.col("vec"))
+        )
+        pieces = [frame.slice(start, size) for start, size in ((0, 7), (7, 993), (1000, 1500), (2500, 500))]
+        chunked = pl.concat(pieces, rechunk=False)
+        assert chunked["vec"].n_chunks() == 4
+        frame.write_parquet(tmp_path / "vectors.parquet", row_group_size=256)
+        queries = rng.integers(-1, 2, (4, 6)).astype(np.float32)
+        want = frame.embed.search(queries, k=25, metric=metric, normalized=False)
+        for normalized in (False, None):
+            assert chunked.embed.search(queries, k=25, metric=metric, normalized=normalized).equals(want)
+        assert chunked.lazy().embed.search(queries, k=25, metric=metric).collect().equals(want)
+        scanned = pl.scan_parquet(tmp_path / "vectors.parquet").embed.search(queries, k=25, metric=metric)
+        assert scanned.collect(engine="streaming").equals(want)
+        left = pl.DataFrame({"q": [*queries.tolist(), None]}, schema={"q": pl.Array(pl.Float32, 6)})
+        joined = left.embed.knn_join(chunked, left_on="q", right_on="vec", k=3, metric=metric, how="left")
+        assert joined.equals(
+            left.embed.knn_join(frame, left_on="q", right_on="vec", k=3, metric=metric, how="left")
+        )
+        assert joined.filter(pl.col("q").is_null())["id"].to_list() == [None]
+
+    def test_kept_norms_are_used_again_and_never_outlive_the_data(self) -> None:
+        rng = np.random.default_rng(13)
+        vectors = rng.standard_normal((500, 8)).astype(np.float32) * rng.uniform(0.1, 9, (500, 1))
+        frame = pl.DataFrame({"id": range(500), "vec": vectors.astype(np.float32)})
+        query = vectors[42]
+        computed = polars_embed.namespaces._vectors.squared_norms
+        with mock.patch.object(polars_embed.namespaces._vectors, "squared_norms", wraps=computed) as norms:
+            assert frame.embed.search(query, k=1, normalized=False)["id"].to_list() == [42]
+            assert frame.embed.search(-query, k=1, normalized=False)["id"].to_list() != [42]
+            assert norms.call_count == 1
+            # New values in the same frame: replaced in place, and rewritten with a copy.
+            changed = vectors.copy()
+            changed[42] = -changed[42]
+            frame.replace_column(1, pl.Series("vec", changed))
+            assert frame.embed.search(query, k=1, normalized=False)["id"].to_list() != [42]
+            assert norms.call_count == 2
+            frame = frame.with_columns(pl.col("vec").arr.eval(pl.element() * 0.5))
+            hits = frame.embed.search(-query, k=1, normalized=False)
+            assert hits["id"].to_list() == [42] and norms.call_count == 3
+            another = pl.concat([frame.head(10), frame.tail(490)], rechunk=False)  # a frame of its own
+            assert another.embed.search(-query, k=1, normalized=False)["id"].to_list() == [42]
+            assert norms.call_count == 4
 
     def test_a_filter_after_the_search_filters_its_results(self, animals: pl.DataFrame) -> None:
         hits = animals.lazy().embed.search("cat", k=2).filter(pl.col("id") != 4).collect()

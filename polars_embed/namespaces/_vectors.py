@@ -1,12 +1,16 @@
 """Vectors between Polars and the kernels, shared by the expression and frame namespaces.
 
 A vector column is ``pl.Array(numeric, d)``; the kernels take it as a ``(n, d)``
-numpy array in which a null row is a row of NaN, which they never match.
+numpy array in which a null row is a row of NaN, which they never match, or as
+the list of such arrays that its chunks give without a copy.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import threading
+import weakref
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from numbers import Real
 from typing import Any
 
@@ -14,7 +18,9 @@ import numpy as np
 import polars as pl
 
 from polars_embed.errors import DimensionMismatchError, InputTypeError, InvalidInputError
+from polars_embed.kernels import squared_norms
 from polars_embed.metadata import provider_of
+from polars_embed.quantization import Quantization, QuantizedVectors, quantize
 
 VectorsLike = Sequence[float] | Sequence[Sequence[float]] | np.ndarray | pl.Series
 
@@ -33,6 +39,17 @@ def as_matrix(vectors: pl.Series) -> np.ndarray:
     """A vector column as ``(n, d)``, null rows as NaN; no copy for a float32 column without nulls."""
     vector_width(vectors.dtype, column=vectors.name)
     return vectors.to_numpy()
+
+
+def vector_chunks(vectors: pl.Series) -> list[np.ndarray]:
+    """A vector column as one ``(n_i, d)`` array per chunk, null rows as NaN.
+
+    No copy of a float32 chunk without nulls: a frame built with
+    ``pl.concat(..., rechunk=False)``, read from Parquet row groups or
+    collected by the streaming engine is searched where it lies.
+    """
+    vector_width(vectors.dtype, column=vectors.name)
+    return [chunk.to_numpy() for chunk in vectors.get_chunks()]
 
 
 def valid_rows(vectors: pl.Series) -> np.ndarray | None:
@@ -97,3 +114,84 @@ def _described(vectors: pl.Series) -> str:
     provider = provider_of(vectors)
     made_by = f", made by {provider.label}" if provider else ""
     return f"{vectors.name!r} (vectors of width {vectors.dtype.shape[0]}{made_by})"
+
+
+@dataclass(frozen=True)
+class _Kept:
+    column: pl.Series  # keeps the buffers alive, so no other data can take their addresses
+    buffers: tuple[tuple[int, int, int, int] | None, ...]
+    value: Any
+
+
+class _ColumnCache:
+    """What is derived from the vector columns of live DataFrames (norms, quantised twins), kept.
+
+    An entry belongs to one frame (it goes when the frame is collected), one
+    column name and one kind of value, and holds the column's Arrow buffers,
+    by address, size, offset and length, together with the column itself.
+    Holding the column keeps those buffers alive and shared, so Polars cannot
+    reuse or mutate them in place: the same addresses mean the same values. A
+    column that was replaced has other buffers, and its values are derived again.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        # DataFrames are not hashable: entries go by id, checked against a weak reference,
+        # and leave when their frame is collected.
+        self._frames: dict[int, tuple[weakref.ref[pl.DataFrame], dict[tuple[str, str], _Kept]]] = {}
+
+    def get(self, frame: pl.DataFrame, name: str, kind: str, derive: Callable[[], Any]) -> Any:
+        column = frame[name]
+        buffers = _buffer_identity(column)
+        with self._lock:
+            entries = self._entries(frame)
+            kept = None if entries is None else entries.get((name, kind))
+        if kept is not None and kept.buffers == buffers:
+            return kept.value
+        value = derive()
+        with self._lock:
+            entries = self._entries(frame)
+            if entries is None:
+                entries = {}
+                self._frames[id(frame)] = (weakref.ref(frame), entries)
+                weakref.finalize(frame, self._forget, id(frame))
+            entries[(name, kind)] = _Kept(column, buffers, value)
+        return value
+
+    def _entries(self, frame: pl.DataFrame) -> dict[tuple[str, str], _Kept] | None:
+        entry = self._frames.get(id(frame))
+        return entry[1] if entry is not None and entry[0]() is frame else None
+
+    def _forget(self, frame_id: int) -> None:
+        with self._lock:
+            entry = self._frames.get(frame_id)
+            if entry is not None and entry[0]() is None:
+                del self._frames[frame_id]
+
+
+def _buffer_identity(column: pl.Series) -> tuple[tuple[int, int, int, int] | None, ...]:
+    """Address and size of every Arrow buffer of every chunk, with each chunk's offset and length."""
+    identity: list[tuple[int, int, int, int] | None] = []
+    for chunk in column.get_chunks():
+        array = chunk.to_arrow()
+        child = array.values
+        for buffer in array.buffers():
+            identity.append(None if buffer is None else (buffer.address, buffer.size, -1, -1))
+        identity.append((array.offset, len(array), child.offset, len(child)))
+    return tuple(identity)
+
+
+_KEPT = _ColumnCache()
+
+
+def cached_squared_norms(frame: pl.DataFrame, name: str, chunks: list[np.ndarray]) -> np.ndarray:
+    """The squared norms of ``frame[name]`` (whose chunks are ``chunks``), computed once per column data."""
+    return _KEPT.get(frame, name, "squared_norms", lambda: squared_norms(chunks))
+
+
+def cached_twin(
+    frame: pl.DataFrame, name: str, chunks: list[np.ndarray], kind: Quantization
+) -> QuantizedVectors:
+    """The quantised twin of ``frame[name]``, made on its first quantised search and kept with the frame."""
+    valid = valid_rows(frame[name])
+    return _KEPT.get(frame, name, f"twin:{kind}", lambda: quantize(chunks, kind, valid=valid))

@@ -10,10 +10,11 @@ which walks the corpus in blocks: memory grows with the results, never with
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from os import PathLike
-from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar, get_args
 
 import numpy as np
 import polars as pl
@@ -35,12 +36,16 @@ from polars_embed.namespaces._vectors import (
     VectorsLike,
     as_matrix,
     as_query_vectors,
+    cached_squared_norms,
+    cached_twin,
     check_same_width,
     null_where,
     valid_rows,
+    vector_chunks,
     vector_width,
 )
 from polars_embed.provider import Kind, Provider
+from polars_embed.quantization import Quantization, quantized_topk
 from polars_embed.registry import ProviderLike, resolve_provider
 
 if TYPE_CHECKING:
@@ -69,6 +74,8 @@ class _EmbedNamespace(Generic[FrameT]):
         normalized: bool | None = None,
         score: str = "score",
         query_index: str = "query_index",
+        quantized: Quantization | None = None,
+        oversample: int | None = None,
         **options: Any,
     ) -> FrameT:
         """The ``k`` rows whose vectors best match a query, best first, with a score column.
@@ -97,6 +104,16 @@ class _EmbedNamespace(Generic[FrameT]):
         query_index
             For a batch of queries only: name of the first column, the position
             (``pl.UInt32``) of the query each row answers.
+        quantized
+            ``"int8"`` or ``"binary"``: rank every row on a compact twin of the
+            column (a quarter or a thirty-second of its bytes), then rescore
+            the best ``oversample * k`` exactly; cosine only. The twin is made
+            on the first such search of a DataFrame's column and kept with the
+            frame. Scores are exact; a true match may be missed:
+            :func:`polars_embed.recall_at_k` measures how often.
+        oversample
+            Candidates rescored per result with ``quantized`` (default 4 for
+            int8, 200 for binary).
         **options
             Options of ``provider``, e.g. ``dims=64``; only with ``provider``.
 
@@ -166,6 +183,7 @@ class _EmbedNamespace(Generic[FrameT]):
             normalized=normalized,
             score=score,
             query_index=query_index,
+            quantized=_Quantized.check(quantized, oversample, metric),
             options=options,
         )
         return self._run(search)
@@ -183,6 +201,8 @@ class _EmbedNamespace(Generic[FrameT]):
         how: Literal["inner", "left"] = "inner",
         suffix: str = "_right",
         score: str = "score",
+        quantized: Quantization | None = None,
+        oversample: int | None = None,
     ) -> FrameT:
         """Join each row to the ``k`` rows of ``other`` whose vectors match its own best.
 
@@ -212,6 +232,9 @@ class _EmbedNamespace(Generic[FrameT]):
             Added to the name of each column of ``other`` that this frame has too.
         score
             Name of the score column (``pl.Float32``).
+        quantized, oversample
+            Search ``other`` through a compact twin of its vectors, as in
+            :meth:`search`.
 
         Returns
         -------
@@ -269,6 +292,7 @@ class _EmbedNamespace(Generic[FrameT]):
             how=how,
             suffix=suffix,
             score=score,
+            quantized=_Quantized.check(quantized, oversample, metric),
         )
         return self._run(join)
 
@@ -466,6 +490,7 @@ class _Search:
     texts: tuple[str, ...] | None  # text queries, embedded when the search runs
     vectors: np.ndarray | None  # (q, d) float32 vector queries
     provider: Provider | None
+    quantized: _Quantized | None
 
     @classmethod
     def plan(
@@ -480,6 +505,7 @@ class _Search:
         normalized: bool | None,
         score: str,
         query_index: str,
+        quantized: _Quantized | None,
         options: dict[str, Any],
     ) -> _Search:
         _check_column(schema, on)
@@ -502,6 +528,7 @@ class _Search:
             texts=texts,
             vectors=vectors,
             provider=None if provider is None else resolve_provider(provider, **options),
+            quantized=quantized,
         )
         _check_new_names(schema, [name for name in (search.query_index, score) if name is not None])
         return search
@@ -535,17 +562,17 @@ class _Search:
 
     def answer(self, frame: pl.DataFrame, queries: np.ndarray) -> pl.DataFrame:
         """The rows of ``frame`` that best match each of ``queries``, with their scores."""
-        column = frame[self.on]
-        indices, scores = topk(
+        indices, scores = _search_frame(
             queries,
-            as_matrix(column),
+            frame,
+            self.on,
             self.k,
-            metric=self.metric,
-            valid=valid_rows(column),
-            normalized=_normalized(self.normalized, provider_of(column)),
+            self.metric,
+            _normalized(self.normalized, provider_of(frame[self.on])),
+            self.quantized,
         )
         found = indices.ravel() >= 0
-        hits = frame.gather(pl.Series(indices.ravel()[found])).with_columns(
+        hits = _gather(frame, indices.ravel()[found], self.on).with_columns(
             pl.Series(self.score, scores.ravel()[found])
         )
         if self.query_index is not None:
@@ -568,6 +595,7 @@ class _KnnJoin:
     keep_unmatched: bool
     score: str
     right_names: dict[str, str]  # right column -> output name
+    quantized: _Quantized | None
 
     @classmethod
     def plan(
@@ -584,6 +612,7 @@ class _KnnJoin:
         how: str,
         suffix: str,
         score: str,
+        quantized: _Quantized | None,
     ) -> _KnnJoin:
         if left_on is None or right_on is None:
             raise ConfigError("knn_join needs the vector columns: pass on=, or left_on= and right_on=")
@@ -604,6 +633,7 @@ class _KnnJoin:
             keep_unmatched=how == "left",
             score=score,
             right_names=right_names,
+            quantized=quantized,
         )
 
     def output_schema(self, left_schema: pl.Schema) -> pl.Schema:
@@ -621,13 +651,11 @@ class _KnnJoin:
                 f"{self.right_on!r} with {right_provider.label}: vectors from different models "
                 "cannot be compared"
             )
-        indices, scores = topk(
-            as_matrix(queries),
-            as_matrix(corpus),
-            self.k,
-            metric=self.metric,
-            valid=valid_rows(corpus),
-            normalized=_normalized(self.normalized, right_provider),
+        normalized = _normalized(self.normalized, right_provider)
+        # The left side is the queries, one array (a BLAS multiply rounds a score differently
+        # with another number of queries); the right side is searched in its chunks.
+        indices, scores = _search_frame(
+            as_matrix(queries), right, self.right_on, self.k, self.metric, normalized, self.quantized
         )
         if indices.shape[1] == 0:  # no row of other can match: one empty slot per row
             indices = np.full((len(left), 1), -1, dtype=np.int64)
@@ -638,15 +666,93 @@ class _KnnJoin:
             keep[:, 0] |= ~found.any(axis=1)
         left_rows = np.repeat(np.arange(len(left)), indices.shape[1])[keep.ravel()]
         unmatched = ~found[keep]
-        right_rows = null_where(pl.Series(indices[keep]), unmatched)
+        right_rows = np.where(unmatched, -1, indices[keep])
         return pl.concat(
             [
                 left.gather(pl.Series(left_rows)),
-                right.rename(self.right_names).gather(right_rows),
+                _gather(right, right_rows, self.right_on).rename(self.right_names),
                 null_where(pl.Series(self.score, scores[keep]), unmatched).to_frame(),
             ],
             how="horizontal",
         )
+
+
+@dataclass(frozen=True)
+class _Quantized:
+    """A quantised search's options, checked."""
+
+    kind: Quantization
+    oversample: int | None
+
+    @classmethod
+    def check(cls, kind: str | None, oversample: int | None, metric: str) -> _Quantized | None:
+        if kind is None:
+            if oversample is not None:
+                raise ConfigError("oversample= is for a quantized= search; pass quantized='int8' or 'binary'")
+            return None
+        if kind not in get_args(Quantization):
+            raise ConfigError(f"quantized must be 'int8', 'binary' or None, got {kind!r}")
+        if metric != "cosine":
+            raise ConfigError(f"a quantized search ranks by cosine similarity, not {metric!r}: drop metric=")
+        return cls(kind, None if oversample is None else check_k(oversample))
+
+
+def _search_frame(
+    queries: np.ndarray,
+    frame: pl.DataFrame,
+    on: str,
+    k: int,
+    metric: Metric,
+    normalized: bool,
+    quantized: _Quantized | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`topk` over the chunks of ``frame[on]``, with what it derives from them kept for the next
+    search: the row norms, or the quantised twin."""
+    column = frame[on]
+    chunks = vector_chunks(column)
+    if quantized is not None:
+        twin = cached_twin(frame, on, chunks, quantized.kind)
+        return quantized_topk(queries, chunks, twin, k, oversample=quantized.oversample)
+    needs_norms = metric == "l2" or (metric == "cosine" and not normalized)
+    return topk(
+        queries,
+        chunks,
+        k,
+        metric=metric,
+        valid=valid_rows(column),
+        normalized=normalized,
+        squared_norms=cached_squared_norms(frame, on, chunks) if needs_norms else None,
+    )
+
+
+def _gather(frame: pl.DataFrame, rows: np.ndarray, column: str) -> pl.DataFrame:
+    """``frame.gather(rows)``, row -1 giving a row of nulls, without copying a chunked frame whole.
+
+    Polars rechunks a column of many chunks to gather from it; here each chunk
+    of ``column`` (the vectors, by far the largest) gives its rows from a
+    zero-copy slice of the frame, and one small gather puts them in order.
+    """
+    lengths = frame[column].chunk_lengths()
+    missing = rows < 0
+    if frame.height == 0:  # every row is missing
+        return frame.clear(len(rows))
+    rows = np.where(missing, 0, rows)
+    if len(lengths) <= 1 or len(rows) == 0:
+        gathered = frame.gather(pl.Series(rows, dtype=pl.Int64))
+    else:
+        starts = np.cumsum([0, *lengths])
+        chunk_of = np.searchsorted(starts, rows, side="right") - 1
+        order = np.argsort(chunk_of, kind="stable")
+        edges = np.searchsorted(chunk_of[order], np.arange(len(lengths) + 1))
+        parts = [
+            frame.slice(int(starts[i]), lengths[i]).gather(pl.Series(rows[order[low:high]] - starts[i]))
+            for i, (low, high) in enumerate(itertools.pairwise(edges))
+            if high > low
+        ]
+        gathered = pl.concat(parts).gather(pl.Series(np.argsort(order)))
+    if not missing.any():
+        return gathered
+    return gathered.select(pl.when(pl.Series(~missing)).then(pl.all()).name.keep())
 
 
 def _parse_query(query: QueryLike) -> tuple[tuple[str, ...] | None, np.ndarray | None, bool]:

@@ -1,0 +1,419 @@
+"""Quantised search: a coarse pass over a compact twin of the vectors, then exact rescoring.
+
+A twin (:func:`quantize`) holds one of two codes per corpus row:
+
+- ``"int8"``: the unit vector, each dimension scaled by its largest absolute
+  value in the corpus to the range -127..127; a quarter of the float32 bytes.
+  The coarse score is the dot product of the scaled query with the codes.
+- ``"binary"``: one sign bit per dimension of the vector minus the corpus mean,
+  64 to a word; a thirty-second of the float32 bytes. The coarse score is the
+  Hamming distance to the query's bits, counted with popcount.
+
+:func:`quantized_topk` ranks every row by the coarse score, keeps
+``oversample * k`` candidates per query, and rescores those exactly, by cosine
+similarity on their float32 vectors: the scores returned are exact, only the
+candidate set is approximate. :func:`recall_at_k` measures what that costs
+against exact :func:`~polars_embed.kernels.topk` on a sample of queries.
+
+Only cosine similarity is offered: both codes describe directions.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Literal, get_args
+
+import array_api_compat
+
+from polars_embed import _xp
+from polars_embed._xp import Array, Namespace
+from polars_embed.errors import ConfigError, DimensionMismatchError
+from polars_embed.kernels import (
+    _SCORE_BLOCK_ELEMENTS,
+    Corpus,
+    _as_float32,
+    _blocks,
+    _chunks,
+    _corpus_chunks,
+    _merge_block,
+    _rank,
+    _searchable,
+    _squared_norms,
+    _take_rows,
+    check_k,
+    topk,
+    topk_merge,
+)
+
+__all__ = ["Quantization", "QuantizedVectors", "quantize", "quantized_topk", "recall_at_k"]
+
+Quantization = Literal["int8", "binary"]
+_KINDS: tuple[str, ...] = get_args(Quantization)
+# Candidates rescored per result: what reached recall@10 >= 0.99 on 20,000 MiniLM
+# vectors of real-word sentences (benchmarks/README.md): int8 found every exact
+# result even at 2, binary reached 0.994 at 200 (0.94 at 50). Random vectors need more.
+DEFAULT_OVERSAMPLE: dict[str, int] = {"int8": 4, "binary": 200}
+# Corpus rows per block of the Hamming pass: its temporaries stay in the caches.
+_HAMMING_BLOCK = 16384
+# Corpus rows per block when making a twin: small enough that temporaries stay in cache.
+_QUANTIZE_BLOCK = 8192
+
+
+@dataclass(frozen=True, eq=False)
+class QuantizedVectors:
+    """The compact twin of a corpus of ``n`` vectors of width ``width``, made by :func:`quantize`.
+
+    ``codes`` is ``(n, width)`` int8 for ``"int8"``, ``(words, n)`` uint64
+    for ``"binary"`` (word-major, so each pass reads one word of every row);
+    ``scales`` (int8) and ``center`` (binary) are per-dimension float32;
+    ``searchable`` says which rows can match (finite, non-zero, valid).
+    """
+
+    kind: Quantization
+    codes: Array
+    scales: Array | None
+    center: Array | None
+    searchable: Array
+    width: int
+
+    @property
+    def n_rows(self) -> int:
+        return self.searchable.shape[0]
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held by the codes, which is what the coarse pass reads."""
+        return _nbytes(self.codes)
+
+
+def quantize(corpus: Corpus, kind: Quantization, *, valid: Array | None = None) -> QuantizedVectors:
+    """Make the compact twin of ``corpus`` that :func:`quantized_topk` searches.
+
+    Parameters
+    ----------
+    corpus : array (n, d), or a sequence of (n_i, d) chunks
+        The vectors, as for :func:`~polars_embed.kernels.topk`.
+    kind : {"int8", "binary"}
+        int8 codes (a quarter of float32) or sign bits (a thirty-second).
+    valid : boolean array, shape (n,), optional
+        False marks rows that must never be returned.
+
+    Returns
+    -------
+    QuantizedVectors
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> corpus = np.random.default_rng(0).standard_normal((1000, 384), dtype=np.float32)
+    >>> quantize(corpus, "binary").nbytes, quantize(corpus, "int8").nbytes, corpus.nbytes
+    (48000, 384000, 1536000)
+    """
+    if kind not in _KINDS:
+        raise ConfigError(f"unknown quantization {kind!r}: pass one of {', '.join(map(repr, _KINDS))}")
+    chunks = _corpus_chunks(corpus)
+    xp = _xp.namespace(*chunks, valid)
+    width = chunks[0].shape[1]
+
+    def blocks() -> Iterator[tuple[int, Array]]:
+        # Walked once per pass, never kept: joined small chunks are the only copies.
+        return _blocks(xp, chunks, _QUANTIZE_BLOCK)
+
+    with _xp.float_errors_ignored():
+        searchable = [_searchable(xp, _squared_norms(xp, rows), "cosine") for _, rows in blocks()]
+        searchable = _concat(xp, searchable, (0,), xp.bool, chunks[0])
+        if valid is not None:
+            searchable = searchable & valid
+        if kind == "int8":
+            scales = _int8_scales(xp, blocks(), searchable, width)
+            codes = [_int8_codes(xp, rows, scales) for _, rows in blocks()]
+            return QuantizedVectors(
+                kind, _concat(xp, codes, (0, width), xp.int8, chunks[0]), scales, None, searchable, width
+            )
+        center = _mean(xp, blocks(), searchable, width)
+        words = [xp.matrix_transpose(_sign_words(xp, rows, center)) for _, rows in blocks()]
+        codes = _concat(xp, words, (-(-width // 64), 0), xp.uint64, chunks[0], axis=1)
+        return QuantizedVectors(kind, codes, None, center, searchable, width)
+
+
+def quantized_topk(
+    queries: Array,
+    corpus: Corpus,
+    quantized: QuantizedVectors,
+    k: int = 10,
+    *,
+    oversample: int | None = None,
+) -> tuple[Array, Array]:
+    """The ``k`` rows of best cosine similarity, found through the twin and rescored exactly.
+
+    Parameters
+    ----------
+    queries : array, shape (q, d) or (d,)
+        Query vectors.
+    corpus : array (n, d), or a sequence of (n_i, d) chunks
+        The float32 vectors the twin was made from: the candidates are
+        rescored on them.
+    quantized : QuantizedVectors
+        The twin, from ``quantize(corpus, ...)``.
+    k : int, default 10
+        Results per query.
+    oversample : int, optional
+        Candidates rescored per result (``oversample * k`` per query). More
+        gives better recall and costs more. Default: 4 for int8, 200 for binary.
+
+    Returns
+    -------
+    indices : int64 array, shape (q, k_eff)
+    scores : float32 array, shape (q, k_eff)
+        As :func:`~polars_embed.kernels.topk` returns them for cosine: best
+        first, ties to the lower row, -1 and NaN for a query that cannot match.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> corpus = np.random.default_rng(0).standard_normal((5000, 64), dtype=np.float32)
+    >>> twin = quantize(corpus, "binary")
+    >>> found, _ = quantized_topk(corpus[:3], corpus, twin, k=1)
+    >>> found
+    array([[0],
+           [1],
+           [2]])
+    """
+    k = check_k(k)
+    oversample = DEFAULT_OVERSAMPLE[quantized.kind] if oversample is None else check_k(oversample)
+    chunks = _corpus_chunks(corpus)
+    xp = _xp.namespace(queries, *chunks)
+    if queries.ndim == 1:
+        queries = xp.reshape(queries, (1, queries.shape[0]))
+    queries = _as_float32(xp, queries)
+    n_rows = sum(chunk.shape[0] for chunk in chunks)
+    if queries.shape[1] != quantized.width or n_rows != quantized.n_rows:
+        raise DimensionMismatchError(
+            f"the twin was made from {quantized.n_rows} vectors of width {quantized.width}, but the "
+            f"corpus has {n_rows} of width {chunks[0].shape[1]} and the queries width {queries.shape[1]}: "
+            "make the twin from this corpus"
+        )
+    candidates = min(k * oversample, quantized.n_rows)
+    with _xp.float_errors_ignored():
+        squared = xp.vecdot(queries, queries)
+        usable = xp.isfinite(squared) & (squared > 0)
+        unit = xp.where(usable[:, None], queries / xp.sqrt(xp.where(usable, squared, 1.0))[:, None], 0.0)
+        if candidates == 0:
+            rows = xp.full((queries.shape[0], 0), -1, dtype=xp.int64, device=_device(queries))
+        elif quantized.kind == "int8":
+            rows, _ = topk(
+                unit * quantized.scales,
+                quantized.codes,
+                candidates,
+                metric="dot",
+                valid=quantized.searchable,
+            )
+        else:
+            rows = _hamming_topk(xp, unit, quantized, candidates)
+        rows = xp.where(usable[:, None], rows, -1)
+        return _rescore(xp, unit, chunks, rows, min(k, int(xp.count_nonzero(quantized.searchable))))
+
+
+def recall_at_k(
+    corpus: Corpus,
+    quantized: QuantizedVectors,
+    *,
+    queries: Array | None = None,
+    k: int = 10,
+    sample: int = 100,
+    seed: int = 0,
+    oversample: int | None = None,
+) -> float:
+    """The share of the exact top-``k`` that :func:`quantized_topk` finds, over a sample of queries.
+
+    Parameters
+    ----------
+    corpus, quantized
+        The vectors and their twin.
+    queries : array (q, d), optional
+        The queries to try. Default: ``sample`` rows of the corpus drawn at
+        random, each searched with itself left out of both result lists.
+    k : int, default 10
+        Results per query compared.
+    sample : int, default 100
+        Corpus rows to draw as queries when ``queries`` is not given.
+    seed : int, default 0
+        Seed of that draw.
+    oversample : int, optional
+        As in :func:`quantized_topk`.
+
+    Returns
+    -------
+    float
+        Between 0 and 1; 1.0 when the quantised search finds every exact result.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> corpus = np.random.default_rng(0).standard_normal((2000, 32), dtype=np.float32)
+    >>> recall_at_k(corpus, quantize(corpus, "int8"), k=5, oversample=20) > 0.95
+    True
+    """
+    import numpy
+
+    k = check_k(k)
+    chunks = _corpus_chunks(corpus)
+    xp = _xp.namespace(*chunks)
+    leave_out = queries is None
+    if leave_out:
+        searchable = numpy.flatnonzero(numpy.asarray(quantized.searchable))
+        picked = numpy.sort(
+            numpy.random.default_rng(seed).choice(searchable, min(sample, searchable.size), replace=False)
+        )
+        queries = _take_rows(xp, chunks, xp.asarray(picked, device=_device(chunks[0])))
+    wanted = k + 1 if leave_out else k
+    exact, _ = topk(queries, chunks, wanted, metric="cosine", valid=quantized.searchable)
+    found, _ = quantized_topk(queries, chunks, quantized, wanted, oversample=oversample)
+    exact, found = numpy.asarray(exact), numpy.asarray(found)
+    hits = total = 0
+    for i in range(exact.shape[0]):
+        expected = [row for row in exact[i].tolist() if row >= 0]
+        got = [row for row in found[i].tolist() if row >= 0]
+        if leave_out:
+            query_row = int(picked[i])
+            expected = [row for row in expected if row != query_row][:k]
+            got = [row for row in got if row != query_row][:k]
+        hits += len(set(expected) & set(got))
+        total += len(expected)
+    return hits / total if total else 1.0
+
+
+def _hamming_topk(xp: Namespace, unit: Array, quantized: QuantizedVectors, candidates: int) -> Array:
+    """Each query's ``candidates`` rows of least Hamming distance, ties to the lower row.
+
+    The corpus is split into one range of rows per core, each ranked on its
+    own thread (numpy's bitwise passes release the GIL), and the ranges'
+    lists merge by :func:`topk_merge`.
+    """
+    query_words = _xp.pack_bits(xp, (unit - quantized.center) > 0)
+    n_rows = quantized.n_rows
+    n_parts = _threads(xp) if n_rows >= 4 * _HAMMING_BLOCK else 1
+    parts = _chunks(n_rows, -(-n_rows // n_parts))
+
+    def rank(part: slice) -> tuple[Array, Array]:
+        return _hamming_range(xp, query_words, quantized, part, candidates)
+
+    if len(parts) == 1:
+        results = [rank(parts[0])]
+    else:
+        with ThreadPoolExecutor(len(parts), thread_name_prefix="polars-embed-hamming") as pool:
+            results = list(pool.map(rank, parts))
+    rows, _ = topk_merge([r for r, _ in results], [-d for _, d in results], candidates, metric="dot")
+    return rows
+
+
+def _hamming_range(
+    xp: Namespace, query_words: Array, quantized: QuantizedVectors, part: slice, candidates: int
+) -> tuple[Array, Array]:
+    """Best ``candidates`` rows of one row range by Hamming distance: (rows, distances)."""
+    device = _device(query_words)
+    n_queries, n_words = query_words.shape
+    block_rows = max(1, min(_HAMMING_BLOCK, _SCORE_BLOCK_ELEMENTS // max(n_queries, 1)))
+    best_keys = xp.full((n_queries, candidates), -xp.inf, dtype=xp.float32, device=device)
+    best_rows = xp.full((n_queries, candidates), -1, dtype=xp.int64, device=device)
+    with _xp.float_errors_ignored():
+        for block in _chunks(part.stop - part.start, block_rows):
+            rows = slice(part.start + block.start, part.start + block.stop)
+            if rows.stop <= rows.start:
+                continue
+            distance = xp.zeros((n_queries, rows.stop - rows.start), dtype=xp.uint16, device=device)
+            for word in range(n_words):
+                different = quantized.codes[word, rows][None, :] ^ query_words[:, word, None]
+                distance += xp.astype(_xp.bitwise_count(xp, different), xp.uint16)
+            keys = -xp.astype(distance, xp.float32)
+            keys = xp.where(quantized.searchable[rows], keys, -xp.inf)
+            best_keys, best_rows = _merge_block(xp, keys, rows.start, best_keys, best_rows, None, "dot")
+    return best_rows, -best_keys
+
+
+def _rescore(xp: Namespace, unit: Array, chunks: list[Array], rows: Array, k: int) -> tuple[Array, Array]:
+    """Exact cosine of each query with its candidate rows, and the best ``k`` of them."""
+    n_queries, n_candidates = rows.shape
+    width = unit.shape[1]
+    found = rows >= 0
+    if n_candidates == 0 or k == 0:
+        empty = xp.full((n_queries, k), -1, dtype=xp.int64, device=_device(unit))
+        return empty, xp.full((n_queries, k), xp.nan, dtype=xp.float32, device=_device(unit))
+    per_chunk = max(1, _SCORE_BLOCK_ELEMENTS // (n_candidates * width))
+    keys = []
+    for chunk in _chunks(n_queries, per_chunk):
+        picked = xp.where(found[chunk, :], rows[chunk, :], 0)
+        vectors = xp.reshape(_take_rows(xp, chunks, xp.reshape(picked, (-1,))), (-1, n_candidates, width))
+        norms = xp.sqrt(_squared_norms(xp, vectors))
+        keys.append(xp.vecdot(vectors, unit[chunk, None, :]) / xp.where(norms > 0, norms, 1.0))
+    keys = xp.where(found, xp.concat(keys, axis=0), -xp.inf)
+    indices, best = _rank(xp, xp.where(found, rows, -1), keys, min(k, n_candidates))
+    indices = xp.where(best > -xp.inf, indices, -1)
+    return indices, xp.where(indices >= 0, best, xp.nan)
+
+
+def _int8_scales(xp: Namespace, blocks: Iterator[tuple[int, Array]], searchable: Array, width: int) -> Array:
+    """Per dimension, the largest absolute value of the searchable unit vectors over 127."""
+    largest = xp.zeros((width,), dtype=xp.float32, device=_device(searchable))
+    for first_row, rows in blocks:
+        unit = _unit_rows(xp, rows, searchable[first_row : first_row + rows.shape[0]])
+        largest = xp.maximum(largest, xp.max(xp.abs(unit), axis=0))
+    return xp.where(largest > 0, largest, 1.0) / 127
+
+
+def _int8_codes(xp: Namespace, rows: Array, scales: Array) -> Array:
+    unit = _unit_rows(xp, rows, None)
+    return xp.astype(xp.clip(xp.round(unit / scales), -127, 127), xp.int8)
+
+
+def _unit_rows(xp: Namespace, rows: Array, searchable: Array | None) -> Array:
+    """Rows scaled to unit length. With ``searchable``, the rows that cannot match become
+    zeros (for sums over the corpus); without, they are left as they come (masked later)."""
+    squared = _squared_norms(xp, rows)
+    usable = _searchable(xp, squared, "cosine")
+    unit = rows * (1.0 / xp.sqrt(xp.where(usable, squared, 1.0)))[:, None]
+    if searchable is None:
+        return unit
+    return xp.where((usable & searchable)[:, None], unit, 0.0)
+
+
+def _mean(xp: Namespace, blocks: Iterator[tuple[int, Array]], searchable: Array, width: int) -> Array:
+    """The mean of the searchable unit vectors: signs around it split the corpus evenly."""
+    total = xp.zeros((width,), dtype=xp.float32, device=_device(searchable))
+    for first_row, rows in blocks:
+        unit = _unit_rows(xp, rows, searchable[first_row : first_row + rows.shape[0]])
+        total = total + xp.sum(unit, axis=0)
+    return total / max(int(xp.count_nonzero(searchable)), 1)
+
+
+def _sign_words(xp: Namespace, rows: Array, center: Array) -> Array:
+    return _xp.pack_bits(xp, (_unit_rows(xp, rows, None) - center) > 0)
+
+
+def _concat(
+    xp: Namespace, parts: list[Array], empty_shape: tuple[int, ...], dtype: object, like: Array, axis: int = 0
+) -> Array:
+    if not parts:
+        return xp.zeros(empty_shape, dtype=dtype, device=_device(like))
+    return xp.concat(parts, axis=axis) if len(parts) > 1 else parts[0]
+
+
+def _threads(xp: Namespace) -> int:
+    """Threads for the coarse pass: one per core for numpy, one elsewhere (CuPy is asynchronous)."""
+    if not array_api_compat.is_numpy_namespace(xp):
+        return 1
+    cores = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else range(os.cpu_count() or 1)
+    return max(1, len(cores))
+
+
+def _device(x: Array) -> object:
+    return array_api_compat.device(x)
+
+
+def _nbytes(x: Array) -> int:
+    import numpy
+
+    return int(x.size) * numpy.dtype(str(x.dtype)).itemsize

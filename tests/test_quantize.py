@@ -1,0 +1,156 @@
+"""Quantised search: twins, the coarse pass, exact rescoring, recall, and the Polars options."""
+
+from __future__ import annotations
+
+from unittest import mock
+
+import numpy as np
+import polars as pl
+import pytest
+
+import polars_embed
+from polars_embed import quantization as quantize_module
+from polars_embed.kernels import pairwise_scores, topk
+from polars_embed.quantization import quantize, quantized_topk, recall_at_k
+
+KINDS = ("int8", "binary")
+
+
+def clustered(rows: int, dims: int, seed: int = 0) -> np.ndarray:
+    """Vectors around a few hundred centres, like embeddings of related texts (not uniform noise)."""
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((max(rows // 20, 1), dims), dtype=np.float32)
+    vectors = centres[rng.integers(0, len(centres), rows)] + 0.35 * rng.standard_normal(
+        (rows, dims), dtype=np.float32
+    )
+    return vectors + 0.5  # off-centre, as real embeddings are: the binary twin centres them
+
+
+@pytest.mark.parametrize(("kind", "least"), [("int8", 0.99), ("binary", 0.95)])
+def test_recall_on_a_seeded_clustered_corpus(kind: str, least: float) -> None:
+    corpus = clustered(20_000, 96)
+    twin = quantize(corpus, kind)
+    assert recall_at_k(corpus, twin, k=10, sample=60) >= least
+    noise = np.random.default_rng(1).standard_normal((40, 96), dtype=np.float32)
+    queries = corpus[::500] + 0.3 * noise  # new texts about the corpus's topics
+    assert recall_at_k(corpus, twin, queries=queries, k=10) >= least
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_scores_are_exact_cosines_best_first(kind: str) -> None:
+    corpus = clustered(3000, 32)
+    queries = clustered(5, 32, seed=2)
+    indices, scores = quantized_topk(queries, corpus, quantize(corpus, kind), k=8)
+    assert indices.shape == scores.shape == (5, 8) and scores.dtype == np.float32
+    for query, rows, row_scores in zip(queries, indices, scores, strict=True):
+        np.testing.assert_allclose(row_scores, pairwise_scores(corpus[rows], query), rtol=1e-5, atol=1e-6)
+        assert np.all(np.diff(row_scores) <= 0)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_null_zero_and_nan_rows_never_match(kind: str) -> None:
+    corpus = clustered(500, 16)
+    corpus[[0, 1]] = 0
+    corpus[2, 3] = np.nan
+    corpus[3, 0] = np.inf
+    valid = np.ones(500, dtype=bool)
+    valid[4] = False
+    queries = np.stack([corpus[5], corpus[0], np.full(16, np.nan, np.float32)])
+    queries[0] = corpus[4]  # the query is the invalid row itself: it must not be found
+    indices, scores = quantized_topk(queries, corpus, quantize(corpus, kind, valid=valid), k=600)
+    assert indices.shape == (3, 495)
+    assert set(indices[0].tolist()).isdisjoint({0, 1, 2, 3, 4})
+    assert np.all(indices[1:] == -1) and np.isnan(scores[1:]).all()  # zero and NaN queries
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_twin_of_chunks_is_the_twin_of_the_whole(kind: str) -> None:
+    corpus = clustered(9000, 40)
+    whole = quantize(corpus, kind)
+    chunked = quantize([corpus[:10], corpus[10:5000], corpus[5000:]], kind)
+    np.testing.assert_array_equal(whole.codes, chunked.codes)
+    queries = clustered(4, 40, seed=3)
+    np.testing.assert_array_equal(
+        quantized_topk(queries, corpus, whole, 5)[0],
+        quantized_topk(queries, [corpus[:4000], corpus[4000:]], chunked, 5)[0],
+    )
+
+
+def test_the_twins_take_a_quarter_and_a_thirty_second_of_the_bytes() -> None:
+    corpus = clustered(1000, 384)
+    assert quantize(corpus, "int8").nbytes == corpus.nbytes // 4
+    assert quantize(corpus, "binary").nbytes == corpus.nbytes // 32
+
+
+def test_the_coarse_pass_runs_on_several_threads_with_the_same_result() -> None:
+    corpus = clustered(80_000, 32)
+    queries = clustered(3, 32, seed=4)
+    twin = quantize(corpus, "binary")
+    with mock.patch.object(quantize_module, "_threads", return_value=1):
+        one = quantized_topk(queries, corpus, twin, 10)
+    with mock.patch.object(quantize_module, "_threads", return_value=3):
+        three = quantized_topk(queries, corpus, twin, 10)
+    np.testing.assert_array_equal(one[0], three[0])
+
+
+def test_bad_arguments() -> None:
+    corpus = clustered(100, 8)
+    with pytest.raises(ValueError, match="unknown quantization"):
+        quantize(corpus, "int4")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="make the twin from this corpus"):
+        quantized_topk(corpus[:2], corpus[:50], quantize(corpus, "int8"))
+
+
+class TestPolars:
+    def test_search_and_knn_join_find_what_exact_search_finds(self) -> None:
+        corpus = clustered(4000, 48)
+        frame = pl.DataFrame({"id": range(4000), "vec": corpus})
+        query = corpus[17] + 0.01
+        for kind in KINDS:
+            exact = frame.embed.search(query, k=5)
+            quantized = frame.embed.search(query, k=5, quantized=kind)
+            assert quantized["id"].to_list() == exact["id"].to_list()
+            np.testing.assert_allclose(quantized["score"], exact["score"], rtol=1e-5)
+            left = frame.head(20)
+            joined = left.embed.knn_join(frame, on="vec", k=3, quantized=kind, oversample=50)
+            assert (
+                joined["id_right"].to_list()
+                == left.embed.knn_join(frame, on="vec", k=3)["id_right"].to_list()
+            )
+            lazy = frame.lazy().embed.search(query, k=5, quantized=kind).collect()
+            assert lazy["id"].to_list() == exact["id"].to_list()
+
+    def test_the_twin_is_kept_with_the_frame_and_made_again_for_new_data(self) -> None:
+        corpus = clustered(2000, 16)
+        frame = pl.DataFrame({"id": range(2000), "vec": corpus})
+        with mock.patch.object(
+            polars_embed.namespaces._vectors, "quantize", wraps=quantize_module.quantize
+        ) as made:
+            frame.embed.search(corpus[3], k=2, quantized="binary")
+            frame.embed.search(corpus[4], k=2, quantized="binary")
+            assert made.call_count == 1
+            changed = corpus.copy()
+            changed[3] = -changed[3]
+            frame.replace_column(1, pl.Series("vec", changed))
+            hits = frame.embed.search(corpus[3], k=1, quantized="binary")
+            assert made.call_count == 2
+        assert hits["id"].to_list() != [3]
+
+    def test_options_are_checked_when_the_plan_is_made(self) -> None:
+        frame = pl.DataFrame({"vec": clustered(10, 4)})
+        with pytest.raises(ValueError, match="'int8', 'binary' or None"):
+            frame.lazy().embed.search([1.0, 0, 0, 0], quantized="pq")
+        with pytest.raises(ValueError, match="by cosine similarity, not 'l2'"):
+            frame.embed.search([1.0, 0, 0, 0], quantized="int8", metric="l2")
+        with pytest.raises(ValueError, match="oversample= is for a quantized= search"):
+            frame.embed.knn_join(frame, on="vec", oversample=3)
+
+
+def test_exact_topk_is_what_recall_compares_with() -> None:
+    corpus = clustered(2000, 24)
+    twin = quantize(corpus, "int8")
+    queries = clustered(10, 24, seed=5)
+    exact, _ = topk(queries, corpus, 5)
+    found, _ = quantized_topk(queries, corpus, twin, 5, oversample=400)  # every row rescored
+    np.testing.assert_array_equal(found, exact)
+    assert recall_at_k(corpus, twin, queries=queries, k=5, oversample=400) == 1.0
