@@ -29,9 +29,23 @@ from typing import Any, Literal, get_args
 import numpy as np
 import polars as pl
 
+from polars_embed.engine import rerank_scores
 from polars_embed.errors import ConfigError, MissingDependencyError
+from polars_embed.reranker import Reranker
 
-__all__ = ["FUSIONS", "RRF_K", "Fused", "Fusion", "KeywordIndex", "check_fusion", "fuse"]
+__all__ = [
+    "CANDIDATES",
+    "FUSIONS",
+    "KEYWORD_RANK",
+    "RRF_K",
+    "VECTOR_RANK",
+    "Fused",
+    "Fusion",
+    "KeywordIndex",
+    "check_fusion",
+    "fuse",
+    "reranked",
+]
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +53,10 @@ Fusion = Literal["rrf", "weighted"]
 FUSIONS: tuple[Fusion, ...] = get_args(Fusion)
 #: The constant of reciprocal rank fusion: larger values flatten the gap between ranks.
 RRF_K = 60
+#: Rows each ranking contributes to a fusion, at the least (more when ``k`` or ``rerank_top`` is larger).
+CANDIDATES = 50
+#: The columns a hybrid or reranked search adds: each row's rank by the vectors and by keywords.
+VECTOR_RANK, KEYWORD_RANK = "vector_rank", "keyword_rank"
 
 
 def check_fusion(fusion: str, weight: float) -> Fusion:
@@ -109,6 +127,11 @@ class Fused:
     vector_ranks: np.ndarray
     keyword_ranks: np.ndarray
 
+    @classmethod
+    def of_vectors(cls, rows: np.ndarray, scores: np.ndarray) -> Fused:
+        """A vector ranking alone, as a fused one: no keyword ranks."""
+        return cls(rows, scores, np.arange(1, len(rows) + 1), np.zeros(len(rows), dtype=np.int64))
+
     def take(self, count: int) -> Fused:
         """The first ``count`` rows."""
         return Fused(
@@ -176,6 +199,21 @@ def fuse(
         raise ConfigError(f"fusion must be one of {FUSIONS}, got {fusion!r}")
     order, fused_scores = _best(np.arange(len(rows)), scores.astype(np.float32), len(rows))
     return Fused(rows[order], fused_scores, ranks[0][order], ranks[1][order])
+
+
+def reranked(candidates: Fused, query: str, texts: Sequence[str | None], reranker: Reranker) -> Fused:
+    """``candidates`` in the order of ``reranker``'s relevance of their ``texts`` to ``query``
+    (best first, ties kept in the candidates' order), which becomes their score; a null text
+    scores NaN and goes last. The ranks stay those before reranking."""
+    relevance = rerank_scores(query, texts, reranker)
+    key = np.where(np.isnan(relevance), -np.inf, relevance)
+    order = np.lexsort((np.arange(len(key)), -key))
+    return Fused(
+        candidates.rows[order],
+        relevance[order],
+        candidates.vector_ranks[order],
+        candidates.keyword_ranks[order],
+    )
 
 
 def _ranks_of(rows: np.ndarray, ranking: np.ndarray) -> np.ndarray:

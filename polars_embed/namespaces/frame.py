@@ -27,15 +27,27 @@ from polars_embed.errors import (
     ColumnNotFoundError,
     ConfigError,
     DuplicateColumnError,
+    InputTypeError,
     InvalidInputError,
 )
 from polars_embed.kernels import Metric, check_k, check_metric, topk
+from polars_embed.keywords import (
+    CANDIDATES,
+    KEYWORD_RANK,
+    VECTOR_RANK,
+    Fused,
+    Fusion,
+    check_fusion,
+    fuse,
+    reranked,
+)
 from polars_embed.metadata import provider_for_query, provider_of
 from polars_embed.namespaces._plot import plot_chart
 from polars_embed.namespaces._vectors import (
     VectorsLike,
     as_matrix,
     as_query_vectors,
+    cached_keyword_index,
     cached_squared_norms,
     cached_twin,
     check_same_width,
@@ -46,7 +58,8 @@ from polars_embed.namespaces._vectors import (
 )
 from polars_embed.provider import Kind, Provider
 from polars_embed.quantization import Quantization, quantized_topk
-from polars_embed.registry import ProviderLike, resolve_provider
+from polars_embed.registry import ProviderLike, RerankerLike, resolve_provider, resolve_reranker
+from polars_embed.reranker import Reranker
 
 if TYPE_CHECKING:
     import altair as alt
@@ -76,6 +89,12 @@ class _EmbedNamespace(Generic[FrameT]):
         query_index: str = "query_index",
         quantized: Quantization | None = None,
         oversample: int | None = None,
+        text: str | None = None,
+        hybrid: bool = False,
+        fusion: Fusion = "rrf",
+        weight: float = 0.5,
+        rerank: RerankerLike | None = None,
+        rerank_top: int = 50,
         **options: Any,
     ) -> FrameT:
         """The ``k`` rows whose vectors best match a query, best first, with a score column.
@@ -114,6 +133,31 @@ class _EmbedNamespace(Generic[FrameT]):
         oversample
             Candidates rescored per result with ``quantized`` (default 4 for
             int8, 200 for binary).
+        text
+            The text column the vectors were made from, for ``hybrid`` and ``rerank``.
+        hybrid
+            Also rank the rows of ``text`` by BM25 keyword relevance to the query,
+            and fuse the two rankings: what vectors blur (an error code, a part
+            number) the keywords find. The best ``max(k, rerank_top, 50)`` rows of
+            each ranking are fused; ``score`` is then the fused score, and the
+            columns ``vector_rank`` and ``keyword_rank`` (``pl.UInt32``, 1 for the
+            best, null where a row is not in that ranking) say which contributed.
+            The keyword index is built on the first hybrid search of a
+            DataFrame's column and kept with the frame (a LazyFrame builds it
+            each time it is collected). Needs the ``hybrid`` extra (bm25s).
+        fusion
+            How the rankings are fused: ``"rrf"``, reciprocal rank fusion (ranks only),
+            or ``"weighted"``, a weighted sum of each ranking's scores scaled to [0, 1].
+        weight
+            The vector ranking's share of a ``"weighted"`` fusion, from 0 to 1.
+        rerank
+            A reranker (``"cohere:rerank-v3.5"``, a ``"sentence-transformers:..."``
+            cross-encoder, or a :class:`~polars_embed.Reranker`) that reads the
+            query with the text of each of the best ``rerank_top`` rows and puts them
+            in its order; ``score`` is then its relevance, and ``vector_rank`` (and,
+            with ``hybrid``, ``keyword_rank``) says where each row was before.
+        rerank_top
+            Candidates sent to the reranker per query.
         **options
             Options of ``provider``, e.g. ``dims=64``; only with ``provider``.
 
@@ -159,6 +203,23 @@ class _EmbedNamespace(Generic[FrameT]):
         │ the cat slept ┆ 0.398 │
         └───────────────┴───────┘
 
+        A hybrid search also ranks the words of ``text``, and says which ranking
+        found each row (a row with a null text is never a keyword match):
+
+        >>> df.embed.search("cat", text="text", k=3, hybrid=True).select(
+        ...     "text", "vector_rank", "keyword_rank", pl.col("score").round(4)
+        ... )
+        shape: (3, 4)
+        ┌───────────────────┬─────────────┬──────────────┬────────┐
+        │ text              ┆ vector_rank ┆ keyword_rank ┆ score  │
+        │ ---               ┆ ---         ┆ ---          ┆ ---    │
+        │ str               ┆ u32         ┆ u32          ┆ f32    │
+        ╞═══════════════════╪═════════════╪══════════════╪════════╡
+        │ a cat sat         ┆ 1           ┆ 1            ┆ 0.0328 │
+        │ the cat slept     ┆ 2           ┆ 2            ┆ 0.0323 │
+        │ stock prices fell ┆ 3           ┆ null         ┆ 0.0159 │
+        └───────────────────┴─────────────┴──────────────┴────────┘
+
         A LazyFrame searches when collected, and a batch of queries says which
         query each row answers:
 
@@ -185,6 +246,14 @@ class _EmbedNamespace(Generic[FrameT]):
             query_index=query_index,
             quantized=_Quantized.check(quantized, oversample, metric),
             options=options,
+            ranking=_Ranking.check(
+                text=text,
+                hybrid=hybrid,
+                fusion=fusion,
+                weight=weight,
+                rerank=rerank,
+                rerank_top=rerank_top,
+            ),
         )
         return self._run(search)
 
@@ -491,6 +560,7 @@ class _Search:
     vectors: np.ndarray | None  # (q, d) float32 vector queries
     provider: Provider | None
     quantized: _Quantized | None
+    ranking: _Ranking | None = None  # hybrid and reranked searches
 
     @classmethod
     def plan(
@@ -507,9 +577,12 @@ class _Search:
         query_index: str,
         quantized: _Quantized | None,
         options: dict[str, Any],
+        ranking: _Ranking | None = None,
     ) -> _Search:
         _check_column(schema, on)
         texts, vectors, single = _parse_query(query)
+        if ranking is not None:
+            ranking.check_frame(schema, texts)
         if texts is None and provider is not None:
             raise ConfigError(
                 "provider= embeds text queries, but these queries are vectors already: leave it out"
@@ -529,13 +602,16 @@ class _Search:
             vectors=vectors,
             provider=None if provider is None else resolve_provider(provider, **options),
             quantized=quantized,
+            ranking=ranking,
         )
-        _check_new_names(schema, [name for name in (search.query_index, score) if name is not None])
+        ranks = ranking.columns if ranking is not None else []
+        _check_new_names(schema, [name for name in (search.query_index, score, *ranks) if name is not None])
         return search
 
     def output_schema(self, schema: pl.Schema) -> pl.Schema:
         query_column = {self.query_index: pl.UInt32} if self.query_index else {}
-        return pl.Schema({**query_column, **schema, self.score: pl.Float32})
+        ranks = {name: pl.UInt32 for name in self.ranking.columns} if self.ranking is not None else {}
+        return pl.Schema({**query_column, **schema, self.score: pl.Float32, **ranks})
 
     def __call__(self, frame: pl.DataFrame) -> pl.DataFrame:
         return self.answer(frame, self.query_vectors(frame[self.on]))
@@ -562,23 +638,134 @@ class _Search:
 
     def answer(self, frame: pl.DataFrame, queries: np.ndarray) -> pl.DataFrame:
         """The rows of ``frame`` that best match each of ``queries``, with their scores."""
-        indices, scores = _search_frame(
-            queries,
-            frame,
-            self.on,
-            self.k,
-            self.metric,
-            _normalized(self.normalized, provider_of(frame[self.on])),
-            self.quantized,
-        )
+        if self.ranking is None:
+            indices, scores = self.vector_ranking(frame, queries, self.k)
+            ranks: list[pl.Series] = []
+        else:
+            indices, scores, ranks = self.ranking.rank(self, frame, queries)
         found = indices.ravel() >= 0
         hits = _gather(frame, indices.ravel()[found], self.on).with_columns(
-            pl.Series(self.score, scores.ravel()[found])
+            pl.Series(self.score, scores.ravel()[found]), *(rank.filter(found) for rank in ranks)
         )
         if self.query_index is not None:
             query_numbers = np.repeat(np.arange(len(queries), dtype=np.uint32), indices.shape[1])
             hits.insert_column(0, pl.Series(self.query_index, query_numbers[found]))
         return hits
+
+    def vector_ranking(
+        self, frame: pl.DataFrame, queries: np.ndarray, k: int
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The ``k`` best rows for each query by the vectors, and their scores (:func:`topk`'s layout)."""
+        return _search_frame(
+            queries,
+            frame,
+            self.on,
+            k,
+            self.metric,
+            _normalized(self.normalized, provider_of(frame[self.on])),
+            self.quantized,
+        )
+
+
+@dataclass(frozen=True)
+class _Ranking:
+    """How a search ranks beyond the vectors: BM25 keywords fused in, and a reranker."""
+
+    text: str
+    keywords: bool
+    fusion: Fusion
+    weight: float
+    reranker: Reranker | None
+    rerank_top: int
+
+    @classmethod
+    def check(
+        cls,
+        *,
+        text: str | None,
+        hybrid: bool,
+        fusion: Fusion,
+        weight: float,
+        rerank: RerankerLike | None,
+        rerank_top: int,
+    ) -> _Ranking | None:
+        """The ranking asked for, checked; ``None`` for a search by vectors only."""
+        fusion = check_fusion(fusion, weight)
+        rerank_top = check_k(rerank_top)
+        if not hybrid and rerank is None:
+            if text is not None:
+                raise ConfigError("text= is for hybrid=True or rerank=: pass one of them, or leave text out")
+            return None
+        if text is None:
+            raise ConfigError(
+                f"{'hybrid=True' if hybrid else 'rerank='} needs text=, the text column the vectors "
+                "were made from"
+            )
+        reranker = None if rerank is None else resolve_reranker(rerank)
+        return cls(text, bool(hybrid), fusion, weight, reranker, rerank_top)
+
+    @property
+    def columns(self) -> list[str]:
+        """The rank columns the search adds."""
+        return [VECTOR_RANK, KEYWORD_RANK] if self.keywords else [VECTOR_RANK]
+
+    def check_frame(self, schema: pl.Schema, texts: tuple[str, ...] | None) -> None:
+        if texts is None:
+            raise ConfigError(
+                "hybrid and reranked searches need text queries (their words are ranked and read), "
+                "not vectors: pass the query text"
+            )
+        if self.text not in schema:
+            raise ColumnNotFoundError(
+                f"no text column {self.text!r}: pass text= one of the columns, {', '.join(map(repr, schema))}"
+            )
+        if schema[self.text] != pl.String:
+            raise InputTypeError(
+                f"text= names column {self.text!r}, which is {schema[self.text]}, not text (pl.String): "
+                f"pass the text column the vectors were made from"
+            )
+
+    def rank(
+        self, search: _Search, frame: pl.DataFrame, queries: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, list[pl.Series]]:
+        """Each query's best ``k`` rows and their scores (``topk``'s layout), and the rank columns."""
+        assert search.texts is not None  # checked by check_frame
+        k = search.k
+        depth = max(k, self.rerank_top if self.reranker else 0, CANDIDATES)
+        indices, scores = search.vector_ranking(frame, queries, depth)
+        index = cached_keyword_index(frame, self.text) if self.keywords else None
+        answers = []
+        for number, query in enumerate(search.texts):
+            found = indices[number] >= 0
+            vector = (indices[number][found], scores[number][found])
+            if index is not None:
+                keyword = index.ranking(query, depth)
+                fused = fuse(
+                    vector,
+                    keyword,
+                    fusion=self.fusion,
+                    weight=self.weight,
+                    higher_is_better=search.metric != "l2",
+                )
+            else:
+                fused = Fused.of_vectors(*vector)
+            if self.reranker is not None:
+                candidates = fused.take(self.rerank_top)
+                texts = frame[self.text].gather(candidates.rows).to_list()
+                fused = reranked(candidates, query, texts, self.reranker)
+            answers.append(fused.take(k))
+        width = max((len(answer.rows) for answer in answers), default=0)
+        rows = np.full((len(answers), width), -1, dtype=np.int64)
+        fused_scores = np.full((len(answers), width), np.nan, dtype=np.float32)
+        ranks = np.zeros((2, len(answers), width), dtype=np.int64)
+        for number, answer in enumerate(answers):
+            size = len(answer.rows)
+            rows[number, :size] = answer.rows
+            fused_scores[number, :size] = answer.scores
+            ranks[0, number, :size] = answer.vector_ranks
+            ranks[1, number, :size] = answer.keyword_ranks
+        flat = Fused(rows.ravel(), fused_scores.ravel(), ranks[0].ravel(), ranks[1].ravel())
+        return rows, fused_scores, flat.rank_columns(VECTOR_RANK, KEYWORD_RANK)[: len(self.columns)]
 
 
 @dataclass(frozen=True, eq=False)
