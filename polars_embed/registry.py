@@ -9,6 +9,7 @@ looked up the same way.
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import importlib
 import importlib.metadata
@@ -57,11 +58,13 @@ class ProviderEntry:
 
 
 class RerankerEntry(ProviderEntry):
-    """A registered reranker. The registry's defaults are for providers: a reranker
-    is built from the options given to it only."""
+    """A registered reranker. It takes those of the registry's defaults for the provider of
+    its name that it has options for: Cohere's endpoint and key serve both."""
 
     def create(self, **options: Any) -> Provider:
-        return self.provider_class.create(**options).bind(self.registry)
+        known = {field.name for field in dataclasses.fields(self.provider_class) if field.init}
+        defaults = {key: value for key, value in self.registry.defaults(self.name).items() if key in known}
+        return self.provider_class.create(**{**defaults, **options}).bind(self.registry)
 
 
 class Registry:
@@ -210,6 +213,8 @@ class Registry:
         when a pickled provider is unpickled. This is how a file written elsewhere
         is searched with your own endpoint and key, never the file's. The options
         given replace any earlier defaults of ``name``; ``configure(name)`` clears them.
+        A reranker of the same name (``"cohere"``) takes those of them it has options
+        for, so one endpoint and key serve Cohere's embeddings and reranking.
 
         Only runtime and secret options can be defaults: an identity option changes
         the vectors, so it belongs where a provider is built, and a code-only one

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import numpy as np
+import polars as pl
 import pytest
 
-from polars_embed import ConfigError
+import polars_embed
+from polars_embed import ColumnNotFoundError, ConfigError, DuplicateColumnError, InputTypeError
 from polars_embed.keywords import KeywordIndex, check_fusion, fuse
+from tests.fake_servers import FakeCohereRerank
 
 pytest.importorskip("bm25s")
 
@@ -100,3 +103,175 @@ class TestKeywordIndex:
     def test_a_query_of_unknown_words_matches_nothing(self) -> None:
         rows, scores = KeywordIndex(CORPUS).ranking("zzz qqq", depth=10)
         assert rows.tolist() == [] and scores.tolist() == []
+
+
+@pytest.fixture(scope="module")
+def tickets() -> pl.DataFrame:
+    """The identifier corpus, embedded by the real default model."""
+    pytest.importorskip("sentence_transformers")
+    frame = pl.DataFrame({"body": CORPUS})
+    return frame.with_columns(vec=pl.col("body").embed.with_provider("sentence-transformers"))
+
+
+def rank_of(hits: pl.DataFrame, text: str) -> int | None:
+    found = hits.with_row_index("rank", offset=1).filter(pl.col("body") == text)
+    return found["rank"].item() if found.height else None
+
+
+class TestFrames:
+    def test_hybrid_finds_the_identifier_that_vectors_rank_below_k(self, tickets: pl.DataFrame) -> None:
+        by_vectors = tickets.embed.search(QUERY, k=len(CORPUS))
+        assert rank_of(by_vectors, TARGET) > 10  # all the login errors look closer to the query
+        hybrid = tickets.embed.search(QUERY, text="body", k=10, hybrid=True)
+        assert rank_of(hybrid, TARGET) is not None
+        assert hybrid.filter(pl.col("body") == TARGET)["keyword_rank"].item() == 1
+        assert hybrid.columns == ["body", "vec", "score", "vector_rank", "keyword_rank"]
+
+    @pytest.mark.parametrize("fusion", ["rrf", "weighted"])
+    def test_the_fusion_equals_one_computed_by_hand(self, tickets: pl.DataFrame, fusion: str) -> None:
+        import bm25s
+
+        hits = tickets.embed.search(QUERY, text="body", k=8, hybrid=True, fusion=fusion, weight=0.7)
+        # the vector ranking: cosine over every row, by numpy
+        vectors = tickets["vec"].to_numpy()
+        query = polars_embed.embed([QUERY], "sentence-transformers", kind="query").to_numpy()[0]
+        with np.errstate(invalid="ignore"):
+            cosine = vectors @ query / np.linalg.norm(vectors, axis=1) / np.linalg.norm(query)
+        vector_order = [
+            int(i)
+            for i in np.argsort(-np.nan_to_num(cosine, nan=-2), kind="stable")
+            if not np.isnan(cosine[i])
+        ]
+        # the keyword ranking: bm25s on its own
+        tokenizer = bm25s.tokenization.Tokenizer(stopwords="en")
+        retriever = bm25s.BM25()
+        retriever.index(
+            (tokenizer.tokenize([t or "" for t in CORPUS], show_progress=False), tokenizer.get_vocab_dict()),
+            show_progress=False,
+        )
+        (ids,) = tokenizer.tokenize([QUERY], update_vocab=False, show_progress=False)
+        bm25 = retriever.get_scores_from_ids([i for i in ids if i != tokenizer.get_vocab_dict()[""]])
+        keyword_order = sorted(np.flatnonzero(bm25 > 0).tolist(), key=lambda i: (-bm25[i], i))
+        expected: dict[int, float] = {}
+        for ranking, share, scores in ((vector_order, 0.7, cosine), (keyword_order, 0.3, bm25)):
+            values = [scores[i] for i in ranking]
+            for rank, row in enumerate(ranking, start=1):
+                if fusion == "rrf":
+                    part = 1 / (60 + rank)
+                else:
+                    part = share * (scores[row] - min(values)) / (max(values) - min(values))
+                expected[row] = expected.get(row, 0.0) + part
+        best = sorted(expected, key=lambda row: (-expected[row], row))[:8]
+        assert hits["body"].to_list() == [CORPUS[row] for row in best]
+        np.testing.assert_allclose(hits["score"].to_numpy(), [expected[row] for row in best], rtol=1e-5)
+        assert hits["vector_rank"].to_list() == [vector_order.index(row) + 1 for row in best]
+        assert hits["keyword_rank"].to_list() == [
+            keyword_order.index(row) + 1 if row in keyword_order else None for row in best
+        ]
+
+    def test_the_keyword_index_is_built_once_per_column_data(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        import bm25s
+
+        builds = []
+        index = bm25s.BM25.index
+        monkeypatch.setattr(
+            bm25s.BM25, "index", lambda self, *a, **kw: builds.append(1) or index(self, *a, **kw)
+        )
+        frame = pl.DataFrame({"body": CORPUS}).with_columns(
+            vec=pl.col("body").embed.with_provider("hashing", dims=64)
+        )
+        for query in (QUERY, "refund", "login"):
+            frame.embed.search(query, text="body", k=3, hybrid=True)
+        assert len(builds) == 1
+        frame.embed.search(QUERY, text="body", k=3, hybrid=True, fusion="weighted")
+        assert len(builds) == 1  # the same index, whatever the fusion
+        changed = frame.with_columns(pl.col("body").str.to_uppercase())
+        hits = changed.embed.search("REFUND", text="body", k=1, hybrid=True)
+        assert len(builds) == 2  # other texts: another index
+        assert hits["body"].item() == "REFUND NOT RECEIVED AFTER CANCELLING THE ORDER"
+        frame.embed.search(QUERY, text="body", k=3, hybrid=True)
+        assert len(builds) == 2  # the first frame's index is still kept
+
+    def test_a_lazy_frame_and_a_batch_of_queries(self) -> None:
+        frame = pl.DataFrame({"body": CORPUS}).with_columns(
+            vec=pl.col("body").embed.with_provider("hashing", dims=64)
+        )
+        lazy = frame.lazy().embed.search([QUERY, "refund"], text="body", k=2, hybrid=True)
+        assert lazy.collect_schema()["keyword_rank"] == pl.UInt32
+        hits = lazy.collect()
+        assert hits["query_index"].to_list() == [0, 0, 1, 1]
+        assert (
+            hits.filter(pl.col("query_index") == 0)["body"].to_list()
+            == frame.embed.search(QUERY, text="body", k=2, hybrid=True)["body"].to_list()
+        )
+
+    @pytest.mark.parametrize(
+        ("options", "error", "message"),
+        [
+            ({"hybrid": True}, ConfigError, "needs text="),
+            ({"text": "body"}, ConfigError, "text= is for hybrid=True or rerank="),
+            ({"hybrid": True, "text": "nope"}, ColumnNotFoundError, "no text column 'nope'"),
+            ({"hybrid": True, "text": "n"}, InputTypeError, "not text"),
+            ({"hybrid": True, "text": "body", "fusion": "max"}, ConfigError, "fusion must be one of"),
+            ({"hybrid": True, "text": "body", "rerank_top": 0}, ConfigError, "k must be"),
+        ],
+    )
+    def test_bad_options_are_clear_errors(self, options: dict, error: type, message: str) -> None:
+        frame = pl.DataFrame({"body": ["a cat"], "n": [1]}).with_columns(
+            vec=pl.col("body").embed.with_provider("hashing", dims=8)
+        )
+        with pytest.raises(error, match=message):
+            frame.embed.search("cat", **options)
+
+    def test_a_vector_query_cannot_be_hybrid(self) -> None:
+        frame = pl.DataFrame({"body": ["a cat"]}).with_columns(
+            vec=pl.col("body").embed.with_provider("hashing", dims=8)
+        )
+        with pytest.raises(ConfigError, match="need text queries"):
+            frame.embed.search(np.ones(8, dtype=np.float32), text="body", hybrid=True)
+
+    def test_an_output_name_taken_is_refused(self) -> None:
+        frame = pl.DataFrame({"body": ["a cat"], "vector_rank": [1]}).with_columns(
+            vec=pl.col("body").embed.with_provider("hashing", dims=8)
+        )
+        with pytest.raises(DuplicateColumnError, match="'vector_rank'"):
+            frame.embed.search("cat", text="body", hybrid=True)
+
+
+class TestReranking:
+    def test_the_reranker_puts_the_best_candidates_in_its_order(self) -> None:
+        pytest.importorskip("cohere")
+        with FakeCohereRerank(key="test-key") as server:
+            reranker = polars_embed.resolve_reranker("cohere", base_url=server.url, api_key="test-key")
+            frame = pl.DataFrame({"body": CORPUS}).with_columns(
+                vec=pl.col("body").embed.with_provider("hashing", dims=64)
+            )
+            by_vectors = frame.embed.search(QUERY, k=6)
+            hits = frame.embed.search(QUERY, text="body", k=3, rerank=reranker, rerank_top=6)
+            candidates = by_vectors["body"].to_list()
+            relevance = {text: FakeCohereRerank.relevance(QUERY, text) for text in candidates}
+            expected = sorted(candidates, key=lambda text: (-relevance[text], candidates.index(text)))[:3]
+            assert hits["body"].to_list() == expected
+            np.testing.assert_allclose(hits["score"].to_numpy(), [relevance[t] for t in expected], rtol=1e-6)
+            assert hits["vector_rank"].to_list() == [candidates.index(t) + 1 for t in expected]
+            assert "keyword_rank" not in hits.columns
+            (request,) = server.requests
+            assert sorted(request.body["documents"]) == sorted(candidates)  # only the top 6 were sent
+
+    def test_a_hybrid_search_reranked_by_name_with_the_registrys_endpoint(self) -> None:
+        pytest.importorskip("cohere")
+        frame = pl.DataFrame({"body": CORPUS}).with_columns(
+            vec=pl.col("body").embed.with_provider("hashing", dims=64)
+        )
+        with FakeCohereRerank(key="test-key") as server:
+            polars_embed.get_registry().configure("cohere", base_url=server.url, api_key="test-key")
+            try:
+                hits = frame.embed.search(QUERY, text="body", k=2, hybrid=True, rerank="cohere:rerank-v3.5")
+            finally:
+                polars_embed.get_registry().configure("cohere")
+        texts = [text for text in CORPUS if text]  # fewer than rerank_top: every row is a candidate
+        (request,) = server.requests
+        assert sorted(request.body["documents"]) == sorted(texts)
+        best = max(texts, key=lambda text: FakeCohereRerank.relevance(QUERY, text))
+        assert hits["body"].to_list()[0] == best
+        assert hits.columns[-3:] == ["score", "vector_rank", "keyword_rank"]
