@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import importlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, get_args
 
@@ -31,6 +31,8 @@ import polars as pl
 
 from polars_embed.engine import rerank_scores
 from polars_embed.errors import ConfigError, MissingDependencyError
+from polars_embed.kernels import check_k
+from polars_embed.registry import RerankerLike, resolve_reranker
 from polars_embed.reranker import Reranker
 
 __all__ = [
@@ -42,6 +44,7 @@ __all__ = [
     "Fused",
     "Fusion",
     "KeywordIndex",
+    "Ranking",
     "check_fusion",
     "fuse",
     "reranked",
@@ -132,6 +135,26 @@ class Fused:
         """A vector ranking alone, as a fused one: no keyword ranks."""
         return cls(rows, scores, np.arange(1, len(rows) + 1), np.zeros(len(rows), dtype=np.int64))
 
+    @classmethod
+    def padded(cls, rankings: Sequence[Fused], width: int) -> Fused:
+        """Several rankings, each padded to ``width`` (row -1, score NaN, ranks 0), end to end."""
+        parts = []
+        for ranking in rankings:
+            missing = width - len(ranking.rows)
+            parts.append(
+                (
+                    np.concatenate([ranking.rows, np.full(missing, -1, dtype=np.int64)]),
+                    np.concatenate([ranking.scores, np.full(missing, np.nan, dtype=np.float32)]),
+                    np.concatenate([ranking.vector_ranks, np.zeros(missing, dtype=np.int64)]),
+                    np.concatenate([ranking.keyword_ranks, np.zeros(missing, dtype=np.int64)]),
+                )
+            )
+        if not parts:
+            return cls(
+                np.zeros(0, np.int64), np.zeros(0, np.float32), np.zeros(0, np.int64), np.zeros(0, np.int64)
+            )
+        return cls(*(np.concatenate(columns) for columns in zip(*parts, strict=True)))
+
     def take(self, count: int) -> Fused:
         """The first ``count`` rows."""
         return Fused(
@@ -144,6 +167,84 @@ class Fused:
             pl.Series(name, ranks, dtype=pl.UInt32).replace(0, None)
             for name, ranks in ((vector_rank, self.vector_ranks), (keyword_rank, self.keyword_ranks))
         ]
+
+
+@dataclass(frozen=True)
+class Ranking:
+    """How a search ranks beyond the vectors: BM25 keywords fused in, and a reranker.
+
+    What the front ends share; each one ranks the vectors and the keywords its own way
+    and hands both to :meth:`combine`.
+    """
+
+    text: str
+    keywords: bool
+    fusion: Fusion
+    weight: float
+    reranker: Reranker | None
+    rerank_top: int
+
+    @classmethod
+    def check(
+        cls,
+        *,
+        text: str | None,
+        hybrid: bool,
+        fusion: Fusion,
+        weight: float,
+        rerank: RerankerLike | None,
+        rerank_top: int,
+    ) -> Ranking | None:
+        """The ranking asked for, checked; ``None`` for a search by vectors only."""
+        fusion = check_fusion(fusion, weight)
+        rerank_top = check_k(rerank_top)
+        if not hybrid and rerank is None:
+            if text is not None:
+                raise ConfigError("text= is for hybrid=True or rerank=: pass one of them, or leave text out")
+            return None
+        if text is None:
+            raise ConfigError(
+                f"{'hybrid=True' if hybrid else 'rerank='} needs text=, the text column the vectors "
+                "were made from"
+            )
+        reranker = None if rerank is None else resolve_reranker(rerank)
+        return cls(text, bool(hybrid), fusion, weight, reranker, rerank_top)
+
+    @property
+    def columns(self) -> list[str]:
+        """The rank columns the search adds."""
+        return [VECTOR_RANK, KEYWORD_RANK] if self.keywords else [VECTOR_RANK]
+
+    def depth(self, k: int) -> int:
+        """How many rows each ranking contributes, for ``k`` results."""
+        return max(k, self.rerank_top if self.reranker else 0, CANDIDATES)
+
+    def combine(
+        self,
+        query: str,
+        vector: tuple[np.ndarray, np.ndarray],
+        keyword: tuple[np.ndarray, np.ndarray] | None,
+        *,
+        k: int,
+        higher_is_better: bool,
+        texts_of: Callable[[np.ndarray], Sequence[str | None]],
+    ) -> Fused:
+        """The ``k`` best rows for ``query``: the two rankings fused (the vector one alone
+        without keywords), then the best ``rerank_top`` reranked, their texts by ``texts_of``."""
+        if keyword is None:
+            ranked = Fused.of_vectors(*vector)
+        else:
+            ranked = fuse(
+                vector, keyword, fusion=self.fusion, weight=self.weight, higher_is_better=higher_is_better
+            )
+        if self.reranker is not None:
+            candidates = ranked.take(self.rerank_top)
+            ranked = reranked(candidates, query, texts_of(candidates.rows), self.reranker)
+        return ranked.take(k)
+
+    def rank_columns(self, ranked: Fused) -> list[pl.Series]:
+        """The rank columns of ``ranked``, as :attr:`columns` names them."""
+        return ranked.rank_columns(VECTOR_RANK, KEYWORD_RANK)[: len(self.columns)]
 
 
 def fuse(

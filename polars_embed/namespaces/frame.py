@@ -31,16 +31,7 @@ from polars_embed.errors import (
     InvalidInputError,
 )
 from polars_embed.kernels import Metric, check_k, check_metric, topk
-from polars_embed.keywords import (
-    CANDIDATES,
-    KEYWORD_RANK,
-    VECTOR_RANK,
-    Fused,
-    Fusion,
-    check_fusion,
-    fuse,
-    reranked,
-)
+from polars_embed.keywords import Fused, Fusion, Ranking
 from polars_embed.metadata import provider_for_query, provider_of
 from polars_embed.namespaces._plot import plot_chart
 from polars_embed.namespaces._vectors import (
@@ -58,8 +49,7 @@ from polars_embed.namespaces._vectors import (
 )
 from polars_embed.provider import Kind, Provider
 from polars_embed.quantization import Quantization, quantized_topk
-from polars_embed.registry import ProviderLike, RerankerLike, resolve_provider, resolve_reranker
-from polars_embed.reranker import Reranker
+from polars_embed.registry import ProviderLike, RerankerLike, resolve_provider
 
 if TYPE_CHECKING:
     import altair as alt
@@ -246,7 +236,7 @@ class _EmbedNamespace(Generic[FrameT]):
             query_index=query_index,
             quantized=_Quantized.check(quantized, oversample, metric),
             options=options,
-            ranking=_Ranking.check(
+            ranking=Ranking.check(
                 text=text,
                 hybrid=hybrid,
                 fusion=fusion,
@@ -513,6 +503,7 @@ class EmbedFrameNamespace(_EmbedNamespace[pl.DataFrame]):
                 normalized=None,
                 score="score",
                 query_index="query",
+                quantized=None,
                 options=options,
             )
         return plot_chart(
@@ -560,7 +551,7 @@ class _Search:
     vectors: np.ndarray | None  # (q, d) float32 vector queries
     provider: Provider | None
     quantized: _Quantized | None
-    ranking: _Ranking | None = None  # hybrid and reranked searches
+    ranking: Ranking | None = None  # hybrid and reranked searches
 
     @classmethod
     def plan(
@@ -577,12 +568,12 @@ class _Search:
         query_index: str,
         quantized: _Quantized | None,
         options: dict[str, Any],
-        ranking: _Ranking | None = None,
+        ranking: Ranking | None = None,
     ) -> _Search:
         _check_column(schema, on)
         texts, vectors, single = _parse_query(query)
         if ranking is not None:
-            ranking.check_frame(schema, texts)
+            _check_text_search(ranking, schema, texts)
         if texts is None and provider is not None:
             raise ConfigError(
                 "provider= embeds text queries, but these queries are vectors already: leave it out"
@@ -642,7 +633,7 @@ class _Search:
             indices, scores = self.vector_ranking(frame, queries, self.k)
             ranks: list[pl.Series] = []
         else:
-            indices, scores, ranks = self.ranking.rank(self, frame, queries)
+            indices, scores, ranks = _ranked_search(self.ranking, self, frame, queries)
         found = indices.ravel() >= 0
         hits = _gather(frame, indices.ravel()[found], self.on).with_columns(
             pl.Series(self.score, scores.ravel()[found]), *(rank.filter(found) for rank in ranks)
@@ -667,105 +658,50 @@ class _Search:
         )
 
 
-@dataclass(frozen=True)
-class _Ranking:
-    """How a search ranks beyond the vectors: BM25 keywords fused in, and a reranker."""
+def _check_text_search(ranking: Ranking, schema: pl.Schema, texts: tuple[str, ...] | None) -> None:
+    """A hybrid or reranked search needs text queries and a text column."""
+    if texts is None:
+        raise ConfigError(
+            "hybrid and reranked searches need text queries (their words are ranked and read), "
+            "not vectors: pass the query text"
+        )
+    if ranking.text not in schema:
+        raise ColumnNotFoundError(
+            f"no text column {ranking.text!r}: pass text= one of the columns, {', '.join(map(repr, schema))}"
+        )
+    if schema[ranking.text] != pl.String:
+        raise InputTypeError(
+            f"text= names column {ranking.text!r}, which is {schema[ranking.text]}, not text (pl.String): "
+            f"pass the text column the vectors were made from"
+        )
 
-    text: str
-    keywords: bool
-    fusion: Fusion
-    weight: float
-    reranker: Reranker | None
-    rerank_top: int
 
-    @classmethod
-    def check(
-        cls,
-        *,
-        text: str | None,
-        hybrid: bool,
-        fusion: Fusion,
-        weight: float,
-        rerank: RerankerLike | None,
-        rerank_top: int,
-    ) -> _Ranking | None:
-        """The ranking asked for, checked; ``None`` for a search by vectors only."""
-        fusion = check_fusion(fusion, weight)
-        rerank_top = check_k(rerank_top)
-        if not hybrid and rerank is None:
-            if text is not None:
-                raise ConfigError("text= is for hybrid=True or rerank=: pass one of them, or leave text out")
-            return None
-        if text is None:
-            raise ConfigError(
-                f"{'hybrid=True' if hybrid else 'rerank='} needs text=, the text column the vectors "
-                "were made from"
+def _ranked_search(
+    ranking: Ranking, search: _Search, frame: pl.DataFrame, queries: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, list[pl.Series]]:
+    """Each query's best ``k`` rows and their scores (``topk``'s layout), and the rank columns."""
+    assert search.texts is not None  # checked by _check_text_search
+    depth = ranking.depth(search.k)
+    indices, scores = search.vector_ranking(frame, queries, depth)
+    index = cached_keyword_index(frame, ranking.text) if ranking.keywords else None
+    texts = frame[ranking.text]
+    answers = []
+    for number, query in enumerate(search.texts):
+        found = indices[number] >= 0
+        answers.append(
+            ranking.combine(
+                query,
+                (indices[number][found], scores[number][found]),
+                None if index is None else index.ranking(query, depth),
+                k=search.k,
+                higher_is_better=search.metric != "l2",
+                texts_of=lambda rows: texts.gather(rows).to_list(),
             )
-        reranker = None if rerank is None else resolve_reranker(rerank)
-        return cls(text, bool(hybrid), fusion, weight, reranker, rerank_top)
-
-    @property
-    def columns(self) -> list[str]:
-        """The rank columns the search adds."""
-        return [VECTOR_RANK, KEYWORD_RANK] if self.keywords else [VECTOR_RANK]
-
-    def check_frame(self, schema: pl.Schema, texts: tuple[str, ...] | None) -> None:
-        if texts is None:
-            raise ConfigError(
-                "hybrid and reranked searches need text queries (their words are ranked and read), "
-                "not vectors: pass the query text"
-            )
-        if self.text not in schema:
-            raise ColumnNotFoundError(
-                f"no text column {self.text!r}: pass text= one of the columns, {', '.join(map(repr, schema))}"
-            )
-        if schema[self.text] != pl.String:
-            raise InputTypeError(
-                f"text= names column {self.text!r}, which is {schema[self.text]}, not text (pl.String): "
-                f"pass the text column the vectors were made from"
-            )
-
-    def rank(
-        self, search: _Search, frame: pl.DataFrame, queries: np.ndarray
-    ) -> tuple[np.ndarray, np.ndarray, list[pl.Series]]:
-        """Each query's best ``k`` rows and their scores (``topk``'s layout), and the rank columns."""
-        assert search.texts is not None  # checked by check_frame
-        k = search.k
-        depth = max(k, self.rerank_top if self.reranker else 0, CANDIDATES)
-        indices, scores = search.vector_ranking(frame, queries, depth)
-        index = cached_keyword_index(frame, self.text) if self.keywords else None
-        answers = []
-        for number, query in enumerate(search.texts):
-            found = indices[number] >= 0
-            vector = (indices[number][found], scores[number][found])
-            if index is not None:
-                keyword = index.ranking(query, depth)
-                fused = fuse(
-                    vector,
-                    keyword,
-                    fusion=self.fusion,
-                    weight=self.weight,
-                    higher_is_better=search.metric != "l2",
-                )
-            else:
-                fused = Fused.of_vectors(*vector)
-            if self.reranker is not None:
-                candidates = fused.take(self.rerank_top)
-                texts = frame[self.text].gather(candidates.rows).to_list()
-                fused = reranked(candidates, query, texts, self.reranker)
-            answers.append(fused.take(k))
-        width = max((len(answer.rows) for answer in answers), default=0)
-        rows = np.full((len(answers), width), -1, dtype=np.int64)
-        fused_scores = np.full((len(answers), width), np.nan, dtype=np.float32)
-        ranks = np.zeros((2, len(answers), width), dtype=np.int64)
-        for number, answer in enumerate(answers):
-            size = len(answer.rows)
-            rows[number, :size] = answer.rows
-            fused_scores[number, :size] = answer.scores
-            ranks[0, number, :size] = answer.vector_ranks
-            ranks[1, number, :size] = answer.keyword_ranks
-        flat = Fused(rows.ravel(), fused_scores.ravel(), ranks[0].ravel(), ranks[1].ravel())
-        return rows, fused_scores, flat.rank_columns(VECTOR_RANK, KEYWORD_RANK)[: len(self.columns)]
+        )
+    width = max((len(answer.rows) for answer in answers), default=0)
+    padded = Fused.padded(answers, width)
+    shape = (len(answers), width)
+    return padded.rows.reshape(shape), padded.scores.reshape(shape), ranking.rank_columns(padded)
 
 
 @dataclass(frozen=True, eq=False)
