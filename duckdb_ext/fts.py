@@ -66,20 +66,14 @@ def create_fts_index(con: duckdb.DuckDBPyConnection, table: TableName, column: s
         Its text column.
     """
     target = resolve_table(con, table)
-    _build(con, target, _text_column(target, column))
+    _build(con, target, text_column(target, column))
 
 
-def keyword_ranking(
-    con: duckdb.DuckDBPyConnection, table: Table, text: Column, query: str, depth: int, where: str | None
-) -> tuple[np.ndarray, np.ndarray]:
-    """The ``depth`` rows (row ids) that best match ``query`` by BM25, and their scores, best
-    first, ties to the lower row id; only rows that have a word of the query, and pass ``where``.
-
-    The table's full-text index is built on first use, and again when the table's row
-    count is no longer the index's; an index over another column is an error.
-    """
+def prepare_index(con: duckdb.DuckDBPyConnection, table: Table, text: Column) -> None:
+    """Make sure the table's full-text index covers ``text`` and all its rows: build it on
+    first use, and again when the table's row count is no longer the index's; an index
+    over another column is an error."""
     load_fts(con)
-    schema = _index_schema(table)
     indexed = _indexed_fields(con, table)
     if indexed is None:
         _build(con, table, text)
@@ -90,10 +84,19 @@ def keyword_ranking(
         )
     else:
         (rows,) = one_row(con, f"SELECT count(*) FROM {table.sql}")
-        (documents,) = one_row(con, f"SELECT count(*) FROM {schema}.docs")
+        (documents,) = one_row(con, f"SELECT count(*) FROM {_index_schema(table)}.docs")
         if rows != documents:
             log.info("table %s has %d rows, its full-text index %d: rebuilding it", table, rows, documents)
             _build(con, table, text)
+
+
+def keyword_ranking(
+    con: duckdb.DuckDBPyConnection, table: Table, text: Column, query: str, depth: int, where: str | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """The ``depth`` rows (row ids) that best match ``query`` by BM25, and their scores, best
+    first, ties to the lower row id; only rows that have a word of the query, and pass ``where``.
+    The index must be ready (:func:`prepare_index`)."""
+    schema = _index_schema(table)
     condition = f" AND (\n{where}\n)" if where else ""
     match = f"{schema}.match_bm25"
     # The rows filtered in a subquery of their own: the macro's own tables (one named docs)
@@ -108,7 +111,8 @@ def keyword_ranking(
     return rows, np.array([score for _, score in found], dtype=np.float32)
 
 
-def _text_column(table: Table, name: str) -> Column:
+def text_column(table: Table, name: str) -> Column:
+    """Column ``name`` of ``table``, which must be text, for keyword ranking."""
     column = table.column(name)
     if column is None:
         raise ConfigError(f"table {table} has no column {name!r} to rank keywords in")
