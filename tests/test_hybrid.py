@@ -2,12 +2,24 @@
 
 from __future__ import annotations
 
+from functools import partial
+
+import duckdb
 import numpy as np
 import polars as pl
 import pytest
 
+import duckdb_ext
 import polars_embed
-from polars_embed import ColumnNotFoundError, ConfigError, DuplicateColumnError, InputTypeError
+from duckdb_ext import fts
+from duckdb_ext._extensions import packaged_extension
+from polars_embed import (
+    ColumnNotFoundError,
+    ConfigError,
+    DuplicateColumnError,
+    InputTypeError,
+    MissingDependencyError,
+)
 from polars_embed.keywords import KeywordIndex, check_fusion, fuse
 from tests.fake_servers import FakeCohereRerank
 
@@ -275,3 +287,140 @@ class TestReranking:
         best = max(texts, key=lambda text: FakeCohereRerank.relevance(QUERY, text))
         assert hits["body"].to_list()[0] == best
         assert hits.columns[-3:] == ["score", "vector_rank", "keyword_rank"]
+
+
+needs_fts = pytest.mark.skipif(
+    packaged_extension("fts") is None,
+    reason=f"duckdb-extension-fts has no fts extension for duckdb {duckdb.__version__}",
+)
+
+
+def ticket_table(con: duckdb.DuckDBPyConnection, frame: pl.DataFrame, name: str = "tickets") -> None:
+    con.register("frame_view", frame)
+    con.sql(f"CREATE TABLE {name} AS SELECT * FROM frame_view")
+    con.unregister("frame_view")
+
+
+@needs_fts
+class TestDuckDB:
+    def test_hybrid_finds_the_identifier_that_vectors_rank_below_k(self, tickets: pl.DataFrame) -> None:
+        con = duckdb.connect()
+        ticket_table(con, tickets)
+        search = partial(duckdb_ext.search, con, "tickets", "vec", QUERY, provider="sentence-transformers")
+        by_vectors = [body for (body,) in search(k=len(CORPUS)).select("body").fetchall()]
+        assert by_vectors.index(TARGET) + 1 > 10
+        hybrid = search(k=10, text="body", hybrid=True).select("body, score, vector_rank, keyword_rank")
+        rows = {body: ranks for body, *ranks in hybrid.fetchall()}
+        assert TARGET in rows
+        assert rows[TARGET][2] == 1  # first by keywords
+        assert hybrid.types[2:] == ["UINTEGER", "UINTEGER"]
+
+    def test_the_fusion_of_duckdbs_own_rankings(self) -> None:
+        con = duckdb.connect()
+        frame = pl.DataFrame({"body": CORPUS}).with_columns(
+            vec=pl.col("body").embed.with_provider("hashing", dims=64)
+        )
+        ticket_table(con, frame)
+        hits = duckdb_ext.search(
+            con, "tickets", "vec", QUERY, k=5, text="body", hybrid=True, fusion="weighted", weight=0.25
+        ).fetchall()
+        # the same fusion, of the vector ranking by exact search and the keyword ranking by fts
+        vector = duckdb_ext.search(con, "tickets", "vec", QUERY, k=50, exact=True).select("body, score")
+        keyword = con.sql(
+            "SELECT body, fts_main_tickets.match_bm25(rowid, ?) AS s FROM tickets WHERE s > 0", params=[QUERY]
+        ).fetchall()
+        keyword.sort(key=lambda row: (-row[1], CORPUS.index(row[0])))
+
+        def ranking(rows: list[tuple[str, float]]) -> tuple[np.ndarray, np.ndarray]:
+            return np.array([CORPUS.index(body) for body, _ in rows]), np.array([s for _, s in rows])
+
+        fused = fuse(ranking(vector.fetchall()), ranking(keyword), fusion="weighted", weight=0.25)
+        assert [row[0] for row in hits] == [CORPUS[row] for row in fused.rows[:5]]
+        np.testing.assert_allclose([row[2] for row in hits], fused.scores[:5], rtol=1e-5)
+        assert [row[3] for row in hits] == [int(rank) or None for rank in fused.vector_ranks[:5]]
+
+    def test_the_index_is_built_once_and_again_when_rows_are_added(
+        self, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        builds = []
+        build = fts._build
+        monkeypatch.setattr(fts, "_build", lambda *args: builds.append(1) or build(*args))
+        con = duckdb.connect()
+        _ = duckdb_ext.register(con, "hashing", dims=64)
+        con.sql(
+            "CREATE TABLE docs AS SELECT body, embed(body) AS vec FROM (VALUES ('a black cat'), "
+            "('a small dog'), (NULL)) t(body)"
+        )
+        search = partial(duckdb_ext.search, con, "docs", "vec", k=2, text="body", hybrid=True)
+        for query in ("black cat", "dog", "cat"):
+            search(query).fetchall()
+        assert len(builds) == 1
+        con.sql("INSERT INTO docs SELECT 'code E1234', embed('code E1234')")
+        assert search("E1234").select("body, keyword_rank").fetchall()[0] == ("code E1234", 1)
+        assert len(builds) == 2
+        search("E1234", where="body LIKE '%dog%'").fetchall()
+        assert len(builds) == 2
+
+    def test_an_index_over_another_column_is_not_overwritten(self) -> None:
+        con = duckdb.connect()
+        _ = duckdb_ext.register(con, "hashing", dims=8)
+        con.sql(
+            "CREATE TABLE docs AS SELECT body, 'x' AS title, embed(body) AS vec "
+            "FROM (VALUES ('a cat')) t(body)"
+        )
+        duckdb_ext.create_fts_index(con, "docs", "title")
+        with pytest.raises(ConfigError, match=r"full-text index over \['title'\]"):
+            duckdb_ext.search(con, "docs", "vec", "cat", text="body", hybrid=True)
+
+    def test_reranked_by_a_fake_cohere(self) -> None:
+        pytest.importorskip("cohere")
+        con = duckdb.connect()
+        frame = pl.DataFrame({"body": CORPUS}).with_columns(
+            vec=pl.col("body").embed.with_provider("hashing", dims=64)
+        )
+        ticket_table(con, frame)
+        with FakeCohereRerank(key="test-key") as server:
+            reranker = polars_embed.resolve_reranker("cohere", base_url=server.url, api_key="test-key")
+            hits = (
+                duckdb_ext.search(
+                    con, "tickets", "vec", QUERY, k=3, text="body", rerank=reranker, rerank_top=6
+                )
+                .select("body, score, vector_rank")
+                .fetchall()
+            )
+        candidates = [
+            b for (b,) in duckdb_ext.search(con, "tickets", "vec", QUERY, k=6).select("body").fetchall()
+        ]
+        relevance = {text: FakeCohereRerank.relevance(QUERY, text) for text in candidates}
+        expected = sorted(candidates, key=lambda text: (-relevance[text], candidates.index(text)))[:3]
+        assert [row[0] for row in hits] == expected
+        assert [row[2] for row in hits] == [candidates.index(text) + 1 for text in expected]
+
+    def test_bad_queries_and_columns_are_clear_errors(self) -> None:
+        con = duckdb.connect()
+        _ = duckdb_ext.register(con, "hashing", dims=8)
+        con.sql(
+            "CREATE TABLE docs AS SELECT body, 1 AS n, embed(body) AS vec FROM (VALUES ('a cat')) t(body)"
+        )
+        with pytest.raises(ConfigError, match="need a text query"):
+            duckdb_ext.search(con, "docs", "vec", [1.0] * 8, text="body", hybrid=True)
+        with pytest.raises(ConfigError, match="not text"):
+            duckdb_ext.search(con, "docs", "vec", "cat", text="n", hybrid=True)
+        with pytest.raises(ConfigError, match="needs text="):
+            duckdb_ext.search(con, "docs", "vec", "cat", hybrid=True)
+
+
+def test_without_the_fts_extension_the_error_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(fts, "packaged_extension", lambda name: None)
+    con = duckdb.connect(
+        config={
+            "extension_directory": "/nonexistent/extensions",
+            "custom_extension_repository": "/nonexistent",
+        }
+    )
+    _ = duckdb_ext.register(con, "hashing", dims=8)
+    con.sql("CREATE TABLE docs AS SELECT body, embed(body) AS vec FROM (VALUES ('a cat')) t(body)")
+    with pytest.raises(MissingDependencyError, match=r"pip install 'polars-embed\[fts\]'"):
+        duckdb_ext.search(con, "docs", "vec", "cat", text="body", hybrid=True)
+    # a search by vectors alone needs no fts
+    assert duckdb_ext.search(con, "docs", "vec", "cat").select("body").fetchall() == [("a cat",)]
