@@ -164,7 +164,9 @@ class Fused:
     def rank_columns(self, vector_rank: str, keyword_rank: str) -> list[pl.Series]:
         """The two rank columns (``pl.UInt32``), null where a row is not in that ranking."""
         return [
-            pl.Series(name, ranks, dtype=pl.UInt32).replace(0, None)
+            pl.Series(
+                name, [int(rank) or None for rank in ranks], dtype=pl.UInt32
+            )  # k values: a list is cheap
             for name, ranks in ((vector_rank, self.vector_ranks), (keyword_rank, self.keyword_ranks))
         ]
 
@@ -336,7 +338,11 @@ def _scaled(rows: np.ndarray, ranked: np.ndarray, scores: np.ndarray, higher_is_
 
 
 def _best(rows: np.ndarray, scores: np.ndarray, depth: int) -> tuple[np.ndarray, np.ndarray]:
-    """The ``depth`` highest-scoring ``rows`` with their scores, best first, ties to the lower row."""
+    """The ``depth`` highest-scoring ``rows`` with their scores, best first, ties to the lower row
+    (the rule of :func:`~polars_embed.kernels.topk`)."""
+    if len(scores) > depth:  # a common word matches most rows: sort only those that can make it
+        keep = scores >= np.partition(scores, len(scores) - depth)[len(scores) - depth]
+        rows, scores = rows[keep], scores[keep]
     order = np.lexsort((rows, -scores))[:depth]
     return rows[order].astype(np.int64), scores[order]
 
