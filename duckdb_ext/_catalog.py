@@ -24,6 +24,22 @@ import numpy as np
 from polars_embed.errors import ConfigError
 from polars_embed.metadata import VectorSpec
 
+# Shared by the DuckDB front end and embedding tables.
+__all__ = [
+    "Column",
+    "Table",
+    "TableName",
+    "float_literal",
+    "has_hnsw_index",
+    "one_row",
+    "quote_identifier",
+    "quote_literal",
+    "resolve_table",
+    "set_comment",
+    "table_parts",
+    "vector_literal",
+]
+
 TableName = str | Sequence[str]
 """A table: ``"docs"``, ``("schema", "docs")`` or ``("database", "schema", "docs")``.
 
@@ -192,3 +208,14 @@ def resolve_table(con: duckdb.DuckDBPyConnection, table: TableName) -> Table:
 def set_comment(con: duckdb.DuckDBPyConnection, table: Table, column: Column, comment: str) -> None:
     """Store ``comment`` on ``column`` of ``table``."""
     con.execute(f"COMMENT ON COLUMN {table.sql}.{column.sql} IS {quote_literal(comment)}")
+
+
+def has_hnsw_index(con: duckdb.DuckDBPyConnection, table: Table) -> bool:
+    """Whether ``table`` has an HNSW (vss) index on any column."""
+    (count,) = one_row(
+        con,
+        "SELECT count(*) FROM duckdb_indexes() WHERE database_name = ? AND schema_name = ? "
+        "AND table_name = ? AND sql ILIKE '%USING HNSW%'",
+        [table.database, table.schema, table.name],
+    )
+    return count > 0

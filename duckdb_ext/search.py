@@ -40,6 +40,7 @@ from duckdb_ext._catalog import (
     Table,
     TableName,
     float_literal,
+    has_hnsw_index,
     one_row,
     quote_identifier,
     resolve_table,
@@ -273,7 +274,7 @@ def _indexed_search(
     where: str | None,
 ) -> duckdb.DuckDBPyRelation | None:
     """The search through an HNSW index, or None where DuckDB would not use one."""
-    if not _has_hnsw_index(con, table):
+    if not has_hnsw_index(con, table):
         return None
     try:
         load_vss(con)
@@ -311,16 +312,6 @@ def _indexed_search(
         searchable,
     )
     return None
-
-
-def _has_hnsw_index(con: duckdb.DuckDBPyConnection, table: Table) -> bool:
-    (count,) = one_row(
-        con,
-        "SELECT count(*) FROM duckdb_indexes() WHERE database_name = ? AND schema_name = ? "
-        "AND table_name = ? AND sql ILIKE '%USING HNSW%'",
-        [table.database, table.schema, table.name],
-    )
-    return count > 0
 
 
 def _index_sql(table: Table, vectors: Column, literal: str, *, fetch: int, k: int, where: str | None) -> str:

@@ -18,6 +18,9 @@ from polars_embed.errors import (
     BudgetExceededError,
     ColumnNotFoundError,
     ConfigError,
+    ConflictError,
+    DatabaseLockedError,
+    DatabaseNotFoundError,
     DimensionMismatchError,
     DuplicateColumnError,
     DuplicateProviderError,
@@ -28,8 +31,14 @@ from polars_embed.errors import (
     MissingDependencyError,
     PolarsEmbedError,
     ProviderError,
+    ReadOnlyError,
+    RecordNotFoundError,
     RetryableProviderError,
+    TableExistsError,
+    TableNotFoundError,
     UnknownProviderError,
+    ValidationError,
+    WriteError,
 )
 from polars_embed.hookspecs import hookimpl
 from polars_embed.kernels import l2_normalize, pairwise_scores, squared_norms, topk, topk_merge
@@ -50,23 +59,14 @@ from polars_embed.stats import EmbedStats, last_stats, track_stats
 if TYPE_CHECKING:
     from polars_embed.tables import (
         Agreement,
-        ConflictError,
         Database,
-        DatabaseLockedError,
-        DatabaseNotFoundError,
         Id,
         Model,
-        ReadOnlyError,
-        RecordNotFoundError,
         Search,
         Source,
         Table,
-        TableExistsError,
-        TableNotFoundError,
-        ValidationError,
         Vector,
         VectorOf,
-        WriteError,
         connect,
     )
 

@@ -35,7 +35,7 @@ import pyarrow as pa
 from tqdm import tqdm
 
 from polars_embed._tokens import approximate_token_counter, approximate_tokens
-from polars_embed.cache import EmbeddingCache, cache_for
+from polars_embed.cache import InFlight, cache_for, text_keys
 from polars_embed.errors import (
     BudgetExceededError,
     ConfigError,
@@ -426,21 +426,22 @@ def _refuse_over(
 
 
 def _embed_distinct(texts: list[str], job: EmbedJob, stats: EmbedStats) -> np.ndarray:
-    """Embed distinct non-blank texts into one ``(len(texts), d)`` float32 array."""
+    """Embed distinct non-blank texts into one ``(len(texts), d)`` float32 array.
+
+    A text that another call in this process is already embedding (a parallel morsel of
+    the same collect, another thread) is not sent again: this call embeds its own texts
+    first, then takes the other call's vectors, and sends those itself only if that call
+    failed (see :class:`~polars_embed.cache.InFlight`).
+    """
     provider, kind = job.provider, job.kind
     limit = _concurrency_limit(provider)
     width, stats.retries = _width(provider, limit)
     vectors = np.empty((len(texts), width), dtype=np.float32)
-    cache, keys, cached = _cache_lookup(texts, provider, kind, width)
-    if cached:
-        vectors[list(cached)] = np.stack(list(cached.values()))
-    stats.cache_hits = len(cached)
-    pending = [position for position in range(len(texts)) if position not in cached]
-    pending_texts = [texts[p] for p in pending]
+    on_disk = cache_for(provider)
+    cache = on_disk.session() if on_disk else None  # remembers a lock for the rest of this call
+    keys = text_keys(provider, kind, texts) if provider.cacheable else None
     budget = job.budget
-    counts, provider_counts = budget.admit(pending_texts, provider, kind) if budget else (None, None)
-    batches = [[pending[i] for i in batch] for batch in job._plan(pending_texts, stats, provider_counts)]
-    tokens_of = dict(zip(pending, counts, strict=True)) if counts is not None else {}
+    tokens_of: dict[int, int] = {}
 
     def request(batch: list[int]) -> tuple[Embedded, int]:
         if budget is None:
@@ -454,26 +455,48 @@ def _embed_distinct(texts: list[str], job: EmbedJob, stats: EmbedStats) -> np.nd
     def store(batch: list[int], answer: tuple[Embedded, int]) -> None:
         embedded, retries = answer
         vectors[batch] = _validated(embedded.vectors, provider, [texts[i] for i in batch], width)
-        if cache:  # as each batch lands, so that a failed column resumes from here
+        if cache and keys:  # as each batch lands, so that a failed column resumes from here
             cache.put([keys[i] for i in batch], vectors[batch])
+        in_flight.landed(batch)
         stats.embedded += len(batch)
         stats.requests += 1
         stats.retries += retries
         stats.tokens += embedded.tokens
         bar.update(len(batch))
 
-    with job._progress_of(len(pending)) as bar:
-        try:
-            _run_batches(batches, request, store, provider.resolve("max_concurrency"))
-        except ProviderError as error:
-            raise _incomplete(error, provider, stats, len(texts), resumable=cache is not None) from error
-        except _OverBudget as error:
-            done = stats.cache_hits + stats.embedded
-            kept = " What was embedded is in the cache: a rerun resumes from there." if cache else ""
-            raise BudgetExceededError(
-                f"{provider.label} stopped after {done} of {len(texts)} distinct texts: {error}; "
-                f"nothing was returned.{kept} Raise max_tokens to go on"
-            ) from None
+    with InFlight(keys, vectors) as in_flight:
+        todo: list[int] = list(range(len(texts)))
+        while todo:  # more than once only for texts whose owner, another call, failed
+            owned = in_flight.claim(todo)
+            cached = cache.get([keys[i] for i in owned], width) if cache and keys else {}
+            hits = [owned[i] for i in cached]
+            if hits:
+                vectors[hits] = np.stack(list(cached.values()))
+                in_flight.landed(hits)
+            stats.cache_hits += len(hits)
+            pending = [position for i, position in enumerate(owned) if i not in cached]
+            pending_texts = [texts[p] for p in pending]
+            counts, provider_counts = budget.admit(pending_texts, provider, kind) if budget else (None, None)
+            if counts is not None:
+                tokens_of.update(zip(pending, counts, strict=True))
+            plan = job._plan(pending_texts, stats, provider_counts)
+            batches = [[pending[i] for i in batch] for batch in plan]
+            with job._progress_of(len(pending)) as bar:
+                try:
+                    _run_batches(batches, request, store, provider.resolve("max_concurrency"))
+                except ProviderError as error:
+                    raise _incomplete(
+                        error, provider, stats, len(texts), resumable=cache is not None
+                    ) from error
+                except _OverBudget as error:
+                    done = stats.cache_hits + stats.shared + stats.embedded
+                    kept = " What was embedded is in the cache: a rerun resumes from there." if cache else ""
+                    raise BudgetExceededError(
+                        f"{provider.label} stopped after {done} of {len(texts)} distinct texts: {error}; "
+                        f"nothing was returned.{kept} Raise max_tokens to go on"
+                    ) from None
+            shared, todo = in_flight.wait()
+            stats.shared += shared
     return vectors
 
 
@@ -488,7 +511,7 @@ def _incomplete(
     retries = provider.resolve("max_retries")
     if isinstance(error, RetryableProviderError) and retries:
         cause += f" (still failing after {retries} retries)"
-    done = stats.cache_hits + stats.embedded
+    done = stats.cache_hits + stats.shared + stats.embedded
     rerun = (
         "finished batches are in the embedding cache, so a rerun resumes from there"
         if resumable
@@ -505,15 +528,6 @@ def _incomplete(
 def _width(provider: Provider, limit: threading.BoundedSemaphore) -> tuple[int, int]:
     """The provider's width and the retries it took: some learn it from a request (a probe)."""
     return _with_retries(provider, lambda: provider.dimension, limit)
-
-
-def _cache_lookup(
-    texts: list[str], provider: Provider, kind: Kind, width: int
-) -> tuple[EmbeddingCache | None, list[bytes], dict[int, np.ndarray]]:
-    """The provider's cache (if any), each text's key in it, and the vectors it has, by position."""
-    cache = cache_for(provider)
-    keys = cache.keys(provider, kind, texts) if cache else []
-    return cache, keys, cache.get(keys, width) if cache else {}
 
 
 def _plan_batches(texts: list[str], provider: Provider, tokens: list[int] | None = None) -> list[list[int]]:
@@ -766,7 +780,8 @@ def plan_requests(texts: list[str], provider: Provider, *, kind: Kind = "documen
     """
     check_kind(kind)
     width, _ = _width(provider, _concurrency_limit(provider))
-    _, _, cached = _cache_lookup(texts, provider, kind, width)
+    cache = cache_for(provider)
+    cached = cache.get(text_keys(provider, kind, texts), width) if cache else {}
     pending = [text for position, text in enumerate(texts) if position not in cached]
     tokens, counter, by_provider = count_tokens(pending, provider, kind=kind)
     batches = _plan_batches(pending, provider, tokens if by_provider else None)

@@ -13,11 +13,21 @@ The hierarchy::
     ├── UnknownProviderError    (KeyError)
     ├── DuplicateProviderError  (ValueError)
     ├── MissingDependencyError  (ImportError)
-    └── ProviderError                         a provider failed to embed a batch
-        ├── RetryableProviderError
-        ├── AuthenticationError
-        ├── InvalidEmbeddingError
-        └── EmbeddingIncompleteError          a column failed part way; nothing returned
+    ├── ProviderError                         a provider failed to embed a batch
+    │   ├── RetryableProviderError
+    │   ├── AuthenticationError
+    │   ├── InvalidEmbeddingError
+    │   └── EmbeddingIncompleteError          a column failed part way; nothing returned
+    │   embedding tables (polars_embed.tables):
+    ├── ValidationError         (ValueError)  records that break the table's declaration
+    ├── ConflictError           (ValueError)  ids that exist already, or a concurrent change
+    ├── RecordNotFoundError     (KeyError)
+    ├── TableNotFoundError      (KeyError)
+    ├── TableExistsError        (ValueError)
+    ├── DatabaseLockedError     (OSError)     another process holds the database file
+    ├── DatabaseNotFoundError   (FileNotFoundError)
+    ├── ReadOnlyError           (PermissionError)
+    └── WriteError              (RuntimeError)  DuckDB refused a write; none of it was kept
 
 Each class also derives from the exception that Python or Polars would raise in
 its place (in brackets), so existing ``except`` clauses keep working.
@@ -139,3 +149,48 @@ class EmbeddingIncompleteError(ProviderError):
             total = int(progress[2]) if total is None else total
         self.done = done
         self.total = total
+
+
+# --- Embedding tables ---------------------------------------------------------------------
+
+
+class ValidationError(PolarsEmbedError, ValueError):
+    """Records that break the table's declaration; nothing of the write that met them was written."""
+
+
+class ConflictError(PolarsEmbedError, ValueError):
+    """``add`` met ids that the table holds already, or another writer changed the table meanwhile."""
+
+
+class RecordNotFoundError(PolarsEmbedError, KeyError):
+    """No record of the table has the requested id."""
+
+    def __str__(self) -> str:  # KeyError would repr() the message
+        return str(self.args[0])
+
+
+class TableNotFoundError(PolarsEmbedError, KeyError):
+    """The database holds no embedding table by that name."""
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+class TableExistsError(PolarsEmbedError, ValueError):
+    """``create_table`` was asked for a name the database already uses."""
+
+
+class DatabaseLockedError(PolarsEmbedError, OSError):
+    """Another process holds the database file in a way that excludes this one."""
+
+
+class DatabaseNotFoundError(PolarsEmbedError, FileNotFoundError):
+    """A database opened read-only does not exist."""
+
+
+class ReadOnlyError(PolarsEmbedError, PermissionError):
+    """A write to a database that was opened read-only."""
+
+
+class WriteError(PolarsEmbedError, RuntimeError):
+    """DuckDB refused a write (a full disk, a constraint added with plain SQL); none of it was kept."""

@@ -26,6 +26,7 @@ _COUNTERS = (
     "skipped",
     "distinct",
     "cache_hits",
+    "shared",
     "embedded",
     "requests",
     "retries",
@@ -50,6 +51,9 @@ class EmbedStats:
         Distinct non-blank texts.
     cache_hits
         Distinct texts found in the embedding cache.
+    shared
+        Distinct texts another call in this process was embedding at the same time
+        (a parallel morsel, another thread): its vectors were taken, nothing was sent.
     embedded
         Texts sent to the provider.
     requests
@@ -70,6 +74,7 @@ class EmbedStats:
     skipped: int = 0
     distinct: int = 0
     cache_hits: int = 0
+    shared: int = 0
     embedded: int = 0
     requests: int = 0
     retries: int = 0
@@ -86,7 +91,8 @@ class EmbedStats:
     def __str__(self) -> str:
         return (
             f"{self.provider}: {self.rows} rows, {self.skipped} null or blank, "
-            f"{self.distinct} distinct, {self.cache_hits} from cache, {self.embedded} embedded "
+            f"{self.distinct} distinct, {self.cache_hits} from cache, {self.shared} shared, "
+            f"{self.embedded} embedded "
             f"in {self.requests} requests ({self.retries} retries, {self.tokens} tokens), "
             f"{self.truncated} truncated, {self.seconds:.2f}s"
         )

@@ -13,9 +13,11 @@ import base64
 import json
 import threading
 import time
+import urllib.parse
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, ClassVar
 
@@ -30,14 +32,17 @@ class Plan:
 
     ``status`` and ``headers``: send this status (with the service's error body when it
     is not 2xx). ``raw``: send these bytes as the body. ``hang``: say nothing for this
-    many seconds, then drop the connection. ``mangle``: answer with one vector too few
-    (``"count"``) or vectors one number too short (``"width"``).
+    many seconds, then drop the connection. ``dribble``: send the whole answer, status
+    line to last byte, in ``pieces`` pieces this many seconds apart. ``mangle``: answer
+    with one vector too few (``"count"``) or vectors one number too short (``"width"``).
     """
 
     status: int = 200
     headers: dict[str, str] = field(default_factory=dict)
     raw: bytes | None = None
     hang: float = 0.0
+    dribble: float = 0.0
+    pieces: int = 8
     mangle: str = ""
 
 
@@ -115,7 +120,7 @@ class FakeServer:
 
     def handle(
         self, path: str, headers: dict[str, str], raw_body: bytes
-    ) -> tuple[int, dict[str, str], bytes]:
+    ) -> tuple[int, dict[str, str], bytes, Plan]:
         body = json.loads(raw_body)
         with self._lock:
             self.requests.append(Request(path, headers, body, time.monotonic(), self.texts_of(body)))
@@ -125,9 +130,9 @@ class FakeServer:
         try:
             if plan.hang:
                 self._stopping.wait(plan.hang)
-                return 0, {}, b""
+                return 0, {}, b"", plan
             time.sleep(self.delay)
-            return self._answer(path, headers, body, plan)
+            return (*self._answer(path, headers, body, plan), plan)
         finally:
             with self._lock:
                 self.in_flight -= 1
@@ -368,9 +373,13 @@ def _handler_for(server: FakeServer) -> type[BaseHTTPRequestHandler]:
         def do_POST(self) -> None:
             raw_body = self.rfile.read(int(self.headers.get("content-length", 0)))
             headers = {name.lower(): value for name, value in self.headers.items()}
-            status, reply_headers, reply = server.handle(self.path, headers, raw_body)
+            path = urllib.parse.urlsplit(self.path).path  # a proxy is sent the whole URL
+            status, reply_headers, reply, plan = server.handle(path, headers, raw_body)
             if status == 0:  # hung up without a word
                 self.close_connection = True
+                return
+            if plan.dribble:
+                self.dribble(status, reply_headers, reply, plan)
                 return
             self.send_response(status)
             self.send_header("content-type", "application/json")
@@ -379,6 +388,20 @@ def _handler_for(server: FakeServer) -> type[BaseHTTPRequestHandler]:
                 self.send_header(name, value)
             self.end_headers()
             self.wfile.write(reply)
+
+        def dribble(self, status: int, reply_headers: dict[str, str], reply: bytes, plan: Plan) -> None:
+            lines = [f"HTTP/1.1 {status} {HTTPStatus(status).phrase}", "content-type: application/json"]
+            lines += [f"content-length: {len(reply)}", *(f"{n}: {v}" for n, v in reply_headers.items())]
+            answer = "\r\n".join([*lines, "", ""]).encode() + reply
+            size = -(-len(answer) // plan.pieces)
+            try:
+                for start in range(0, len(answer), size):
+                    if start and server._stopping.wait(plan.dribble):
+                        break
+                    self.wfile.write(answer[start : start + size])
+                    self.wfile.flush()
+            except OSError:  # the client gave up on it
+                self.close_connection = True
 
         def log_message(self, format: str, *args: Any) -> None:
             pass  # tests read server.requests instead

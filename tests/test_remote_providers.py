@@ -220,6 +220,41 @@ class TestEveryRemoteProvider:
         assert "no answer from" in str(failure(raised)) and "within 0.2 s" in str(failure(raised))
         assert len(service.server.requests) == 3
 
+    @pytest.mark.parametrize("gap", [0.45, 0.05])
+    def test_timeout_is_a_deadline_for_the_whole_answer_not_for_each_read(
+        self, service: Service, gap: float
+    ) -> None:
+        # Eight pieces 0.45 s apart: each read comes well within timeout=1, the whole answer
+        # does not, so the request times out and is retried. 0.05 s apart, it is in time.
+        service.server.then(Plan(dribble=gap))
+        texts = ["a", "b"]
+        vectors = polars_embed.embed(texts, service.provider(timeout=1.0, max_retries=1))
+        assert vectors.to_list() == service.expected(texts)
+        retried = 1 if gap == 0.45 else 0
+        assert len(service.server.requests) == 1 + retried
+        assert polars_embed.last_stats().retries == retried
+
+    def test_an_answer_dribbled_past_every_retry_is_reported_as_a_timeout(self, service: Service) -> None:
+        service.server.then(Plan(dribble=0.2, pieces=4), times=2)
+        with pytest.raises(EmbeddingIncompleteError, match="no answer from") as raised:
+            polars_embed.embed(["a"], service.provider(timeout=0.3, max_retries=1))
+        assert isinstance(failure(raised), RetryableProviderError)
+        assert len(service.server.requests) == 2
+
+    def test_requests_go_through_the_proxy_the_environment_names(
+        self, service: Service, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        for name in ("HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy", "NO_PROXY", "no_proxy"):
+            monkeypatch.delenv(name, raising=False)
+        monkeypatch.setenv("HTTP_PROXY", service.server.url)  # the fake service acts as the proxy
+        nowhere = "http://embeddings.invalid" + ("/v1" if service.name == "openai" else "")
+        vectors = polars_embed.embed(["a"], service.provider(base_url=nowhere))
+        assert vectors.to_list() == service.expected(["a"])
+        monkeypatch.setenv("NO_PROXY", "embeddings.invalid")
+        with pytest.raises(EmbeddingIncompleteError, match="could not reach"):
+            polars_embed.embed(["b"], service.provider(base_url=nowhere, max_retries=0))
+        assert service.server.texts == ["a"]
+
     def test_an_unreachable_server_is_retried_then_reported(self, service: Service) -> None:
         with socket.socket() as probe:  # a port with nothing listening on it
             probe.bind(("127.0.0.1", 0))

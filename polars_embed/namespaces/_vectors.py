@@ -1,4 +1,4 @@
-"""Vectors between Polars and the kernels, shared by the expression and frame namespaces.
+"""Vectors between Polars and the kernels, shared by the Polars namespaces and embedding tables.
 
 A vector column is ``pl.Array(numeric, d)``; the kernels take it as a ``(n, d)``
 numpy array in which a null row is a row of NaN, which they never match, or as
@@ -23,7 +23,25 @@ from polars_embed.keywords import KeywordIndex
 from polars_embed.metadata import provider_of
 from polars_embed.quantization import Quantization, QuantizedVectors, quantize
 
+# What the front ends (the Polars namespaces, embedding tables) share: one rule for each of
+# "is this a vector column", its matrix, its nulls and the queries it is searched with.
+__all__ = [
+    "QueryLike",
+    "VectorsLike",
+    "as_matrix",
+    "as_query_vectors",
+    "cached_squared_norms",
+    "cached_twin",
+    "check_same_width",
+    "null_where",
+    "parse_query",
+    "valid_rows",
+    "vector_chunks",
+    "vector_width",
+]
+
 VectorsLike = Sequence[float] | Sequence[Sequence[float]] | np.ndarray | pl.Series
+QueryLike = str | Sequence[str] | VectorsLike
 
 
 def vector_width(dtype: pl.DataType, *, column: str) -> int:
@@ -203,3 +221,17 @@ def cached_keyword_index(frame: pl.DataFrame, name: str) -> KeywordIndex:
     """The BM25 index of text column ``frame[name]``, built on its first hybrid search and kept with
     the frame (built again only when the column's data changes)."""
     return _KEPT.get(frame, name, "bm25", lambda: KeywordIndex(frame[name]))
+
+
+def parse_query(query: QueryLike) -> tuple[tuple[str, ...] | None, np.ndarray | None, bool]:
+    """Text queries or vector queries (``(q, d)`` float32), and whether there was a single query."""
+    if isinstance(query, str):
+        return (query,), None, True
+    if isinstance(query, pl.Series | Sequence) and len(query) == 0:
+        raise InvalidInputError("search needs at least one query, but got an empty batch")
+    if isinstance(query, pl.Series) and query.dtype == pl.String:
+        return tuple(query.to_list()), None, False
+    if isinstance(query, Sequence) and all(isinstance(item, str) for item in query):
+        return tuple(query), None, False
+    vectors, single = as_query_vectors(query)
+    return None, vectors, single

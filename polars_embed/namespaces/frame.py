@@ -28,21 +28,20 @@ from polars_embed.errors import (
     ConfigError,
     DuplicateColumnError,
     InputTypeError,
-    InvalidInputError,
 )
 from polars_embed.kernels import Metric, check_k, check_metric, topk
 from polars_embed.keywords import Fused, Fusion, Ranking
 from polars_embed.metadata import provider_for_query, provider_of
 from polars_embed.namespaces._plot import plot_chart
 from polars_embed.namespaces._vectors import (
-    VectorsLike,
+    QueryLike,
     as_matrix,
-    as_query_vectors,
     cached_keyword_index,
     cached_squared_norms,
     cached_twin,
     check_same_width,
     null_where,
+    parse_query,
     valid_rows,
     vector_chunks,
     vector_width,
@@ -56,7 +55,6 @@ if TYPE_CHECKING:
 
 __all__ = ["EmbedFrameNamespace", "EmbedLazyFrameNamespace"]
 
-QueryLike = str | Sequence[str] | VectorsLike
 FrameT = TypeVar("FrameT", pl.DataFrame, pl.LazyFrame)
 
 
@@ -571,7 +569,7 @@ class _Search:
         ranking: Ranking | None = None,
     ) -> _Search:
         _check_column(schema, on)
-        texts, vectors, single = _parse_query(query)
+        texts, vectors, single = parse_query(query)
         if ranking is not None:
             _check_text_search(ranking, schema, texts)
         if texts is None and provider is not None:
@@ -876,20 +874,6 @@ def _gather(frame: pl.DataFrame, rows: np.ndarray, column: str) -> pl.DataFrame:
     if not missing.any():
         return gathered
     return gathered.select(pl.when(pl.Series(~missing)).then(pl.all()).name.keep())
-
-
-def _parse_query(query: QueryLike) -> tuple[tuple[str, ...] | None, np.ndarray | None, bool]:
-    """Text queries or vector queries, and whether there was a single query."""
-    if isinstance(query, str):
-        return (query,), None, True
-    if isinstance(query, pl.Series | Sequence) and len(query) == 0:
-        raise InvalidInputError("search needs at least one query, but got an empty batch")
-    if isinstance(query, pl.Series) and query.dtype == pl.String:
-        return tuple(query.to_list()), None, False
-    if isinstance(query, Sequence) and all(isinstance(item, str) for item in query):
-        return tuple(query), None, False
-    vectors, single = as_query_vectors(query)
-    return None, vectors, single
 
 
 def _check_column(schema: pl.Schema, column: str) -> None:

@@ -69,7 +69,8 @@ class RemoteProvider(Provider):
     dims
         The width of the vectors, for a model this provider has no table entry for.
     timeout
-        Seconds to wait for an answer before the request counts as failed (and is retried).
+        Seconds one request may take as a whole (connecting, sending, and reading the
+        whole answer, however slowly it comes) before it counts as failed and is retried.
     max_concurrency
         Requests in flight at once, across every thread using this provider.
     """

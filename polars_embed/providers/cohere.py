@@ -78,7 +78,15 @@ class CohereProvider(RemoteProvider):
         if api_key is None:
             raise self._missing_key()
         cohere = self.require("cohere")
-        return cohere.ClientV2(api_key=api_key, base_url=base_url, timeout=timeout, max_retries=0)
+        import httpx  # what the cohere SDK is built on
+
+        from polars_embed.providers._http import deadline_transport
+
+        transport = deadline_transport(httpx, base_url, timeout)
+        client = httpx.Client(transport=transport, timeout=timeout, follow_redirects=True)  # as the SDK's own
+        return cohere.ClientV2(
+            api_key=api_key, base_url=base_url, timeout=timeout, max_retries=0, httpx_client=client
+        )
 
     def _request(self, client: Any, texts: list[str], kind: Kind) -> Embedded:
         truncate = self.resolve("truncate")

@@ -119,7 +119,13 @@ class OpenAIProvider(RemoteProvider):
                 raise self._missing_key()
             api_key = NO_KEY
         openai = self.require("openai")
-        return openai.OpenAI(api_key=api_key, base_url=base_url, timeout=timeout, max_retries=0)
+        from polars_embed.providers._http import deadline_transport, sdk_http_module
+
+        transport = deadline_transport(sdk_http_module(openai.DefaultHttpxClient), base_url, timeout)
+        client = openai.DefaultHttpxClient(transport=transport, timeout=timeout)
+        return openai.OpenAI(
+            api_key=api_key, base_url=base_url, timeout=timeout, max_retries=0, http_client=client
+        )
 
     def _request(self, client: Any, texts: list[str], kind: Kind) -> Embedded:
         dimensions = self.resolve("dimensions")

@@ -12,9 +12,7 @@
 ['a']
 """
 
-from polars_embed.tables._database import Database, connect
-from polars_embed.tables._declaration import Id, Model, Source, Vector, VectorOf
-from polars_embed.tables._errors import (
+from polars_embed.errors import (
     ConflictError,
     DatabaseLockedError,
     DatabaseNotFoundError,
@@ -25,6 +23,8 @@ from polars_embed.tables._errors import (
     ValidationError,
     WriteError,
 )
+from polars_embed.tables._database import Database, connect
+from polars_embed.tables._declaration import Id, Model, Source, Vector, VectorOf
 from polars_embed.tables._search import Agreement, Filter, Search
 from polars_embed.tables._table import Table
 

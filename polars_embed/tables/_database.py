@@ -26,10 +26,8 @@ import polars as pl
 import pyarrow as pa
 
 from duckdb_ext._catalog import quote_identifier, quote_literal
-from polars_embed.errors import ConfigError
-from polars_embed.registry import ProviderLike
-from polars_embed.tables._declaration import MAX_NAME_CHARS, Declaration, Model, declare
-from polars_embed.tables._errors import (
+from polars_embed.errors import (
+    ConfigError,
     ConflictError,
     DatabaseLockedError,
     DatabaseNotFoundError,
@@ -38,6 +36,8 @@ from polars_embed.tables._errors import (
     TableNotFoundError,
     WriteError,
 )
+from polars_embed.registry import ProviderLike
+from polars_embed.tables._declaration import MAX_NAME_CHARS, Declaration, Model, declare
 from polars_embed.tables._sql import CATALOG, run
 from polars_embed.tables._table import Table
 

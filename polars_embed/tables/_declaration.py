@@ -24,11 +24,10 @@ from typing import Any, ClassVar
 import numpy as np
 import polars as pl
 
-from polars_embed.errors import ConfigError
+from polars_embed.errors import ConfigError, ValidationError
 from polars_embed.metadata import VectorSpec
 from polars_embed.provider import Provider, option_role
 from polars_embed.registry import ProviderLike, resolve_provider
-from polars_embed.tables._errors import ValidationError
 
 FORMAT = 1
 DEFAULT_ID_MAX_LENGTH = 300

@@ -14,11 +14,10 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 
-from polars_embed.errors import DimensionMismatchError
+from polars_embed.errors import DimensionMismatchError, ValidationError
 from polars_embed.metadata import provider_of
 from polars_embed.namespaces._vectors import null_where
 from polars_embed.tables._declaration import Declaration, Model, VectorColumn, check_metadata_schema
-from polars_embed.tables._errors import ValidationError
 
 RowsLike = pl.DataFrame | pl.LazyFrame | pa.Table | pa.RecordBatch | Sequence[Mapping[str, Any] | Model]
 _QUOTED = 60  # characters of an id quoted in a message

@@ -22,12 +22,11 @@ import polars as pl
 import pyarrow as pa
 
 import duckdb_ext
-from duckdb_ext._catalog import quote_identifier, quote_literal
-from duckdb_ext.search import _has_hnsw_index
+from duckdb_ext._catalog import has_hnsw_index, quote_identifier, quote_literal
 from polars_embed.engine import embed_queries
 from polars_embed.errors import ConfigError, DimensionMismatchError
 from polars_embed.kernels import check_k, topk
-from polars_embed.namespaces.frame import _parse_query
+from polars_embed.namespaces._vectors import parse_query
 from polars_embed.tables._declaration import VectorColumn
 
 if TYPE_CHECKING:
@@ -76,7 +75,7 @@ class Search:
     ) -> Search:
         column = table._declaration.vector(on)
         try:
-            texts, vectors, single = _parse_query(query)
+            texts, vectors, single = parse_query(query)
         except (TypeError, ValueError) as error:
             raise ConfigError(f"a query is a text, a vector, or a list of either: {error}") from None
         if texts is not None:
@@ -170,7 +169,7 @@ class Search:
         if self.exact or any(isinstance(condition, pl.Expr) for condition in self.filters):
             return False
         with self.table._database._lock:
-            return _has_hnsw_index(self.table._database.connection, self.table._located)
+            return has_hnsw_index(self.table._database.connection, self.table._located)
 
     def _indexed(self, queries: np.ndarray) -> pl.DataFrame:
         conditions = [condition for condition in self.filters if isinstance(condition, str)]

@@ -29,7 +29,15 @@ import duckdb_ext
 from duckdb_ext._catalog import Table as CatalogTable
 from duckdb_ext._catalog import quote_identifier, quote_literal, resolve_table
 from polars_embed.engine import embed_series
-from polars_embed.errors import ConfigError, MissingDependencyError, PolarsEmbedError, UnknownProviderError
+from polars_embed.errors import (
+    ConfigError,
+    ConflictError,
+    MissingDependencyError,
+    PolarsEmbedError,
+    RecordNotFoundError,
+    UnknownProviderError,
+    ValidationError,
+)
 from polars_embed.metadata import check_width, remember
 from polars_embed.namespaces._vectors import null_where
 from polars_embed.provider import Provider
@@ -42,7 +50,6 @@ from polars_embed.tables._declaration import (
     VectorOf,
     vector_column,
 )
-from polars_embed.tables._errors import ConflictError, RecordNotFoundError, ValidationError
 from polars_embed.tables._records import RowsLike, listed, prepare
 from polars_embed.tables._search import Agreement, Filter, Search, agreement
 from polars_embed.tables._sql import CATALOG, run
