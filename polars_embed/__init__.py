@@ -46,7 +46,15 @@ from polars_embed.kernels import l2_normalize, pairwise_scores, squared_norms, t
 from polars_embed.metadata import read_parquet, scan_parquet
 from polars_embed.provider import CallableProvider, Embedded, Provider, option
 from polars_embed.quantization import Quantization, QuantizedVectors, quantize, quantized_topk, recall_at_k
-from polars_embed.registry import Registry, get_registry, list_providers, resolve_provider
+from polars_embed.registry import (
+    Registry,
+    get_registry,
+    list_providers,
+    list_rerankers,
+    resolve_provider,
+    resolve_reranker,
+)
+from polars_embed.reranker import Reranker, Scored
 from polars_embed.stats import EmbedStats, last_stats, track_stats
 
 if TYPE_CHECKING:
@@ -111,7 +119,9 @@ __all__ = [
     "ReadOnlyError",
     "RecordNotFoundError",
     "Registry",
+    "Reranker",
     "RetryableProviderError",
+    "Scored",
     "Search",
     "Source",
     "Table",
@@ -134,6 +144,7 @@ __all__ = [
     "l2_normalize",
     "last_stats",
     "list_providers",
+    "list_rerankers",
     "option",
     "pairwise_scores",
     "quantize",
@@ -141,6 +152,7 @@ __all__ = [
     "read_parquet",
     "recall_at_k",
     "resolve_provider",
+    "resolve_reranker",
     "scan_parquet",
     "squared_norms",
     "topk",

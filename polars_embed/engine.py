@@ -51,6 +51,7 @@ from polars_embed.errors import (
 from polars_embed.metadata import remember
 from polars_embed.provider import Embedded, Kind, Provider, check_kind
 from polars_embed.registry import ProviderLike, resolve_provider
+from polars_embed.reranker import Reranker, Scored
 from polars_embed.stats import EmbedStats, record
 
 __all__ = [
@@ -66,6 +67,7 @@ __all__ = [
     "embed_queries",
     "embed_series",
     "progress_bar",
+    "rerank_scores",
     "resolve_truncate",
     "width_of",
 ]
@@ -907,3 +909,62 @@ class _TokenBudget:
         with self._lock:
             self.in_flight -= estimated
             self.spent += counted or estimated
+
+
+# --- Reranking ---------------------------------------------------------------------------
+# Public API of the engine: the search front ends rerank their candidates through it.
+
+
+def rerank_scores(query: str, documents: Sequence[str | None], reranker: Reranker) -> np.ndarray:
+    """How relevant each document is to ``query``, by ``reranker``: one float32 per document.
+
+    The engine's rules for requests apply as for embedding: a null or blank
+    document is never sent and scores NaN; the documents go in batches of the
+    reranker's ``batch_size`` (at most its service's ``max_batch_size``),
+    ``max_concurrency`` at a time, each retried on retryable failures only
+    (honouring ``Retry-After``); the call is one record of
+    :func:`~polars_embed.last_stats` (``embedded``: documents scored, ``tokens``:
+    the units billed).
+    """
+    if not isinstance(query, str) or not query.strip():
+        raise InvalidInputError(f"a reranked search needs a non-blank text query, got {query!r:.40}")
+    started = time.perf_counter()
+    positions = [i for i, text in enumerate(documents) if isinstance(text, str) and text.strip()]
+    texts = [documents[i] for i in positions]
+    stats = EmbedStats(
+        provider=reranker.label,
+        rows=len(documents),
+        skipped=len(documents) - len(texts),
+        distinct=len(texts),
+    )
+    scores = np.full(len(documents), np.nan, dtype=np.float32)
+    limit = _concurrency_limit(reranker)
+
+    def request(batch: list[int]) -> tuple[Any, int]:
+        batch_texts = [texts[i] for i in batch]
+        return _with_retries(reranker, lambda: reranker.score_batch(query, batch_texts), limit)
+
+    def store(batch: list[int], answer: tuple[Any, int]) -> None:
+        scored, retries = answer
+        if not isinstance(scored, Scored):
+            scored = Scored(scored)
+        values = np.asarray(scored.scores, dtype=np.float32)
+        if values.shape != (len(batch),) or not np.isfinite(values).all():
+            raise ProviderError(
+                f"{reranker.label} returned scores of shape {values.shape} (finite: "
+                f"{bool(np.isfinite(values).all())}) for {len(batch)} documents; expected one finite "
+                "number per document"
+            )
+        scores[[positions[i] for i in batch]] = values
+        stats.embedded += len(batch)
+        stats.requests += 1
+        stats.retries += retries
+        stats.tokens += scored.units
+
+    try:
+        _run_batches(_plan_batches(texts, reranker), request, store, reranker.resolve("max_concurrency"))
+    finally:
+        stats.seconds = time.perf_counter() - started
+        record(stats, started, time.perf_counter())
+        log.debug("reranked %s", stats)
+    return scores

@@ -57,7 +57,7 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 
-from polars_embed.engine import as_text_series, embed_series
+from polars_embed.engine import Images, as_input_series, embed_series
 from polars_embed.errors import ConfigError, MissingDependencyError
 from polars_embed.kernels import Metric, topk, topk_merge
 from polars_embed.metadata import (
@@ -101,6 +101,7 @@ def embed(
     *,
     into: str = "vec",
     kind: Kind = "document",
+    images: Images | None = None,
     batch_size: int = 1024,
     concurrency: int | tuple[int, int] | None = None,
     num_cpus: float | None = None,
@@ -108,14 +109,15 @@ def embed(
     runtime_env: dict[str, Any] | None = None,
     **options: Any,
 ) -> ray.data.Dataset:
-    """Embed a text column of a Ray Dataset on a pool of actors.
+    """Embed a text or image column of a Ray Dataset on a pool of actors.
 
     Parameters
     ----------
     ds
         Any Ray Dataset with a string column.
     column
-        The text column. Nulls and blank strings get null vectors and are never sent.
+        The text column, or a binary column of encoded images for a provider that
+        embeds them. Nulls and blank strings get null vectors and are never sent.
     provider
         As in :func:`polars_embed.embed`: a registered name, ``"name:model"``, a
         :class:`~polars_embed.Provider` or a callable. It travels to every actor as its
@@ -125,6 +127,9 @@ def embed(
         The name of the new vector column, ``FixedSizeList<float32, d>`` in Arrow.
     kind
         ``"document"`` or ``"query"``.
+    images
+        As in :func:`polars_embed.embed`: ``polars_embed.Images(root)`` reads a string
+        column as paths of images under ``root``, which every worker must see.
     batch_size
         Rows per call to an actor: deduplication works within a call, and the engine
         splits it into requests of the provider's own ``batch_size``.
@@ -179,6 +184,7 @@ def embed(
             "column": column,
             "into": into,
             "kind": kind,
+            "images": images,
             "described": described,
         },
         batch_format="pyarrow",
@@ -353,10 +359,16 @@ class _EmbedBatches:
     """One actor of :func:`embed`'s pool: its provider, built once, and its counters."""
 
     def __init__(
-        self, provider: Provider, column: str, into: str, kind: Kind, described: Mapping[str, VectorSpec]
+        self,
+        provider: Provider,
+        column: str,
+        into: str,
+        kind: Kind,
+        images: Images | None,
+        described: Mapping[str, VectorSpec],
     ) -> None:
         self._provider = provider
-        self._column, self._into, self._kind = column, into, kind
+        self._column, self._into, self._kind, self._images = column, into, kind, images
         self._stats = EmbedStats(provider=provider.label)
         self._where = f"{socket.gethostname()} pid {os.getpid()}"
         # The spec needs the width: a local model loads here, once per actor.
@@ -369,9 +381,11 @@ class _EmbedBatches:
             raise ConfigError(f"the dataset has no column {self._column!r}; its columns are {names}")
         if self._into in names:
             raise ConfigError(f"the dataset already has a column {self._into!r}: pass another name as into=")
-        texts = as_text_series(batch.column(self._column), self._column)
+        inputs = as_input_series(batch.column(self._column), self._column)
         with track_stats() as stats:
-            vectors = embed_series(texts, self._provider, kind=self._kind, progress=False)
+            vectors = embed_series(
+                inputs, self._provider, kind=self._kind, progress=False, images=self._images
+            )
         self._stats.add(stats)
         self._stats.seconds += stats.seconds  # an actor embeds one batch at a time
         embedded = batch.append_column(self._into, vectors.to_arrow())

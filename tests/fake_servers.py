@@ -1,4 +1,5 @@
-"""Fake Cohere and OpenAI embedding services: real HTTP on 127.0.0.1, in the services' wire formats.
+"""Fake Cohere and OpenAI embedding services, and Cohere's rerank service: real HTTP on 127.0.0.1,
+in the services' wire formats.
 
 The real SDK clients talk to them as they would to the services. A vector is a pure
 function of the text (for Cohere, of the input type too), so tests can check that
@@ -218,6 +219,57 @@ class FakeCohere(FakeServer):
                 "billed_units": {"input_tokens": sum(len(text.split()) for text in body["texts"])},
             },
             "response_type": "embeddings_by_type",
+        }
+
+    def error(self, message: str) -> bytes:
+        return json.dumps({"id": "e0d6a3b1", "message": message}).encode()
+
+
+class FakeCohereRerank(FakeServer):
+    """``POST /v2/rerank``, as documented for Cohere's v2 API.
+
+    A document's relevance is a pure function of the query and the document: the share
+    of the query's words that the document has, nudged below 1 by its length, so tests
+    know the order the service gives. Results come best first, as the service sends them.
+    """
+
+    path = "/v2/rerank"
+    widths: ClassVar[dict[str, int]] = {"rerank-v3.5": 0, "rerank-english-v3.0": 0, "rerank-v4.0-pro": 0}
+
+    @staticmethod
+    def relevance(query: str, document: str) -> float:
+        asked = set(query.lower().split())
+        words = document.lower().split()
+        shared = len(asked & set(words)) / max(len(asked), 1)
+        return 0.9 * shared + 0.1 / (1 + len(words))
+
+    def texts_of(self, body: dict[str, Any]) -> list[str]:
+        return list(body.get("documents", []))
+
+    def refuse(self, body: dict[str, Any]) -> str:
+        if body.get("model") not in self.models:
+            return f"model '{body.get('model')}' not found"
+        if not isinstance(body.get("query"), str) or not body["query"]:
+            return "invalid request: query must be a non-empty string"
+        documents = body.get("documents")
+        if not isinstance(documents, list) or not documents:
+            return "invalid request: documents must be a non-empty list"
+        if len(documents) > 1000:
+            return f"invalid request: at most 1000 documents are allowed, received {len(documents)}"
+        return ""
+
+    def success(self, body: dict[str, Any], mangle: str) -> dict[str, Any]:
+        scores = [self.relevance(body["query"], document) for document in body["documents"]]
+        order = sorted(range(len(scores)), key=lambda i: -scores[i])[: body.get("top_n") or len(scores)]
+        if mangle == "count":
+            order = order[:-1]
+        return {
+            "id": "07734bd2-2473-4f07-94e1-0d9f0e6843cf",
+            "results": [{"index": i, "relevance_score": scores[i]} for i in order],
+            "meta": {
+                "api_version": {"version": "2"},
+                "billed_units": {"search_units": -(-len(scores) // 100)},
+            },
         }
 
     def error(self, message: str) -> bytes:

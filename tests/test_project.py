@@ -35,8 +35,8 @@ def _extras() -> dict[str, list[str]]:
 
 def test_every_extra_the_readme_names_exists() -> None:
     extras = _extras()
-    assert {"local", "cohere", "openai", "vss", "gpu", "ray", "test", "dev"} <= set(extras)
-    assert extras["dev"] == ["polars-embed[local,cohere,openai,vss,ray,test]"]
+    assert {"local", "cohere", "openai", "vss", "fts", "hybrid", "gpu", "ray", "test", "dev"} <= set(extras)
+    assert extras["dev"] == ["polars-embed[local,cohere,openai,vss,fts,hybrid,ray,test]"]
     assert "torch==2.13.0" in (ROOT / "constraints.txt").read_text().splitlines()
 
 

@@ -25,7 +25,7 @@ import polars_embed
 from polars_embed import ConfigError, cache
 from polars_embed.kernels import topk
 from tests.fake_servers import FakeOpenAI, Plan
-from tests.providers import ExitingProvider, RefusingProvider, vector_for
+from tests.providers import ExitingProvider, RefusingProvider, mean_colour, vector_for
 from tests.test_registry import REVERSING_PLUGIN, _build_wheel, _pip_install
 
 ray = pytest.importorskip("ray")
@@ -233,6 +233,27 @@ class TestEmbed:
         assert got["id"].to_list() == list(range(len(column)))
         expected = polars_embed.embed(column, "hashing", dims=32)
         np.testing.assert_array_equal(got["vec"].to_numpy(), expected.to_numpy())
+
+    def test_image_bytes_and_image_paths_give_the_vectors_one_process_gives(
+        self, cluster: Path, tmp_path: Path
+    ) -> None:
+        from tests.clip_model import encoded
+
+        photos = [encoded("red"), None, encoded("blue"), encoded("red"), encoded((0, 200, 0))]
+        provider = polars_embed.CallableProvider(function=mean_colour, dims=3, images=True)
+        expected = polars_embed.embed(photos, provider)
+        table = pa.table({"id": np.arange(len(photos)), "photo": pa.array(photos, pa.binary())})
+        got = collect(per.embed(dataset(table, 2), "photo", provider, concurrency=1))
+        assert got["vec"].is_null().to_list() == expected.is_null().to_list()
+        np.testing.assert_allclose(got["vec"].to_numpy(), expected.to_numpy(), rtol=1e-6)
+
+        names = [None if photo is None else f"{i}.png" for i, photo in enumerate(photos)]
+        for name, photo in zip(names, photos, strict=True):
+            if name is not None:
+                (tmp_path / name).write_bytes(photo)
+        paths = ray.data.from_arrow(pa.table({"path": pa.array(names, pa.string())}))
+        by_path = per.embed(paths, "path", provider, images=polars_embed.Images(tmp_path), concurrency=1)
+        np.testing.assert_allclose(collect(by_path)["vec"].to_numpy(), expected.to_numpy(), rtol=1e-6)
 
     def test_a_provider_that_fails_fails_the_job_with_its_words_and_no_key(self, cluster: Path) -> None:
         provider = RefusingProvider(api_key="$env:PE_RAY_TEST_KEY")

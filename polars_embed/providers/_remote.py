@@ -16,11 +16,11 @@ import math
 import os
 import textwrap
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from http import HTTPStatus
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 from polars_embed.errors import (
     AuthenticationError,
@@ -44,6 +44,8 @@ log = logging.getLogger(__name__)
 
 RETRYABLE_STATUSES = frozenset({408, 409, 429})  # and every 5xx
 AUTHENTICATION_STATUSES = frozenset({401, 403})
+
+_T = TypeVar("_T")
 
 # Clients are built rarely (once per provider), so one lock for all of them costs nothing.
 _clients_lock = threading.Lock()
@@ -104,8 +106,12 @@ class RemoteProvider(Provider):
 
     def embed_batch(self, texts: list[str], *, kind: Kind) -> Embedded:
         client = self._client()
+        return self._send(lambda: self._request(client, texts, kind))
+
+    def _send(self, request: Callable[[], _T]) -> _T:
+        """``request()``, any failure of the SDK's read as this provider's own error."""
         try:
-            return self._request(client, texts, kind)
+            return request()
         except PolarsEmbedError:
             raise
         except (AttributeError, KeyError, IndexError, TypeError, ValueError) as error:

@@ -43,6 +43,7 @@ import numpy as np
 from polars_embed.errors import ConfigError
 from polars_embed.hookspecs import hookimpl
 from polars_embed.provider import InputKind, Kind, Provider, option
+from polars_embed.reranker import Reranker
 
 log = logging.getLogger(__name__)
 
@@ -247,28 +248,50 @@ class SentenceTransformersProvider(Provider):
         return next((declared[name] for name in _MODEL_PROMPTS[kind] if declared.get(name)), None)
 
     def _loaded(self) -> tuple[Any, threading.Lock]:
-        key = (self.resolve("model"), self._device(), self.trust_remote_code, self.running_precision)
-        with _models_lock:
-            if key not in _models:
-                folder = _model_files(key[0])
-                with _quiet_loading():
-                    sentence_transformers = self.require("sentence_transformers")
-                    try:
-                        with _no_loading_bars():
-                            model = sentence_transformers.SentenceTransformer(
-                                str(folder or key[0]), device=key[1], trust_remote_code=key[2]
-                            )
-                    except OSError as error:
-                        if folder is not None:
-                            raise
-                        # The hub had it a moment ago, but the download failed.
-                        raise _unavailable(key[0], f"it did not download: {error}".split("\n")[0]) from error
-                if key[3] != "float32":
-                    import torch
+        def load(sentence_transformers: Any, model: str, device: str | None) -> Any:
+            folder = _model_files(model)
+            try:
+                return sentence_transformers.SentenceTransformer(
+                    str(folder or model), device=device, trust_remote_code=self.trust_remote_code
+                )
+            except OSError as error:
+                if folder is not None:
+                    raise
+                # The hub had it a moment ago, but the download failed.
+                raise _unavailable(model, f"it did not download: {error}".split("\n")[0]) from error
 
-                    model = model.to(getattr(torch, key[3]))
-                _models[key] = (model, threading.Lock())
-            return _models[key]
+        return _load_once(self, _models, load, precision=self.running_precision)
+
+
+def _load_once(
+    provider: Provider,
+    models: dict[tuple[str, str | None, bool, str], tuple[Any, threading.Lock]],
+    load: Callable[[Any, str, str | None], Any],
+    *,
+    precision: str = "float32",
+) -> tuple[Any, threading.Lock]:
+    """The model of ``provider`` (a model, a device, trust_remote_code) in ``precision``, loaded
+    by ``load`` on first use (then cast) and shared by the process, with the lock that
+    serialises its use."""
+    device = provider.resolve("device")
+    key = (
+        provider.resolve("model"),
+        None if device == "auto" else device,
+        provider.trust_remote_code,
+        precision,
+    )
+    with _models_lock:
+        if key not in models:
+            with _quiet_loading():
+                sentence_transformers = provider.require("sentence_transformers")
+                with _no_loading_bars():
+                    model = load(sentence_transformers, key[0], key[1])
+            if precision != "float32":
+                import torch
+
+                model = model.to(getattr(torch, precision))
+            models[key] = (model, threading.Lock())
+        return models[key]
 
 
 @functools.cache
@@ -592,6 +615,65 @@ def _offline_models() -> list[tuple[str, str]]:
     return found
 
 
+DEFAULT_CROSS_ENCODER = "cross-encoder/ms-marco-MiniLM-L6-v2"
+_cross_encoders: dict[tuple[str, str | None, bool, str], tuple[Any, threading.Lock]] = {}
+
+
+@dataclass(frozen=True, kw_only=True, repr=False)
+class CrossEncoderReranker(Reranker):
+    """Rerank with a local sentence-transformers ``CrossEncoder``, which reads query and document together.
+
+    Options
+    -------
+    model
+        A hub name (loaded from the local Hugging Face cache, or downloaded where
+        that is allowed) or a local directory; ``cross-encoder/ms-marco-MiniLM-L6-v2``
+        by default.
+    device
+        ``"auto"`` (CUDA or MPS when present, else CPU), ``"cpu"``, ``"cuda"``, ...
+    batch_size
+        Query-document pairs per request to the engine (and per forward pass).
+    trust_remote_code
+        Let the model run code from its repository; settable in code only.
+    """
+
+    name: ClassVar[str] = "sentence-transformers"
+    extra: ClassVar[str | None] = "local"
+
+    model: str = DEFAULT_CROSS_ENCODER
+    device: str = option("auto", runtime=True)
+    trust_remote_code: bool = option(False, code_only=True)
+
+    def score_batch(self, query: str, documents: list[str]) -> np.ndarray:
+        model, lock = self._loaded()
+        with lock:
+            return model.predict(
+                [(query, document) for document in documents],
+                batch_size=self.resolve("batch_size"),
+                convert_to_numpy=True,
+                show_progress_bar=False,
+            )
+
+    def _loaded(self) -> tuple[Any, threading.Lock]:
+        def load(sentence_transformers: Any, model: str, device: str | None) -> Any:
+            try:
+                return sentence_transformers.CrossEncoder(
+                    model, device=device, trust_remote_code=self.trust_remote_code
+                )
+            except OSError as error:
+                raise ConfigError(
+                    f"cross-encoder {model!r} could not be loaded ({str(error).splitlines()[0][:200]}); "
+                    "pass a local model directory, or a hub name that is in the Hugging Face cache"
+                ) from None
+
+        return _load_once(self, _cross_encoders, load)
+
+
 @hookimpl
 def polars_embed_providers() -> list[type[Provider]]:
     return [SentenceTransformersProvider]
+
+
+@hookimpl
+def polars_embed_rerankers() -> list[type[Reranker]]:
+    return [CrossEncoderReranker]
