@@ -80,7 +80,7 @@ class RerankerEntry(ProviderEntry):
     def create(self, **options: Any) -> Provider:
         known = {field.name for field in dataclasses.fields(self.provider_class) if field.init}
         defaults = {key: value for key, value in self.registry.defaults(self.name).items() if key in known}
-        return self.provider_class.create(**{**defaults, **options}).bind(self.registry)
+        return self.registry._built(self.provider_class, {**defaults, **options})
 
 
 class Registry:

@@ -86,6 +86,11 @@ class TestRegistry:
             "cross-encoder/ms-marco-MiniLM-L6-v2"
         )
 
+    def test_a_reranker_named_by_a_string_is_built_once_and_reused(self) -> None:
+        first = polars_embed.resolve_reranker("cohere", max_retries=2)
+        assert polars_embed.resolve_reranker("cohere", max_retries=2) is first  # its SDK client too
+        assert polars_embed.resolve_reranker("cohere", max_retries=3) is not first
+
     def test_a_plugin_adds_a_reranker_in_a_namespace_of_its_own(self) -> None:
         registry = Registry(entry_points=False)
         registry.register_plugin(WordCountPlugin(), origin="tests")
