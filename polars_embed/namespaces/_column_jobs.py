@@ -31,7 +31,7 @@ from typing import Any
 
 import polars as pl
 
-from polars_embed.engine import EmbedJob, Images, Truncate, as_input_series, embed_series
+from polars_embed.engine import EmbedJob, Images, Truncate, as_input_series
 from polars_embed.provider import Kind, Provider
 from polars_embed.stats import before_reading
 
@@ -56,20 +56,24 @@ class ColumnEmbedder:
         series = as_input_series(texts)
         queries = _running_queries(sys._getframe(1))
         if queries is None:  # not called by Polars: a call of its own
-            return embed_series(
-                series,
-                self.provider,
-                kind=self.kind,
-                progress=self.progress,
-                truncate=self.truncate,
-                max_tokens=self.max_tokens,
-                images=self.images,
-            )
+            with self.new_job() as job:
+                return job.embed(series)
         column = _join(self, series.name, queries)
         try:
             return column.job.embed(series)
         finally:
             _leave(column)
+
+    def new_job(self) -> EmbedJob:
+        """A job for one column of one query, with this expression's options."""
+        return EmbedJob(
+            self.provider,
+            kind=self.kind,
+            progress=self.progress,
+            truncate=self.truncate,
+            max_tokens=self.max_tokens,
+            images=self.images,
+        )
 
 
 Query = tuple[int, FrameType]  # a thread, and the frame through which it entered Polars
@@ -103,15 +107,7 @@ def _join(embedder: ColumnEmbedder, name: str, queries: list[Query]) -> _Column:
             retired.replaced = True
             del _open[key]
         if column is None:
-            job = EmbedJob(
-                embedder.provider,
-                kind=embedder.kind,
-                progress=embedder.progress,
-                truncate=embedder.truncate,
-                max_tokens=embedder.max_tokens,
-                images=embedder.images,
-            )
-            column = _open[key] = _Column(job, queries)
+            column = _open[key] = _Column(embedder.new_job(), queries)
             if _watcher is None:
                 _watcher = threading.Thread(target=_watch, name="polars-embed-columns", daemon=True)
                 _watcher.start()
