@@ -12,10 +12,13 @@ Table and column names are always quoted; ``where=`` in :func:`search` is SQL
 written by the caller. vss (HNSW indexes) is optional: everything but
 :func:`load_vss`, :func:`connect` and :func:`create_hnsw_index` works without it.
 It is packaged for duckdb 1.5.5 only (the ``vss`` extra); on duckdb 2.x,
-:func:`search` is always exact, by :func:`polars_embed.topk`.
+:func:`search` is always exact, by :func:`polars_embed.topk`. So is fts, which
+``search(..., hybrid=True)`` ranks keywords with (the ``fts`` extra); without it a
+hybrid search on a table is refused, and everything else works.
 """
 
 from duckdb_ext._catalog import TableName
+from duckdb_ext.fts import create_fts_index, load_fts
 from duckdb_ext.functions import embed_table, record_provider, register
 from duckdb_ext.parquet import load_parquet
 from duckdb_ext.search import search
@@ -24,8 +27,10 @@ from duckdb_ext.vss import connect, create_hnsw_index, load_vss
 __all__ = [
     "TableName",
     "connect",
+    "create_fts_index",
     "create_hnsw_index",
     "embed_table",
+    "load_fts",
     "load_parquet",
     "load_vss",
     "record_provider",

@@ -24,7 +24,8 @@ from polars_embed.engine import (
     EmbedJob,
     OnError,
     Truncate,
-    as_text_series,
+    as_input_series,
+    check_accepts,
     check_on_error,
     embed_series,
     progress_bar,
@@ -59,6 +60,11 @@ def register(
     and within those each distinct text is embedded once. Registering a name
     again on the same connection replaces the earlier functions, so several
     providers can live on one connection under different names.
+
+    A provider that embeds images (a CLIP model) also gets ``<name>_image(blob)``:
+    a ``BLOB`` of an encoded image (PNG, JPEG, ...) to a vector in the space of
+    ``<name>_query``, so a text query finds images. NULL gives NULL; an image that
+    cannot be read is an error naming its row.
 
     DuckDB may run the function on one of its worker threads while the calling
     thread waits busily for results, taking a core from a local model: on 2
@@ -96,13 +102,16 @@ def register(
     check_on_error(on_error)
     resolved = resolve_provider(provider, **options)
     vector_type = f"FLOAT[{width_of(resolved)}]"
-    for function_name, kind in ((name, "document"), (f"{name}_query", "query")):
+    functions = [(name, "document", "VARCHAR"), (f"{name}_query", "query", "VARCHAR")]
+    if "image" in resolved.input_kinds:
+        functions.append((f"{name}_image", "document", "BLOB"))
+    for function_name, kind, argument in functions:
         with contextlib.suppress(duckdb.Error):  # nothing registered by that name yet
             con.remove_function(function_name)
         con.create_function(
             function_name,
             _sql_function(resolved, kind, on_error if kind == "document" else "raise"),
-            ["VARCHAR"],
+            [argument],
             vector_type,
             type="arrow",
             # DuckDB 1.5's default NULL handling misaligns FLOAT[d] results after a NULL
@@ -118,7 +127,7 @@ def register(
 
 def _sql_function(provider: Provider, kind: Kind, on_error: OnError) -> Callable[[pa.ChunkedArray], pa.Array]:
     def embed_chunk(texts: pa.ChunkedArray) -> pa.Array:
-        return embed_series(as_text_series(texts), provider, kind=kind, on_error=on_error).to_arrow()
+        return embed_series(as_input_series(texts), provider, kind=kind, on_error=on_error).to_arrow()
 
     return embed_chunk
 
@@ -164,7 +173,7 @@ def embed_table(
     on_error: OnError = "raise",
     **options: Any,
 ) -> int:
-    """Fill a table's vector column from a text column, in large batches.
+    """Fill a table's vector column from a text column (or a BLOB column of images), in large batches.
 
     Use this rather than ``UPDATE ... SET v = embed(text)`` for a backfill: the
     engine sees ``batch_rows`` rows per call instead of DuckDB's 2,048, there
@@ -181,7 +190,8 @@ def embed_table(
     table
         The table: a name, or a (schema, name) or (database, schema, name) tuple.
     column
-        The text column (VARCHAR).
+        The text column (VARCHAR), or a BLOB column of encoded images for a
+        provider that embeds images (a CLIP model).
     into
         The vector column; ``<column>_embedding`` by default. Added as
         ``FLOAT[d]`` if missing.
@@ -225,14 +235,22 @@ def embed_table(
     target = resolve_table(con, table)
     target.check_row_ids()
     texts = target.require_column(column)
-    if texts.data_type != "VARCHAR":
-        raise ConfigError(f"column {column!r} of {target} is {texts.data_type}, not VARCHAR text")
+    if texts.data_type not in ("VARCHAR", "BLOB"):
+        raise ConfigError(
+            f"column {column!r} of {target} is {texts.data_type}, not VARCHAR text or a BLOB of images"
+        )
     vectors_name = into or f"{texts.name}_embedding"
     existing = target.column(vectors_name)
-    stored = _stored_provider(existing)
-    chosen, rule = resolve_truncate(stored if provider is None and stored else provider, truncate, **options)
+    given = None if provider is None else resolve_provider(provider, **options)
+    stored = _stored_provider(existing, given)
+    if given is None:
+        chosen, rule = resolve_truncate(stored, truncate, **options)
+    else:
+        chosen, rule = resolve_truncate(given, truncate)
     if stored is not None:
         check_same_provider(chosen, stored, column=vectors_name)
+    if texts.data_type == "BLOB":
+        check_accepts(chosen, "image", texts.name)
     vectors = _vector_column(con, target, vectors_name, existing, chosen)
     # Described before any row is written, so that a partial fill is described too.
     try:
@@ -242,9 +260,9 @@ def embed_table(
     return _fill(con, target, texts, vectors, chosen, batch_rows, progress, rule, on_error)
 
 
-def _stored_provider(column: Column | None) -> Provider | None:
+def _stored_provider(column: Column | None, given: Provider | None) -> Provider | None:
     spec = column.stored_spec() if column else None
-    return spec.create_provider() if spec else None
+    return spec.provider_for(given) if spec else None
 
 
 def _vector_column(

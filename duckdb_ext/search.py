@@ -15,6 +15,11 @@ Two paths give the same kind of answer, a relation of the table's rows plus a
   non-finite vectors never match, ties go to the lower row id). It is also where a
   filtered search goes when the filter is so selective that the index would
   have to return more than a quarter of the rows the exact search would score.
+
+A **hybrid** search (``hybrid=True``) ranks the vectors exactly and the words of a
+text column by BM25 (DuckDB's fts extension, :mod:`duckdb_ext.fts`), and fuses the
+two rankings (:class:`polars_embed.keywords.Ranking`); a reranker (``rerank=``)
+then reorders the best candidates.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 
+from duckdb_ext import fts
 from duckdb_ext._catalog import (
     Column,
     Table,
@@ -50,9 +56,10 @@ from polars_embed.errors import (
     MissingDependencyError,
 )
 from polars_embed.kernels import check_k, topk, topk_merge
+from polars_embed.keywords import Fusion, Ranking
 from polars_embed.metadata import provider_for_query, provider_of
 from polars_embed.provider import Provider
-from polars_embed.registry import ProviderLike, resolve_provider
+from polars_embed.registry import ProviderLike, RerankerLike, resolve_provider
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +88,12 @@ def search(
     where: str | None = None,
     provider: ProviderLike = None,
     exact: bool = False,
+    text: str | None = None,
+    hybrid: bool = False,
+    fusion: Fusion = "rrf",
+    weight: float = 0.5,
+    rerank: RerankerLike | None = None,
+    rerank_top: int = 50,
 ) -> duckdb.DuckDBPyRelation:
     """Find the ``k`` rows whose vectors are most similar to ``query``.
 
@@ -108,6 +121,26 @@ def search(
         one is an error.
     exact
         Skip any HNSW index and rank every row exactly.
+    text
+        The text column (``VARCHAR``) the vectors were made from, for ``hybrid`` and ``rerank``.
+    hybrid
+        Also rank the rows by BM25 keyword relevance of ``text`` to the (text) query,
+        through DuckDB's fts extension, and fuse the two rankings, as
+        :meth:`polars_embed.namespaces.frame.EmbedFrameNamespace.search` does: ``score``
+        is the fused score, and ``vector_rank`` and ``keyword_rank`` say where each row
+        was in each ranking (NULL where it was not). The vectors are ranked exactly.
+        The full-text index (a schema ``fts_<schema>_<table>``) is built on first
+        use and reused; it is rebuilt when the table's row count changes (after an
+        update that keeps the count, call :func:`duckdb_ext.create_fts_index`).
+        Needs the fts extension, packaged for duckdb 1.5.5 only (the ``fts`` extra).
+    fusion, weight
+        How the rankings are fused: ``"rrf"`` (reciprocal rank fusion) or
+        ``"weighted"``, with ``weight`` the vector ranking's share.
+    rerank, rerank_top
+        A reranker (``"cohere:rerank-v3.5"``, a cross-encoder, a
+        :class:`~polars_embed.Reranker`) that reorders the best ``rerank_top``
+        candidates by reading the query with each one's ``text``; ``score`` is then
+        its relevance.
 
     Returns
     -------
@@ -153,12 +186,24 @@ def search(
     k = check_k(k)  # before it reaches SQL text
     if where is not None and not where.strip():
         where = None
+    ranking = Ranking.check(
+        text=text, hybrid=hybrid, fusion=fusion, weight=weight, rerank=rerank, rerank_top=rerank_top
+    )
     target = resolve_table(con, table)
     vectors = target.require_column(column)
     width = vectors.width
-    if target.column("score") is not None:
-        raise ConfigError(f"table {target} has a column named 'score', which search adds; rename it first")
+    for added in ["score", *(ranking.columns if ranking else [])]:
+        if target.column(added) is not None:
+            raise ConfigError(
+                f"table {target} has a column named {added!r}, which search adds; rename it first"
+            )
     target.check_row_ids()
+    if ranking is not None and not isinstance(query, str):
+        raise ConfigError(
+            "hybrid and reranked searches need a text query (its words are ranked and read), "
+            "not a vector: pass the query text"
+        )
+    texts = None if ranking is None else fts.text_column(target, ranking.text)
     if isinstance(query, str):
         query_vector = embed_queries([query], _query_provider(con, target, vectors, provider))[0]
     elif provider is not None:
@@ -174,6 +219,9 @@ def search(
         raise InvalidInputError(
             "the query vector must be finite and not all zeros: cosine similarity needs a direction"
         )
+    if ranking is not None:
+        assert isinstance(query, str) and texts is not None
+        return _ranked_search(con, target, vectors, texts, query, query_vector, k, where, ranking)
     if not exact:
         indexed = _indexed_search(con, target, vectors, query_vector, k, where)
         if indexed is not None:
@@ -186,8 +234,9 @@ def _query_provider(
 ) -> Provider:
     """The provider that must embed a text query: the given one, the recorded one, or the recognised one."""
     spec = vectors.stored_spec()
+    given = None if provider is None else resolve_provider(provider)
     if spec is not None:
-        stored = spec.create_provider()
+        stored = spec.provider_for(given)
     else:
         sample = con.sql(
             f"SELECT {vectors.sql} FROM {table.sql} WHERE {vectors.sql} IS NOT NULL "
@@ -195,7 +244,7 @@ def _query_provider(
         ).pl()
         stored = provider_of(sample.to_series()) if sample.height else None
     return provider_for_query(
-        None if provider is None else resolve_provider(provider),
+        given,
         stored,
         column=vectors.name,
         width=vectors.width,
@@ -295,13 +344,76 @@ def _exact_search(
     # rows), so the hits are ranked and fetched in one, and kept as they were then.
     with _one_snapshot(con) as restart:
         rows, scores = _exact_topk(con, table, vectors, query, k, where, restart)
-        row_list = ", ".join(str(int(row)) for row in rows)
-        hits = con.sql(
-            f"SELECT target.*, hits.score FROM {table.sql} AS target JOIN (SELECT "
-            f"unnest([{row_list}]::BIGINT[]) AS row, unnest({float_literal(scores, 'FLOAT[]')}) AS score, "
-            f"unnest(range({len(rows)})) AS rank) AS hits ON target.rowid = hits.row ORDER BY hits.rank"
-        ).to_arrow_table()
+        hits = _hits(con, table, rows, scores)
     return con.from_arrow(hits)
+
+
+def _ranked_search(
+    con: duckdb.DuckDBPyConnection,
+    table: Table,
+    vectors: Column,
+    texts: Column,
+    query: str,
+    query_vector: np.ndarray,
+    k: int,
+    where: str | None,
+    ranking: Ranking,
+) -> duckdb.DuckDBPyRelation:
+    """A hybrid or reranked search: both rankings and the hits read in one snapshot."""
+    if ranking.keywords:
+        fts.prepare_index(con, table, texts)  # it may write the index: before the read-only snapshot
+    depth = ranking.depth(k)
+    with _one_snapshot(con) as restart:
+        vector = _exact_topk(con, table, vectors, query_vector, depth, where, restart)
+        keyword = fts.keyword_ranking(con, table, texts, query, depth, where) if ranking.keywords else None
+        ranked = ranking.combine(
+            query,
+            vector,
+            keyword,
+            k=k,
+            higher_is_better=True,
+            texts_of=lambda rows: _texts_of(con, table, texts, rows),
+        )
+        hits = _hits(con, table, ranked.rows, ranked.scores, ranking.rank_columns(ranked))
+    return con.from_arrow(hits)
+
+
+def _texts_of(
+    con: duckdb.DuckDBPyConnection, table: Table, texts: Column, rows: np.ndarray
+) -> list[str | None]:
+    """The texts of the rows with these row ids, in their order."""
+    row_list = ", ".join(str(int(row)) for row in rows)
+    found = dict(
+        con.sql(
+            f"SELECT rowid, {texts.sql} FROM {table.sql} "
+            f"WHERE rowid IN (SELECT unnest([{row_list}]::BIGINT[]))"
+        ).fetchall()
+    )
+    return [found.get(int(row)) for row in rows]
+
+
+def _hits(
+    con: duckdb.DuckDBPyConnection,
+    table: Table,
+    rows: np.ndarray,
+    scores: np.ndarray,
+    ranks: Sequence[pl.Series] = (),
+) -> pa.Table:
+    """The rows with these row ids, in their order, with a ``score`` column and the ``ranks``
+    columns (``UINTEGER``, NULL for a null rank)."""
+    row_list = ", ".join(str(int(row)) for row in rows)
+    rank_lists = "".join(
+        f", unnest([{', '.join('NULL' if rank is None else str(rank) for rank in column)}]::UINTEGER[]) "
+        f"AS {quote_identifier(column.name)}"
+        for column in ranks
+    )
+    rank_names = "".join(f", hits.{quote_identifier(column.name)}" for column in ranks)
+    return con.sql(
+        f"SELECT target.*, hits.score{rank_names} FROM {table.sql} AS target JOIN (SELECT "
+        f"unnest([{row_list}]::BIGINT[]) AS row, unnest({float_literal(scores, 'FLOAT[]')}) AS score, "
+        f"unnest(range({len(rows)})) AS rank{rank_lists}) AS hits ON target.rowid = hits.row "
+        "ORDER BY hits.rank"
+    ).to_arrow_table()
 
 
 @contextmanager

@@ -35,7 +35,8 @@ from typing import Any, Literal
 import duckdb
 
 from duckdb_ext._catalog import TableName, one_row, quote_identifier, quote_literal, resolve_table
-from polars_embed.errors import ConfigError, MissingDependencyError
+from duckdb_ext._extensions import load_extension, packaged_extension
+from polars_embed.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -58,44 +59,12 @@ def load_vss(con: duckdb.DuckDBPyConnection) -> None:
     MissingDependencyError
         When neither way works.
     """
-    if _vss_loaded(con):
-        return
-    packaged = _packaged_extension()
-    if packaged is not None:
-        con.execute(f"LOAD {quote_literal(str(packaged))}")
-        return
-    try:
-        con.execute("INSTALL vss")
-        con.execute("LOAD vss")
-    except duckdb.Error as error:
-        raise MissingDependencyError(
-            f"DuckDB's vss extension (HNSW indexes) is not available for duckdb {duckdb.__version__}: "
-            f"install it with: pip install 'polars-embed[vss]' (it pins duckdb to the version the "
-            f"extension is packaged for). INSTALL vss failed too: {error}"
-        ) from error
-
-
-def _vss_loaded(con: duckdb.DuckDBPyConnection) -> bool:
-    (loaded,) = one_row(con, "SELECT bool_or(loaded) FROM duckdb_extensions() WHERE extension_name = 'vss'")
-    return bool(loaded)
+    load_extension(con, "vss", _packaged_extension(), purpose="HNSW indexes", extra="vss")
 
 
 def _packaged_extension() -> Path | None:
     """The vss extension file shipped for this duckdb version by ``duckdb-extension-vss``."""
-    try:
-        import duckdb_extension_vss
-    except ImportError:
-        return None
-    path = (
-        Path(duckdb_extension_vss.__file__).parent
-        / "extensions"
-        / f"v{duckdb.__version__}"
-        / "vss.duckdb_extension"
-    )
-    if not path.is_file():
-        log.debug("duckdb-extension-vss has no extension for duckdb %s at %s", duckdb.__version__, path)
-        return None
-    return path
+    return packaged_extension("vss")
 
 
 def connect(

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 from polars_embed import namespaces  # noqa: F401  (registers .embed on expressions and frames)
 from polars_embed._estimate import Estimate, estimate
 from polars_embed.cache import cache_settings, configure_cache
-from polars_embed.engine import aembed, embed
+from polars_embed.engine import Images, aembed, embed
 from polars_embed.errors import (
     AuthenticationError,
     BudgetExceededError,
@@ -28,6 +28,7 @@ from polars_embed.errors import (
     InputRefusedError,
     InputTypeError,
     InvalidEmbeddingError,
+    InvalidImageError,
     InvalidInputError,
     MissingDependencyError,
     PolarsEmbedError,
@@ -46,7 +47,15 @@ from polars_embed.kernels import l2_normalize, pairwise_scores, squared_norms, t
 from polars_embed.metadata import read_parquet, scan_parquet
 from polars_embed.provider import CallableProvider, Embedded, Provider, option
 from polars_embed.quantization import Quantization, QuantizedVectors, quantize, quantized_topk, recall_at_k
-from polars_embed.registry import Registry, get_registry, list_providers, resolve_provider
+from polars_embed.registry import (
+    Registry,
+    get_registry,
+    list_providers,
+    list_rerankers,
+    resolve_provider,
+    resolve_reranker,
+)
+from polars_embed.reranker import Reranker, Scored
 from polars_embed.stats import EmbedStats, last_stats, track_stats
 
 if TYPE_CHECKING:
@@ -96,9 +105,11 @@ __all__ = [
     "EmbeddingIncompleteError",
     "Estimate",
     "Id",
+    "Images",
     "InputRefusedError",
     "InputTypeError",
     "InvalidEmbeddingError",
+    "InvalidImageError",
     "InvalidInputError",
     "MissingDependencyError",
     "Model",
@@ -110,7 +121,9 @@ __all__ = [
     "ReadOnlyError",
     "RecordNotFoundError",
     "Registry",
+    "Reranker",
     "RetryableProviderError",
+    "Scored",
     "Search",
     "Source",
     "Table",
@@ -133,6 +146,7 @@ __all__ = [
     "l2_normalize",
     "last_stats",
     "list_providers",
+    "list_rerankers",
     "option",
     "pairwise_scores",
     "quantize",
@@ -140,6 +154,7 @@ __all__ = [
     "read_parquet",
     "recall_at_k",
     "resolve_provider",
+    "resolve_reranker",
     "scan_parquet",
     "squared_norms",
     "topk",

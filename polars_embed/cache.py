@@ -1,8 +1,10 @@
 """The embedding cache: no text is paid for twice.
 
 A vector is stored under a key made of the provider's spec (its identity options,
-as :meth:`Provider.spec` gives them), the kind (query or document) and the text,
-so any change to what makes the vectors is a different key. Batches are stored
+as :meth:`Provider.spec` gives them, and where that is not all that decides them,
+its :meth:`Provider.cache_scope`, such as a compatible server's endpoint), the kind
+(query or document) and the text, so any change to what makes the vectors is a
+different key. Batches are stored
 as they finish, so a column that failed half way resumes where it stopped.
 
 The store is one SQLite file in WAL mode, shared by every thread and process that
@@ -162,7 +164,11 @@ def cache_for(provider: Provider) -> EmbeddingCache | None:
 
 def fingerprint(provider: Provider) -> bytes:
     """What makes the vectors, as bytes: equal for providers that give equal vectors."""
-    return hashlib.sha256(json.dumps(provider.spec(), sort_keys=True, default=str).encode()).digest()
+    identity = provider.spec()
+    scope = provider.cache_scope()
+    if scope is not None:  # beside the options, under a name no option has; other keys stay as they were
+        identity["@scope"] = scope
+    return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).digest()
 
 
 def text_keys(provider: Provider, kind: Kind, texts: Sequence[str]) -> list[bytes]:

@@ -22,6 +22,7 @@ import random
 import sys
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import CancelledError, Future, ThreadPoolExecutor, as_completed
 from contextlib import contextmanager
@@ -35,6 +36,7 @@ import pyarrow as pa
 from tqdm import tqdm
 
 from polars_embed._chunks import chunk_budget, chunk_texts
+from polars_embed._inputs import Images, Prepared, check_accepts, prepare
 from polars_embed._tokens import approximate_token_counter, approximate_tokens
 from polars_embed.cache import InFlight, cache_for, text_keys
 from polars_embed.errors import (
@@ -52,6 +54,7 @@ from polars_embed.kernels import l2_normalize
 from polars_embed.metadata import remember
 from polars_embed.provider import Embedded, Kind, Provider, check_kind
 from polars_embed.registry import ProviderLike, resolve_provider
+from polars_embed.reranker import Reranker, Scored
 from polars_embed.stats import EmbedStats, Failure, record
 
 __all__ = [
@@ -61,18 +64,22 @@ __all__ = [
     "REFUSAL_PROBE",
     "TRUNCATE_RULES",
     "EmbedJob",
+    "Images",
     "LongTexts",
     "OnError",
     "Pool",
     "Truncate",
     "aembed",
+    "as_input_series",
     "as_text_series",
+    "check_accepts",
     "check_long_texts",
     "check_on_error",
     "embed",
     "embed_queries",
     "embed_series",
     "progress_bar",
+    "rerank_scores",
     "resolve_truncate",
     "width_of",
 ]
@@ -80,6 +87,7 @@ __all__ = [
 log = logging.getLogger("polars_embed")
 
 TextsLike = Sequence[str | None] | pl.Series | pa.Array | pa.ChunkedArray | np.ndarray
+InputsLike = TextsLike | Sequence[bytes | None]
 
 #: Exponential backoff between retries: BACKOFF_BASE * 2**attempt, at most BACKOFF_CAP
 #: seconds, with jitter. A server's Retry-After is honoured up to RETRY_AFTER_CAP seconds.
@@ -125,32 +133,37 @@ def check_on_error(on_error: object) -> None:
         raise ConfigError(f"on_error must be one of {ON_ERROR_RULES}, got {on_error!r}")
 
 
-_limits: dict[Provider, threading.BoundedSemaphore] = {}
+# Weak: a provider no one holds any more (a callable made for one call) takes its limit
+# along, so the table does not grow with the calls a process has made.
+_limits: weakref.WeakKeyDictionary[Provider, threading.BoundedSemaphore] = weakref.WeakKeyDictionary()
 _limits_lock = threading.Lock()
 
 _T = TypeVar("_T")
 
 
 def embed(
-    texts: TextsLike,
+    texts: InputsLike,
     provider: ProviderLike = None,
     *,
     kind: Kind = "document",
     progress: bool | None = None,
     truncate: Truncate = "warn",
     max_tokens: int | None = None,
+    images: Images | None = None,
     on_error: OnError = "raise",
     long_texts: LongTexts = "truncate",
     pool: Pool = "mean",
     **options: Any,
 ) -> pl.Series:
-    """Embed texts, returning one vector per input row.
+    """Embed texts (or images), returning one vector per input row.
 
     Parameters
     ----------
     texts
         A list of strings, a Polars Series or an Arrow array of strings. Nulls
         and blank strings give null vectors and are never sent to the provider.
+        Encoded images (``bytes``, a ``pl.Binary`` Series) are embedded as images,
+        by a provider that embeds them (a CLIP model); identical images once.
     provider
         A registered name (``"hashing"``), ``"name:model"``, a
         :class:`~polars_embed.Provider`, or any callable from a list of strings
@@ -171,6 +184,10 @@ def embed(
         tokens (as :func:`polars_embed.estimate` counts them), and stop before a
         request that would take the tokens used past it. Either way a
         :class:`~polars_embed.BudgetExceededError`; what was embedded stays in the cache.
+        Texts only: images are not counted in tokens.
+    images
+        ``Images(root="photos/")`` reads a String ``texts`` as paths of image files
+        under that folder (relative, inside it, never a URL).
     on_error
         When the provider refuses texts for what they say (an HTTP 400 for one text, a
         text over the service's token limit): ``"raise"`` fails the call; ``"null"``
@@ -199,6 +216,12 @@ def embed(
     pl.Series
         ``pl.Array(pl.Float32, d)``, aligned with ``texts``.
 
+    Raises
+    ------
+    InvalidImageError
+        An image that cannot be read, over Pillow's decompression-bomb limit, or a
+        path out of the root; the message names its row.
+
     Examples
     --------
     >>> import polars_embed
@@ -208,12 +231,13 @@ def embed(
     """
     resolved, rule = resolve_truncate(provider, truncate, **options)
     return embed_series(
-        as_text_series(texts),
+        as_input_series(texts),
         resolved,
         kind=kind,
         progress=progress,
         truncate=rule,
         max_tokens=max_tokens,
+        images=images,
         on_error=on_error,
         long_texts=long_texts,
         pool=pool,
@@ -228,6 +252,7 @@ async def aembed(
     progress: bool | None = None,
     truncate: Truncate = "warn",
     max_tokens: int | None = None,
+    images: Images | None = None,
     on_error: OnError = "raise",
     long_texts: LongTexts = "truncate",
     pool: Pool = "mean",
@@ -245,6 +270,7 @@ async def aembed(
         progress=progress,
         truncate=truncate,
         max_tokens=max_tokens,
+        images=images,
         on_error=on_error,
         long_texts=long_texts,
         pool=pool,
@@ -296,6 +322,28 @@ def embed_queries(queries: Sequence[str], provider: Provider) -> np.ndarray:
     return vectors.to_numpy()
 
 
+def as_input_series(values: InputsLike, name: str = "embedding") -> pl.Series:
+    """Encoded images as a Binary Series (from ``bytes``, Binary or Arrow binary), anything
+    else as :func:`as_text_series` takes it."""
+    if isinstance(values, pa.Array | pa.ChunkedArray) and (
+        pa.types.is_binary(values.type) or pa.types.is_large_binary(values.type)
+    ):
+        return pl.Series(name, values)
+    if isinstance(values, pl.Series):
+        return values if values.dtype == pl.Binary else as_text_series(values, name)
+    if not isinstance(values, str | bytes | pa.Array | pa.ChunkedArray | np.ndarray):
+        values = list(values)
+        if any(isinstance(value, bytes | bytearray) for value in values):
+            try:
+                return pl.Series(name, values, dtype=pl.Binary, strict=True)
+            except TypeError:
+                raise InputTypeError(
+                    "embed() got bytes mixed with other values: pass encoded images (bytes) "
+                    "or texts (str), one kind per call"
+                ) from None
+    return as_text_series(values, name)
+
+
 def as_text_series(texts: TextsLike, name: str = "embedding") -> pl.Series:
     """Texts as a Polars String Series; anything that is not text is an :class:`InputTypeError`."""
     if isinstance(texts, str):
@@ -316,8 +364,8 @@ def as_text_series(texts: TextsLike, name: str = "embedding") -> pl.Series:
         series = series.cast(pl.String)
     if series.dtype != pl.String:
         raise InputTypeError(
-            f"embed() needs a String column, but {series.name!r} is {series.dtype}; "
-            f"convert it first, e.g. pl.col({series.name!r}).cast(pl.String)"
+            f"embed() needs a String column, but {series.name!r} is {series.dtype}; convert it first, "
+            f"e.g. pl.col({series.name!r}).cast(pl.String) (a Binary column embeds as images)"
         )
     return series
 
@@ -330,17 +378,19 @@ def embed_series(
     progress: bool | None = None,
     truncate: Truncate = "warn",
     max_tokens: int | None = None,
+    images: Images | None = None,
     on_error: OnError = "raise",
     long_texts: LongTexts = "truncate",
     pool: Pool = "mean",
 ) -> pl.Series:
-    """The engine's core: a String Series in, an aligned ``pl.Array(pl.Float32, d)`` out."""
+    """The engine's core: a String (or Binary) Series in, an aligned ``pl.Array(pl.Float32, d)`` out."""
     with EmbedJob(
         provider,
         kind=kind,
         progress=progress,
         truncate=truncate,
         max_tokens=max_tokens,
+        images=images,
         on_error=on_error,
         long_texts=long_texts,
         pool=pool,
@@ -373,6 +423,9 @@ class EmbedJob:
         As for :func:`embed`.
     max_tokens
         As for :func:`embed`, for the whole job: every piece draws on one budget.
+    images
+        As for :func:`embed`: read String pieces as paths of images under a root.
+        A Binary piece is always images.
     """
 
     def __init__(
@@ -383,6 +436,7 @@ class EmbedJob:
         progress: bool | None = None,
         truncate: Truncate = "warn",
         max_tokens: int | None = None,
+        images: Images | None = None,
         on_error: OnError = "raise",
         long_texts: LongTexts = "truncate",
         pool: Pool = "mean",
@@ -401,6 +455,7 @@ class EmbedJob:
         self.provider = provider
         self.kind = kind
         self.truncate = truncate
+        self.images = images
         self._progress = progress
         self._lock = threading.Lock()
         self._bar: tqdm | None = None
@@ -414,19 +469,27 @@ class EmbedJob:
         started = time.perf_counter()
         with self._lock:
             first_row, self._rows_seen = self._rows_seen, self._rows_seen + len(texts)
-        distinct, skipped = distinct_texts(texts)
+        inputs = prepare(texts, self.images)
+        check_accepts(self.provider, inputs.kind, texts.name)
+        if inputs.kind != "text" and self.budget is not None:
+            raise ConfigError("max_tokens counts the tokens of texts, and images have none: leave it out")
+        distinct, skipped = distinct_texts(inputs.keys)
         stats = EmbedStats(
             provider=self.provider.label, rows=len(texts), skipped=skipped, distinct=len(distinct)
         )
         lookup = pl.DataFrame(
             {"text": distinct, "position": pl.int_range(len(distinct), dtype=pl.UInt32, eager=True)}
         )
-        positions = pl.DataFrame({"text": texts}).join(lookup, on="text", how="left", maintain_order="left")
+        positions = pl.DataFrame({"text": inputs.keys}).join(
+            lookup, on="text", how="left", maintain_order="left"
+        )
         try:
-            embed_distinct = _embed_pooled if self.long_texts == "chunk" else _embed_distinct
-            vectors, refused = embed_distinct(distinct.to_list(), self, stats)
+            pooled = self.long_texts == "chunk" and inputs.kind == "text"  # an image has no length
+            embed_distinct = _embed_pooled if pooled else _embed_distinct
+            vectors, refused = embed_distinct(distinct.to_list(), self, stats, inputs)
             if refused:
-                stats.failures = _failures(texts, positions["position"], refused, first_row)
+                shown = texts if inputs.kind == "text" else inputs.keys
+                stats.failures = _failures(shown, positions["position"], refused, first_row)
                 stats.failed = len(stats.failures)
         finally:
             self._add(stats, started, time.perf_counter())
@@ -488,14 +551,17 @@ class EmbedJob:
             record(call, started, ended, last=self._stats)  # under the lock: records land in order
 
     def _plan(
-        self, texts: list[str], stats: EmbedStats, tokens: list[int] | None = None
+        self, texts: list[str], stats: EmbedStats, tokens: list[int] | None = None, *, text: bool = True
     ) -> tuple[list[list[int]], dict[int, str]]:
         """Batches for ``texts`` (none from the cache), after the length rules: texts the
         service refuses are refused here (or, with ``on_error="null"``, set aside with why,
         by position), and texts the model cuts counted or refused.
-        ``tokens``: the provider's own counts, where the budget has them already."""
+        ``tokens``: the provider's own counts, where the budget has them already.
+        Images (``text=False``, ``texts`` their keys) have no tokens to count."""
         if not texts:
             return [], {}
+        if not text:
+            return _plan_batches(texts, self.provider), {}
         provider = self.provider
         reads = provider.max_input_tokens
         if tokens is None and (provider.max_batch_tokens or provider.max_text_tokens or reads):
@@ -562,9 +628,12 @@ def _refuse_over(
         )
 
 
-def _embed_distinct(texts: list[str], job: EmbedJob, stats: EmbedStats) -> tuple[np.ndarray, dict[int, str]]:
-    """Embed distinct non-blank texts into one ``(len(texts), d)`` float32 array, and the
-    positions of the texts refused under ``on_error="null"`` (their rows are garbage), with why.
+def _embed_distinct(
+    texts: list[str], job: EmbedJob, stats: EmbedStats, inputs: Prepared
+) -> tuple[np.ndarray, dict[int, str]]:
+    """Embed distinct non-blank texts (or images, by their keys) into one ``(len(texts), d)``
+    float32 array, and the positions of the texts refused under ``on_error="null"`` (their
+    rows are garbage), with why.
 
     A text that another call in this process is already embedding (a parallel morsel of
     the same collect, another thread) is not sent again: this call embeds its own texts
@@ -577,18 +646,20 @@ def _embed_distinct(texts: list[str], job: EmbedJob, stats: EmbedStats) -> tuple
     vectors = np.empty((len(texts), width), dtype=np.float32)
     on_disk = cache_for(provider)
     cache = on_disk.session() if on_disk else None  # remembers a lock for the rest of this call
-    keys = text_keys(provider, kind, texts) if provider.cacheable else None
+    # An image's key is its digest: the cache keeps it apart from a text that reads the same.
+    cache_kind = kind if inputs.kind == "text" else f"{kind}:{inputs.kind}"
+    keys = text_keys(provider, cache_kind, texts) if provider.cacheable else None  # type: ignore[arg-type]
     budget = job.budget
     tokens_of: dict[int, int] = {}
     refused: dict[int, str] = {}
 
     def send(batch: list[int]) -> tuple[Embedded, int]:
         if budget is None:
-            return _request_with_retries(provider, [texts[i] for i in batch], kind, limit)
+            return _request_with_retries(provider, inputs.load([texts[i] for i in batch]), kind, limit)
         estimated = sum(tokens_of[i] for i in batch)
         budget.reserve(estimated)
         try:
-            answer = _request_with_retries(provider, [texts[i] for i in batch], kind, limit)
+            answer = _request_with_retries(provider, inputs.load([texts[i] for i in batch]), kind, limit)
         except BaseException:
             budget.settle(estimated, 0, billed=False)
             raise
@@ -632,7 +703,7 @@ def _embed_distinct(texts: list[str], job: EmbedJob, stats: EmbedStats) -> tuple
             counts, provider_counts = budget.admit(pending_texts, provider, kind) if budget else (None, None)
             if counts is not None:
                 tokens_of.update(zip(pending, counts, strict=True))
-            plan, set_aside = job._plan(pending_texts, stats, provider_counts)
+            plan, set_aside = job._plan(pending_texts, stats, provider_counts, text=inputs.kind == "text")
             batches = [[pending[i] for i in batch] for batch in plan]
             refused.update({pending[i]: f"{provider.label}: {why}" for i, why in set_aside.items()})
             with job._progress_of(len(pending)) as bar:
@@ -655,7 +726,9 @@ def _embed_distinct(texts: list[str], job: EmbedJob, stats: EmbedStats) -> tuple
     return vectors, refused
 
 
-def _embed_pooled(texts: list[str], job: EmbedJob, stats: EmbedStats) -> tuple[np.ndarray, dict[int, str]]:
+def _embed_pooled(
+    texts: list[str], job: EmbedJob, stats: EmbedStats, inputs: Prepared
+) -> tuple[np.ndarray, dict[int, str]]:
     """:func:`_embed_distinct` for ``long_texts="chunk"``: each text cut into chunks the
     model reads whole, every distinct chunk embedded once, and each text's chunks pooled.
     A text with a refused chunk is refused (with the chunk's message)."""
@@ -669,7 +742,7 @@ def _embed_pooled(texts: list[str], job: EmbedJob, stats: EmbedStats) -> tuple[n
     distinct = {chunk: None for chunk in chunks}
     position = {chunk: i for i, chunk in enumerate(distinct)}
     of_chunk = np.array([position[chunk] for chunk in chunks], dtype=np.int64)
-    vectors, refused_chunks = _embed_distinct(list(distinct), job, stats)
+    vectors, refused_chunks = _embed_distinct(list(distinct), job, stats, inputs)
     firsts = np.concatenate([[0], np.cumsum(counts)[:-1]])
     each = vectors[of_chunk]
     pooled = (
@@ -860,7 +933,7 @@ def _run_batches(
 
 
 def _request_with_retries(
-    provider: Provider, texts: list[str], kind: Kind, limit: threading.BoundedSemaphore
+    provider: Provider, texts: list[Any], kind: Kind, limit: threading.BoundedSemaphore
 ) -> tuple[Embedded, int]:
     """One batch, retried on retryable failures only; returns the answer and the retries made."""
     answer, retries = _with_retries(provider, lambda: provider.embed_batch(texts, kind=kind), limit)
@@ -1096,3 +1169,62 @@ class _TokenBudget:
             self.in_flight -= estimated
             if billed:
                 self.spent += counted or estimated
+
+
+# --- Reranking ---------------------------------------------------------------------------
+# Public API of the engine: the search front ends rerank their candidates through it.
+
+
+def rerank_scores(query: str, documents: Sequence[str | None], reranker: Reranker) -> np.ndarray:
+    """How relevant each document is to ``query``, by ``reranker``: one float32 per document.
+
+    The engine's rules for requests apply as for embedding: a null or blank
+    document is never sent and scores NaN; the documents go in batches of the
+    reranker's ``batch_size`` (at most its service's ``max_batch_size``),
+    ``max_concurrency`` at a time, each retried on retryable failures only
+    (honouring ``Retry-After``); the call is one record of
+    :func:`~polars_embed.last_stats` (``embedded``: documents scored, ``tokens``:
+    the units billed).
+    """
+    if not isinstance(query, str) or not query.strip():
+        raise InvalidInputError(f"a reranked search needs a non-blank text query, got {query!r:.40}")
+    started = time.perf_counter()
+    positions = [i for i, text in enumerate(documents) if isinstance(text, str) and text.strip()]
+    texts = [documents[i] for i in positions]
+    stats = EmbedStats(
+        provider=reranker.label,
+        rows=len(documents),
+        skipped=len(documents) - len(texts),
+        distinct=len(texts),
+    )
+    scores = np.full(len(documents), np.nan, dtype=np.float32)
+    limit = _concurrency_limit(reranker)
+
+    def request(batch: list[int]) -> tuple[Any, int]:
+        batch_texts = [texts[i] for i in batch]
+        return _with_retries(reranker, lambda: reranker.score_batch(query, batch_texts), limit)
+
+    def store(batch: list[int], answer: tuple[Any, int]) -> None:
+        scored, retries = answer
+        if not isinstance(scored, Scored):
+            scored = Scored(scored)
+        values = np.asarray(scored.scores, dtype=np.float32)
+        if values.shape != (len(batch),) or not np.isfinite(values).all():
+            raise ProviderError(
+                f"{reranker.label} returned scores of shape {values.shape} (finite: "
+                f"{bool(np.isfinite(values).all())}) for {len(batch)} documents; expected one finite "
+                "number per document"
+            )
+        scores[[positions[i] for i in batch]] = values
+        stats.embedded += len(batch)
+        stats.requests += 1
+        stats.retries += retries
+        stats.tokens += scored.units
+
+    try:
+        _run_batches(_plan_batches(texts, reranker), request, store, reranker.resolve("max_concurrency"))
+    finally:
+        stats.seconds = time.perf_counter() - started
+        record(stats, started, time.perf_counter())
+        log.debug("reranked %s", stats)
+    return scores

@@ -5,6 +5,7 @@ The hierarchy::
     PolarsEmbedError
     ├── ConfigError             (ValueError)  an option or argument is not accepted
     ├── InvalidInputError       (ValueError)  data that cannot be embedded or searched
+    │   └── InvalidImageError                 an image that cannot be read or is refused
     ├── InputTypeError          (TypeError)   data or an argument of the wrong type
     ├── DimensionMismatchError  (ValueError)  vectors of different widths compared
     ├── BudgetExceededError     (ValueError)  a run would pass its max_tokens
@@ -61,6 +62,12 @@ class ConfigError(PolarsEmbedError, ValueError):
 class InvalidInputError(PolarsEmbedError, ValueError):
     """Data that cannot be embedded or searched: no query, a blank query, a vector of the
     wrong shape or without a direction."""
+
+
+class InvalidImageError(InvalidInputError):
+    """An image that cannot be embedded: unreadable, truncated, of a format not read, over
+    Pillow's decompression-bomb limit, or a path that is a URL or leads outside its root.
+    The message names the row."""
 
 
 class InputTypeError(PolarsEmbedError, TypeError):

@@ -14,6 +14,10 @@ providers are plugins like any other; third-party ones are found through the
     @hookimpl
     def polars_embed_providers():
         return [MyProvider]
+
+    @hookimpl
+    def polars_embed_rerankers():  # optional: rerankers, a namespace of their own
+        return [MyReranker]
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import pluggy
 
 if TYPE_CHECKING:
     from polars_embed.provider import Provider
+    from polars_embed.reranker import Reranker
 
 PROJECT_NAME = "polars_embed"
 
@@ -37,4 +42,14 @@ def polars_embed_providers() -> list[type[Provider]]:
 
     Each class subclasses :class:`polars_embed.Provider` and sets a unique
     ``name``; the registry refuses a name that is already taken.
+    """
+
+
+@hookspec
+def polars_embed_rerankers() -> list[type[Reranker]]:
+    """Return the reranker classes this plugin contributes.
+
+    Each class subclasses :class:`polars_embed.Reranker` and sets a ``name``
+    unique among rerankers (a provider may have the same name: ``"cohere"`` is
+    both); the registry refuses a name that is already taken.
     """

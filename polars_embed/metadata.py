@@ -25,8 +25,10 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import glob
 import json
 import logging
+import os
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -186,6 +188,20 @@ class VectorSpec:
                     f"{MAX_TEXT_LENGTH} are read"
                 )
         return cls(**data)
+
+    def provider_for(self, given: Provider | None) -> Provider:
+        """``given`` when it makes these vectors, else :meth:`create_provider`.
+
+        A provider the user passed whose identity is the stored one is taken as it
+        is, so a model the file may not name (a local folder) still serves a search
+        or a rerun when the user names it in code.
+        """
+        if given is not None:
+            spec = given.spec()
+            options = {key: value for key, value in spec.items() if key not in ("provider", "version")}
+            if (given.name, given.version, options) == (self.provider, self.version, dict(self.options)):
+                return given
+        return self.create_provider()
 
     def create_provider(self) -> Provider:
         """Build the provider that made these vectors, trusting nothing in the spec.
@@ -517,15 +533,25 @@ def _not_from_a_file(provider: str, name: str, role: str) -> str:
     )
 
 
+def describable(provider: Provider | VectorSpec, column: str) -> VectorSpec | None:
+    """The spec of ``provider``'s vectors for a file, or ``None`` (with a warning) when they
+    cannot be described in one."""
+    try:
+        spec = provider if isinstance(provider, VectorSpec) else VectorSpec.of(provider)
+        spec.to_json()
+    except ConfigError as error:
+        log.warning("column %r is written without a description: %s", column, error)
+        return None
+    return spec
+
+
 def parquet_metadata(providers: Mapping[str, Provider | VectorSpec]) -> dict[str, str]:
     """The Parquet key-value metadata that describes these vector columns (by column name)."""
     specs = {}
     for name, provider in providers.items():
-        try:
-            spec = provider if isinstance(provider, VectorSpec) else VectorSpec.of(provider)
+        spec = describable(provider, name)
+        if spec is not None:
             specs[name] = json.loads(spec.to_json())
-        except ConfigError as error:
-            log.warning("column %r is written without a description: %s", name, error)
     return {METADATA_KEY: json.dumps(specs, sort_keys=True)}
 
 
@@ -541,23 +567,51 @@ def write_parquet(frame: pl.DataFrame, path: str | PathLike[str], **options: Any
     frame.write_parquet(path, metadata=metadata, **options)
 
 
+def _read_metadata(source: str | PathLike[str]) -> dict[str, str]:
+    """The key-value metadata of a Parquet file, or of the files in a directory or glob (as Ray
+    Data and other dataset writers leave them), which must all describe their vectors alike."""
+    path = os.fspath(source)
+    if os.path.isdir(path):
+        files = sorted(glob.glob(os.path.join(glob.escape(path), "**", "*.parquet"), recursive=True))
+    elif "://" not in path and any(character in path for character in "*?["):
+        files = sorted(glob.glob(path, recursive=True))
+    else:
+        return pl.read_parquet_metadata(source)
+    if not files:  # the read itself says so
+        return {}
+    first = pl.read_parquet_metadata(files[0])
+    for file in files[1:]:
+        if pl.read_parquet_metadata(file).get(METADATA_KEY) != first.get(METADATA_KEY):
+            raise ConfigError(
+                f"{brief(files[0])} and {brief(file)} describe their vector columns differently; "
+                "read them one at a time"
+            )
+    return first
+
+
 def read_parquet(source: str | PathLike[str], **options: Any) -> pl.DataFrame:
-    """``pl.read_parquet``, remembering which provider made each described vector column."""
+    """``pl.read_parquet``, remembering which provider made each described vector column.
+
+    ``source`` may be a file, a directory or a glob of files that describe their vectors alike.
+    """
     frame = pl.read_parquet(source, **options)
-    for name, spec in specs_in(pl.read_parquet_metadata(source)).items():
+    for name, spec in specs_in(_read_metadata(source)).items():
         if name in frame.columns:
-            remember(frame[name], _checked_provider(spec, frame.schema[name], name))
+            remember(frame[name], checked_provider(spec, frame.schema[name], name))
     return frame
 
 
 def scan_parquet(source: str | PathLike[str], **options: Any) -> pl.LazyFrame:
-    """``pl.scan_parquet``, whose described vector columns are remembered as they are read."""
+    """``pl.scan_parquet``, whose described vector columns are remembered as they are read.
+
+    ``source`` may be a file, a directory or a glob of files that describe their vectors alike.
+    """
     frame = pl.scan_parquet(source, **options)
     schema = frame.collect_schema()
     remembered = []
-    for name, spec in specs_in(pl.read_parquet_metadata(source)).items():
+    for name, spec in specs_in(_read_metadata(source)).items():
         if name in schema:
-            provider = _checked_provider(spec, schema[name], name)
+            provider = checked_provider(spec, schema[name], name)
             remembered.append(
                 pl.col(name).map_batches(
                     lambda vectors, provider=provider: _remembering(vectors, provider),
@@ -573,7 +627,8 @@ def _remembering(vectors: pl.Series, provider: Provider) -> pl.Series:
     return vectors
 
 
-def _checked_provider(spec: VectorSpec, dtype: pl.DataType, column: str) -> Provider:
+def checked_provider(spec: VectorSpec, dtype: pl.DataType, column: str) -> Provider:
+    """The provider that made a described column of ``dtype``, trusting nothing in the spec."""
     if dtype != pl.Array(pl.Float32, spec.dimension):
         raise ConfigError(
             f"column {brief(column)} is {dtype}, but its metadata says {spec.dimension}-wide float32 vectors"

@@ -60,6 +60,8 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
+import hmac
 import importlib
 import os
 import typing
@@ -78,6 +80,8 @@ if TYPE_CHECKING:
 
 Kind = Literal["document", "query"]
 KINDS: tuple[Kind, ...] = ("document", "query")
+#: What a provider embeds: texts, and for some models images into the same space.
+InputKind = Literal["text", "image"]
 
 
 def check_kind(kind: str) -> Kind:
@@ -96,6 +100,7 @@ MAX_TEXT_LENGTH = 4_096
 _SHORT = 60  # characters of a value quoted in an error message
 
 _RULES = "polars_embed_option"
+_SECRET_SALT = os.urandom(16)
 
 
 @dataclass(frozen=True)
@@ -175,6 +180,12 @@ def masked(value: Any) -> Any:
         return "***"
     source, name, default = parse_reference(value)
     return value if default is None else f"${source}:{name}:***"
+
+
+def secret_digest(value: Any) -> str:
+    """A digest that tells whether two secrets are the same, to keep beside what was built
+    with one: salted per process, so it holds nothing to show, and cannot test a guess elsewhere."""
+    return hmac.new(_SECRET_SALT, str(value).encode(), hashlib.sha256).hexdigest()
 
 
 def brief(value: Any) -> str:
@@ -308,8 +319,18 @@ class Provider:
         return False
 
     def embed_batch(self, texts: list[str], *, kind: Kind) -> np.ndarray | Embedded:
-        """Embed non-blank ``texts`` as documents or queries; one row per text."""
+        """Embed non-blank ``texts`` as documents or queries; one row per text.
+
+        A provider whose :attr:`input_kinds` include ``"image"`` is also given
+        batches of RGB ``PIL.Image`` images (decoded and downscaled by the engine)."""
         raise NotImplementedError
+
+    @property
+    def input_kinds(self) -> tuple[InputKind, ...]:
+        """What the provider embeds, known without loading a model: ``("text",)``, or
+        ``("text", "image")`` for a model that puts both in one space (CLIP). The engine
+        refuses a column of another kind before anything is sent."""
+        return ("text",)
 
     @property
     def max_input_tokens(self) -> int | None:
@@ -430,6 +451,12 @@ class Provider:
                 spec[field.name] = self.resolve(field.name)
         return spec
 
+    def cache_scope(self) -> str | None:
+        """What besides :meth:`spec` decides the vectors, for the embedding cache to key on
+        (an OpenAI-compatible server's endpoint); ``None`` when the spec says it all. It is
+        the user's own configuration, so it is never stored with the vectors."""
+        return None
+
     def redact(self, message: str) -> str:
         """``message`` with any secret value this provider holds replaced by ``***``."""
         for field in dataclasses.fields(self):
@@ -503,6 +530,8 @@ class CallableProvider(Provider):
     here unchanged, and get batching, deduplication and null handling from the
     engine. Pass ``dims`` to know the width without a call; otherwise the
     function is called once on a short probe text, and the width remembered.
+    With ``images=True`` the function also embeds images: it is then given
+    lists of RGB ``PIL.Image`` images, decoded and downscaled by the engine.
     """
 
     name: ClassVar[str] = "callable"
@@ -511,6 +540,7 @@ class CallableProvider(Provider):
     function: Callable[[list[str]], Any]
     model: str = ""
     dims: int | None = option(None, low=1, high=MAX_DIMENSION)
+    images: bool = option(False, runtime=True)
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -528,6 +558,10 @@ class CallableProvider(Provider):
             return int(declared)
         probe = np.asarray(self.function(["dimension probe"]))
         return int(probe.shape[-1])
+
+    @property
+    def input_kinds(self) -> tuple[InputKind, ...]:
+        return ("text", "image") if self.images else ("text",)
 
     def embed_batch(self, texts: list[str], *, kind: Kind) -> np.ndarray | Embedded:
         return self.function(texts)

@@ -141,10 +141,12 @@ class _Tracker:
         spans = self._spans
         low = bisect.bisect_left(spans, started, key=lambda span: span[1])
         high = bisect.bisect_right(spans, ended, key=lambda span: span[0])
-        if low < high:  # merge with the spans this call overlaps
-            started, ended = min(started, spans[low][0]), max(ended, spans[high - 1][1])
+        merged = spans[low:high]  # the spans this call overlaps
+        if merged:
+            started, ended = min(started, merged[0][0]), max(ended, merged[-1][1])
         spans[low:high] = [(started, ended)]
-        self.totals.seconds = sum(end - start for start, end in spans)
+        # Added up as spans merge, not summed again: a call costs the same after many others.
+        self.totals.seconds += ended - started - sum(end - start for start, end in merged)
 
 
 _lock = threading.Lock()

@@ -1,4 +1,5 @@
-"""Fake Cohere and OpenAI embedding services: real HTTP on 127.0.0.1, in the services' wire formats.
+"""Fake Cohere and OpenAI embedding services, and Cohere's rerank service: real HTTP on 127.0.0.1,
+in the services' wire formats.
 
 The real SDK clients talk to them as they would to the services. A vector is a pure
 function of the text (for Cohere, of the input type too), so tests can check that
@@ -238,13 +239,66 @@ class FakeCohere(FakeServer):
         return json.dumps({"id": "e0d6a3b1", "message": message}).encode()
 
 
+class FakeCohereRerank(FakeServer):
+    """``POST /v2/rerank``, as documented for Cohere's v2 API.
+
+    A document's relevance is a pure function of the query and the document: the share
+    of the query's words that the document has, nudged below 1 by its length, so tests
+    know the order the service gives. Results come best first, as the service sends them.
+    """
+
+    path = "/v2/rerank"
+    widths: ClassVar[dict[str, int]] = {"rerank-v3.5": 0, "rerank-english-v3.0": 0, "rerank-v4.0-pro": 0}
+
+    @staticmethod
+    def relevance(query: str, document: str) -> float:
+        asked = set(query.lower().split())
+        words = document.lower().split()
+        shared = len(asked & set(words)) / max(len(asked), 1)
+        return 0.9 * shared + 0.1 / (1 + len(words))
+
+    def texts_of(self, body: dict[str, Any]) -> list[str]:
+        return list(body.get("documents", []))
+
+    def refuse(self, body: dict[str, Any]) -> str:
+        if body.get("model") not in self.models:
+            return f"model '{body.get('model')}' not found"
+        if not isinstance(body.get("query"), str) or not body["query"]:
+            return "invalid request: query must be a non-empty string"
+        documents = body.get("documents")
+        if not isinstance(documents, list) or not documents:
+            return "invalid request: documents must be a non-empty list"
+        if len(documents) > 1000:
+            return f"invalid request: at most 1000 documents are allowed, received {len(documents)}"
+        return ""
+
+    def success(self, body: dict[str, Any], mangle: str) -> dict[str, Any]:
+        scores = [self.relevance(body["query"], document) for document in body["documents"]]
+        order = sorted(range(len(scores)), key=lambda i: -scores[i])[: body.get("top_n") or len(scores)]
+        if mangle == "count":
+            order = order[:-1]
+        return {
+            "id": "07734bd2-2473-4f07-94e1-0d9f0e6843cf",
+            "results": [{"index": i, "relevance_score": scores[i]} for i in order],
+            "meta": {
+                "api_version": {"version": "2"},
+                "billed_units": {"search_units": -(-len(scores) // 100)},
+            },
+        }
+
+    def error(self, message: str) -> bytes:
+        return json.dumps({"id": "e0d6a3b1", "message": message}).encode()
+
+
 class FakeOpenAI(FakeServer):
     """``POST /v1/embeddings``, as documented for OpenAI (and copied by compatible servers).
 
     ``floats_only``: ignore ``encoding_format`` and always send floats, as some
     compatible servers do. ``shuffled``: list the vectors in reverse order (each still
     carries its ``index``). ``count_tokens``: how ``usage.prompt_tokens`` counts one
-    text; by default, as its whitespace-separated words.
+    text; by default, as its whitespace-separated words. ``salt``: make other vectors
+    than another server does for the same model and text, as a server with another
+    model of that name would.
     """
 
     path = "/v1/embeddings"
@@ -260,9 +314,11 @@ class FakeOpenAI(FakeServer):
         floats_only: bool = False,
         shuffled: bool = False,
         count_tokens: Callable[[str], int] | None = None,
+        salt: str = "",
         **options: Any,
     ) -> None:
         super().__init__(**options)
+        self.salt = salt
         self.floats_only = floats_only
         self.shuffled = shuffled
         self.count_tokens = count_tokens or (lambda text: len(text.split()))
@@ -291,7 +347,7 @@ class FakeOpenAI(FakeServer):
     def success(self, body: dict[str, Any], mangle: str) -> dict[str, Any]:
         texts = self.texts_of(body)
         width = body.get("dimensions") or self.models[body["model"]]
-        vectors = self.vectors(texts, width, mangle)
+        vectors = self.vectors(texts, width, mangle, salt=self.salt)
         as_base64 = body.get("encoding_format") == "base64" and not self.floats_only
         data = [
             {

@@ -6,6 +6,7 @@ told to fail in the ways real services fail.
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 import zlib
@@ -14,14 +15,8 @@ from typing import ClassVar
 
 import numpy as np
 
-from polars_embed import (
-    Embedded,
-    InputRefusedError,
-    Provider,
-    ProviderError,
-    RetryableProviderError,
-    option,
-)
+from polars_embed import Embedded, InputRefusedError, Provider, ProviderError, RetryableProviderError, option
+from polars_embed.providers.hashing import HashingProvider
 
 
 def vector_for(text: str, dims: int) -> np.ndarray:
@@ -95,6 +90,36 @@ class CountingProvider(Provider):
                 recorder.in_flight -= 1
 
 
+@dataclass(frozen=True, kw_only=True, repr=False)
+class ExitingProvider(HashingProvider):
+    """Hashing vectors, except that the first process to embed a batch dies on the spot, as a
+    worker killed mid-job does: ``marker`` is a file path that only that first call creates."""
+
+    name: ClassVar[str] = "exiting"
+
+    marker: str = option("", runtime=True)
+
+    def embed_batch(self, texts: list[str], *, kind: str) -> np.ndarray:
+        try:
+            os.close(os.open(self.marker, os.O_CREAT | os.O_EXCL))
+        except FileExistsError:
+            return super().embed_batch(texts, kind=kind)
+        os._exit(1)
+
+
+@dataclass(frozen=True, kw_only=True, repr=False)
+class RefusingProvider(HashingProvider):
+    """Hashing's options, but every request is refused with the key quoted, as a careless
+    service might; unlike :class:`CountingProvider` it pickles, so it can run on workers."""
+
+    name: ClassVar[str] = "refusing"
+
+    api_key: str | None = option(None, secret=True)
+
+    def embed_batch(self, texts: list[str], *, kind: str) -> np.ndarray:
+        raise ProviderError(f"400 bad request (key {self.resolve('api_key')})")
+
+
 class LongTextsProvider(CountingProvider):
     """Reads 3 words of a text, as a model reads a fixed number of tokens."""
 
@@ -131,3 +156,9 @@ def _mangled(vectors: np.ndarray, how: str) -> object:
     if how == "strings":
         return vectors.astype(str)
     return vectors
+
+
+def mean_colour(images: list) -> np.ndarray:
+    """An image embedding function that pickles by reference (for Ray's workers): each RGB
+    image's mean colour, plus one so that no vector is zero."""
+    return np.stack([np.asarray(image, dtype=np.float32).mean(axis=(0, 1)) / 255 + 1 for image in images])

@@ -448,8 +448,10 @@ def test_concurrent_calls_send_each_distinct_text_once(
 
     monkeypatch.setattr(cache.InFlight, "claim", counted_claim)
     all_claimed = threading.Event()
-    # Room for every call's requests: the limit is shared, and the gate holds requests open.
-    provider = CountingProvider(batch_size=5, delay=0.01, max_concurrency=8)
+    # Room for every call's requests (8 calls of up to 10 batches) and width checks: the limit
+    # is shared, and the gate holds requests open, so with fewer slots the first calls' held
+    # requests could take them all before a later call has claimed its texts.
+    provider = CountingProvider(batch_size=5, delay=0.01, max_concurrency=100)
     embed_batch = CountingProvider.embed_batch
 
     def gated(self: CountingProvider, batch: list[str], *, kind: str) -> object:

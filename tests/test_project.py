@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
+import sys
 import tomllib
 from pathlib import Path
 
@@ -32,8 +35,8 @@ def _extras() -> dict[str, list[str]]:
 
 def test_every_extra_the_readme_names_exists() -> None:
     extras = _extras()
-    assert {"local", "cohere", "openai", "vss", "gpu", "test", "dev"} <= set(extras)
-    assert extras["dev"] == ["polars-embed[local,cohere,openai,vss,test]"]
+    assert {"local", "cohere", "openai", "vss", "fts", "hybrid", "gpu", "ray", "test", "dev"} <= set(extras)
+    assert extras["dev"] == ["polars-embed[local,cohere,openai,vss,fts,hybrid,ray,test]"]
     assert "torch==2.13.0" in (ROOT / "constraints.txt").read_text().splitlines()
 
 
@@ -43,5 +46,20 @@ def test_ci_also_runs_the_tests_on_the_newest_releases() -> None:
     lines = (ROOT / ".ci" / "run").read_text().splitlines()
     install = next(line for line in lines if line.startswith(".venv-latest/bin/pip install"))
     assert "--upgrade" in install and "-c constraints.txt" in install
-    assert '".[local,cohere,openai,test]"' in install
+    assert '".[local,cohere,openai,ray,test]"' in install
     assert ".venv-latest/bin/python -m pytest" in lines
+
+
+def test_nothing_but_polars_embed_ray_imports_ray() -> None:
+    """Ray is an optional extra: every other module imports without it, and never loads it."""
+    code = """
+import importlib, pkgutil, sys
+import duckdb_ext, polars_embed
+for module in pkgutil.walk_packages(polars_embed.__path__, "polars_embed."):
+    if module.name != "polars_embed.ray":
+        importlib.import_module(module.name)
+loaded = sorted(name for name in sys.modules if name == "ray" or name.startswith("ray."))
+assert not loaded, loaded
+"""
+    environment = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT, env=environment, timeout=120)

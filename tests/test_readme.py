@@ -66,7 +66,7 @@ def test_every_python_block_of_the_readme_runs_in_order(tmp_path: Path) -> None:
         env=environment,
         capture_output=True,
         text=True,
-        timeout=240,
+        timeout=480,  # the Ray section starts a local cluster
     )
     if result.returncode:
         pytest.fail(f"a README block failed:\n{result.stderr[-4000:]}", pytrace=False)

@@ -573,7 +573,8 @@ class TestOpenAICompatibleServers:
             pl.Float32, 12
         )
         local_server.then(Plan(status=429, headers={"retry-after-ms": "1"}))
-        duckdb_ext.register(duckdb.connect(), self.provider(local_server))
+        # Another provider (the same one would reuse its probe): this one probes too.
+        duckdb_ext.register(duckdb.connect(), self.provider(local_server, timeout=30.0))
         assert [request.texts for request in local_server.requests] == [[openai_provider.PROBE_TEXT]] * 4
 
     def test_dims_skips_the_probe(self, local_server: FakeOpenAI) -> None:

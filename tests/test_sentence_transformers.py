@@ -8,6 +8,7 @@ import os
 import shutil
 import socket
 import threading
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -390,3 +391,137 @@ def test_texts_from_the_cache_are_not_counted(
     polars_embed.embed(["first", LONG, "second"], minilm)
     assert counted == [["second"]]
     assert polars_embed.last_stats().truncated == 0  # the long text came from the cache
+
+
+PRECISION_TEXTS = [
+    "a cat sat on the mat",
+    "the central bank raised interest rates again",
+    "how do I parse a date from a string in Python?",
+    None,
+    "quarterly revenue grew by eleven percent",
+]
+
+
+def cosines(ours: np.ndarray, theirs: np.ndarray) -> np.ndarray:
+    return (ours * theirs).sum(axis=1) / np.linalg.norm(ours, axis=1) / np.linalg.norm(theirs, axis=1)
+
+
+@pytest.fixture
+def cache_on(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from polars_embed import cache
+
+    monkeypatch.setenv("POLARS_EMBED_CACHE", "1")
+    monkeypatch.setenv("POLARS_EMBED_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(cache, "_overrides", {})
+
+
+@pytest.fixture
+def told_afresh() -> Iterator[None]:
+    """Precision decisions (and their one log line) as a fresh process makes them."""
+    st_provider._runnable_precision.cache_clear()
+    yield
+    st_provider._runnable_precision.cache_clear()
+
+
+@pytest.fixture
+def bfloat16_cpu(monkeypatch: pytest.MonkeyPatch, told_afresh: None) -> Iterator[None]:
+    """A CPU that multiplies bfloat16 natively, as far as the provider can tell."""
+    monkeypatch.setattr(st_provider, "_cpu_supports_bfloat16", lambda: True)
+    yield
+    for key in [key for key in st_provider._models if key[3] != "float32"]:
+        del st_provider._models[key]  # the bfloat16 copy of the model: not for other tests
+
+
+@pytest.mark.skipif(
+    st_provider._cpu_supports_bfloat16(), reason="this CPU has AVX-512 BF16 or AMX: no fallback to see"
+)
+class TestPrecisionWhereTheCpuLacksIt:
+    @pytest.mark.parametrize("precision", ["bfloat16", "float16"])
+    def test_one_log_line_then_float32_runs_and_says_so(
+        self,
+        precision: str,
+        minilm: polars_embed.Provider,
+        caplog: pytest.LogCaptureFixture,
+        told_afresh: None,
+        cache_on: None,
+    ) -> None:
+        asked = polars_embed.resolve_provider("sentence-transformers", device="cpu", precision=precision)
+        plain = polars_embed.resolve_provider("sentence-transformers", device="cpu")
+        with caplog.at_level(logging.WARNING, logger=st_provider.log.name):
+            first = polars_embed.embed(PRECISION_TEXTS, asked)
+            polars_embed.embed(["another text"], asked)
+        told = [record.getMessage() for record in caplog.records if "precision" in record.getMessage()]
+        assert len(told) == 1 and f"precision={precision!r}" in told[0] and "running float32" in told[0]
+        assert asked.running_precision == "float32"
+        assert asked.spec() == plain.spec() == minilm.spec() and "precision" not in asked.spec()
+        assert first.dtype == pl.Array(pl.Float32, 384)
+        # What ran is float32, so float32's cache entries are these vectors too.
+        np.testing.assert_allclose(
+            polars_embed.embed(PRECISION_TEXTS, plain).drop_nulls().to_numpy(),
+            first.drop_nulls().to_numpy(),
+            atol=1e-6,
+        )
+        assert polars_embed.last_stats().cache_hits == 4
+        assert asked._loaded()[0] is plain._loaded()[0]  # one float32 model for both
+
+
+class TestBfloat16:
+    def test_vectors_are_float32_unit_length_and_close_to_float32s(
+        self, minilm: polars_embed.Provider, bfloat16_cpu: None, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        import torch
+
+        provider = polars_embed.resolve_provider("sentence-transformers", device="cpu", precision="bfloat16")
+        with caplog.at_level(logging.WARNING, logger=st_provider.log.name):
+            ours = polars_embed.embed(PRECISION_TEXTS, provider)
+        assert not caplog.records
+        assert provider.running_precision == "bfloat16" and provider.normalized
+        assert provider._loaded()[0].dtype == torch.bfloat16
+        assert ours.dtype == pl.Array(pl.Float32, 384) and ours[3] is None
+        vectors = ours.drop_nulls().to_numpy()
+        reference = polars_embed.embed(PRECISION_TEXTS, minilm).drop_nulls().to_numpy()
+        assert cosines(vectors, reference).min() >= 0.999
+        np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, rtol=1e-5)
+        assert not np.array_equal(vectors, reference)  # it did run in bfloat16
+
+    def test_the_cache_and_the_spec_keep_bfloat16_and_float32_apart(
+        self, minilm: polars_embed.Provider, bfloat16_cpu: None, cache_on: None
+    ) -> None:
+        provider = polars_embed.resolve_provider("sentence-transformers", device="cpu", precision="bfloat16")
+        assert provider.spec() == {**minilm.spec(), "precision": "bfloat16"}
+        polars_embed.embed(PRECISION_TEXTS, minilm)
+        polars_embed.embed(PRECISION_TEXTS, provider)
+        assert polars_embed.last_stats().cache_hits == 0
+        polars_embed.embed(PRECISION_TEXTS, provider)
+        assert polars_embed.last_stats().cache_hits == 4
+
+    def test_a_file_names_the_precision_and_a_search_uses_it(
+        self, tmp_path: Path, bfloat16_cpu: None, minilm: polars_embed.Provider
+    ) -> None:
+        from polars_embed.metadata import provider_of
+
+        provider = polars_embed.resolve_provider("sentence-transformers", device="cpu", precision="bfloat16")
+        frame = pl.DataFrame({"text": PRECISION_TEXTS}).with_columns(
+            vec=pl.col("text").embed.with_provider(provider)
+        )
+        frame.embed.write_parquet(tmp_path / "docs.parquet")
+        written = pl.read_parquet_metadata(tmp_path / "docs.parquet")["polars_embed"]
+        assert '"precision": "bfloat16"' in written
+        back = polars_embed.read_parquet(tmp_path / "docs.parquet")
+        stored = provider_of(back["vec"])
+        assert stored is not None and stored.spec()["precision"] == "bfloat16"
+        assert back.embed.search("parse a date", on="vec", k=1)["text"].to_list() == [PRECISION_TEXTS[2]]
+        with pytest.raises(polars_embed.ConfigError, match="column 'vec' was embedded with"):
+            back.embed.search("parse a date", on="vec", k=1, provider=minilm)  # float32 is not the same
+
+
+def test_a_precision_is_bounded_by_its_choices_in_code_and_in_files() -> None:
+    from polars_embed.metadata import VectorSpec
+
+    with pytest.raises(polars_embed.ConfigError, match="precision"):
+        polars_embed.resolve_provider("sentence-transformers", precision="int8")
+    spec = VectorSpec("sentence-transformers", {"model": "all-MiniLM-L6-v2", "precision": "int8"}, 384, True)
+    with pytest.raises(polars_embed.ConfigError, match="precision"):
+        spec.create_provider()
+    with pytest.raises(polars_embed.ConfigError, match="identity option"):
+        polars_embed.get_registry().configure("sentence-transformers", precision="bfloat16")

@@ -555,6 +555,8 @@ class TestProvidersTravel:
             )
             first = polars_embed.embed(["alpha"], provider)
             assert {"_sdk_client", "_width_from_probe", "_registry"} <= set(provider.__dict__)
+            assert pickle.loads(pickle.dumps(provider)) is provider  # this process built it already
+            polars_embed.get_registry()._providers.clear()  # as in a process that has built nothing
             back = pickle.loads(pickle.dumps(provider))
             assert not {"_sdk_client", "_width_from_probe"} & set(back.__dict__)
             assert polars_embed.embed(["alpha", "beta"], back)[0].to_list() == first[0].to_list()

@@ -31,7 +31,7 @@ from typing import Any
 
 import polars as pl
 
-from polars_embed.engine import EmbedJob, LongTexts, OnError, Pool, Truncate, as_text_series, embed_series
+from polars_embed.engine import EmbedJob, Images, LongTexts, OnError, Pool, Truncate, as_input_series
 from polars_embed.provider import Kind, Provider
 from polars_embed.stats import before_reading
 
@@ -53,27 +53,33 @@ class ColumnEmbedder:
     on_error: OnError = "raise"
     long_texts: LongTexts = "truncate"
     pool: Pool = "mean"
+    images: Images | None = None
 
     def __call__(self, texts: pl.Series, **_polars_arguments: Any) -> pl.Series:  # Polars adds return_dtype
-        series = as_text_series(texts)
+        series = as_input_series(texts)
         queries = _running_queries(sys._getframe(1))
         if queries is None:  # not called by Polars: a call of its own
-            return embed_series(
-                series,
-                self.provider,
-                kind=self.kind,
-                progress=self.progress,
-                truncate=self.truncate,
-                max_tokens=self.max_tokens,
-                on_error=self.on_error,
-                long_texts=self.long_texts,
-                pool=self.pool,
-            )
+            with self.new_job() as job:
+                return job.embed(series)
         column = _join(self, series.name, queries)
         try:
             return column.job.embed(series)
         finally:
             _leave(column)
+
+    def new_job(self) -> EmbedJob:
+        """A job for one column of one query, with this expression's options."""
+        return EmbedJob(
+            self.provider,
+            kind=self.kind,
+            progress=self.progress,
+            truncate=self.truncate,
+            max_tokens=self.max_tokens,
+            images=self.images,
+            on_error=self.on_error,
+            long_texts=self.long_texts,
+            pool=self.pool,
+        )
 
 
 Query = tuple[int, FrameType]  # a thread, and the frame through which it entered Polars
@@ -107,17 +113,7 @@ def _join(embedder: ColumnEmbedder, name: str, queries: list[Query]) -> _Column:
             retired.replaced = True
             del _open[key]
         if column is None:
-            job = EmbedJob(
-                embedder.provider,
-                kind=embedder.kind,
-                progress=embedder.progress,
-                truncate=embedder.truncate,
-                max_tokens=embedder.max_tokens,
-                on_error=embedder.on_error,
-                long_texts=embedder.long_texts,
-                pool=embedder.pool,
-            )
-            column = _open[key] = _Column(job, queries)
+            column = _open[key] = _Column(embedder.new_job(), queries)
             if _watcher is None:
                 _watcher = threading.Thread(target=_watch, name="polars-embed-columns", daemon=True)
                 _watcher.start()

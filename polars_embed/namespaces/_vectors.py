@@ -19,6 +19,7 @@ import polars as pl
 
 from polars_embed.errors import DimensionMismatchError, InputTypeError, InvalidInputError
 from polars_embed.kernels import squared_norms
+from polars_embed.keywords import KeywordIndex
 from polars_embed.metadata import provider_of
 from polars_embed.quantization import Quantization, QuantizedVectors, quantize
 
@@ -142,7 +143,7 @@ class _Kept:
 
 
 class _ColumnCache:
-    """What is derived from the vector columns of live DataFrames (norms, quantised twins), kept.
+    """What is derived from the columns of live DataFrames (norms, quantised twins, keyword indexes), kept.
 
     An entry belongs to one frame (it goes when the frame is collected), one
     column name and one kind of value, and holds the column's Arrow buffers,
@@ -191,11 +192,12 @@ def _buffer_identity(column: pl.Series) -> tuple[tuple[int, int, int, int] | Non
     """Address and size of every Arrow buffer of every chunk, with each chunk's offset and length."""
     identity: list[tuple[int, int, int, int] | None] = []
     for chunk in column.get_chunks():
-        array = chunk.to_arrow()
-        child = array.values
+        # The newest Arrow types are the buffers Polars holds (string views for text), not a copy.
+        array = chunk.to_arrow(compat_level=pl.CompatLevel.newest())
+        child = getattr(array, "values", None)  # a vector column's numbers
         for buffer in array.buffers():
             identity.append(None if buffer is None else (buffer.address, buffer.size, -1, -1))
-        identity.append((array.offset, len(array), child.offset, len(child)))
+        identity.append((array.offset, len(array), *((child.offset, len(child)) if child else (-1, -1))))
     return tuple(identity)
 
 
@@ -213,6 +215,12 @@ def cached_twin(
     """The quantised twin of ``frame[name]``, made on its first quantised search and kept with the frame."""
     valid = valid_rows(frame[name])
     return _KEPT.get(frame, name, f"twin:{kind}", lambda: quantize(chunks, kind, valid=valid))
+
+
+def cached_keyword_index(frame: pl.DataFrame, name: str) -> KeywordIndex:
+    """The BM25 index of text column ``frame[name]``, built on its first hybrid search and kept with
+    the frame (built again only when the column's data changes)."""
+    return _KEPT.get(frame, name, "bm25", lambda: KeywordIndex(frame[name]))
 
 
 def parse_query(query: QueryLike) -> tuple[tuple[str, ...] | None, np.ndarray | None, bool]:

@@ -8,6 +8,7 @@ in-memory and the streaming engine alike. Every expression passes its
 
 from __future__ import annotations
 
+import os
 from functools import partial
 from typing import Any
 
@@ -17,11 +18,13 @@ import polars as pl
 from polars_embed._chunks import CHUNK_DTYPE, check_overlap, chunk_budget, chunks_column
 from polars_embed._project import Method, check_projection, fit_projection, kmeans
 from polars_embed.engine import (
+    Images,
     LongTexts,
     OnError,
     Pool,
     Truncate,
     as_text_series,
+    check_accepts,
     check_long_texts,
     check_on_error,
     resolve_truncate,
@@ -47,7 +50,7 @@ VectorOrColumn = VectorsLike | pl.Expr | str
 
 @pl.api.register_expr_namespace("embed")
 class EmbedExprNamespace:
-    """Namespace for embedding text and comparing vectors, as ``pl.col(...).embed``."""
+    """Namespace for embedding text (and images) and comparing vectors, as ``pl.col(...).embed``."""
 
     def __init__(self, expr: pl.Expr) -> None:
         self._expr = expr
@@ -144,6 +147,90 @@ class EmbedExprNamespace:
         resolved, rule = resolve_truncate(provider, truncate, **options)
         return self._expr.map_batches(
             ColumnEmbedder(resolved, kind, progress, rule, max_tokens, on_error, long_texts, pool),
+            return_dtype=pl.Array(pl.Float32, width_of(resolved)),
+            is_elementwise=True,
+        )
+
+    def images(
+        self,
+        provider: ProviderLike = None,
+        *,
+        root: str | os.PathLike[str] | None = None,
+        progress: bool | None = None,
+        **options: Any,
+    ) -> pl.Expr:
+        """Embed a column of images, one vector per row, in the space its model gives texts.
+
+        The column holds encoded images (``pl.Binary``: PNG, JPEG, WebP, GIF, BMP,
+        TIFF) or, with ``root``, paths of image files relative to that folder (a
+        path that is absolute, a URL or leads out of ``root`` is refused). A null
+        gives a null vector; identical images are embedded once, and the cache
+        keeps them by a digest of their bytes. Images are decoded a batch at a time,
+        and those with a side over 1,024 pixels downscaled first; one over Pillow's
+        ``PIL.Image.MAX_IMAGE_PIXELS`` is refused as a decompression bomb. A Binary
+        column also embeds as images with :meth:`with_provider`. Search the vectors
+        with a text: ``df.embed.search("a red shoe", on="vec")``.
+
+        Parameters
+        ----------
+        provider
+            A provider that embeds images, such as ``"sentence-transformers"`` with a
+            CLIP model (``model="clip-ViT-B-32"``), or a callable from a list of RGB
+            ``PIL.Image`` images to vectors with ``images=True``. Default: the local
+            ``sentence-transformers`` model, which embeds only text unless ``model``
+            names a CLIP model.
+        root
+            The folder that a String column's paths are relative to.
+        progress
+            Show a progress bar, as for :meth:`with_provider`.
+        **options
+            Provider options, e.g. ``model="clip-ViT-B-32"``, ``batch_size=64``.
+
+        Returns
+        -------
+        pl.Expr
+            ``pl.Array(pl.Float32, d)``, named like the image column.
+
+        Raises
+        ------
+        InputTypeError
+            At once, if the provider embeds no images; when the expression runs, if
+            the column is neither Binary nor (with ``root``) String.
+        InvalidImageError
+            When the expression runs, for an image that cannot be read, is refused,
+            or a path out of ``root``; the message names the row.
+
+        Examples
+        --------
+        >>> import io
+        >>> import numpy as np
+        >>> import polars as pl
+        >>> import polars_embed
+        >>> from PIL import Image
+        >>> def png(colour):
+        ...     encoded = io.BytesIO()
+        ...     Image.new("RGB", (8, 8), colour).save(encoded, format="PNG")
+        ...     return encoded.getvalue()
+        >>> def mean_colour(images):  # a stand-in for an image model: mean red, green, blue
+        ...     return np.stack([np.asarray(image, dtype=np.float32).mean(axis=(0, 1)) for image in images])
+        >>> df = pl.DataFrame({"photo": [png("red"), None, png("blue")]})
+        >>> df.select(pl.col("photo").embed.images(mean_colour, dims=3, images=True))
+        shape: (3, 1)
+        ┌───────────────────┐
+        │ photo             │
+        │ ---               │
+        │ array[f32, 3]     │
+        ╞═══════════════════╡
+        │ [255.0, 0.0, 0.0] │
+        │ null              │
+        │ [0.0, 0.0, 255.0] │
+        └───────────────────┘
+        """
+        resolved = resolve_provider(provider, **options)
+        check_accepts(resolved, "image")
+        images = Images(root)
+        return self._expr.map_batches(
+            ColumnEmbedder(resolved, "document", progress, "warn", images=images),
             return_dtype=pl.Array(pl.Float32, width_of(resolved)),
             is_elementwise=True,
         )

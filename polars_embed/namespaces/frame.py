@@ -27,14 +27,17 @@ from polars_embed.errors import (
     ColumnNotFoundError,
     ConfigError,
     DuplicateColumnError,
+    InputTypeError,
 )
 from polars_embed.kernels import Metric, check_k, check_metric, topk
+from polars_embed.keywords import Fused, Fusion, Ranking
 from polars_embed.metadata import provider_for_query, provider_of
 from polars_embed.namespaces._dedup import Dedup, check_threshold
 from polars_embed.namespaces._plot import plot_chart
 from polars_embed.namespaces._vectors import (
     QueryLike,
     as_matrix,
+    cached_keyword_index,
     cached_squared_norms,
     cached_twin,
     check_same_width,
@@ -46,13 +49,17 @@ from polars_embed.namespaces._vectors import (
 )
 from polars_embed.provider import Kind, Provider
 from polars_embed.quantization import Quantization, quantized_topk
-from polars_embed.registry import ProviderLike, resolve_provider
+from polars_embed.registry import ProviderLike, RerankerLike, resolve_provider
 
 if TYPE_CHECKING:
     import altair as alt
 
 __all__ = ["EmbedFrameNamespace", "EmbedLazyFrameNamespace"]
 
+_NO_PROVIDER_HINT = (
+    "pass provider= (the column's own provider), or read the vectors with "
+    "polars_embed.read_parquet/scan_parquet from a file written by df.embed.write_parquet"
+)
 FrameT = TypeVar("FrameT", pl.DataFrame, pl.LazyFrame)
 
 
@@ -75,6 +82,12 @@ class _EmbedNamespace(Generic[FrameT]):
         query_index: str = "query_index",
         quantized: Quantization | None = None,
         oversample: int | None = None,
+        text: str | None = None,
+        hybrid: bool = False,
+        fusion: Fusion = "rrf",
+        weight: float = 0.5,
+        rerank: RerankerLike | None = None,
+        rerank_top: int = 50,
         **options: Any,
     ) -> FrameT:
         """The ``k`` rows whose vectors best match a query, best first, with a score column.
@@ -113,6 +126,31 @@ class _EmbedNamespace(Generic[FrameT]):
         oversample
             Candidates rescored per result with ``quantized`` (default 4 for
             int8, 200 for binary).
+        text
+            The text column the vectors were made from, for ``hybrid`` and ``rerank``.
+        hybrid
+            Also rank the rows of ``text`` by BM25 keyword relevance to the query,
+            and fuse the two rankings: what vectors blur (an error code, a part
+            number) the keywords find. The best ``max(k, rerank_top, 50)`` rows of
+            each ranking are fused; ``score`` is then the fused score, and the
+            columns ``vector_rank`` and ``keyword_rank`` (``pl.UInt32``, 1 for the
+            best, null where a row is not in that ranking) say which contributed.
+            The keyword index is built on the first hybrid search of a
+            DataFrame's column and kept with the frame (a LazyFrame builds it
+            each time it is collected). Needs the ``hybrid`` extra (bm25s).
+        fusion
+            How the rankings are fused: ``"rrf"``, reciprocal rank fusion (ranks only),
+            or ``"weighted"``, a weighted sum of each ranking's scores scaled to [0, 1].
+        weight
+            The vector ranking's share of a ``"weighted"`` fusion, from 0 to 1.
+        rerank
+            A reranker (``"cohere:rerank-v3.5"``, a ``"sentence-transformers:..."``
+            cross-encoder, or a :class:`~polars_embed.Reranker`) that reads the
+            query with the text of each of the best ``rerank_top`` rows and puts them
+            in its order; ``score`` is then its relevance, and ``vector_rank`` (and,
+            with ``hybrid``, ``keyword_rank``) says where each row was before.
+        rerank_top
+            Candidates sent to the reranker per query.
         **options
             Options of ``provider``, e.g. ``dims=64``; only with ``provider``.
 
@@ -158,6 +196,23 @@ class _EmbedNamespace(Generic[FrameT]):
         │ the cat slept ┆ 0.398 │
         └───────────────┴───────┘
 
+        A hybrid search also ranks the words of ``text``, and says which ranking
+        found each row (a row with a null text is never a keyword match):
+
+        >>> df.embed.search("cat", text="text", k=3, hybrid=True).select(
+        ...     "text", "vector_rank", "keyword_rank", pl.col("score").round(4)
+        ... )
+        shape: (3, 4)
+        ┌───────────────────┬─────────────┬──────────────┬────────┐
+        │ text              ┆ vector_rank ┆ keyword_rank ┆ score  │
+        │ ---               ┆ ---         ┆ ---          ┆ ---    │
+        │ str               ┆ u32         ┆ u32          ┆ f32    │
+        ╞═══════════════════╪═════════════╪══════════════╪════════╡
+        │ a cat sat         ┆ 1           ┆ 1            ┆ 0.0328 │
+        │ the cat slept     ┆ 2           ┆ 2            ┆ 0.0323 │
+        │ stock prices fell ┆ 3           ┆ null         ┆ 0.0159 │
+        └───────────────────┴─────────────┴──────────────┴────────┘
+
         A LazyFrame searches when collected, and a batch of queries says which
         query each row answers:
 
@@ -184,6 +239,14 @@ class _EmbedNamespace(Generic[FrameT]):
             query_index=query_index,
             quantized=_Quantized.check(quantized, oversample, metric),
             options=options,
+            ranking=Ranking.check(
+                text=text,
+                hybrid=hybrid,
+                fusion=fusion,
+                weight=weight,
+                rerank=rerank,
+                rerank_top=rerank_top,
+            ),
         )
         return self._run(search)
 
@@ -698,6 +761,7 @@ class _Search:
     vectors: np.ndarray | None  # (q, d) float32 vector queries
     provider: Provider | None
     quantized: _Quantized | None
+    ranking: Ranking | None = None  # hybrid and reranked searches
 
     @classmethod
     def plan(
@@ -714,9 +778,12 @@ class _Search:
         query_index: str,
         quantized: _Quantized | None,
         options: dict[str, Any],
+        ranking: Ranking | None = None,
     ) -> _Search:
         _check_column(schema, on)
         texts, vectors, single = parse_query(query)
+        if ranking is not None:
+            _check_text_search(ranking, schema, texts)
         if texts is None and provider is not None:
             raise ConfigError(
                 "provider= embeds text queries, but these queries are vectors already: leave it out"
@@ -736,63 +803,130 @@ class _Search:
             vectors=vectors,
             provider=None if provider is None else resolve_provider(provider, **options),
             quantized=quantized,
+            ranking=ranking,
         )
-        _check_new_names(schema, [name for name in (search.query_index, score) if name is not None])
+        ranks = ranking.columns if ranking is not None else []
+        _check_new_names(schema, [name for name in (search.query_index, score, *ranks) if name is not None])
         return search
 
     def output_schema(self, schema: pl.Schema) -> pl.Schema:
         query_column = {self.query_index: pl.UInt32} if self.query_index else {}
-        return pl.Schema({**query_column, **schema, self.score: pl.Float32})
+        ranks = {name: pl.UInt32 for name in self.ranking.columns} if self.ranking is not None else {}
+        return pl.Schema({**query_column, **schema, self.score: pl.Float32, **ranks})
 
     def __call__(self, frame: pl.DataFrame) -> pl.DataFrame:
         return self.answer(frame, self.query_vectors(frame[self.on]))
 
     def query_vectors(self, column: pl.Series) -> np.ndarray:
         """The queries as a ``(q, d)`` float32 array, text ones embedded for ``column``."""
-        stored = provider_of(column)
+        if self.texts is not None and column.null_count() == len(column):
+            # nothing can match: spare the provider a call
+            return np.zeros((len(self.texts), column.dtype.shape[0]), dtype=np.float32)
+        return self.queries_for(column, provider_of(column))
+
+    def queries_for(
+        self, column: pl.Series, stored: Provider | None, *, unknown: str = _NO_PROVIDER_HINT
+    ) -> np.ndarray:
+        """The queries as ``(q, d)`` float32 vectors for ``column`` (its rows are not read), text
+        embedded by ``stored``, the provider that made the column, unless one was given;
+        ``unknown`` tells the user what to do when no provider is known."""
         if self.texts is None:
-            queries = self.vectors
-            check_same_width(column, pl.Series("query", queries))
-        elif column.null_count() == len(column):  # nothing can match: spare the provider a call
-            queries = np.zeros((len(self.texts), column.dtype.shape[0]), dtype=np.float32)
-        else:
-            provider = provider_for_query(
-                self.provider,
-                stored,
-                column=self.on,
-                width=column.dtype.shape[0],
-                unknown="pass provider= (the column's own provider), or read the vectors with "
-                "polars_embed.read_parquet/scan_parquet from a file written by df.embed.write_parquet",
-            )
-            queries = embed_queries(list(self.texts), provider)
-        return queries
+            check_same_width(column, pl.Series("query", self.vectors))
+            return self.vectors
+        provider = provider_for_query(
+            self.provider, stored, column=self.on, width=column.dtype.shape[0], unknown=unknown
+        )
+        return embed_queries(list(self.texts), provider)
 
     def answer(self, frame: pl.DataFrame, queries: np.ndarray) -> pl.DataFrame:
         """The rows of ``frame`` that best match each of ``queries``, with their scores."""
-        indices, scores = _search_frame(
+        if self.ranking is None:
+            indices, scores = self.vector_ranking(frame, queries, self.k)
+            ranks: list[pl.Series] = []
+        else:
+            indices, scores, ranks = _ranked_search(self.ranking, self, frame, queries)
+        return self.found(frame, indices, scores, ranks)
+
+    def found(
+        self, frame: pl.DataFrame, indices: np.ndarray, scores: np.ndarray, ranks: Sequence[pl.Series] = ()
+    ) -> pl.DataFrame:
+        """The rows of ``frame`` that a search found, with the score, rank and query columns;
+        ``indices`` are rows of ``frame``, -1 for none."""
+        found = indices.ravel() >= 0
+        hits = _gather(frame, indices.ravel()[found], self.on).with_columns(
+            pl.Series(self.score, scores.ravel()[found]), *(rank.filter(found) for rank in ranks)
+        )
+        if self.query_index is not None:
+            query_numbers = np.repeat(np.arange(len(indices), dtype=np.uint32), indices.shape[1])
+            hits.insert_column(0, pl.Series(self.query_index, query_numbers[found]))
+        return hits
+
+    def vector_ranking(
+        self, frame: pl.DataFrame, queries: np.ndarray, k: int
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The ``k`` best rows for each query by the vectors, and their scores (:func:`topk`'s layout)."""
+        return _search_frame(
             queries,
             frame,
             self.on,
-            self.k,
+            k,
             self.metric,
             _normalized(self.normalized, provider_of(frame[self.on])),
             self.quantized,
         )
-        found = indices.ravel() >= 0
-        hits = _gather(frame, indices.ravel()[found], self.on).with_columns(
-            pl.Series(self.score, scores.ravel()[found])
+
+
+def _check_text_search(ranking: Ranking, schema: pl.Schema, texts: tuple[str, ...] | None) -> None:
+    """A hybrid or reranked search needs text queries and a text column."""
+    if texts is None:
+        raise ConfigError(
+            "hybrid and reranked searches need text queries (their words are ranked and read), "
+            "not vectors: pass the query text"
         )
-        if self.query_index is not None:
-            query_numbers = np.repeat(np.arange(len(queries), dtype=np.uint32), indices.shape[1])
-            hits.insert_column(0, pl.Series(self.query_index, query_numbers[found]))
-        return hits
+    if ranking.text not in schema:
+        raise ColumnNotFoundError(
+            f"no text column {ranking.text!r}: pass text= one of the columns, {', '.join(map(repr, schema))}"
+        )
+    if schema[ranking.text] != pl.String:
+        raise InputTypeError(
+            f"text= names column {ranking.text!r}, which is {schema[ranking.text]}, not text (pl.String): "
+            f"pass the text column the vectors were made from"
+        )
+
+
+def _ranked_search(
+    ranking: Ranking, search: _Search, frame: pl.DataFrame, queries: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, list[pl.Series]]:
+    """Each query's best ``k`` rows and their scores (``topk``'s layout), and the rank columns."""
+    assert search.texts is not None  # checked by _check_text_search
+    depth = ranking.depth(search.k)
+    indices, scores = search.vector_ranking(frame, queries, depth)
+    index = cached_keyword_index(frame, ranking.text) if ranking.keywords else None
+    texts = frame[ranking.text]
+    answers = []
+    for number, query in enumerate(search.texts):
+        found = indices[number] >= 0
+        answers.append(
+            ranking.combine(
+                query,
+                (indices[number][found], scores[number][found]),
+                None if index is None else index.ranking(query, depth),
+                k=search.k,
+                higher_is_better=search.metric != "l2",
+                texts_of=lambda rows: texts.gather(rows).to_list(),
+            )
+        )
+    width = max((len(answer.rows) for answer in answers), default=0)
+    padded = Fused.padded(answers, width)
+    shape = (len(answers), width)
+    return padded.rows.reshape(shape), padded.scores.reshape(shape), ranking.rank_columns(padded)
 
 
 @dataclass(frozen=True, eq=False)
 class _KnnJoin:
     """A validated k-nearest-neighbour join, run on the left DataFrame."""
 
-    right: pl.DataFrame | pl.LazyFrame
+    right: pl.DataFrame | pl.LazyFrame | None  # None where the caller searches (polars_embed.ray)
     right_schema: pl.Schema
     left_on: str
     right_on: str
@@ -808,7 +942,7 @@ class _KnnJoin:
     def plan(
         cls,
         left_schema: pl.Schema,
-        right: pl.DataFrame | pl.LazyFrame,
+        right: pl.DataFrame | pl.LazyFrame | None,
         right_schema: pl.Schema,
         *,
         left_on: str | None,
@@ -851,19 +985,30 @@ class _KnnJoin:
         right = self.right.collect() if isinstance(self.right, pl.LazyFrame) else self.right
         queries, corpus = left[self.left_on], right[self.right_on]
         check_same_width(queries, corpus)
-        left_provider, right_provider = provider_of(queries), provider_of(corpus)
-        if left_provider and right_provider and left_provider.spec() != right_provider.spec():
-            raise ConfigError(
-                f"column {self.left_on!r} was embedded with {left_provider.label} and column "
-                f"{self.right_on!r} with {right_provider.label}: vectors from different models "
-                "cannot be compared"
-            )
+        right_provider = provider_of(corpus)
+        self.check_comparable(provider_of(queries), right_provider)
         normalized = _normalized(self.normalized, right_provider)
         # The left side is the queries, one array (a BLAS multiply rounds a score differently
         # with another number of queries); the right side is searched in its chunks.
         indices, scores = _search_frame(
             as_matrix(queries), right, self.right_on, self.k, self.metric, normalized, self.quantized
         )
+        return self.joined(left, right, indices, scores)
+
+    def check_comparable(self, left_provider: Provider | None, right_provider: Provider | None) -> None:
+        """Fail when the two vector columns are known to come from different models."""
+        if left_provider and right_provider and left_provider.spec() != right_provider.spec():
+            raise ConfigError(
+                f"column {self.left_on!r} was embedded with {left_provider.label} and column "
+                f"{self.right_on!r} with {right_provider.label}: vectors from different models "
+                "cannot be compared"
+            )
+
+    def joined(
+        self, left: pl.DataFrame, right: pl.DataFrame, indices: np.ndarray, scores: np.ndarray
+    ) -> pl.DataFrame:
+        """Each row of ``left`` beside the rows of ``right`` that :func:`~polars_embed.topk` found
+        for it; ``indices`` are rows of ``right``, -1 for none."""
         if indices.shape[1] == 0:  # no row of other can match: one empty slot per row
             indices = np.full((len(left), 1), -1, dtype=np.int64)
             scores = np.full((len(left), 1), np.nan, dtype=np.float32)

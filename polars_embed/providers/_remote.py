@@ -18,11 +18,11 @@ import math
 import os
 import textwrap
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from http import HTTPStatus
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 from polars_embed.errors import (
     AuthenticationError,
@@ -40,6 +40,7 @@ from polars_embed.provider import (
     is_reference,
     option,
     parse_reference,
+    secret_digest,
 )
 
 log = logging.getLogger(__name__)
@@ -48,6 +49,8 @@ RETRYABLE_STATUSES = frozenset({408, 409, 429})  # and every 5xx
 AUTHENTICATION_STATUSES = frozenset({401, 403})
 #: Answers that refuse what was sent (a text too long, content refused), not how or by whom.
 REFUSED_INPUT_STATUSES = frozenset({400, 413, 422})
+
+_T = TypeVar("_T")
 
 # Clients are built rarely (once per provider), so one lock for all of them costs nothing.
 _clients_lock = threading.Lock()
@@ -108,8 +111,12 @@ class RemoteProvider(Provider):
 
     def embed_batch(self, texts: list[str], *, kind: Kind) -> Embedded:
         client = self._client()
+        return self._send(lambda: self._request(client, texts, kind))
+
+    def _send(self, request: Callable[[], _T]) -> _T:
+        """``request()``, any failure of the SDK's read as this provider's own error."""
         try:
-            return self._request(client, texts, kind)
+            return request()
         except PolarsEmbedError:
             raise
         except (AttributeError, KeyError, IndexError, TypeError, ValueError) as error:
@@ -124,17 +131,29 @@ class RemoteProvider(Provider):
         raise failure from None
 
     def _client(self) -> Any:
-        """The SDK client, built on first use and then shared by every thread."""
-        client = self.__dict__.get("_sdk_client")
-        if client is None:
+        """The SDK client, built on first use and then shared by every thread and call,
+        until a reference among its settings (the key's variable, say) reads differently."""
+        api_key, base_url, timeout = self._api_key(), self._endpoint(), float(self.resolve("timeout"))
+        settings = (secret_digest(api_key), base_url, timeout)
+        built = self.__dict__.get("_sdk_client")
+        if built is None or built[0] != settings:
             with _clients_lock:
-                client = self.__dict__.get("_sdk_client")
-                if client is None:
-                    base_url = self.resolve("base_url") or self.default_base_url
-                    client = self._connect(self._api_key(), base_url, float(self.resolve("timeout")))
-                    object.__setattr__(self, "_sdk_client", client)
+                built = self.__dict__.get("_sdk_client")
+                if built is None or built[0] != settings:
+                    built = (settings, self._connect(api_key, base_url, timeout))
+                    object.__setattr__(self, "_sdk_client", built)
                     log.debug("%s: client created for %s", self.label, base_url)
-        return client
+        return built[1]
+
+    def _endpoint(self) -> str:
+        """Where requests go: ``base_url``, else the vendor's own service."""
+        return self.resolve("base_url") or self.default_base_url
+
+    def cache_scope(self) -> str | None:
+        """The endpoint, when it is not the vendor's own: two servers may serve different
+        models under one name (the key is no part of it)."""
+        endpoint = self._endpoint().rstrip("/")
+        return None if endpoint == self.default_base_url.rstrip("/") else endpoint
 
     def _api_key(self) -> str | None:
         """The ``api_key`` option, else the first key variable that is set, else ``None``."""
@@ -185,7 +204,7 @@ class RemoteProvider(Provider):
 
     def _no_answer(self, error: BaseException | None = None) -> RetryableProviderError:
         """The error for a request that got no answer: timed out (``error`` None) or unreachable."""
-        where = self.resolve("base_url") or self.default_base_url
+        where = self._endpoint()
         if error is None:
             message = f"{self.label}: no answer from {where} within {self.resolve('timeout')} s"
         else:

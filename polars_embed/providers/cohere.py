@@ -1,4 +1,4 @@
-"""``cohere``: Cohere's embedding models, through the ``cohere`` SDK's v2 client."""
+"""``cohere``: Cohere's embedding and rerank models, through the ``cohere`` SDK's v2 client."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from polars_embed.errors import ConfigError, ProviderError
 from polars_embed.hookspecs import hookimpl
 from polars_embed.provider import MAX_DIMENSION, Embedded, Kind, Provider, option
 from polars_embed.providers._remote import RemoteProvider
+from polars_embed.reranker import Reranker, Scored
 
 #: The width of each model's vectors (for embed-v4.0, when no output_dimension is asked for).
 MODEL_WIDTHS = {
@@ -119,6 +120,63 @@ class CohereProvider(RemoteProvider):
         return None
 
 
+@dataclass(frozen=True, kw_only=True, repr=False)
+class CohereReranker(Reranker, RemoteProvider):
+    """Rerank with Cohere's rerank API (``POST /v2/rerank``).
+
+    Options
+    -------
+    model
+        ``rerank-v3.5`` by default; any rerank model Cohere serves.
+    max_tokens_per_doc
+        Tokens of each document the model reads (the service's default, 4096, when not set).
+    batch_size
+        Documents per request (the service advises at most 1,000). Scores are
+        Cohere's absolute relevance, so they compare across requests.
+    api_key, base_url, timeout, max_concurrency
+        As for the ``cohere`` provider: the key is read from ``CO_API_KEY``, else
+        ``COHERE_API_KEY``, and the SDK's client, timeouts and error handling are the same.
+    """
+
+    name: ClassVar[str] = "cohere"
+    extra: ClassVar[str | None] = "cohere"
+    max_batch_size: ClassVar[int | None] = 1_000
+    key_variables: ClassVar[tuple[str, ...]] = CohereProvider.key_variables
+    default_base_url: ClassVar[str] = CohereProvider.default_base_url
+
+    model: str = "rerank-v3.5"
+    max_tokens_per_doc: int | None = option(None, low=1, high=1_000_000)
+    batch_size: int = option(1_000, runtime=True, low=1, high=1_000)
+
+    # The same client and the same reading of failures as the embedding provider's.
+    _connect = CohereProvider._connect
+    _failure = CohereProvider._failure
+
+    def score_batch(self, query: str, documents: list[str]) -> Scored:
+        client = self._client()
+        return self._send(lambda: self._rerank(client, query, documents))
+
+    def _rerank(self, client: Any, query: str, documents: list[str]) -> Scored:
+        limit = self.resolve("max_tokens_per_doc")
+        response = client.rerank(
+            model=self.resolve("model"),
+            query=query,
+            documents=documents,
+            top_n=len(documents),
+            **({} if limit is None else {"max_tokens_per_doc": limit}),
+        )
+        scores = [float("nan")] * len(documents)
+        for result in response.results:
+            scores[result.index] = result.relevance_score
+        billed = getattr(response.meta, "billed_units", None)
+        return Scored(scores, units=int(getattr(billed, "search_units", None) or 0))
+
+
 @hookimpl
 def polars_embed_providers() -> list[type[Provider]]:
     return [CohereProvider]
+
+
+@hookimpl
+def polars_embed_rerankers() -> list[type[Reranker]]:
+    return [CohereReranker]

@@ -95,16 +95,17 @@ class OpenAIProvider(RemoteProvider):
     def _probed_width(self) -> int:
         """Ask the server once for a vector and remember its width (a compatible server's
         model is in no table here). Pass ``dims`` to skip this request."""
+        asked = (self._endpoint(), self.resolve("model"))  # references may read differently later
         with _probe_lock:
-            width = self.__dict__.get("_width_from_probe")
-            if width is None:
+            probed = self.__dict__.get("_width_from_probe")
+            if probed is None or probed[0] != asked:
                 probe = np.asarray(self.embed_batch([PROBE_TEXT], kind="document").vectors)
                 if probe.ndim != 2 or probe.shape[0] != 1 or probe.shape[1] == 0:
                     raise InvalidEmbeddingError(f"{self.label}: the width probe got shape {probe.shape}")
-                width = probe.shape[1]
-                object.__setattr__(self, "_width_from_probe", width)
-                log.info("%s: the server gives vectors of width %d", self.label, width)
-        return width
+                probed = (asked, probe.shape[1])
+                object.__setattr__(self, "_width_from_probe", probed)
+                log.info("%s: the server gives vectors of width %d", self.label, probed[1])
+        return probed[1]
 
     def count_tokens(self, texts: Sequence[str], *, kind: Kind = "document") -> list[int]:
         return approximate_tokens(texts)

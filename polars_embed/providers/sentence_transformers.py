@@ -7,6 +7,18 @@ never loads a model: the width comes from the model's configuration files (its
 the local directory, the packaged copy or the local Hugging Face cache, and the
 weights load on the first batch there is to embed. A model that is on none of
 these and cannot be downloaded fails at once, naming what is available offline.
+
+CLIP-family models (``clip-ViT-B-32`` and friends) embed images as well as texts,
+into one space: images as documents, texts as documents or queries. What a model
+embeds is read from the same files (its input module's modality configuration, or a
+CLIP configuration), and its width from the CLIP projection.
+
+``precision="bfloat16"`` runs the model in bfloat16 where the hardware multiplies it
+natively (a CPU with AVX-512 BF16 or AMX, a CUDA GPU that has it), and
+``"float16"`` on a CUDA GPU; elsewhere one log line says so and float32 runs. The
+vectors are float32 either way, and say which precision made them: the spec (and so
+the embedding cache and the files) names the precision that ran, never one that was
+only asked for.
 """
 
 from __future__ import annotations
@@ -30,7 +42,8 @@ import numpy as np
 
 from polars_embed.errors import ConfigError
 from polars_embed.hookspecs import hookimpl
-from polars_embed.provider import Kind, Provider, option
+from polars_embed.provider import InputKind, Kind, Provider, option
+from polars_embed.reranker import Reranker
 
 log = logging.getLogger(__name__)
 
@@ -45,11 +58,17 @@ HUB_CHECK_TIMEOUT = 10.0
 #: Characters of a long text tokenized per token of the model's limit, to see it is over:
 #: natural text has about 4 per token.
 HEAD_CHARS_PER_TOKEN = 8
+#: What ``precision`` takes: float32, or a half-width type the hardware may multiply faster.
+PRECISIONS = ("float32", "bfloat16", "float16")
 
 # Modules that leave the width of the vectors as it is, and the pooling modes, each of
 # which adds one embedding's width (sentence-transformers concatenates them).
 _WIDTH_KEEPING_MODULES = frozenset({"Normalize", "Dropout", "LayerNorm"})
 _SHORT_NORMALIZERS = frozenset({"BertNormalizer", "Lowercase", "Strip", "NFC"})
+# Input modules that may wrap a CLIP model (sentence-transformers' Transformer, and its older
+# CLIPModel), and the Hugging Face model types whose vectors are the CLIP projection.
+_INPUT_MODULES = frozenset({"Transformer", "CLIPModel"})
+_CLIP_TYPES = frozenset({"clip", "chinese_clip"})
 _LEGACY_POOLING_MODES = (
     "pooling_mode_cls_token",
     "pooling_mode_max_tokens",
@@ -64,11 +83,11 @@ _MODEL_PROMPTS: dict[str, tuple[str, ...]] = {
     "document": ("document", "passage", "corpus"),
 }
 
-# One loaded model per (model, device, trust_remote_code) in the process. The lock beside
-# each model serialises encode() and token counting: a Hugging Face fast tokenizer raises
-# "Already borrowed" when two threads use it at once, and torch already spreads one call
-# over every core.
-_models: dict[tuple[str, str | None, bool], tuple[Any, threading.Lock]] = {}
+# One loaded model per (model, device, trust_remote_code, precision that runs) in the
+# process. The lock beside each model serialises encode() and token counting: a Hugging
+# Face fast tokenizer raises "Already borrowed" when two threads use it at once, and torch
+# already spreads one call over every core.
+_models: dict[tuple[str, str | None, bool, str], tuple[Any, threading.Lock]] = {}
 _models_lock = threading.Lock()
 _on_the_hub: set[str] = set()
 
@@ -100,6 +119,13 @@ class SentenceTransformersProvider(Provider):
     query_prompt, document_prompt
         Text put before queries or documents; by default the prompts the model
         itself declares for ``"query"`` and ``"document"``, if any.
+    precision
+        ``"float32"`` (the default), ``"bfloat16"`` or ``"float16"``: the arithmetic the
+        model runs in. bfloat16 pays on CPUs with AVX-512 BF16 or AMX (Intel Xeon since
+        Cooper Lake and Sapphire Rapids, AMD since Zen 4) and on recent GPUs, float16 on
+        CUDA GPUs; where the hardware lacks it, float32 runs, and one log line says so.
+        Vectors are float32 either way, within a cosine of about 0.9999 of float32's.
+        Part of the vectors' identity: the cache and files keep them apart from float32 ones.
     trust_remote_code
         Let the model run code from its repository. Settable in code only,
         never from metadata read back from a file.
@@ -119,6 +145,7 @@ class SentenceTransformersProvider(Provider):
     query_prompt: str | None = None
     document_prompt: str | None = None
     device: str = option("auto", runtime=True)
+    precision: str = option("float32", choices=PRECISIONS)
     trust_remote_code: bool = option(False, code_only=True)
 
     @property
@@ -132,6 +159,26 @@ class SentenceTransformersProvider(Provider):
     @property
     def normalized(self) -> bool:
         return bool(self.resolve("normalize")) or _configured(_model_files(self.resolve("model"))).normalizes
+
+    @property
+    def input_kinds(self) -> tuple[InputKind, ...]:
+        return _configured(_model_files(self.resolve("model"))).inputs
+
+    @property
+    def running_precision(self) -> str:
+        """The precision the model runs in here: ``precision`` where the hardware has it, else float32."""
+        return _runnable_precision(self.resolve("precision"), self._device())
+
+    def spec(self) -> dict[str, Any]:
+        """The identity options, with the precision that runs (float32 left out: such
+        vectors keep the spec, cache keys and stored tables they had before the option)."""
+        spec = super().spec()
+        running = self.running_precision
+        if running == "float32":
+            del spec["precision"]
+        else:
+            spec["precision"] = running
+        return spec
 
     @property
     def max_input_tokens(self) -> int | None:
@@ -186,18 +233,31 @@ class SentenceTransformersProvider(Provider):
             )
         return [np.array(offsets, dtype=np.int64).reshape(-1, 2) for offsets in encoded["offset_mapping"]]
 
-    def embed_batch(self, texts: list[str], *, kind: Kind) -> np.ndarray:
+    def embed_batch(self, texts: list[Any], *, kind: Kind) -> np.ndarray:
         model, lock = self._loaded()
+        images = bool(texts) and not isinstance(texts[0], str)  # the engine's decoded PIL images
         encode = model.encode_query if kind == "query" else model.encode_document
         with lock:
-            return encode(
+            vectors = encode(
                 texts,
-                prompt=self._prompt(model, kind),
+                prompt=None if images else self._prompt(model, kind),
                 batch_size=self.resolve("batch_size"),
                 normalize_embeddings=bool(self.resolve("normalize")),
                 convert_to_numpy=True,
                 show_progress_bar=False,
             )
+        vectors = np.asarray(vectors, dtype=np.float32)
+        if self.running_precision != "float32" and self.normalized:
+            # Normalised in half precision, lengths are off by up to about 0.5%: the fast
+            # cosine path needs unit lengths, so do it again in float32.
+            lengths = np.linalg.norm(vectors, axis=1, keepdims=True)
+            np.divide(vectors, lengths, out=vectors, where=lengths > 0)
+        return vectors
+
+    def _device(self) -> str | None:
+        """The device option, ``None`` for ``"auto"`` (sentence-transformers' own choice)."""
+        device = self.resolve("device")
+        return None if device == "auto" else device
 
     def _prompt(self, model: Any, kind: Kind) -> str | None:
         """The prompt put before texts of ``kind``: the option, else the model's own."""
@@ -208,25 +268,89 @@ class SentenceTransformersProvider(Provider):
         return next((declared[name] for name in _MODEL_PROMPTS[kind] if declared.get(name)), None)
 
     def _loaded(self) -> tuple[Any, threading.Lock]:
-        device = self.resolve("device")
-        key = (self.resolve("model"), None if device == "auto" else device, self.trust_remote_code)
-        with _models_lock:
-            if key not in _models:
-                folder = _model_files(key[0])
-                with _quiet_loading():
-                    sentence_transformers = self.require("sentence_transformers")
-                    try:
-                        with _no_loading_bars():
-                            model = sentence_transformers.SentenceTransformer(
-                                str(folder or key[0]), device=key[1], trust_remote_code=key[2]
-                            )
-                    except OSError as error:
-                        if folder is not None:
-                            raise
-                        # The hub had it a moment ago, but the download failed.
-                        raise _unavailable(key[0], f"it did not download: {error}".split("\n")[0]) from error
-                _models[key] = (model, threading.Lock())
-            return _models[key]
+        def load(sentence_transformers: Any, model: str, device: str | None) -> Any:
+            folder = _model_files(model)
+            try:
+                return sentence_transformers.SentenceTransformer(
+                    str(folder or model), device=device, trust_remote_code=self.trust_remote_code
+                )
+            except OSError as error:
+                if folder is not None:
+                    raise
+                # The hub had it a moment ago, but the download failed.
+                raise _unavailable(model, f"it did not download: {error}".split("\n")[0]) from error
+
+        return _load_once(self, _models, load, precision=self.running_precision)
+
+
+def _load_once(
+    provider: Provider,
+    models: dict[tuple[str, str | None, bool, str], tuple[Any, threading.Lock]],
+    load: Callable[[Any, str, str | None], Any],
+    *,
+    precision: str = "float32",
+) -> tuple[Any, threading.Lock]:
+    """The model of ``provider`` (a model, a device, trust_remote_code) in ``precision``, loaded
+    by ``load`` on first use (then cast) and shared by the process, with the lock that
+    serialises its use."""
+    device = provider.resolve("device")
+    key = (
+        provider.resolve("model"),
+        None if device == "auto" else device,
+        provider.trust_remote_code,
+        precision,
+    )
+    with _models_lock:
+        if key not in models:
+            with _quiet_loading():
+                sentence_transformers = provider.require("sentence_transformers")
+                with _no_loading_bars():
+                    model = load(sentence_transformers, key[0], key[1])
+            if precision != "float32":
+                import torch
+
+                model = model.to(getattr(torch, precision))
+            models[key] = (model, threading.Lock())
+        return models[key]
+
+
+@functools.cache
+def _runnable_precision(precision: str, device: str | None) -> str:
+    """``precision`` where ``device`` (``None``: the one sentence-transformers picks) runs it
+    natively, else float32, logged once: emulated, half precision is slower than float32."""
+    if precision == "float32":
+        return precision
+    import torch
+
+    gpu = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else None
+    where = device or gpu or "cpu"  # as sentence-transformers picks
+    kind = where.split(":")[0]
+    if precision == "bfloat16":
+        native = (
+            _cpu_supports_bfloat16() if kind == "cpu" else kind == "cuda" and torch.cuda.is_bf16_supported()
+        )
+        needs = "a CPU with AVX-512 BF16 or AMX, or a CUDA GPU with bfloat16"
+    else:
+        native, needs = kind == "cuda", "a CUDA GPU"
+    if native:
+        return precision
+    log.warning(
+        "sentence-transformers: precision=%r needs %s, and device %r is not one; running float32",
+        precision,
+        needs,
+        where,
+    )
+    return "float32"
+
+
+def _cpu_supports_bfloat16() -> bool:
+    """Whether this CPU multiplies bfloat16 natively (AVX-512 BF16 or AMX), as torch sees it."""
+    import torch
+
+    checks = (
+        getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    )
+    return any(check() for check in checks if check is not None)
 
 
 @contextmanager
@@ -258,6 +382,7 @@ class _Configured:
 
     width: int | None = None
     normalizes: bool = False
+    inputs: tuple[InputKind, ...] = ("text",)
 
 
 @functools.lru_cache(maxsize=64)
@@ -265,9 +390,10 @@ def _configured(folder: Path | None) -> _Configured:
     """The width of a model's vectors and whether it normalises them, from its files.
 
     sentence-transformers gives the width of the last module that sets one: a Dense
-    layer's ``out_features``, or a Pooling module's embedding width times its number of
-    pooling modes, capped by ``truncate_dim``. Anything else (a bare transformer, a
-    router, a custom module) is left to the loaded model.
+    layer's ``out_features``, a Pooling module's embedding width times its number of
+    pooling modes, or a CLIP model's ``projection_dim``, capped by ``truncate_dim``.
+    Anything else (a bare transformer, a router, a custom module) is left to the
+    loaded model. What the model embeds (text, images) is its input module's to say.
     """
     if folder is None:
         return _Configured()
@@ -284,12 +410,38 @@ def _configured(folder: Path | None) -> _Configured:
             width = _positive(settings.get("out_features"))
         elif kind == "Pooling" and isinstance(settings, dict):
             width = _pooled_width(settings)
+        elif (
+            kind in _INPUT_MODULES
+            and isinstance(settings, dict)
+            and settings.get("model_type") in _CLIP_TYPES
+        ):
+            width = _positive(settings.get("projection_dim"))
         break
     if width is not None:
         model_settings = _json(folder / "config_sentence_transformers.json")
         cap = _positive(model_settings.get("truncate_dim")) if isinstance(model_settings, dict) else None
         width = min(width, cap) if cap else width
-    return _Configured(width=width, normalizes="Normalize" in kinds)
+    return _Configured(
+        width=width,
+        normalizes="Normalize" in kinds,
+        inputs=_inputs(folder, modules[0], kinds[0]) if modules else ("text",),
+    )
+
+
+def _inputs(folder: Path, module: dict[str, Any], kind: str) -> tuple[InputKind, ...]:
+    """What a model's input module embeds: the modalities its configuration declares, or for
+    a CLIP model saved without them, texts and images; anything else, texts."""
+    if kind not in _INPUT_MODULES:
+        return ("text",)
+    path = folder / str(module.get("path", ""))
+    declared = _json(path / "sentence_bert_config.json")
+    modalities = declared.get("modality_config") if isinstance(declared, dict) else None
+    if isinstance(modalities, dict):
+        found = tuple(name for name in ("text", "image") if name in modalities)
+        return found or ("text",)  # type: ignore[return-value]
+    settings = _json(path / "config.json")
+    clip = kind == "CLIPModel" or (isinstance(settings, dict) and settings.get("model_type") in _CLIP_TYPES)
+    return ("text", "image") if clip else ("text",)
 
 
 def _pooled_width(settings: dict[str, Any]) -> int | None:
@@ -483,6 +635,65 @@ def _offline_models() -> list[tuple[str, str]]:
     return found
 
 
+DEFAULT_CROSS_ENCODER = "cross-encoder/ms-marco-MiniLM-L6-v2"
+_cross_encoders: dict[tuple[str, str | None, bool, str], tuple[Any, threading.Lock]] = {}
+
+
+@dataclass(frozen=True, kw_only=True, repr=False)
+class CrossEncoderReranker(Reranker):
+    """Rerank with a local sentence-transformers ``CrossEncoder``, which reads query and document together.
+
+    Options
+    -------
+    model
+        A hub name (loaded from the local Hugging Face cache, or downloaded where
+        that is allowed) or a local directory; ``cross-encoder/ms-marco-MiniLM-L6-v2``
+        by default.
+    device
+        ``"auto"`` (CUDA or MPS when present, else CPU), ``"cpu"``, ``"cuda"``, ...
+    batch_size
+        Query-document pairs per request to the engine (and per forward pass).
+    trust_remote_code
+        Let the model run code from its repository; settable in code only.
+    """
+
+    name: ClassVar[str] = "sentence-transformers"
+    extra: ClassVar[str | None] = "local"
+
+    model: str = DEFAULT_CROSS_ENCODER
+    device: str = option("auto", runtime=True)
+    trust_remote_code: bool = option(False, code_only=True)
+
+    def score_batch(self, query: str, documents: list[str]) -> np.ndarray:
+        model, lock = self._loaded()
+        with lock:
+            return model.predict(
+                [(query, document) for document in documents],
+                batch_size=self.resolve("batch_size"),
+                convert_to_numpy=True,
+                show_progress_bar=False,
+            )
+
+    def _loaded(self) -> tuple[Any, threading.Lock]:
+        def load(sentence_transformers: Any, model: str, device: str | None) -> Any:
+            try:
+                return sentence_transformers.CrossEncoder(
+                    model, device=device, trust_remote_code=self.trust_remote_code
+                )
+            except OSError as error:
+                raise ConfigError(
+                    f"cross-encoder {model!r} could not be loaded ({str(error).splitlines()[0][:200]}); "
+                    "pass a local model directory, or a hub name that is in the Hugging Face cache"
+                ) from None
+
+        return _load_once(self, _cross_encoders, load)
+
+
 @hookimpl
 def polars_embed_providers() -> list[type[Provider]]:
     return [SentenceTransformersProvider]
+
+
+@hookimpl
+def polars_embed_rerankers() -> list[type[Reranker]]:
+    return [CrossEncoderReranker]

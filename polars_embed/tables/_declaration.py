@@ -24,6 +24,7 @@ from typing import Any, ClassVar
 import numpy as np
 import polars as pl
 
+from polars_embed.engine import check_accepts
 from polars_embed.errors import ConfigError, ValidationError
 from polars_embed.metadata import VectorSpec
 from polars_embed.provider import Provider, option_role
@@ -33,6 +34,8 @@ FORMAT = 1
 DEFAULT_ID_MAX_LENGTH = 300
 #: Names a search result adds, and DuckDB's row ids: no declared column may take them.
 RESERVED_NAMES = ("score", "query_index", "rowid")
+#: What a vector is embedded from: text, or encoded images (for a provider that embeds them).
+SOURCE_TYPES = (pl.String, pl.Binary)
 # Bounds on what a stored declaration may hold. A declaration a user writes must
 # fit them too, so that every stored declaration is one this module reads back.
 MAX_ID_LENGTH = 65_536
@@ -63,7 +66,8 @@ class Id:
 
 @dataclass(frozen=True)
 class Source:
-    """Marks a text field that a :class:`VectorOf` embeds (for readers of the class; optional)."""
+    """Marks a text field (``str``), or an image field (``bytes``: encoded PNG, JPEG, ...), that a
+    :class:`VectorOf` embeds (for readers of the class; optional)."""
 
 
 class VectorOf:
@@ -72,7 +76,9 @@ class VectorOf:
     Parameters
     ----------
     source
-        The text column to embed. Null and blank texts give null vectors.
+        The text column to embed. Null and blank texts give null vectors. A
+        ``bytes`` column of encoded images embeds as images, with a provider that
+        embeds them (a CLIP model); a text query then finds them.
     provider
         A registered name (``"hashing"``), ``"name:model"`` or a Provider;
         default: the local sentence-transformers model. Its width is read from
@@ -225,8 +231,10 @@ def _check_fields(model: str, fields: tuple[_Field, ...]) -> None:
     if len(ids) > 1:
         raise ConfigError(f"{model} marks {ids} with pe.Id(); a table has one id field")
     for field_ in fields:
-        if isinstance(field_.marker, Source) and field_.dtype != pl.String:
-            raise ConfigError(f"{model}.{field_.name} is pe.Source(), so it must be str or str | None")
+        if isinstance(field_.marker, Source) and field_.dtype not in SOURCE_TYPES:
+            raise ConfigError(
+                f"{model}.{field_.name} is pe.Source(), so it must be str or bytes (images), or those | None"
+            )
     sources = {field_.marker.source for field_ in fields if isinstance(field_.marker, VectorOf)}
     unused = [f.name for f in fields if isinstance(f.marker, Source) and f.name not in sources]
     if unused:
@@ -385,7 +393,8 @@ class Declaration:
         if len(set(self.vector_names)) < len(self.vectors):
             reader.fail("names a vector column twice")
         for name in (self.id, *(column.source for column in self.vectors), self.metadata):
-            if name is not None and schema[name] != pl.String:
+            sources = SOURCE_TYPES if name in {column.source for column in self.vectors} else (pl.String,)
+            if name is not None and schema[name] not in sources:
                 reader.fail(f"says {name!r} holds text, but the table's column is {schema[name]}")
         for column in self.vectors:
             if schema[column.name] != pl.Array(pl.Float32, column.width):
@@ -659,14 +668,18 @@ def _declaration(
 def vector_column(
     name: str, vector: Any, schema: pl.Schema, id_name: str, metadata: str | None
 ) -> tuple[VectorColumn, Provider]:
-    """A declared vector column and its provider; its source must be a text column of ``schema``."""
+    """A declared vector column and its provider; its source must be a text column of ``schema``,
+    or a Binary one of images for a provider that embeds images."""
     if not isinstance(vector, VectorOf):
         raise ConfigError(f"vector column {name!r} must be declared with pe.VectorOf(source, provider=...)")
-    if schema.get(vector.source) != pl.String or vector.source in (id_name, metadata):
+    if schema.get(vector.source) not in SOURCE_TYPES or vector.source in (id_name, metadata):
         raise ConfigError(
-            f"vector column {name!r} embeds {vector.source!r}, which is not a text column of the table"
+            f"vector column {name!r} embeds {vector.source!r}, which is not a text column of the table "
+            "(nor bytes, of images)"
         )
     provider = vector.resolve()
+    if schema[vector.source] == pl.Binary:
+        check_accepts(provider, "image", vector.source)
     spec = VectorSpec.of(provider)
     spec.to_json()  # a provider that cannot be described (a callable) cannot be stored
     return VectorColumn(name, vector.source, spec), provider

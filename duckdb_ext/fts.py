@@ -1,0 +1,177 @@
+"""The fts extension: BM25 keyword ranking of a table's text column, for hybrid search.
+
+DuckDB's full-text index (``PRAGMA create_fts_index``) lives in a schema of its own,
+``fts_<schema>_<table>``, in the table's database. It is built once and reused by every search;
+DuckDB does not update it when the table changes, so :func:`keyword_ranking`
+rebuilds it when the table's row count is no longer the index's, and
+:func:`create_fts_index` rebuilds it on demand (after an update that keeps the count).
+
+Words are lower-cased runs of letters and digits (so ``E1234`` is one word, which
+DuckDB's default, letters only, would cut to ``e``), Porter-stemmed, English stop
+words removed. The fts extension is packaged for duckdb 1.5.5 only (the ``fts``
+extra); on duckdb 2.x hybrid search on a table is refused with a clear error.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+
+import duckdb
+import numpy as np
+
+from duckdb_ext._catalog import (
+    Column,
+    Table,
+    TableName,
+    one_row,
+    quote_identifier,
+    quote_literal,
+    resolve_table,
+)
+from duckdb_ext._extensions import load_extension, packaged_extension
+from polars_embed.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+#: What separates words: anything but letters and digits (DuckDB's default drops digits too).
+WORD_SEPARATORS = r"(\.|[^a-z0-9])+"
+_PLAIN_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def load_fts(con: duckdb.DuckDBPyConnection) -> None:
+    """Load DuckDB's fts extension into the connection's database, without the network.
+
+    The extension file comes from the ``duckdb-extension-fts`` package (the ``fts``
+    extra of polars-embed); without it, ``INSTALL fts; LOAD fts`` is tried.
+
+    Raises
+    ------
+    MissingDependencyError
+        When neither way works.
+    """
+    load_extension(con, "fts", packaged_extension("fts"), purpose="BM25 keyword search", extra="fts")
+
+
+def create_fts_index(con: duckdb.DuckDBPyConnection, table: TableName, column: str) -> None:
+    """Build (or rebuild) the full-text index of a table's text column, for hybrid search.
+
+    Parameters
+    ----------
+    con
+        The connection; fts is loaded into it (see :func:`load_fts`).
+    table
+        The table: a name, or a (schema, name) or (database, schema, name) tuple.
+    column
+        Its text column.
+    """
+    target = resolve_table(con, table)
+    _build(con, target, text_column(target, column))
+
+
+def prepare_index(con: duckdb.DuckDBPyConnection, table: Table, text: Column) -> None:
+    """Make sure the table's full-text index covers ``text`` and all its rows: build it on
+    first use, and again when the table's row count is no longer the index's; an index
+    over another column is an error."""
+    load_fts(con)
+    indexed = _indexed_fields(con, table)
+    if indexed is None:
+        _build(con, table, text)
+    elif indexed != [text.name]:
+        raise ConfigError(
+            f"table {table} has a full-text index over {indexed}, not {[text.name]}: rebuild it with "
+            f"duckdb_ext.create_fts_index(con, {table.name!r}, {text.name!r}), or pass text= one of {indexed}"
+        )
+    else:
+        (rows,) = one_row(con, f"SELECT count(*) FROM {table.sql}")
+        (documents,) = one_row(con, f"SELECT count(*) FROM {_index_schema(table)}.docs")
+        if rows != documents:
+            log.info("table %s has %d rows, its full-text index %d: rebuilding it", table, rows, documents)
+            _build(con, table, text)
+
+
+def keyword_ranking(
+    con: duckdb.DuckDBPyConnection, table: Table, text: Column, query: str, depth: int, where: str | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """The ``depth`` rows (row ids) that best match ``query`` by BM25, and their scores, best
+    first, ties to the lower row id; only rows that have a word of the query, and pass ``where``.
+    The index must be ready (:func:`prepare_index`)."""
+    schema = _index_schema(table)
+    condition = f"WHERE (\n{where}\n)" if where else ""
+    # match_bm25's own formula and defaults (k1 = 1.2, b = 0.75, log10) over the index's tables, for
+    # the documents that have a query term only: the macro, called per row, scores every row
+    # (0.5 s for 100,000 rows, more than the vector search). A single indexed column, so
+    # no field filter. The table's rows join in last, so that deleted rows and ``where`` count.
+    found = con.sql(
+        f"""WITH tokens AS (
+            SELECT DISTINCT stem(unnest({schema}.tokenize({quote_literal(query)})), 'porter') AS t),
+        matched AS (SELECT terms.docid, terms.termid, count(*) AS tf FROM {schema}.terms AS terms
+            JOIN {schema}.dict AS dict ON terms.termid = dict.termid JOIN tokens ON dict.term = tokens.t
+            GROUP BY terms.docid, terms.termid),
+        scored AS (SELECT docs.name AS row_id, sum(
+            log10(((SELECT num_docs FROM {schema}.stats) - dict.df + 0.5) / (dict.df + 0.5) + 1)
+            * (matched.tf * 2.2 / (matched.tf + 1.2 * (0.25 + 0.75 * docs.len
+                                                          / (SELECT avgdl FROM {schema}.stats))))) AS score
+            FROM matched JOIN {schema}.docs AS docs ON matched.docid = docs.docid
+            JOIN {schema}.dict AS dict ON matched.termid = dict.termid GROUP BY docs.name)
+        SELECT scored.row_id, scored.score FROM scored JOIN (SELECT rowid AS row_id FROM {table.sql}
+            AS {quote_identifier(table.name)} {condition}) AS kept ON scored.row_id = kept.row_id
+        WHERE scored.score > 0 ORDER BY scored.score DESC, scored.row_id LIMIT {int(depth)}"""
+    ).fetchall()
+    rows = np.array([row for row, _ in found], dtype=np.int64)
+    return rows, np.array([score for _, score in found], dtype=np.float32)
+
+
+def text_column(table: Table, name: str) -> Column:
+    """Column ``name`` of ``table``, which must be text, for keyword ranking."""
+    column = table.column(name)
+    if column is None:
+        raise ConfigError(f"table {table} has no column {name!r} to rank keywords in")
+    if column.data_type != "VARCHAR":
+        raise ConfigError(
+            f"column {column.name!r} of {table} is {column.data_type}, not text (VARCHAR): "
+            f"pass the text column the vectors were made from as text="
+        )
+    return column
+
+
+def _index_schema(table: Table) -> str:
+    """The schema of the table's full-text index, in the table's database (quoted)."""
+    return f"{quote_identifier(table.database)}.{quote_identifier(_index_schema_name(table))}"
+
+
+def _index_schema_name(table: Table) -> str:
+    return f"fts_{table.schema}_{table.name}"
+
+
+def _indexed_fields(con: duckdb.DuckDBPyConnection, table: Table) -> list[str] | None:
+    """The columns the table's full-text index covers, or ``None`` when it has none."""
+    (exists,) = one_row(
+        con,
+        "SELECT count(*) FROM duckdb_tables() WHERE database_name = ? AND schema_name = ? "
+        "AND table_name = 'fields'",
+        [table.database, _index_schema_name(table)],
+    )
+    if not exists:
+        return None
+    fields = con.sql(f"SELECT field FROM {_index_schema(table)}.fields ORDER BY fieldid").fetchall()
+    return [field for (field,) in fields]
+
+
+def _build(con: duckdb.DuckDBPyConnection, table: Table, text: Column) -> None:
+    load_fts(con)
+    # The extension pastes these names into the SQL it writes, unquoted: only plain ones are safe.
+    names = (table.database, table.schema, table.name, text.name)
+    odd = [name for name in names if not _PLAIN_NAME.fullmatch(name)]
+    if odd:
+        raise ConfigError(
+            f"DuckDB's full-text index only takes plain names (letters, digits and _), and {odd[0]!r} "
+            f"(of {table}.{text.name}) is not one: rename it, or copy the rows to such a table, for a "
+            "hybrid search"
+        )
+    qualified = ".".join(names[:3])
+    con.execute(
+        f"PRAGMA create_fts_index({quote_literal(qualified)}, 'rowid', {quote_literal(text.name)}, "
+        f"ignore = {quote_literal(WORD_SEPARATORS)}, overwrite = 1)"
+    )
+    log.info("built the full-text index of %s.%s", table, text.name)
