@@ -43,6 +43,7 @@ from polars_embed.namespaces._vectors import (
     check_same_width,
     null_where,
     parse_query,
+    unit_length,
     valid_rows,
     vector_chunks,
     vector_width,
@@ -871,7 +872,7 @@ class _Search:
             self.on,
             k,
             self.metric,
-            _normalized(self.normalized, provider_of(frame[self.on])),
+            unit_length(self.normalized, provider_of(frame[self.on])),
             self.quantized,
         )
 
@@ -987,7 +988,7 @@ class _KnnJoin:
         check_same_width(queries, corpus)
         right_provider = provider_of(corpus)
         self.check_comparable(provider_of(queries), right_provider)
-        normalized = _normalized(self.normalized, right_provider)
+        normalized = unit_length(self.normalized, right_provider)
         # The left side is the queries, one array (a BLAS multiply rounds a score differently
         # with another number of queries); the right side is searched in its chunks.
         indices, scores = _search_frame(
@@ -1128,10 +1129,3 @@ def _check_new_names(schema: pl.Schema, names: list[str]) -> None:
         raise DuplicateColumnError(
             f"the output would have two columns named {repeated!r}: pass another name (score= or suffix=)"
         )
-
-
-def _normalized(promised: bool | None, stored: Provider | None) -> bool:
-    """Whether cosine may skip the norms: as promised, else as the column's provider says."""
-    if promised is not None:
-        return promised
-    return stored is not None and stored.normalized
