@@ -82,27 +82,30 @@ def prepare_index(
     key: str = "rowid",
     version: str | None = None,
 ) -> None:
-    """Make sure the table's full-text index covers ``text`` and all its rows: build it on
-    first use, and again when the table's row count is no longer the index's; an index
-    over another column is an error.
+    """Make sure the table's full-text index covers ``text`` and all its rows.
 
-    With ``version`` (what the caller knows of the rows' state, e.g. a count of its
-    writes), the index is rebuilt whenever it was not built for that version, and one
-    over another column is replaced when a version labels it (it is the caller's own).
-    ``key`` is the column that names each document (unique per row); see :func:`keyword_ranking`.
+    Without ``version``, it is built on first use, and again when the table's row count
+    is no longer the index's or when it was built for a version. With ``version`` (what
+    the caller knows of the rows' state, e.g. a count of its writes), it is rebuilt
+    unless it was built for that version. Either way an index over another column that
+    no version labels (someone's own) is an error. ``key`` is the column that names each
+    document, unique per row (see :func:`keyword_ranking`).
     """
     load_fts(con)
     indexed = _indexed_fields(con, table)
+    built_for = None if indexed is None else index_version(con, table)
     if indexed is None:
         _build(con, table, text, key, version)
-    elif indexed != [text.name] and (version is None or index_version(con, table) is None):
+    elif indexed != [text.name] and built_for is None:
         raise ConfigError(
             f"table {table} has a full-text index over {indexed}, not {[text.name]}: rebuild it with "
             f"duckdb_ext.create_fts_index(con, {table.name!r}, {text.name!r}), or pass text= one of {indexed}"
         )
     elif version is not None:
-        if index_version(con, table) != version:
+        if built_for != version:
             _build(con, table, text, key, version)
+    elif built_for is not None:  # built for a caller's version, maybe keyed by its own column
+        _build(con, table, text, key, version)
     else:
         (rows,) = one_row(con, f"SELECT count(*) FROM {table.sql}")
         (documents,) = one_row(con, f"SELECT count(*) FROM {_index_schema(table)}.docs")

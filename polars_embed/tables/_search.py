@@ -320,8 +320,9 @@ class _Rows:
     def row_ids(self, numbers: np.ndarray) -> pl.Series:
         """Where each record was when its vector was read (null for one without a vector)."""
         inside = numbers < len(self.kept.ids)
-        hints = self.kept.row_ids[np.where(inside, numbers, 0)]
-        return pl.Series(_ROW_ID, hints, dtype=pl.Int64).scatter(np.flatnonzero(~inside), None)
+        hints = np.zeros(len(numbers), dtype=np.int64)
+        hints[inside] = self.kept.row_ids[numbers[inside]]
+        return pl.Series(_ROW_ID, hints).scatter(np.flatnonzero(~inside), None)
 
 
 def _keyword_text(table: Table, column: VectorColumn, text: str | None) -> str:
@@ -371,12 +372,13 @@ def _check_ranked(table: Table, ranking: Ranking, texts: tuple[str, ...] | None)
 
 def _ready_keyword_index(table: Table, text: str) -> None:
     """Have the table's full-text index cover ``text`` as the records are now: built once per
-    table state, since a write through the table, or a plain SQL insert or delete, makes a new one."""
+    table state, since a write through the table, or a plain SQL insert or delete, makes a new one.
+
+    The label is read each time (a few catalog lookups): another handle on the table, or
+    ``duckdb_ext``, may have rebuilt the index, over another column, since."""
     database = table._database
     with database._lock:
         state = table._state()
-        if table._keyword_states.get(text) == state:
-            return
         connection, located = database.connection, table._located
         version = f"{text} by {table.id_column} at generation {state[0]} with {state[1]} records"
         if database.read_only and fts.index_version(connection, located) != version:
@@ -390,7 +392,6 @@ def _ready_keyword_index(table: Table, text: str) -> None:
             )
         except duckdb.Error as error:
             raise table._refused(error) from None
-        table._keyword_states[text] = state
 
 
 def _keyword_rankings(
@@ -423,9 +424,8 @@ def _texts(table: Table, text: str, ids: pl.Series) -> list[str | None]:
         return []
     literals = ", ".join(map(quote_literal, ids))
     ident = quote_identifier(table.id_column)
-    found = table._frame(
-        f"SELECT {ident}, {quote_identifier(text)} FROM {table._table_sql} WHERE {ident} IN ({literals})"
-    )
+    columns = ", ".join(map(quote_identifier, dict.fromkeys([table.id_column, text])))
+    found = table._frame(f"SELECT {columns} FROM {table._table_sql} WHERE {ident} IN ({literals})")
     return ids.to_frame().join(found, on=table.id_column, how="left", maintain_order="left")[text].to_list()
 
 

@@ -116,7 +116,6 @@ class Table:
         self._declaration = declaration
         self._providers: dict[str, Provider] = {}
         self._vectors: dict[str, _Vectors] = {}
-        self._keyword_states: dict[str, tuple[int, int]] = {}  # text column -> state its keyword index is of
         for column, given in providers.items():
             self._providers[column] = self._checked(declaration.vector(column), resolve_provider(given))
 
@@ -772,7 +771,6 @@ class Table:
         """Say that the table was written with plain SQL: searches read its vectors again and
         rebuild its keyword index, in this process and (in a database open for writing) in others."""
         self._vectors.clear()
-        self._keyword_states.clear()
         if not self._database.read_only:
             with self._database._transaction(self.name):
                 pass  # a new generation: what was kept or indexed for the old one is not used again
