@@ -136,32 +136,44 @@ def keyword_ranking(
     where: str | None,
     *,
     key: str = "rowid",
+    current: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
     """The ``depth`` rows that best match ``query`` by BM25, and their scores, best first,
     ties to the lower row; only rows that have a word of the query, and pass ``where``.
     A row is named by its ``key``, the column the index was built with (row ids, int64,
-    by default). The index must be ready (:func:`prepare_index`)."""
+    by default). The index must be ready (:func:`prepare_index`); ``current`` says that
+    it holds exactly the table's rows as they are (it was built for their version), so
+    that without ``where`` they need no check against the table."""
     schema = _index_schema(table)
     condition = f"WHERE (\n{where}\n)" if where else ""
+    kept = (
+        ""
+        if current and not where
+        else f"JOIN (SELECT {_key_sql(key)} AS row_id FROM {table.sql} AS {quote_identifier(table.name)} "
+        f"{condition}) AS kept ON docs.name = kept.row_id"
+    )
     # match_bm25's own formula and defaults (k1 = 1.2, b = 0.75, log10) over the index's tables, for
     # the documents that have a query term only: the macro, called per row, scores every row
     # (0.5 s for 100,000 rows, more than the vector search). A single indexed column, so
-    # no field filter. The table's rows join in last, so that deleted rows and ``where`` count.
+    # no field filter. Documents are grouped by their number, and only then named by their key
+    # (text keys cost twice as much to group); the table's rows join in last, so that deleted
+    # rows and ``where`` count.
     found = con.sql(
         f"""WITH tokens AS (
             SELECT DISTINCT stem(unnest({schema}.tokenize({quote_literal(query)})), 'porter') AS t),
+        wanted AS (SELECT dict.termid,
+            log10(((SELECT num_docs FROM {schema}.stats) - dict.df + 0.5) / (dict.df + 0.5) + 1) AS idf
+            FROM {schema}.dict AS dict JOIN tokens ON dict.term = tokens.t),
         matched AS (SELECT terms.docid, terms.termid, count(*) AS tf FROM {schema}.terms AS terms
-            JOIN {schema}.dict AS dict ON terms.termid = dict.termid JOIN tokens ON dict.term = tokens.t
-            GROUP BY terms.docid, terms.termid),
-        scored AS (SELECT docs.name AS row_id, sum(
-            log10(((SELECT num_docs FROM {schema}.stats) - dict.df + 0.5) / (dict.df + 0.5) + 1)
+            WHERE terms.termid IN (SELECT termid FROM wanted) GROUP BY terms.docid, terms.termid),
+        scored AS (SELECT matched.docid, sum(wanted.idf
             * (matched.tf * 2.2 / (matched.tf + 1.2 * (0.25 + 0.75 * docs.len
                                                           / (SELECT avgdl FROM {schema}.stats))))) AS score
             FROM matched JOIN {schema}.docs AS docs ON matched.docid = docs.docid
-            JOIN {schema}.dict AS dict ON matched.termid = dict.termid GROUP BY docs.name)
-        SELECT scored.row_id, scored.score FROM scored JOIN (SELECT {_key_sql(key)} AS row_id FROM
-            {table.sql} AS {quote_identifier(table.name)} {condition}) AS kept ON scored.row_id = kept.row_id
-        WHERE scored.score > 0 ORDER BY scored.score DESC, scored.row_id LIMIT {int(depth)}"""
+            JOIN wanted ON matched.termid = wanted.termid GROUP BY matched.docid)
+        SELECT docs.name AS row_id, scored.score FROM scored
+            JOIN {schema}.docs AS docs ON scored.docid = docs.docid {kept}
+        WHERE scored.score > 0 ORDER BY scored.score DESC, docs.name LIMIT {int(depth)}"""
     ).to_arrow_table()
     rows = found.column(0).to_numpy()
     return rows.astype(np.int64) if key == "rowid" else rows, found.column(1).to_numpy().astype(np.float32)

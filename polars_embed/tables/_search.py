@@ -218,8 +218,9 @@ class Search:
         depth = ranking.depth(self.k)
         matching = self._matching()
         if ranking.keywords:
-            _ready_keyword_index(table, ranking.text)
-            keywords = _keyword_rankings(table, ranking.text, self.texts, depth, matching)
+            with table._database._lock:  # no write between the index's check and its use
+                _ready_keyword_index(table, ranking.text)
+                keywords = _keyword_rankings(table, ranking.text, self.texts, depth, matching)
         kept, indices, scores = self._vector_ranking(queries, depth, matching)
         rows = _Rows.of(kept, pl.concat([ids for ids, _ in keywords]) if ranking.keywords else None)
         frames = []
@@ -411,7 +412,9 @@ def _keyword_rankings(
         column = fts.text_column(located, text)
         for query in queries:
             try:
-                ids, scores = fts.keyword_ranking(connection, located, column, query, depth, where, key=ident)
+                ids, scores = fts.keyword_ranking(
+                    connection, located, column, query, depth, where, key=ident, current=True
+                )
             except duckdb.Error as error:
                 raise table._refused(error) from None
             rankings.append((pl.Series(ident, ids, dtype=pl.String), scores))
