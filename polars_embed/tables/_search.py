@@ -216,20 +216,21 @@ class Search:
         assert self.texts is not None  # checked by _check_ranked
         table, ident = self.table, self.table.id_column
         depth = ranking.depth(self.k)
-        matching = self._matching()
-        if ranking.keywords:
-            with table._database._lock:  # no write between the index's check and its use
+        keywords = None
+        with table._database._lock:  # both rankings of one table state, and the index as checked
+            matching = self._matching()
+            if ranking.keywords:
                 _ready_keyword_index(table, ranking.text)
                 keywords = _keyword_rankings(table, ranking.text, self.texts, depth, matching)
-        kept, indices, scores = self._vector_ranking(queries, depth, matching)
-        rows = _Rows.of(kept, pl.concat([ids for ids, _ in keywords]) if ranking.keywords else None)
+            kept, indices, scores = self._vector_ranking(queries, depth, matching)
+        rows = _Rows.of(kept, None if keywords is None else pl.concat([ids for ids, _ in keywords]))
         frames = []
         for number, query in enumerate(self.texts):
             found = indices[number] >= 0
             fused = ranking.combine(
                 query,
                 (indices[number][found], scores[number][found]),
-                rows.numbered(*keywords[number]) if ranking.keywords else None,
+                None if keywords is None else rows.numbered(*keywords[number]),
                 k=self.k,
                 higher_is_better=True,
                 texts_of=lambda numbers: _texts(table, ranking.text, rows.ids(numbers)),
