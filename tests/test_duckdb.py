@@ -645,3 +645,21 @@ class TestEngineRulesInDuckDB:
         assert (stats.rows, stats.truncated) == (50, 13)  # one record for the five batches
         warnings = [record.getMessage() for record in caplog.records if record.levelno == logging.WARNING]
         assert len(warnings) == 1 and warnings[0].startswith("13 texts were longer than the 3 tokens")
+
+
+def test_refused_rows_stay_null_and_are_reported() -> None:
+    con = duckdb.connect()
+    texts = ["fine one", "bad BAD", None, "fine two", "also BAD"]
+    con.sql("CREATE TABLE docs (body VARCHAR)")
+    con.executemany("INSERT INTO docs VALUES (?)", [[text] for text in texts])
+    refusing = CountingProvider(refuse_containing="BAD", batch_size=3)
+    assert duckdb_ext.embed_table(con, "docs", "body", provider=refusing, on_error="null") == 2
+    missing = dict(con.sql("SELECT body, body_embedding IS NULL FROM docs").fetchall())
+    assert missing == {t: t is None or "BAD" in t for t in texts}
+    failures = polars_embed.last_stats().failures
+    assert sorted(failure.text for failure in failures) == ["also BAD", "bad BAD"]
+    with pytest.raises(polars_embed.EmbeddingIncompleteError, match="a text contains 'BAD'"):
+        duckdb_ext.embed_table(con, "docs", "body", provider=refusing)  # the default raises
+
+    duckdb_ext.register(con, refusing, name="careful", on_error="null")
+    assert dict(con.sql("SELECT body, careful(body) IS NULL FROM docs").fetchall()) == missing
