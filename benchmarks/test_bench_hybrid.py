@@ -5,6 +5,9 @@
   round. The keyword index is built in the warm-up round and kept with the frame, as it is
   for a user's second and later searches; its build is timed on its own, for reference.
 - The same on a DuckDB table, where BM25 is the fts extension's (when it is installed).
+- The same on an embedding table (``table.search(..., hybrid=True)``: the vectors ranked by
+  the table's in-memory path, BM25 by the fts extension over its records), against
+  ``table.search(...)``; the table's keyword index is built in the warm-up round.
 
 Texts are sentences of real English words (``benchmarks.corpus``), each with a ticket
 number, and the vectors the ``hashing`` provider's at width 384: a search's time does not
@@ -37,6 +40,7 @@ K = 10
 QUERY = "ticket E4242 payment refused"
 GROUP = f"hybrid search over {ROWS:,} texts x 384, k={K}, one query"
 DUCKDB_GROUP = f"DuckDB hybrid search over {ROWS:,} texts x 384, k={K}, one query"
+TABLE_GROUP = f"embedding table hybrid search over {ROWS:,} texts x 384, k={K}, one query"
 
 
 @pytest.fixture(scope="module")
@@ -104,3 +108,38 @@ def test_duckdb_hybrid_search(benchmark: Any, table: duckdb.DuckDBPyConnection) 
         rounds=5,
     )
     assert len(hits) == K
+
+
+@pytest.fixture(scope="module")
+def embedding_table(corpus: pl.DataFrame) -> polars_embed.Table:
+    if packaged_extension("fts") is None:
+        pytest.skip(f"no packaged fts extension for duckdb {duckdb.__version__}")
+    tickets = polars_embed.connect().create_table(
+        "tickets",
+        {"id": pl.String, "body": pl.String},
+        vectors={"vec": polars_embed.VectorOf("body", provider="hashing", dims=384)},
+    )
+    tickets.add(corpus.select(pl.format("t{}", pl.int_range(pl.len())).alias("id"), "body", "vec"))
+    return tickets
+
+
+def test_table_vector_search(benchmark: Any, embedding_table: polars_embed.Table) -> None:
+    benchmark.group = TABLE_GROUP
+    benchmark.extra_info["reference"] = True
+    hits = benchmark.pedantic(
+        lambda: embedding_table.search(QUERY, k=K).to_polars(), rounds=5, warmup_rounds=1
+    )
+    assert hits.height == K
+
+
+def test_table_hybrid_search(benchmark: Any, embedding_table: polars_embed.Table) -> None:
+    """The keyword index is built in the warm-up round, then reused while the table is unchanged."""
+    benchmark.group = TABLE_GROUP
+    hits = interleaved(
+        benchmark,
+        lambda: embedding_table.search(QUERY, k=K, hybrid=True).to_polars(),
+        lambda: embedding_table.search(QUERY, k=K).to_polars(),
+        rounds=5,
+    )
+    assert hits.height == K
+    assert hits["keyword_rank"].null_count() < K  # the keywords took part

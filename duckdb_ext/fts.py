@@ -2,9 +2,12 @@
 
 DuckDB's full-text index (``PRAGMA create_fts_index``) lives in a schema of its own,
 ``fts_<schema>_<table>``, in the table's database. It is built once and reused by every search;
-DuckDB does not update it when the table changes, so :func:`keyword_ranking`
+DuckDB does not update it when the table changes, so :func:`prepare_index`
 rebuilds it when the table's row count is no longer the index's, and
 :func:`create_fts_index` rebuilds it on demand (after an update that keeps the count).
+A caller that knows better when the rows changed (an embedding table counts its
+writes) labels the index with a *version* and has it rebuilt when the label differs,
+and may key the documents by a column of its own instead of DuckDB's row ids.
 
 Words are lower-cased runs of letters and digits (so ``E1234`` is one word, which
 DuckDB's default, letters only, would cut to ``e``), Porter-stemmed, English stop
@@ -37,6 +40,8 @@ log = logging.getLogger(__name__)
 #: What separates words: anything but letters and digits (DuckDB's default drops digits too).
 WORD_SEPARATORS = r"(\.|[^a-z0-9])+"
 _PLAIN_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+# What starts the comment of an index built for a version (on its ``stats`` table).
+_VERSION_LABEL = "polars-embed keyword index, version "
 
 
 def load_fts(con: duckdb.DuckDBPyConnection) -> None:
@@ -69,57 +74,109 @@ def create_fts_index(con: duckdb.DuckDBPyConnection, table: TableName, column: s
     _build(con, target, text_column(target, column))
 
 
-def prepare_index(con: duckdb.DuckDBPyConnection, table: Table, text: Column) -> None:
-    """Make sure the table's full-text index covers ``text`` and all its rows: build it on
-    first use, and again when the table's row count is no longer the index's; an index
-    over another column is an error."""
+def prepare_index(
+    con: duckdb.DuckDBPyConnection,
+    table: Table,
+    text: Column,
+    *,
+    key: str = "rowid",
+    version: str | None = None,
+) -> None:
+    """Make sure the table's full-text index covers ``text`` and all its rows.
+
+    Without ``version``, it is built on first use, and again when the table's row count
+    is no longer the index's or when it was built for a version. With ``version`` (what
+    the caller knows of the rows' state, e.g. a count of its writes), it is rebuilt
+    unless it was built for that version. Either way an index over another column that
+    no version labels (someone's own) is an error. ``key`` is the column that names each
+    document, unique per row (see :func:`keyword_ranking`).
+    """
     load_fts(con)
     indexed = _indexed_fields(con, table)
+    built_for = None if indexed is None else index_version(con, table)
     if indexed is None:
-        _build(con, table, text)
-    elif indexed != [text.name]:
+        _build(con, table, text, key, version)
+    elif indexed != [text.name] and built_for is None:
         raise ConfigError(
             f"table {table} has a full-text index over {indexed}, not {[text.name]}: rebuild it with "
             f"duckdb_ext.create_fts_index(con, {table.name!r}, {text.name!r}), or pass text= one of {indexed}"
         )
+    elif version is not None:
+        if built_for != version:
+            _build(con, table, text, key, version)
+    elif built_for is not None:  # built for a caller's version, maybe keyed by its own column
+        _build(con, table, text, key, version)
     else:
         (rows,) = one_row(con, f"SELECT count(*) FROM {table.sql}")
         (documents,) = one_row(con, f"SELECT count(*) FROM {_index_schema(table)}.docs")
         if rows != documents:
             log.info("table %s has %d rows, its full-text index %d: rebuilding it", table, rows, documents)
-            _build(con, table, text)
+            _build(con, table, text, key, version)
+
+
+def index_version(con: duckdb.DuckDBPyConnection, table: Table) -> str | None:
+    """The version the table's full-text index was built for (:func:`prepare_index`), or ``None``."""
+    found = con.sql(
+        "SELECT comment FROM duckdb_tables() WHERE database_name = ? AND schema_name = ? "
+        "AND table_name = 'stats'",
+        params=[table.database, _index_schema_name(table)],
+    ).fetchall()
+    comment = found[0][0] if found else None
+    if not isinstance(comment, str) or not comment.startswith(_VERSION_LABEL):
+        return None
+    return comment.removeprefix(_VERSION_LABEL)
 
 
 def keyword_ranking(
-    con: duckdb.DuckDBPyConnection, table: Table, text: Column, query: str, depth: int, where: str | None
+    con: duckdb.DuckDBPyConnection,
+    table: Table,
+    text: Column,
+    query: str,
+    depth: int,
+    where: str | None,
+    *,
+    key: str = "rowid",
+    current: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """The ``depth`` rows (row ids) that best match ``query`` by BM25, and their scores, best
-    first, ties to the lower row id; only rows that have a word of the query, and pass ``where``.
-    The index must be ready (:func:`prepare_index`)."""
+    """The ``depth`` rows that best match ``query`` by BM25, and their scores, best first,
+    ties to the lower row; only rows that have a word of the query, and pass ``where``.
+    A row is named by its ``key``, the column the index was built with (row ids, int64,
+    by default). The index must be ready (:func:`prepare_index`); ``current`` says that
+    it holds exactly the table's rows as they are (it was built for their version), so
+    that without ``where`` they need no check against the table."""
     schema = _index_schema(table)
     condition = f"WHERE (\n{where}\n)" if where else ""
+    kept = (
+        ""
+        if current and not where
+        else f"JOIN (SELECT {_key_sql(key)} AS row_id FROM {table.sql} AS {quote_identifier(table.name)} "
+        f"{condition}) AS kept ON docs.name = kept.row_id"
+    )
     # match_bm25's own formula and defaults (k1 = 1.2, b = 0.75, log10) over the index's tables, for
     # the documents that have a query term only: the macro, called per row, scores every row
     # (0.5 s for 100,000 rows, more than the vector search). A single indexed column, so
-    # no field filter. The table's rows join in last, so that deleted rows and ``where`` count.
+    # no field filter. Documents are grouped by their number, and only then named by their key
+    # (text keys cost twice as much to group); the table's rows join in last, so that deleted
+    # rows and ``where`` count.
     found = con.sql(
         f"""WITH tokens AS (
             SELECT DISTINCT stem(unnest({schema}.tokenize({quote_literal(query)})), 'porter') AS t),
+        wanted AS (SELECT dict.termid,
+            log10(((SELECT num_docs FROM {schema}.stats) - dict.df + 0.5) / (dict.df + 0.5) + 1) AS idf
+            FROM {schema}.dict AS dict JOIN tokens ON dict.term = tokens.t),
         matched AS (SELECT terms.docid, terms.termid, count(*) AS tf FROM {schema}.terms AS terms
-            JOIN {schema}.dict AS dict ON terms.termid = dict.termid JOIN tokens ON dict.term = tokens.t
-            GROUP BY terms.docid, terms.termid),
-        scored AS (SELECT docs.name AS row_id, sum(
-            log10(((SELECT num_docs FROM {schema}.stats) - dict.df + 0.5) / (dict.df + 0.5) + 1)
+            WHERE terms.termid IN (SELECT termid FROM wanted) GROUP BY terms.docid, terms.termid),
+        scored AS (SELECT matched.docid, sum(wanted.idf
             * (matched.tf * 2.2 / (matched.tf + 1.2 * (0.25 + 0.75 * docs.len
                                                           / (SELECT avgdl FROM {schema}.stats))))) AS score
             FROM matched JOIN {schema}.docs AS docs ON matched.docid = docs.docid
-            JOIN {schema}.dict AS dict ON matched.termid = dict.termid GROUP BY docs.name)
-        SELECT scored.row_id, scored.score FROM scored JOIN (SELECT rowid AS row_id FROM {table.sql}
-            AS {quote_identifier(table.name)} {condition}) AS kept ON scored.row_id = kept.row_id
-        WHERE scored.score > 0 ORDER BY scored.score DESC, scored.row_id LIMIT {int(depth)}"""
-    ).fetchall()
-    rows = np.array([row for row, _ in found], dtype=np.int64)
-    return rows, np.array([score for _, score in found], dtype=np.float32)
+            JOIN wanted ON matched.termid = wanted.termid GROUP BY matched.docid)
+        SELECT docs.name AS row_id, scored.score FROM scored
+            JOIN {schema}.docs AS docs ON scored.docid = docs.docid {kept}
+        WHERE scored.score > 0 ORDER BY scored.score DESC, docs.name LIMIT {int(depth)}"""
+    ).to_arrow_table()
+    rows = found.column(0).to_numpy()
+    return rows.astype(np.int64) if key == "rowid" else rows, found.column(1).to_numpy().astype(np.float32)
 
 
 def text_column(table: Table, name: str) -> Column:
@@ -158,10 +215,20 @@ def _indexed_fields(con: duckdb.DuckDBPyConnection, table: Table) -> list[str] |
     return [field for (field,) in fields]
 
 
-def _build(con: duckdb.DuckDBPyConnection, table: Table, text: Column) -> None:
+def _key_sql(key: str) -> str:
+    return "rowid" if key == "rowid" else quote_identifier(key)
+
+
+def _build(
+    con: duckdb.DuckDBPyConnection,
+    table: Table,
+    text: Column,
+    key: str = "rowid",
+    version: str | None = None,
+) -> None:
     load_fts(con)
     # The extension pastes these names into the SQL it writes, unquoted: only plain ones are safe.
-    names = (table.database, table.schema, table.name, text.name)
+    names = (table.database, table.schema, table.name, text.name, key)
     odd = [name for name in names if not _PLAIN_NAME.fullmatch(name)]
     if odd:
         raise ConfigError(
@@ -171,7 +238,11 @@ def _build(con: duckdb.DuckDBPyConnection, table: Table, text: Column) -> None:
         )
     qualified = ".".join(names[:3])
     con.execute(
-        f"PRAGMA create_fts_index({quote_literal(qualified)}, 'rowid', {quote_literal(text.name)}, "
-        f"ignore = {quote_literal(WORD_SEPARATORS)}, overwrite = 1)"
+        f"PRAGMA create_fts_index({quote_literal(qualified)}, {quote_literal(key)}, "
+        f"{quote_literal(text.name)}, ignore = {quote_literal(WORD_SEPARATORS)}, overwrite = 1)"
     )
+    if version is not None:
+        con.execute(
+            f"COMMENT ON TABLE {_index_schema(table)}.stats IS {quote_literal(_VERSION_LABEL + version)}"
+        )
     log.info("built the full-text index of %s.%s", table, text.name)

@@ -38,10 +38,11 @@ from polars_embed.errors import (
     UnknownProviderError,
     ValidationError,
 )
+from polars_embed.keywords import Fusion
 from polars_embed.metadata import check_width, remember
 from polars_embed.namespaces._vectors import null_where
 from polars_embed.provider import Provider
-from polars_embed.registry import ProviderLike, resolve_provider
+from polars_embed.registry import ProviderLike, RerankerLike, resolve_provider
 from polars_embed.tables._declaration import (
     MAX_VECTOR_COLUMNS,
     RESERVED_NAMES,
@@ -611,6 +612,12 @@ class Table:
         include: Mapping[str, Any] | None = None,
         exclude: Mapping[str, Any] | None = None,
         exact: bool = False,
+        text: str | None = None,
+        hybrid: bool = False,
+        fusion: Fusion = "rrf",
+        weight: float = 0.5,
+        rerank: RerankerLike | None = None,
+        rerank_top: int = 50,
     ) -> Search:
         """The records nearest to a query, as a :class:`Search` to refine and run.
 
@@ -632,8 +639,43 @@ class Table:
             drops those that have any.
         exact
             Rank exactly even when the column has an HNSW index.
+        text
+            The text column that ``hybrid`` and ``rerank`` read; default: the vector
+            column's own source (name one when that source is images).
+        hybrid
+            Also rank the records that pass the filters by BM25 keyword relevance of
+            their text to the (text) query, and fuse the two rankings, as
+            ``df.embed.search`` and ``duckdb_ext.search`` do: ``score`` is the fused
+            score, and ``vector_rank`` and ``keyword_rank`` (``pl.UInt32``) say where
+            each record was in each ranking (null where it was not). The vectors are
+            ranked exactly. The keyword index (DuckDB's fts extension, the ``fts``
+            extra) is built on the first hybrid search and again after the records
+            change; on a duckdb without fts, a hybrid search is refused.
+        fusion, weight
+            How the rankings are fused: ``"rrf"`` (reciprocal rank fusion) or
+            ``"weighted"``, with ``weight`` the vector ranking's share.
+        rerank, rerank_top
+            A reranker (``"cohere:rerank-v3.5"``, a cross-encoder, a
+            :class:`~polars_embed.Reranker`) that reorders the best ``rerank_top``
+            candidates by reading the query with each one's text; ``score`` is then
+            its relevance.
         """
-        return Search.of(self, query, on=on, k=k, where=where, include=include, exclude=exclude, exact=exact)
+        return Search.of(
+            self,
+            query,
+            on=on,
+            k=k,
+            where=where,
+            include=include,
+            exclude=exclude,
+            exact=exact,
+            text=text,
+            hybrid=hybrid,
+            fusion=fusion,
+            weight=weight,
+            rerank=rerank,
+            rerank_top=rerank_top,
+        )
 
     def similar(
         self,
@@ -682,11 +724,7 @@ class Table:
         vector = self._sql(column.name)
         # The state before the vectors: a write landing in between leaves a state that is already
         # stale, so the next search reads again (the other order could keep old vectors for good).
-        # count(*), not count(vector): that one can read the whole column.
-        state = self._frame(
-            f"SELECT (SELECT generation FROM {CATALOG} WHERE name = {quote_literal(self.name)}), "
-            f"count(*) FROM {self._table_sql}"
-        ).row(0)
+        state = self._state()
         kept = self._vectors.get(column.name)
         if kept is not None and kept.state == state:
             return kept
@@ -698,6 +736,15 @@ class Table:
         kept = _Vectors(state, read[self.id_column], matrix, _unit_length(matrix), read["rowid"].to_numpy())
         self._vectors[column.name] = kept
         return kept
+
+    def _state(self) -> tuple[int, int]:
+        """The table's generation (every write through polars-embed bumps it) and record count
+        (which plain SQL inserts and deletes change): what kept vectors and keyword indexes are of."""
+        # count(*), not count(vector): that one can read the whole column.
+        return self._frame(
+            f"SELECT (SELECT generation FROM {CATALOG} WHERE name = {quote_literal(self.name)}), "
+            f"count(*) FROM {self._table_sql}"
+        ).row(0)
 
     def _rows_by_id(self, ids: pl.Series, row_ids: np.ndarray | None = None) -> pl.DataFrame:
         """The records with these ids (in no particular order), read without scanning their vectors.
@@ -720,7 +767,7 @@ class Table:
             ).filter(pl.col(self.id_column).is_in(wanted.implode()))
             if found.height == len(wanted):
                 return found
-            self.refresh()
+            self._vectors.clear()
         literals = ", ".join(map(quote_literal, wanted))
         return self._frame(
             f"SELECT * FROM {self._table_sql} WHERE rowid IN "
@@ -728,8 +775,12 @@ class Table:
         )
 
     def refresh(self) -> None:
-        """Forget the vectors kept for search, e.g. after writing to the table with plain SQL."""
+        """Say that the table was written with plain SQL: searches read its vectors again and
+        rebuild its keyword index, in this process and (in a database open for writing) in others."""
         self._vectors.clear()
+        if not self._database.read_only:
+            with self._database._transaction(self.name):
+                pass  # a new generation: what was kept or indexed for the old one is not used again
 
     def create_index(self, on: str | None = None, **options: Any) -> str:
         """Build an HNSW index on a vector column (``duckdb_ext.create_hnsw_index``; needs the ``vss`` extra).
