@@ -2,12 +2,15 @@
 
 DuckDB's full-text index (``PRAGMA create_fts_index``) lives in a schema of its own,
 ``fts_<schema>_<table>``, in the table's database. It is built once and reused by every search;
-DuckDB does not update it when the table changes, so :func:`prepare_index`
-rebuilds it when the table's row count is no longer the index's, and
-:func:`create_fts_index` rebuilds it on demand (after an update that keeps the count).
-A caller that knows better when the rows changed (an embedding table counts its
-writes) labels the index with a *version* and has it rebuilt when the label differs,
-and may key the documents by a column of its own instead of DuckDB's row ids.
+DuckDB does not update it when the table changes, so the index is labelled with the
+*version* of the rows it was built for, and :func:`prepare_index` rebuilds it when the
+label differs (an index :func:`create_fts_index` built has no label: a search rebuilds
+it once, over the same column only). By default the version is the table's row count and
+last row id: it changes when rows are added or deleted and when a checkpoint renumbers
+the rows after deletes (documents are named by row id), not after an update that keeps
+every row where it was (:func:`create_fts_index` rebuilds on demand). A caller that knows better when the
+rows changed (an embedding table counts its writes) passes its own version, and may key
+the documents by a column of its own instead of DuckDB's row ids.
 
 Words are lower-cased runs of letters and digits (so ``E1234`` is one word, which
 DuckDB's default, letters only, would cut to ``e``), Porter-stemmed, English stop
@@ -71,7 +74,7 @@ def create_fts_index(con: duckdb.DuckDBPyConnection, table: TableName, column: s
         Its text column.
     """
     target = resolve_table(con, table)
-    _build(con, target, text_column(target, column))
+    _build(con, target, text_column(target, column), "rowid", None)
 
 
 def prepare_index(
@@ -82,36 +85,32 @@ def prepare_index(
     key: str = "rowid",
     version: str | None = None,
 ) -> None:
-    """Make sure the table's full-text index covers ``text`` and all its rows.
-
-    Without ``version``, it is built on first use, and again when the table's row count
-    is no longer the index's or when it was built for a version. With ``version`` (what
-    the caller knows of the rows' state, e.g. a count of its writes), it is rebuilt
-    unless it was built for that version. Either way an index over another column that
-    no version labels (someone's own) is an error. ``key`` is the column that names each
-    document, unique per row (see :func:`keyword_ranking`).
+    """Make sure the table's full-text index covers ``text`` and all its rows: build it
+    unless it was built for ``version``, what the caller knows of the rows' state (e.g. a
+    count of its writes; by default the table's row count and last row id, see the module's
+    docstring). An index over another column that no version labels (someone's own) is an
+    error. ``key`` is the column that names each document, unique per row (see
+    :func:`keyword_ranking`).
     """
     load_fts(con)
+    if version is None:
+        version = _row_ids_version(con, table)
     indexed = _indexed_fields(con, table)
     built_for = None if indexed is None else index_version(con, table)
-    if indexed is None:
-        _build(con, table, text, key, version)
-    elif indexed != [text.name] and built_for is None:
+    if indexed is not None and indexed != [text.name] and built_for is None:
         raise ConfigError(
             f"table {table} has a full-text index over {indexed}, not {[text.name]}: rebuild it with "
             f"duckdb_ext.create_fts_index(con, {table.name!r}, {text.name!r}), or pass text= one of {indexed}"
         )
-    elif version is not None:
-        if built_for != version:
-            _build(con, table, text, key, version)
-    elif built_for is not None:  # built for a caller's version, maybe keyed by its own column
+    if built_for != version:
+        log.info("the full-text index of %s is for rows %s, not %s: rebuilding it", table, built_for, version)
         _build(con, table, text, key, version)
-    else:
-        (rows,) = one_row(con, f"SELECT count(*) FROM {table.sql}")
-        (documents,) = one_row(con, f"SELECT count(*) FROM {_index_schema(table)}.docs")
-        if rows != documents:
-            log.info("table %s has %d rows, its full-text index %d: rebuilding it", table, rows, documents)
-            _build(con, table, text, key, version)
+
+
+def _row_ids_version(con: duckdb.DuckDBPyConnection, table: Table) -> str:
+    """The table's row count and last row id: what changes when documents named by row id move."""
+    rows, last = one_row(con, f"SELECT count(*), max(rowid) FROM {table.sql}")
+    return f"{rows} rows to row id {last}"
 
 
 def index_version(con: duckdb.DuckDBPyConnection, table: Table) -> str | None:
@@ -219,13 +218,9 @@ def _key_sql(key: str) -> str:
     return "rowid" if key == "rowid" else quote_identifier(key)
 
 
-def _build(
-    con: duckdb.DuckDBPyConnection,
-    table: Table,
-    text: Column,
-    key: str = "rowid",
-    version: str | None = None,
-) -> None:
+def _build(con: duckdb.DuckDBPyConnection, table: Table, text: Column, key: str, version: str | None) -> None:
+    """Build the index; ``version`` labels it as one a search may rebuild (see :func:`prepare_index`),
+    ``None`` leaves it the user's own, which a search over another column will not overwrite."""
     load_fts(con)
     # The extension pastes these names into the SQL it writes, unquoted: only plain ones are safe.
     names = (table.database, table.schema, table.name, text.name, key)
@@ -242,7 +237,6 @@ def _build(
         f"{quote_literal(text.name)}, ignore = {quote_literal(WORD_SEPARATORS)}, overwrite = 1)"
     )
     if version is not None:
-        con.execute(
-            f"COMMENT ON TABLE {_index_schema(table)}.stats IS {quote_literal(_VERSION_LABEL + version)}"
-        )
+        label = quote_literal(_VERSION_LABEL + version)
+        con.execute(f"COMMENT ON TABLE {_index_schema(table)}.stats IS {label}")
     log.info("built the full-text index of %s.%s", table, text.name)

@@ -137,8 +137,9 @@ def search(
         is the fused score, and ``vector_rank`` and ``keyword_rank`` say where each row
         was in each ranking (NULL where it was not). The vectors are ranked exactly.
         The full-text index (a schema ``fts_<schema>_<table>``) is built on first
-        use and reused; it is rebuilt when the table's row count changes (after an
-        update that keeps the count, call :func:`duckdb_ext.create_fts_index`).
+        use and reused; it is rebuilt when rows are added or deleted, or moved by a
+        checkpoint (after an update of the texts in place, call
+        :func:`duckdb_ext.create_fts_index`).
         Needs the fts extension, packaged for duckdb 1.5.5 only (the ``fts`` extra).
     fusion, weight
         How the rankings are fused: ``"rrf"`` (reciprocal rank fusion) or

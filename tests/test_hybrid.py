@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from functools import partial
+from pathlib import Path
 
 import duckdb
 import numpy as np
@@ -360,6 +361,23 @@ class TestDuckDB:
         assert len(builds) == 2
         search("E1234", where="body LIKE '%dog%'").fetchall()
         assert len(builds) == 2
+
+    def test_the_index_follows_rows_a_checkpoint_renumbers(self, tmp_path: Path) -> None:
+        # The index names documents by row id; a checkpoint after deletes renumbers the rows
+        # (in a table of more than one row group, 122,880 rows) and keeps their count.
+        con = duckdb.connect(str(tmp_path / "docs.duckdb"))
+        _ = duckdb_ext.register(con, "hashing", dims=8)
+        con.sql(
+            "CREATE TABLE docs AS SELECT id, body, embed(body) AS vec FROM (SELECT range AS id, "
+            "CASE WHEN range = 129999 THEN 'code E1234' ELSE 'a black cat' END AS body FROM range(130000))"
+        )
+        con.sql("CHECKPOINT")
+        con.sql("DELETE FROM docs WHERE id < 125000")
+        search = partial(duckdb_ext.search, con, "docs", "vec", "E1234", k=1, text="body", hybrid=True)
+        assert search().select("id, keyword_rank").fetchall() == [(129999, 1)]
+        con.sql("CHECKPOINT")
+        assert search().select("id, keyword_rank").fetchall() == [(129999, 1)]
+        con.close()
 
     def test_an_index_over_another_column_is_not_overwritten(self) -> None:
         con = duckdb.connect()
