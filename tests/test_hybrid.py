@@ -345,7 +345,7 @@ class TestDuckDB:
     ) -> None:
         builds = []
         build = fts._build
-        monkeypatch.setattr(fts, "_build", lambda *args: builds.append(1) or build(*args))
+        monkeypatch.setattr(fts, "_build", lambda *args, **kwargs: builds.append(1) or build(*args, **kwargs))
         con = duckdb.connect()
         _ = duckdb_ext.register(con, "hashing", dims=64)
         con.sql(
@@ -361,6 +361,18 @@ class TestDuckDB:
         assert len(builds) == 2
         search("E1234", where="body LIKE '%dog%'").fetchall()
         assert len(builds) == 2
+
+    def test_an_index_built_on_request_serves_the_searches(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        con = duckdb.connect()
+        _ = duckdb_ext.register(con, "hashing", dims=8)
+        con.sql(
+            "CREATE TABLE docs AS SELECT body, embed(body) AS vec "
+            "FROM (VALUES ('a cat'), ('code E1234')) t(body)"
+        )
+        duckdb_ext.create_fts_index(con, "docs", "body")
+        monkeypatch.setattr(fts, "_build", lambda *args, **kwargs: pytest.fail("the index was rebuilt"))
+        hits = duckdb_ext.search(con, "docs", "vec", "E1234", k=1, text="body", hybrid=True)
+        assert hits.select("body, keyword_rank").fetchall() == [("code E1234", 1)]
 
     def test_the_index_follows_rows_a_checkpoint_renumbers(self, tmp_path: Path) -> None:
         # The index names documents by row id; a checkpoint after deletes renumbers the rows

@@ -83,7 +83,9 @@ def builds(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     monkeypatch.setattr(
         fts,
         "_build",
-        lambda con, table, text, *rest: built.append(text.name) or build(con, table, text, *rest),
+        lambda con, table, text, *rest, **options: (
+            built.append(text.name) or build(con, table, text, *rest, **options)
+        ),
     )
     return built
 
