@@ -108,6 +108,10 @@ class QuantizedVectors:
     def n_rows(self) -> int:
         return self.searchable.shape[0]
 
+    def __getstate__(self) -> dict[str, Any]:
+        # What a kernel library derived (it may not pickle) is made again after unpickling.
+        return {**self.__dict__, "_derived": {}}
+
     @property
     def nbytes(self) -> int:
         """Bytes held by the codes, which is what the coarse pass reads."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pickle
 from collections.abc import Iterator
 from unittest import mock
 
@@ -146,6 +147,15 @@ def test_without_numkong_the_numpy_pass_runs() -> None:
         corpus = clustered(3000, 32)
         found, _ = quantized_topk(corpus[:2], corpus, quantize(corpus, "binary"), k=1)
     np.testing.assert_array_equal(found, [[0], [1]])
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_searched_twin_pickles_and_searches_the_same(kind: str) -> None:
+    corpus = clustered(4000, 32)
+    twin = quantize(corpus, kind)
+    before = quantized_topk(corpus[:3], corpus, twin, 5)[0]  # may leave packed bits with the twin
+    again = pickle.loads(pickle.dumps(twin))
+    np.testing.assert_array_equal(quantized_topk(corpus[:3], corpus, again, 5)[0], before)
 
 
 def test_bad_arguments() -> None:
