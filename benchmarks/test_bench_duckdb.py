@@ -309,13 +309,17 @@ def exact_entry(benchmark: Any, exact_db: tuple, search: Callable[[np.ndarray], 
     assert [row[0] for row in found] == numpy_matvec_argpartition(vectors, query).tolist()
 
 
-def test_exact_search(benchmark: Any, exact_db: tuple) -> None:
-    """``search(exact=True)``: the vectors stream out as Arrow batches into the kernel."""
+@pytest.mark.parametrize("normalized", [None, True], ids=["norms-computed", "unit-length-promised"])
+def test_exact_search(benchmark: Any, exact_db: tuple, normalized: bool | None) -> None:
+    """``search(exact=True)``: DuckDB computes each row's dot product (and, unless the vectors
+    are promised unit length, its norm); only those numbers stream out, as Arrow batches."""
     con = exact_db[0]
     exact_entry(
         benchmark,
         exact_db,
-        lambda query: duckdb_ext.search(con, "exact_docs", "vector", query, k=K, exact=True).fetchall(),
+        lambda query: duckdb_ext.search(
+            con, "exact_docs", "vector", query, k=K, exact=True, normalized=normalized
+        ).fetchall(),
     )
 
 

@@ -22,9 +22,11 @@ from duckdb_ext._catalog import (
 )
 from polars_embed.engine import (
     EmbedJob,
+    OnError,
     Truncate,
     as_input_series,
     check_accepts,
+    check_on_error,
     embed_series,
     progress_bar,
     resolve_truncate,
@@ -47,6 +49,7 @@ def register(
     provider: ProviderLike = "sentence-transformers",
     *,
     name: str = "embed",
+    on_error: OnError = "raise",
     **options: Any,
 ) -> Provider:
     """Add ``<name>(text)`` and ``<name>_query(text)`` SQL functions to a connection.
@@ -76,6 +79,10 @@ def register(
         A registered name (``"hashing"``), ``"name:model"``, a Provider or a callable.
     name
         The SQL name of the document function; the query function adds ``_query``.
+    on_error
+        ``"null"``: a text the provider refuses (see :func:`polars_embed.embed`) gives
+        NULL, and ``polars_embed.last_stats().failures`` lists it; ``"raise"`` (the
+        default) fails the statement. The query function always raises.
     **options
         Provider options, e.g. ``dims=64`` or ``device="cpu"``.
 
@@ -92,6 +99,7 @@ def register(
     >>> con.sql("SELECT typeof(hashed('a cat')), hashed(NULL) IS NULL").fetchall()
     [('FLOAT[8]', True)]
     """
+    check_on_error(on_error)
     resolved = resolve_provider(provider, **options)
     vector_type = f"FLOAT[{width_of(resolved)}]"
     functions = [(name, "document", "VARCHAR"), (f"{name}_query", "query", "VARCHAR")]
@@ -102,7 +110,7 @@ def register(
             con.remove_function(function_name)
         con.create_function(
             function_name,
-            _sql_function(resolved, kind),
+            _sql_function(resolved, kind, on_error if kind == "document" else "raise"),
             [argument],
             vector_type,
             type="arrow",
@@ -117,9 +125,9 @@ def register(
     return resolved
 
 
-def _sql_function(provider: Provider, kind: Kind) -> Callable[[pa.ChunkedArray], pa.Array]:
+def _sql_function(provider: Provider, kind: Kind, on_error: OnError) -> Callable[[pa.ChunkedArray], pa.Array]:
     def embed_chunk(texts: pa.ChunkedArray) -> pa.Array:
-        return embed_series(as_input_series(texts), provider, kind=kind).to_arrow()
+        return embed_series(as_input_series(texts), provider, kind=kind, on_error=on_error).to_arrow()
 
     return embed_chunk
 
@@ -162,6 +170,7 @@ def embed_table(
     batch_rows: int = DEFAULT_BATCH_ROWS,
     progress: bool | None = None,
     truncate: Truncate = "warn",
+    on_error: OnError = "raise",
     **options: Any,
 ) -> int:
     """Fill a table's vector column from a text column (or a BLOB column of images), in large batches.
@@ -197,6 +206,11 @@ def embed_table(
     truncate
         Texts longer than the model reads: ``"warn"`` embeds their beginning and
         warns, ``"error"`` refuses them (see :func:`polars_embed.embed`).
+    on_error
+        ``"null"``: rows whose text the provider refuses keep a NULL vector (a rerun
+        tries them again) and are listed in ``polars_embed.last_stats().failures``, by
+        their position among the rows this call embeds; ``"raise"`` (the default) stops
+        at the batch (earlier batches stay committed).
     **options
         Provider options, e.g. ``device="cpu"``.
 
@@ -217,6 +231,7 @@ def embed_table(
     """
     if isinstance(batch_rows, bool) or not isinstance(batch_rows, int) or batch_rows < 1:
         raise ConfigError(f"batch_rows must be a positive integer, got {batch_rows!r}")
+    check_on_error(on_error)
     target = resolve_table(con, table)
     target.check_row_ids()
     texts = target.require_column(column)
@@ -242,7 +257,7 @@ def embed_table(
         set_comment(con, target, vectors, VectorSpec.of(chosen).to_json())
     except ConfigError as error:  # a plain callable has no name another process could look up
         log.warning("column %r of %s is filled without a description: %s", vectors.name, target, error)
-    return _fill(con, target, texts, vectors, chosen, batch_rows, progress, rule)
+    return _fill(con, target, texts, vectors, chosen, batch_rows, progress, rule, on_error)
 
 
 def _stored_provider(column: Column | None, given: Provider | None) -> Provider | None:
@@ -277,6 +292,7 @@ def _fill(
     batch_rows: int,
     progress: bool | None,
     truncate: Truncate,
+    on_error: OnError,
 ) -> int:
     pending = f"{vectors.sql} IS NULL AND {texts.sql} IS NOT NULL"
     # Row ids first, then each batch by its row-id range: a result set left open on the
@@ -287,7 +303,7 @@ def _fill(
     # One job for the table: one stats record and one truncation warning, however many batches.
     with (
         progress_bar(len(row_ids), provider.label, progress) as bar,
-        EmbedJob(provider, progress=False, truncate=truncate) as job,
+        EmbedJob(provider, progress=False, truncate=truncate, on_error=on_error) as job,
     ):
         for start in range(0, len(row_ids), batch_rows):
             first, last = row_ids[start], row_ids[min(start + batch_rows, len(row_ids)) - 1]

@@ -54,10 +54,12 @@ from polars_embed.errors import (
     InputTypeError,
     InvalidInputError,
     MissingDependencyError,
+    PolarsEmbedError,
 )
 from polars_embed.kernels import check_k, topk, topk_merge
 from polars_embed.keywords import Fusion, Ranking
 from polars_embed.metadata import provider_for_query, provider_of
+from polars_embed.namespaces._vectors import unit_length
 from polars_embed.provider import Provider
 from polars_embed.registry import ProviderLike, RerankerLike, resolve_provider
 
@@ -88,6 +90,7 @@ def search(
     where: str | None = None,
     provider: ProviderLike = None,
     exact: bool = False,
+    normalized: bool | None = None,
     text: str | None = None,
     hybrid: bool = False,
     fusion: Fusion = "rrf",
@@ -121,6 +124,10 @@ def search(
         one is an error.
     exact
         Skip any HNSW index and rank every row exactly.
+    normalized
+        Promise that the vectors have unit length, so the exact search skips their
+        norms (half of DuckDB's work per row). Default: what the provider recorded
+        in the column's comment (or that made the vectors in this process) says.
     text
         The text column (``VARCHAR``) the vectors were made from, for ``hybrid`` and ``rerank``.
     hybrid
@@ -204,8 +211,10 @@ def search(
             "not a vector: pass the query text"
         )
     texts = None if ranking is None else fts.text_column(target, ranking.text)
+    stored = None
     if isinstance(query, str):
-        query_vector = embed_queries([query], _query_provider(con, target, vectors, provider))[0]
+        stored = _query_provider(con, target, vectors, provider)
+        query_vector = embed_queries([query], stored)[0]
     elif provider is not None:
         raise ConfigError("provider= embeds a text query, but the query is already a vector")
     else:
@@ -219,14 +228,15 @@ def search(
         raise InvalidInputError(
             "the query vector must be finite and not all zeros: cosine similarity needs a direction"
         )
+    unit = unit_length(normalized, stored or _recorded_provider(vectors))
     if ranking is not None:
         assert isinstance(query, str) and texts is not None
-        return _ranked_search(con, target, vectors, texts, query, query_vector, k, where, ranking)
+        return _ranked_search(con, target, vectors, texts, query, query_vector, k, where, ranking, unit)
     if not exact:
         indexed = _indexed_search(con, target, vectors, query_vector, k, where)
         if indexed is not None:
             return indexed
-    return _exact_search(con, target, vectors, query_vector, k, where)
+    return _exact_search(con, target, vectors, query_vector, k, where, unit)
 
 
 def _query_provider(
@@ -252,6 +262,17 @@ def _query_provider(
         "duckdb_ext.record_provider) and this process did not make those vectors. Pass provider=, "
         "or a query vector",
     )
+
+
+def _recorded_provider(vectors: Column) -> Provider | None:
+    """The provider the column's comment names, or None where it names none that can be built."""
+    spec = vectors.stored_spec()
+    if spec is None:
+        return None
+    try:
+        return spec.create_provider()
+    except PolarsEmbedError:
+        return None
 
 
 def _as_vector(query: QueryLike) -> np.ndarray:
@@ -339,11 +360,12 @@ def _exact_search(
     query: np.ndarray,
     k: int,
     where: str | None,
+    unit: bool,
 ) -> duckdb.DuckDBPyRelation:
     # Row ids are only stable within one snapshot (a checkpoint after deletes renumbers
     # rows), so the hits are ranked and fetched in one, and kept as they were then.
     with _one_snapshot(con) as restart:
-        rows, scores = _exact_topk(con, table, vectors, query, k, where, restart)
+        rows, scores = _exact_topk(con, table, vectors, query, k, where, unit, restart)
         hits = _hits(con, table, rows, scores)
     return con.from_arrow(hits)
 
@@ -358,13 +380,14 @@ def _ranked_search(
     k: int,
     where: str | None,
     ranking: Ranking,
+    unit: bool,
 ) -> duckdb.DuckDBPyRelation:
     """A hybrid or reranked search: both rankings and the hits read in one snapshot."""
     if ranking.keywords:
         fts.prepare_index(con, table, texts)  # it may write the index: before the read-only snapshot
     depth = ranking.depth(k)
     with _one_snapshot(con) as restart:
-        vector = _exact_topk(con, table, vectors, query_vector, depth, where, restart)
+        vector = _exact_topk(con, table, vectors, query_vector, depth, where, unit, restart)
         keyword = fts.keyword_ranking(con, table, texts, query, depth, where) if ranking.keywords else None
         ranked = ranking.combine(
             query,
@@ -449,26 +472,28 @@ def _exact_topk(
     query: np.ndarray,
     k: int,
     where: str | None,
+    unit: bool,
     restart: Callable[[], None],
 ) -> tuple[np.ndarray, np.ndarray]:
     """The row ids and cosine scores of the ``k`` best rows (``restart``: see :func:`_one_snapshot`).
 
-    DuckDB computes each row's dot product with the unit query and its squared
-    norm, on its own threads; only those two numbers per row leave it, as Arrow
-    record batches (zero-copy views, no Python object per row): exporting the
-    vectors themselves cost 20 times numpy's search of them. Rows whose squared
-    norm is zero or not finite are never returned, as in :func:`polars_embed.topk`;
+    DuckDB computes each row's dot product with the unit query and, unless the
+    vectors have ``unit`` length, its squared norm, on its own threads; only those
+    numbers per row leave it, as Arrow record batches (zero-copy views, no Python
+    object per row): exporting the vectors themselves cost 20 times numpy's search
+    of them. Rows whose squared norm (where it is computed) is zero or not finite
+    are never returned, as in :func:`polars_embed.topk`;
     each batch's best rows and the merge follow :func:`polars_embed.topk_merge`'s
     rule, so ties go to the lower row id.
     """
     condition = f" AND (\n{where}\n)" if where else ""
     source = f"FROM {table.sql} AS {quote_identifier(table.name)} WHERE {vectors.sql} IS NOT NULL{condition}"
-    unit = vector_literal(query / np.linalg.norm(query))
+    unit_query = vector_literal(query / np.linalg.norm(query))
     found_rows, found_scores = [np.zeros((1, 0), dtype=np.int64)], [np.zeros((1, 0), dtype=np.float32)]
     try:
+        squared = "" if unit else f", array_inner_product({vectors.sql}, {vectors.sql}) AS squared"
         reader = con.sql(
-            f"SELECT rowid, array_inner_product({vectors.sql}, {unit}) AS dot, "
-            f"array_inner_product({vectors.sql}, {vectors.sql}) AS squared {source}"
+            f"SELECT rowid, array_inner_product({vectors.sql}, {unit_query}) AS dot{squared} {source}"
         ).to_arrow_reader(_BATCH_ROWS)
         for batch in reader:
             rows, scores = _best_of_batch(batch, k)
@@ -483,7 +508,7 @@ def _exact_topk(
         found_rows, found_scores = found_rows[:1], found_scores[:1]
         for batch in con.sql(f"SELECT rowid, {vectors.sql} {source}").to_arrow_reader(_BATCH_ROWS):
             values = batch.column(1).flatten().to_numpy(zero_copy_only=False).reshape(-1, vectors.width)
-            indices, scores = topk(query, values, k)
+            indices, scores = topk(query, values, k, normalized=unit)
             found_rows.append(batch.column(0).to_numpy()[indices])
             found_scores.append(scores)
     rows, scores = topk_merge(found_rows, found_scores, k)
@@ -491,14 +516,20 @@ def _exact_topk(
 
 
 def _best_of_batch(batch: pa.RecordBatch, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """The searchable rows of one batch that can be among its ``k`` best (ties kept), unordered."""
-    row_ids, dot, squared = (
+    """The searchable rows of one batch that can be among its ``k`` best (ties kept), unordered:
+    with a ``squared`` norm column, by cosine; without, the dot products are the scores."""
+    row_ids, dot, *norms = (
         column.to_numpy(zero_copy_only=False).astype(dtype, copy=False)
-        for column, dtype in zip(batch.columns, (np.int64, np.float32, np.float32), strict=True)
+        for column, dtype in zip(batch.columns, (np.int64, np.float32, np.float32), strict=False)
     )
     with np.errstate(all="ignore"):  # NULL (a vector holding NULL) arrives as NaN
-        searchable = np.isfinite(squared) & (squared > 0) & np.isfinite(dot)
-        scores = np.where(searchable, dot / np.sqrt(np.where(searchable, squared, 1)), -np.inf)
+        searchable = np.isfinite(dot)
+        if norms:
+            (squared,) = norms
+            searchable &= np.isfinite(squared) & (squared > 0)
+            scores = np.where(searchable, dot / np.sqrt(np.where(searchable, squared, 1)), -np.inf)
+        else:
+            scores = np.where(searchable, dot, -np.inf)
     if len(scores) > k:
         searchable &= scores >= np.partition(scores, len(scores) - k)[len(scores) - k]
     return row_ids[searchable], scores[searchable]

@@ -35,6 +35,7 @@ import polars as pl
 import pyarrow as pa
 from tqdm import tqdm
 
+from polars_embed._chunks import chunk_budget, chunk_texts
 from polars_embed._inputs import Images, Prepared, check_accepts, prepare
 from polars_embed._tokens import approximate_token_counter, approximate_tokens
 from polars_embed.cache import InFlight, cache_for, text_keys
@@ -42,27 +43,38 @@ from polars_embed.errors import (
     BudgetExceededError,
     ConfigError,
     EmbeddingIncompleteError,
+    InputRefusedError,
     InputTypeError,
     InvalidEmbeddingError,
     InvalidInputError,
     ProviderError,
     RetryableProviderError,
 )
+from polars_embed.kernels import l2_normalize
 from polars_embed.metadata import remember
 from polars_embed.provider import Embedded, Kind, Provider, check_kind
 from polars_embed.registry import ProviderLike, resolve_provider
 from polars_embed.reranker import Reranker, Scored
-from polars_embed.stats import EmbedStats, record
+from polars_embed.stats import EmbedStats, Failure, record
 
 __all__ = [
+    "LONG_TEXT_RULES",
+    "ON_ERROR_RULES",
+    "POOLS",
+    "REFUSAL_PROBE",
     "TRUNCATE_RULES",
     "EmbedJob",
     "Images",
+    "LongTexts",
+    "OnError",
+    "Pool",
     "Truncate",
     "aembed",
     "as_input_series",
     "as_text_series",
     "check_accepts",
+    "check_long_texts",
+    "check_on_error",
     "embed",
     "embed_queries",
     "embed_series",
@@ -88,6 +100,39 @@ RETRY_AFTER_CAP = 120.0
 Truncate = Literal["warn", "error"]
 TRUNCATE_RULES: tuple[Truncate, ...] = ("warn", "error")
 
+#: What to do when the provider refuses a text for what it says (an
+#: :class:`~polars_embed.InputRefusedError`, a text over the service's token limit): fail
+#: the call, or give that row a null vector, embed the rest and report it in the stats.
+OnError = Literal["raise", "null"]
+ON_ERROR_RULES: tuple[OnError, ...] = ("raise", "null")
+#: What to do with a text longer than the model reads: embed its beginning (as ``truncate``
+#: says), or embed every chunk of it (cut by the model's own tokens where it has a tokenizer)
+#: and pool the chunks' vectors into the row's: their mean, or their elementwise max.
+LongTexts = Literal["truncate", "chunk"]
+LONG_TEXT_RULES: tuple[LongTexts, ...] = ("truncate", "chunk")
+Pool = Literal["mean", "max"]
+POOLS: tuple[Pool, ...] = ("mean", "max")
+
+
+def check_long_texts(long_texts: object, pool: object) -> None:
+    """A :class:`ConfigError` unless ``long_texts`` and ``pool`` are among the rules."""
+    if long_texts not in LONG_TEXT_RULES:
+        raise ConfigError(f"long_texts must be one of {LONG_TEXT_RULES}, got {long_texts!r}")
+    if pool not in POOLS:
+        raise ConfigError(f"pool must be one of {POOLS}, got {pool!r}")
+
+
+#: Sent alone when a provider refuses a batch before it has embedded anything for the
+#: job: a service that refuses this refuses the request, whatever the texts.
+REFUSAL_PROBE = "hello"
+
+
+def check_on_error(on_error: object) -> None:
+    """A :class:`ConfigError` unless ``on_error`` is one of :data:`ON_ERROR_RULES`."""
+    if on_error not in ON_ERROR_RULES:
+        raise ConfigError(f"on_error must be one of {ON_ERROR_RULES}, got {on_error!r}")
+
+
 # Weak: a provider no one holds any more (a callable made for one call) takes its limit
 # along, so the table does not grow with the calls a process has made.
 _limits: weakref.WeakKeyDictionary[Provider, threading.BoundedSemaphore] = weakref.WeakKeyDictionary()
@@ -105,6 +150,9 @@ def embed(
     truncate: Truncate = "warn",
     max_tokens: int | None = None,
     images: Images | None = None,
+    on_error: OnError = "raise",
+    long_texts: LongTexts = "truncate",
+    pool: Pool = "mean",
     **options: Any,
 ) -> pl.Series:
     """Embed texts (or images), returning one vector per input row.
@@ -140,6 +188,26 @@ def embed(
     images
         ``Images(root="photos/")`` reads a String ``texts`` as paths of image files
         under that folder (relative, inside it, never a URL).
+    on_error
+        When the provider refuses texts for what they say (an HTTP 400 for one text, a
+        text over the service's token limit): ``"raise"`` fails the call; ``"null"``
+        splits the refused batch in halves until the texts at fault are found, embeds
+        the rest, gives those rows null vectors and lists them in
+        ``last_stats().failures``. Failures worth retrying (rate limits, server errors,
+        timeouts) are retried either way and never become nulls. When a refusal comes
+        before anything was embedded, one request with the text ``"hello"`` tells a
+        refused request (a model the service does not know, say) from refused texts:
+        if that is refused too, the call fails.
+    long_texts
+        Texts longer than the model reads: ``"truncate"`` (the default) embeds their
+        beginning, as ``truncate`` says; ``"chunk"`` cuts every text into chunks the
+        model reads whole (by the model's own tokenizer where it has one, see
+        :meth:`~polars_embed.Provider.token_spans`, else by the estimate of
+        ``polars_embed._tokens``), embeds each chunk (a short text is one chunk: its
+        vector is as before) and pools them into the row's vector.
+    pool
+        How chunks' vectors make a row's, with ``long_texts="chunk"``: ``"mean"`` or
+        ``"max"`` (elementwise), scaled to unit length when the provider's vectors are.
     **options
         Provider options, e.g. ``model="..."``, ``batch_size=64``.
 
@@ -170,6 +238,9 @@ def embed(
         truncate=rule,
         max_tokens=max_tokens,
         images=images,
+        on_error=on_error,
+        long_texts=long_texts,
+        pool=pool,
     )
 
 
@@ -182,6 +253,9 @@ async def aembed(
     truncate: Truncate = "warn",
     max_tokens: int | None = None,
     images: Images | None = None,
+    on_error: OnError = "raise",
+    long_texts: LongTexts = "truncate",
+    pool: Pool = "mean",
     **options: Any,
 ) -> pl.Series:
     """:func:`embed` for code already running in an event loop.
@@ -197,6 +271,9 @@ async def aembed(
         truncate=truncate,
         max_tokens=max_tokens,
         images=images,
+        on_error=on_error,
+        long_texts=long_texts,
+        pool=pool,
         **options,
     )
 
@@ -302,10 +379,21 @@ def embed_series(
     truncate: Truncate = "warn",
     max_tokens: int | None = None,
     images: Images | None = None,
+    on_error: OnError = "raise",
+    long_texts: LongTexts = "truncate",
+    pool: Pool = "mean",
 ) -> pl.Series:
     """The engine's core: a String (or Binary) Series in, an aligned ``pl.Array(pl.Float32, d)`` out."""
     with EmbedJob(
-        provider, kind=kind, progress=progress, truncate=truncate, max_tokens=max_tokens, images=images
+        provider,
+        kind=kind,
+        progress=progress,
+        truncate=truncate,
+        max_tokens=max_tokens,
+        images=images,
+        on_error=on_error,
+        long_texts=long_texts,
+        pool=pool,
     ) as job:
         return job.embed(texts)
 
@@ -331,7 +419,7 @@ class EmbedJob:
     ----------
     provider
         The provider that embeds every piece.
-    kind, progress, truncate
+    kind, progress, truncate, on_error, long_texts, pool
         As for :func:`embed`.
     max_tokens
         As for :func:`embed`, for the whole job: every piece draws on one budget.
@@ -349,10 +437,20 @@ class EmbedJob:
         truncate: Truncate = "warn",
         max_tokens: int | None = None,
         images: Images | None = None,
+        on_error: OnError = "raise",
+        long_texts: LongTexts = "truncate",
+        pool: Pool = "mean",
     ) -> None:
         check_kind(kind)
+        check_long_texts(long_texts, pool)
+        self.long_texts = long_texts
+        self.pool = pool
         if truncate not in TRUNCATE_RULES:
             raise ConfigError(f"truncate must be one of {TRUNCATE_RULES}, got {truncate!r}")
+        check_on_error(on_error)
+        self.on_error = on_error
+        self._rows_seen = 0  # rows of the pieces so far: where the next piece's rows start
+        self._answered = threading.Event()  # some request of this job was answered
         self.budget = None if max_tokens is None else _TokenBudget(max_tokens)
         self.provider = provider
         self.kind = kind
@@ -369,6 +467,8 @@ class EmbedJob:
     def embed(self, texts: pl.Series) -> pl.Series:
         """Embed one piece of the column (any thread): its vectors, aligned with ``texts``."""
         started = time.perf_counter()
+        with self._lock:
+            first_row, self._rows_seen = self._rows_seen, self._rows_seen + len(texts)
         inputs = prepare(texts, self.images)
         check_accepts(self.provider, inputs.kind, texts.name)
         if inputs.kind != "text" and self.budget is not None:
@@ -377,17 +477,26 @@ class EmbedJob:
         stats = EmbedStats(
             provider=self.provider.label, rows=len(texts), skipped=skipped, distinct=len(distinct)
         )
-        try:
-            vectors = _embed_distinct(distinct.to_list(), self, stats, inputs)
-        finally:
-            self._add(stats, started, time.perf_counter())
         lookup = pl.DataFrame(
             {"text": distinct, "position": pl.int_range(len(distinct), dtype=pl.UInt32, eager=True)}
         )
         positions = pl.DataFrame({"text": inputs.keys}).join(
             lookup, on="text", how="left", maintain_order="left"
         )
+        try:
+            pooled = self.long_texts == "chunk" and inputs.kind == "text"  # an image has no length
+            embed_distinct = _embed_pooled if pooled else _embed_distinct
+            vectors, refused = embed_distinct(distinct.to_list(), self, stats, inputs)
+            if refused:
+                shown = texts if inputs.kind == "text" else inputs.keys
+                stats.failures = _failures(shown, positions["position"], refused, first_row)
+                stats.failed = len(stats.failures)
+        finally:
+            self._add(stats, started, time.perf_counter())
         distinct_vectors = pl.Series(texts.name, vectors)
+        if refused:
+            missing = pl.int_range(len(distinct), eager=True).is_in(list(refused))
+            distinct_vectors = pl.select(pl.when(~missing).then(distinct_vectors)).to_series()
         if self.kind == "document":  # not queries: every search makes some, and the store must not grow
             remember(distinct_vectors, self.provider)
         return distinct_vectors.gather(positions["position"])
@@ -412,6 +521,17 @@ class EmbedJob:
                 self.provider.label,
                 text[:60],
             )
+        if stats.failures:
+            first = stats.failures[0]
+            log.warning(
+                "%s refused %d rows, which got null vectors (e.g. row %d, %r: %s); "
+                "polars_embed.last_stats().failures lists them",
+                self.provider.label,
+                stats.failed,
+                first.row,
+                first.text,
+                first.message,
+            )
         log.log(logging.INFO if stats.embedded else logging.DEBUG, "embedded %s", stats)
 
     def __enter__(self) -> EmbedJob:
@@ -432,22 +552,35 @@ class EmbedJob:
 
     def _plan(
         self, texts: list[str], stats: EmbedStats, tokens: list[int] | None = None, *, text: bool = True
-    ) -> list[list[int]]:
+    ) -> tuple[list[list[int]], dict[int, str]]:
         """Batches for ``texts`` (none from the cache), after the length rules: texts the
-        service refuses are refused here, and texts the model cuts counted or refused.
+        service refuses are refused here (or, with ``on_error="null"``, set aside with why,
+        by position), and texts the model cuts counted or refused.
         ``tokens``: the provider's own counts, where the budget has them already.
         Images (``text=False``, ``texts`` their keys) have no tokens to count."""
         if not texts:
-            return []
+            return [], {}
         if not text:
-            return _plan_batches(texts, self.provider)
+            return _plan_batches(texts, self.provider), {}
         provider = self.provider
         reads = provider.max_input_tokens
         if tokens is None and (provider.max_batch_tokens or provider.max_text_tokens or reads):
             tokens = provider.count_tokens(texts, kind=self.kind)
+        set_aside: dict[int, str] = {}
         if tokens is not None:
             refused = provider.max_text_tokens
-            _refuse_over(texts, tokens, refused, f"{provider.label}'s limit of {refused} tokens per text")
+            over = f"{provider.label}'s limit of {refused} tokens per text"
+            if self.on_error == "null":
+                set_aside = {
+                    i: f"about {count} tokens, over {over}"
+                    for i, count in enumerate(tokens)
+                    if refused and count > refused
+                }
+                if set_aside:
+                    kept = [i for i in range(len(texts)) if i not in set_aside]
+                    batches, _ = self._plan([texts[i] for i in kept], stats, [tokens[i] for i in kept])
+                    return [[kept[i] for i in batch] for batch in batches], set_aside
+            _refuse_over(texts, tokens, refused, over)
             if self.truncate == "error":
                 _refuse_over(
                     texts,
@@ -462,7 +595,7 @@ class EmbedJob:
                 stats.truncated = len(cut)
                 with self._lock:
                     self._cut = self._cut or (reads, texts[cut[0]])
-        return _plan_batches(texts, provider, tokens)
+        return _plan_batches(texts, provider, tokens), set_aside
 
     @contextmanager
     def _progress_of(self, pending: int) -> Iterator[tqdm]:
@@ -495,14 +628,17 @@ def _refuse_over(
         )
 
 
-def _embed_distinct(texts: list[str], job: EmbedJob, stats: EmbedStats, inputs: Prepared) -> np.ndarray:
+def _embed_distinct(
+    texts: list[str], job: EmbedJob, stats: EmbedStats, inputs: Prepared
+) -> tuple[np.ndarray, dict[int, str]]:
     """Embed distinct non-blank texts (or images, by their keys) into one ``(len(texts), d)``
-    float32 array.
+    float32 array, and the positions of the texts refused under ``on_error="null"`` (their
+    rows are garbage), with why.
 
     A text that another call in this process is already embedding (a parallel morsel of
     the same collect, another thread) is not sent again: this call embeds its own texts
     first, then takes the other call's vectors, and sends those itself only if that call
-    failed (see :class:`~polars_embed.cache.InFlight`).
+    failed or refused them (see :class:`~polars_embed.cache.InFlight`).
     """
     provider, kind = job.provider, job.kind
     limit = _concurrency_limit(provider)
@@ -515,26 +651,41 @@ def _embed_distinct(texts: list[str], job: EmbedJob, stats: EmbedStats, inputs: 
     keys = text_keys(provider, cache_kind, texts) if provider.cacheable else None  # type: ignore[arg-type]
     budget = job.budget
     tokens_of: dict[int, int] = {}
+    refused: dict[int, str] = {}
 
-    def request(batch: list[int]) -> tuple[Embedded, int]:
+    def send(batch: list[int]) -> tuple[Embedded, int]:
         if budget is None:
             return _request_with_retries(provider, inputs.load([texts[i] for i in batch]), kind, limit)
         estimated = sum(tokens_of[i] for i in batch)
         budget.reserve(estimated)
-        answer = _request_with_retries(provider, inputs.load([texts[i] for i in batch]), kind, limit)
+        try:
+            answer = _request_with_retries(provider, inputs.load([texts[i] for i in batch]), kind, limit)
+        except BaseException:
+            budget.settle(estimated, 0, billed=False)
+            raise
         budget.settle(estimated, answer[0].tokens)
         return answer
 
-    def store(batch: list[int], answer: tuple[Embedded, int]) -> None:
-        embedded, retries = answer
-        vectors[batch] = _validated(embedded.vectors, provider, [texts[i] for i in batch], width)
-        if cache and keys:  # as each batch lands, so that a failed column resumes from here
-            cache.put([keys[i] for i in batch], vectors[batch])
-        in_flight.landed(batch)
-        stats.embedded += len(batch)
-        stats.requests += 1
-        stats.retries += retries
-        stats.tokens += embedded.tokens
+    def probe() -> None:
+        _request_with_retries(provider, [REFUSAL_PROBE], kind, limit)
+
+    def request(batch: list[int]) -> _Answers:
+        if job.on_error == "null":
+            return _isolate_refused(batch, send, probe, job._answered)
+        return [(batch, send(batch))], {}, 0
+
+    def store(batch: list[int], answers: _Answers) -> None:
+        parts, refused_here, stats.retries = answers[0], answers[1], stats.retries + answers[2]
+        for part, (embedded, retries) in parts:
+            vectors[part] = _validated(embedded.vectors, provider, [texts[i] for i in part], width)
+            if cache and keys:  # as each batch lands, so that a failed column resumes from here
+                cache.put([keys[i] for i in part], vectors[part])
+            in_flight.landed(part)
+            stats.embedded += len(part)
+            stats.requests += 1
+            stats.retries += retries
+            stats.tokens += embedded.tokens
+        refused.update(refused_here)
         bar.update(len(batch))
 
     with InFlight(keys, vectors) as in_flight:
@@ -552,9 +703,11 @@ def _embed_distinct(texts: list[str], job: EmbedJob, stats: EmbedStats, inputs: 
             counts, provider_counts = budget.admit(pending_texts, provider, kind) if budget else (None, None)
             if counts is not None:
                 tokens_of.update(zip(pending, counts, strict=True))
-            plan = job._plan(pending_texts, stats, provider_counts, text=inputs.kind == "text")
+            plan, set_aside = job._plan(pending_texts, stats, provider_counts, text=inputs.kind == "text")
             batches = [[pending[i] for i in batch] for batch in plan]
+            refused.update({pending[i]: f"{provider.label}: {why}" for i, why in set_aside.items()})
             with job._progress_of(len(pending)) as bar:
+                bar.update(len(set_aside))  # set aside before any request
                 try:
                     _run_batches(batches, request, store, provider.resolve("max_concurrency"))
                 except ProviderError as error:
@@ -570,7 +723,108 @@ def _embed_distinct(texts: list[str], job: EmbedJob, stats: EmbedStats, inputs: 
                     ) from None
             shared, todo = in_flight.wait()
             stats.shared += shared
-    return vectors
+    return vectors, refused
+
+
+def _embed_pooled(
+    texts: list[str], job: EmbedJob, stats: EmbedStats, inputs: Prepared
+) -> tuple[np.ndarray, dict[int, str]]:
+    """:func:`_embed_distinct` for ``long_texts="chunk"``: each text cut into chunks the
+    model reads whole, every distinct chunk embedded once, and each text's chunks pooled.
+    A text with a refused chunk is refused (with the chunk's message)."""
+    provider = job.provider
+    size = chunk_budget(provider, job.kind, None)
+    offsets = chunk_texts(texts, provider, size)
+    counts = np.array([len(chunks) for chunks in offsets], dtype=np.int64)
+    chunks = [
+        text[start:end] for text, spans in zip(texts, offsets, strict=True) for start, end in spans.tolist()
+    ]
+    distinct = {chunk: None for chunk in chunks}
+    position = {chunk: i for i, chunk in enumerate(distinct)}
+    of_chunk = np.array([position[chunk] for chunk in chunks], dtype=np.int64)
+    vectors, refused_chunks = _embed_distinct(list(distinct), job, stats, inputs)
+    firsts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    each = vectors[of_chunk]
+    pooled = (
+        np.add.reduceat(each, firsts) / counts[:, None]
+        if job.pool == "mean"
+        else np.maximum.reduceat(each, firsts)
+    )
+    if provider.normalized:  # the kernels may rely on it
+        pooled = l2_normalize(pooled)
+    owner = np.repeat(np.arange(len(texts)), counts)
+    refused = {
+        int(owner[i]): refused_chunks[int(of_chunk[i])]
+        for i in np.flatnonzero(np.isin(of_chunk, list(refused_chunks)))
+    }
+    return np.ascontiguousarray(pooled, dtype=np.float32), refused
+
+
+#: A batch's answers: the parts the provider embedded (each with its answer and retries),
+#: the texts it refused on their own, with its message, by position, and the retries
+#: made by the requests it refused.
+_Answers = tuple[list[tuple[list[int], tuple[Embedded, int]]], dict[int, str], int]
+
+
+def _isolate_refused(
+    batch: list[int],
+    send: Callable[[list[int]], tuple[Embedded, int]],
+    probe: Callable[[], None],
+    answered: threading.Event,
+) -> _Answers:
+    """Send ``batch``; when the provider refuses it for its content, halve it until the
+    texts at fault are alone, and embed everything else.
+
+    A half sent after its sibling was embedded whole holds the fault, so it is halved
+    without being sent: k bad texts in a batch of b cost about 2·k·log2(b) requests more.
+    Until some request of the job has been answered, a refusal is first checked with
+    ``probe()`` (:data:`REFUSAL_PROBE` alone): when that is refused too, the request is
+    at fault, not its texts, and the refusal is raised.
+    """
+    parts: list[tuple[list[int], tuple[Embedded, int]]] = []
+    refused: dict[int, str] = {}
+    retries = 0
+
+    def accepted(part: list[int]) -> bool:
+        nonlocal retries
+        try:
+            parts.append((part, send(part)))
+        except InputRefusedError as error:
+            retries += getattr(error, "retries", 0)
+            halve(part, error)
+            return False
+        answered.set()
+        return True
+
+    def halve(part: list[int], error: InputRefusedError) -> None:
+        if not answered.is_set():
+            try:
+                probe()
+            except InputRefusedError:
+                raise InputRefusedError(
+                    f"{error}; the text {REFUSAL_PROBE!r} alone was refused too, so the request "
+                    "is refused rather than some of its texts: check the model and options"
+                ) from None
+            answered.set()
+        if len(part) == 1:
+            refused[part[0]] = str(error)
+            return
+        middle = len(part) // 2
+        if accepted(part[:middle]):
+            halve(part[middle:], error)  # the fault is in the other half: no need to send it whole
+        else:
+            accepted(part[middle:])
+
+    accepted(batch)
+    return parts, refused, retries
+
+
+def _failures(
+    texts: pl.Series, positions: pl.Series, refused: dict[int, str], first_row: int
+) -> list[Failure]:
+    """One :class:`Failure` per row whose distinct text (at ``positions``) was refused."""
+    rows = positions.is_in(list(refused)).fill_null(False).arg_true().to_list()
+    return [Failure(first_row + row, texts[row][:60], refused[positions[row]]) for row in rows]
 
 
 def _incomplete(
@@ -696,6 +950,9 @@ def _with_retries(
         try:
             with limit:
                 return call(), attempt
+        except InputRefusedError as error:
+            error.retries = attempt  # the stats count them, though the request failed
+            raise
         except RetryableProviderError as error:
             if attempt == retries:
                 raise
@@ -905,10 +1162,13 @@ class _TokenBudget:
                 )
             self.in_flight += estimated
 
-    def settle(self, estimated: int, counted: int) -> None:
+    def settle(self, estimated: int, counted: int, *, billed: bool = True) -> None:
+        """A request of ``estimated`` tokens has ended: it cost what the provider ``counted``
+        (else the estimate), or nothing when it was refused (``billed=False``)."""
         with self._lock:
             self.in_flight -= estimated
-            self.spent += counted or estimated
+            if billed:
+                self.spent += counted or estimated
 
 
 # --- Reranking ---------------------------------------------------------------------------

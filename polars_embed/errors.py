@@ -16,6 +16,7 @@ The hierarchy::
     ├── MissingDependencyError  (ImportError)
     ├── ProviderError                         a provider failed to embed a batch
     │   ├── RetryableProviderError
+    │   ├── InputRefusedError                 the service refused a batch for its texts
     │   ├── AuthenticationError
     │   ├── InvalidEmbeddingError
     │   └── EmbeddingIncompleteError          a column failed part way; nothing returned
@@ -125,6 +126,12 @@ class RetryableProviderError(ProviderError):
     def __init__(self, message: str, *, retry_after: float | None = None) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+
+
+class InputRefusedError(ProviderError):
+    """The service refused a batch for what is in it (HTTP 400, 413 or 422: a text over its
+    token limit, content it will not take). Never retried as it is; with ``on_error="null"``
+    the engine splits the batch to find the texts at fault and embeds the rest."""
 
 
 class AuthenticationError(ProviderError):

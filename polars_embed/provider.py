@@ -351,6 +351,12 @@ class Provider:
         """How :meth:`count_tokens` counts, in a few words, for cost previews."""
         return None
 
+    def token_spans(self, texts: Sequence[str]) -> list[np.ndarray] | None:
+        """Each text's tokens (no prompt, no special tokens) as an ``(m, 2)`` array of
+        character offsets, where they start and end, for cutting long texts into chunks;
+        ``None`` when this provider has no tokenizer (chunks then use an estimate)."""
+        return None
+
     # --- construction -------------------------------------------------------------------
 
     @classmethod

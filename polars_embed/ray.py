@@ -68,8 +68,8 @@ from polars_embed.metadata import (
     parquet_metadata,
     specs_in,
 )
-from polars_embed.namespaces._vectors import QueryLike, as_matrix, check_same_width, valid_rows
-from polars_embed.namespaces.frame import _KnnJoin, _normalized, _Search
+from polars_embed.namespaces._vectors import QueryLike, as_matrix, check_same_width, unit_length, valid_rows
+from polars_embed.namespaces.frame import _KnnJoin, _Search
 from polars_embed.provider import Kind, Provider, check_kind
 from polars_embed.registry import ProviderLike, resolve_provider
 from polars_embed.stats import EmbedStats, track_stats
@@ -261,7 +261,7 @@ def search(
     queries = plan.queries_for(pl.Series(on, [], dtype=columns[on]), stored, unknown=_NO_PROVIDER_HINT)
     blocks = ds.to_arrow_refs()
     indices, scores, offsets = _search_blocks(
-        blocks, on, queries, plan.k, plan.metric, _normalized(plan.normalized, stored)
+        blocks, on, queries, plan.k, plan.metric, unit_length(plan.normalized, stored)
     )
     rows, positions = _gather(blocks, offsets, indices, columns)
     return plan.found(rows, positions, scores)
@@ -346,7 +346,7 @@ def knn_join(
         fn_kwargs={
             "plan": plan,
             "blocks": right.to_arrow_refs(),  # inside a list, Ray passes the references, not the blocks
-            "normalized": _normalized(plan.normalized, right_provider),
+            "normalized": unit_length(plan.normalized, right_provider),
             "metadata": parquet_metadata(described) if described else {},
         },
         batch_format="pyarrow",

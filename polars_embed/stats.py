@@ -19,7 +19,7 @@ import dataclasses
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 _COUNTERS = (
     "rows",
@@ -32,7 +32,29 @@ _COUNTERS = (
     "retries",
     "tokens",
     "truncated",
+    "failed",
 )
+
+
+@dataclass(frozen=True)
+class Failure:
+    """A row the provider refused, embedded as a null vector under ``on_error="null"``.
+
+    Attributes
+    ----------
+    row
+        The row's position in the input: in the column, or, for a column handed over
+        in pieces (Polars' streaming engine, DuckDB's batches), counted over the pieces
+        in the order they arrived.
+    text
+        The beginning of the row's text (at most 60 characters).
+    message
+        Why: the provider's own words.
+    """
+
+    row: int
+    text: str
+    message: str
 
 
 @dataclass
@@ -65,6 +87,11 @@ class EmbedStats:
     truncated
         Texts longer than the model reads, embedded from their beginning only
         (counted where the provider knows its limit; see ``truncate=``).
+    failed
+        Rows given a null vector because the provider refused their text
+        (``on_error="null"``).
+    failures
+        Those rows, each a :class:`Failure`: row, text prefix, the provider's message.
     seconds
         Wall time: overlapping calls (Polars' concurrent morsels) count once.
     """
@@ -80,13 +107,17 @@ class EmbedStats:
     retries: int = 0
     tokens: int = 0
     truncated: int = 0
+    failed: int = 0
     seconds: float = 0.0
+    failures: list[Failure] = field(default_factory=list)
 
     def add(self, other: EmbedStats) -> None:
         """Add another call's counters to these (not its time: wall times do not add up)."""
         for name in _COUNTERS:
             setattr(self, name, getattr(self, name) + getattr(other, name))
         self.provider = other.provider
+        if other.failures:  # a new list: copies of these stats handed out keep their own
+            self.failures = [*self.failures, *other.failures]
 
     def __str__(self) -> str:
         return (
@@ -94,7 +125,7 @@ class EmbedStats:
             f"{self.distinct} distinct, {self.cache_hits} from cache, {self.shared} shared, "
             f"{self.embedded} embedded "
             f"in {self.requests} requests ({self.retries} retries, {self.tokens} tokens), "
-            f"{self.truncated} truncated, {self.seconds:.2f}s"
+            f"{self.truncated} truncated, {self.failed} failed, {self.seconds:.2f}s"
         )
 
 

@@ -69,6 +69,9 @@ class FakeServer:
         Seconds each request takes, so that concurrent requests overlap.
     widths
         Extra models the service knows, and their widths.
+    refuse_containing
+        Answer 400 to every request with a text that contains this marker, naming the
+        first such text's position, as a service refuses content it will not take.
     """
 
     path: ClassVar[str]
@@ -76,9 +79,15 @@ class FakeServer:
     widths: ClassVar[dict[str, int]]
 
     def __init__(
-        self, *, key: str | None = "test-key", delay: float = 0.0, widths: dict | None = None
+        self,
+        *,
+        key: str | None = "test-key",
+        delay: float = 0.0,
+        widths: dict | None = None,
+        refuse_containing: str | None = None,
     ) -> None:
         self.key = key
+        self.refuse_containing = refuse_containing
         self.delay = delay
         self.models = {**self.widths, **(widths or {})}
         self.requests: list[Request] = []
@@ -150,10 +159,15 @@ class FakeServer:
         if self.key is not None and given != f"Bearer {self.key}":
             # The worst case for leaks: the service quotes the key it refused.
             return 401, {}, self.error(f"invalid api token {given.removeprefix('Bearer ')}")
-        refusal = self.refuse(body)
+        refusal = self.refuse(body) or self.refuse_content(self.texts_of(body))
         if refusal:
             return 400, {}, self.error(refusal)
         return 200, plan.headers, json.dumps(self.success(body, plan.mangle)).encode()
+
+    def refuse_content(self, texts: list[str]) -> str:
+        marker = self.refuse_containing
+        at = next((i for i, text in enumerate(texts) if marker and marker in text), None)
+        return "" if at is None else f"invalid request: text {at} contains {marker!r}, which is not allowed"
 
     def vectors(self, texts: list[str], width: int, mangle: str, salt: str = "") -> np.ndarray:
         vectors = np.stack([vector_for(f"{salt}{text}", width) for text in texts])

@@ -15,7 +15,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from polars_embed import Embedded, Provider, ProviderError, RetryableProviderError, option
+from polars_embed import Embedded, InputRefusedError, Provider, ProviderError, RetryableProviderError, option
 from polars_embed.providers.hashing import HashingProvider
 
 
@@ -47,6 +47,8 @@ class CountingProvider(Provider):
     ``flaky``: the first N requests raise a retryable error. ``fail_on``: request
     number N (1-based) raises a non-retryable error. ``mangle``: return a bad answer
     ("width", "count", "nan", "strings"). ``delay``: seconds each request takes.
+    ``refuse_containing``: refuse any batch with a text that contains it, as a service
+    refuses content.
     """
 
     name: ClassVar[str] = "counting"
@@ -57,6 +59,7 @@ class CountingProvider(Provider):
     fail_on: int = option(0, runtime=True)
     mangle: str = option("", runtime=True)
     delay: float = option(0.0, runtime=True)
+    refuse_containing: str = option("", runtime=True)
     api_key: str | None = option(None, secret=True)
     recorder: Recorder = option(default_factory=Recorder, runtime=True)
 
@@ -77,6 +80,9 @@ class CountingProvider(Provider):
                 raise RetryableProviderError("429 slow down", retry_after=0.01)
             if request_number == self.fail_on:
                 raise ProviderError(f"400 bad request (key {self.resolve('api_key')})")
+            marker = self.refuse_containing
+            if marker and any(marker in text for text in texts):
+                raise InputRefusedError(f"counting:counting-v1: 400 a text contains {marker!r}")
             vectors = np.stack([vector_for(f"{kind}:{text}", self.resolve("dims")) for text in texts])
             return Embedded(_mangled(vectors, self.mangle), tokens=sum(len(t.split()) for t in texts))
         finally:

@@ -287,6 +287,38 @@ class TestExactSearch:
             assert found["id"].to_list() == indices[0].tolist()
             np.testing.assert_allclose(found["score"].to_numpy(), scores[0], rtol=1e-6)
 
+    def test_vectors_promised_unit_length_are_ranked_by_their_dot_products(
+        self, con: duckdb.DuckDBPyConnection
+    ) -> None:
+        rng = np.random.default_rng(3)
+        vectors = rng.standard_normal((300, 8)).astype(np.float32)
+        vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+        query = vectors[7].copy()
+        vectors[7] *= 3  # a broken promise: this row's dot product is three times its cosine
+        con.register("frame", pl.DataFrame({"id": range(300), "vector": vectors}))
+        con.sql("CREATE TABLE docs AS SELECT * FROM frame ORDER BY id")
+        for normalized in (False, True):
+            indices, scores = polars_embed.topk(query, vectors, k=5, normalized=normalized)
+            found = duckdb_ext.search(con, "docs", "vector", query, k=5, normalized=normalized).pl()
+            assert found["id"].to_list() == indices[0].tolist()
+            np.testing.assert_allclose(found["score"].to_numpy(), scores[0], rtol=1e-5)
+        assert found["score"][0] == pytest.approx(3, rel=1e-5)  # the norms were skipped, as promised
+
+    def test_the_recorded_provider_says_whether_the_norms_are_needed(
+        self, con: duckdb.DuckDBPyConnection
+    ) -> None:
+        vectors = hashed_docs(con)  # hashing's vectors have unit length
+        con.sql("UPDATE docs SET vector = [x * 2 FOR x IN vector]::FLOAT[32] WHERE id = 9")
+        ((row, score),) = (
+            duckdb_ext.search(con, "docs", "vector", vectors[9], k=1).select("id", "score").fetchall()
+        )
+        assert (row, score) == (9, pytest.approx(2, rel=1e-5))
+        con.sql("COMMENT ON COLUMN docs.vector IS NULL")  # no provider recorded: cosine, with the norms
+        ((row, score),) = (
+            duckdb_ext.search(con, "docs", "vector", vectors[9], k=1).select("id", "score").fetchall()
+        )
+        assert (row, score) == (9, pytest.approx(1, rel=1e-5))
+
     def test_a_vector_query_needs_no_provider(self, con: duckdb.DuckDBPyConnection) -> None:
         vectors = hashed_docs(con)
         for query in (vectors[5], vectors[5].tolist(), pl.Series(vectors[5]), vectors[5:6]):
@@ -645,3 +677,21 @@ class TestEngineRulesInDuckDB:
         assert (stats.rows, stats.truncated) == (50, 13)  # one record for the five batches
         warnings = [record.getMessage() for record in caplog.records if record.levelno == logging.WARNING]
         assert len(warnings) == 1 and warnings[0].startswith("13 texts were longer than the 3 tokens")
+
+
+def test_refused_rows_stay_null_and_are_reported() -> None:
+    con = duckdb.connect()
+    texts = ["fine one", "bad BAD", None, "fine two", "also BAD"]
+    con.sql("CREATE TABLE docs (body VARCHAR)")
+    con.executemany("INSERT INTO docs VALUES (?)", [[text] for text in texts])
+    refusing = CountingProvider(refuse_containing="BAD", batch_size=3)
+    assert duckdb_ext.embed_table(con, "docs", "body", provider=refusing, on_error="null") == 2
+    missing = dict(con.sql("SELECT body, body_embedding IS NULL FROM docs").fetchall())
+    assert missing == {t: t is None or "BAD" in t for t in texts}
+    failures = polars_embed.last_stats().failures
+    assert sorted(failure.text for failure in failures) == ["also BAD", "bad BAD"]
+    with pytest.raises(polars_embed.EmbeddingIncompleteError, match="a text contains 'BAD'"):
+        duckdb_ext.embed_table(con, "docs", "body", provider=refusing)  # the default raises
+
+    duckdb_ext.register(con, refusing, name="careful", on_error="null")
+    assert dict(con.sql("SELECT body, careful(body) IS NULL FROM docs").fetchall()) == missing

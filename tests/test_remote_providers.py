@@ -17,6 +17,7 @@ from email.utils import format_datetime
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import polars as pl
 import pytest
 
@@ -25,12 +26,14 @@ from polars_embed import (
     AuthenticationError,
     ConfigError,
     EmbeddingIncompleteError,
+    InputRefusedError,
     InvalidEmbeddingError,
     Provider,
     ProviderError,
     RetryableProviderError,
     _tokens,
 )
+from polars_embed.engine import REFUSAL_PROBE
 from polars_embed.providers import openai as openai_provider
 from polars_embed.providers._remote import retry_after_seconds, service_message
 from tests.fake_servers import FakeCohere, FakeOpenAI, FakeServer, Plan
@@ -161,7 +164,9 @@ class TestEveryRemoteProvider:
             EmbeddingIncompleteError, match=f"HTTP {status} .*scripted failure {status}"
         ) as raised:
             polars_embed.embed(["a"], service.provider())
-        assert type(failure(raised)) is ProviderError
+        # 400, 413 and 422 refuse what was sent, which on_error="null" can narrow down
+        expected = ProviderError if status == 404 else InputRefusedError
+        assert type(failure(raised)) is expected
         assert len(service.server.requests) == 1
 
     def test_a_refused_key_fails_at_once_and_names_the_variable_to_set(
@@ -704,3 +709,130 @@ class TestErrorsThroughPolars:
             raised.value
         )
         assert service.server.requests == []
+
+
+MARKER = "<<refused>>"
+
+
+@pytest.fixture(params=["cohere", "openai"])
+def refusing_service(request: pytest.FixtureRequest) -> Iterator[Service]:
+    """A service that answers 400 to any request with a text containing MARKER."""
+    if request.param == "cohere":
+        with FakeCohere(refuse_containing=MARKER) as server:
+            yield cohere_service(server)
+    else:
+        with FakeOpenAI(refuse_containing=MARKER) as server:
+            yield openai_service(server)
+
+
+def marked_texts(n: int, bad: set[int]) -> list[str | None]:
+    return [None if i == 3 else f"row {i} {MARKER}" if i in bad else f"row {i}" for i in range(n)]
+
+
+class TestRefusedRows:
+    """on_error="null": the rows a service refuses get null vectors, and only those."""
+
+    BAD = frozenset({5, 77, 78, 450, 999})
+
+    @pytest.mark.parametrize("concurrency", [1, 3])
+    def test_only_the_refused_rows_are_null_and_reported(
+        self, refusing_service: Service, concurrency: int
+    ) -> None:
+        texts = marked_texts(1000, self.BAD)
+        batch_size = 32
+        provider = refusing_service.provider(batch_size=batch_size, max_concurrency=concurrency)
+        vectors = polars_embed.embed(texts, provider, on_error="null")
+        expected = refusing_service.expected(
+            [None if i in self.BAD else text for i, text in enumerate(texts)]
+        )
+        assert vectors.to_list() == expected
+        stats = polars_embed.last_stats()
+        assert stats.failed == len(self.BAD) and stats.embedded == 999 - len(self.BAD)
+        assert [failure.row for failure in stats.failures] == sorted(self.BAD)
+        assert [failure.text for failure in stats.failures] == [texts[i][:60] for i in sorted(self.BAD)]
+        assert all(
+            f"contains {MARKER!r}, which is not allowed" in failure.message for failure in stats.failures
+        )
+        # every good text was embedded once; the refused ones cost a few halvings each
+        sent = [text for request in refusing_service.server.requests for text in request.texts]
+        assert set(sent) - {REFUSAL_PROBE} == {text for text in texts if text}
+        # the first refusal came before anything was embedded: checked by a probe per batch in flight
+        assert 1 <= sent.count(REFUSAL_PROBE) <= concurrency
+        fewest = -(-999 // batch_size)  # 32 requests; each refused row costs at most 2 * log2(32) more
+        assert len(refusing_service.server.requests) <= fewest + 2 * 5 * len(self.BAD) <= 3 * fewest
+
+    def test_the_default_still_fails_the_call(self, refusing_service: Service) -> None:
+        with pytest.raises(
+            EmbeddingIncompleteError, match="HTTP 400 Bad Request: invalid request: text"
+        ) as raised:
+            polars_embed.embed(marked_texts(20, {7}), refusing_service.provider())
+        assert isinstance(failure(raised), InputRefusedError)
+        assert len(refusing_service.server.requests) == 1
+
+    def test_retryable_failures_are_retried_not_nulled(self, refusing_service: Service) -> None:
+        refusing_service.server.then(Plan(status=429), Plan(status=503))
+        texts = marked_texts(10, {2})
+        vectors = polars_embed.embed(texts, refusing_service.provider(), on_error="null")
+        assert vectors.to_list() == refusing_service.expected(
+            [None if i == 2 else t for i, t in enumerate(texts)]
+        )
+        stats = polars_embed.last_stats()
+        assert stats.retries == 2 and [failure.row for failure in stats.failures] == [2]
+
+    def test_a_refused_request_is_raised_not_nulled(self, refusing_service: Service) -> None:
+        # every text is refused, whatever it says: the request is at fault (a wrong model), not the rows
+        provider = refusing_service.provider(model="no-such-model", dims=refusing_service.width)
+        with pytest.raises(
+            EmbeddingIncompleteError, match="the text 'hello' alone was refused too"
+        ) as raised:
+            polars_embed.embed([f"text {i}" for i in range(50)], provider, on_error="null")
+        assert isinstance(failure(raised), InputRefusedError)
+        assert len(refusing_service.server.requests) == 2
+
+    @pytest.mark.parametrize("engine", POLARS_ENGINES)
+    def test_a_polars_column(self, refusing_service: Service, engine: str) -> None:
+        texts = marked_texts(60, {10, 41})
+        frame = pl.DataFrame({"text": texts})
+        vectors = pl.col("text").embed.with_provider(refusing_service.provider(batch_size=8), on_error="null")
+        if engine == "eager":
+            out = frame.with_columns(vec=vectors)
+        else:
+            out = frame.lazy().with_columns(vec=vectors).collect(engine=engine)
+        assert out["vec"].to_list() == refusing_service.expected(
+            [None if i in (10, 41) else t for i, t in enumerate(texts)]
+        )
+        failures = polars_embed.last_stats().failures
+        assert sorted(failure.text for failure in failures) == [texts[10], texts[41]]
+        if engine != "streaming":  # morsels arrive in any order: rows count over them as they come
+            assert [failure.row for failure in failures] == [10, 41]
+
+    def test_a_text_over_the_token_limit_is_nulled_without_a_request(self) -> None:
+        with FakeOpenAI() as server:
+            service = openai_service(server)
+            too_long = "word " * 30_000  # over text-embedding-3-small's 8,191 tokens, however counted
+            vectors = polars_embed.embed(["short", too_long], service.provider(), on_error="null")
+        assert vectors.to_list() == [service.expected(["short"])[0], None]
+        (refused,) = polars_embed.last_stats().failures
+        assert (
+            refused.row == 1
+            and "over openai:text-embedding-3-small's limit of 8191 tokens" in refused.message
+        )
+        assert server.texts == ["short"]
+
+
+def test_long_texts_are_chunked_within_the_services_limit() -> None:
+    text = " ".join(["the"] * 20_000)  # about 26,700 tokens by bytes / 3: OpenAI refuses it whole
+    with FakeOpenAI() as server:
+        service = openai_service(server)
+        with pytest.raises(ConfigError, match="over openai:text-embedding-3-small's limit of 8191"):
+            polars_embed.embed([text], service.provider())
+        vectors = polars_embed.embed([text, "short"], service.provider(), long_texts="chunk")
+    sent = server.texts
+    assert all(count <= 8191 for count in _tokens.approximate_tokens(sent))
+    chunks = pl.select(pl.lit(text).embed.chunks(provider=service.provider())).item()
+    pieces = chunks.struct.field("text").to_list()
+    assert len(pieces) >= 4 and "".join(pieces) == text
+    assert sorted(sent) == sorted({*pieces, "short"})  # each distinct chunk once
+    expected = np.mean(service.expected(pieces), axis=0)
+    np.testing.assert_allclose(vectors[0].to_numpy(), expected, rtol=1e-5, atol=1e-6)
+    assert vectors[1].to_list() == service.expected(["short"])[0]

@@ -712,3 +712,19 @@ def test_every_error_is_a_polars_embed_error_rebuilt_from_its_message(db: pe.Dat
         error = raised.value
         rebuilt = type(error)(str(error))
         assert str(rebuilt) == str(error) and str(error).count(". ") == 0, str(error)
+
+
+def test_writes_give_refused_records_null_vectors_and_fill_retries_them(db: pe.Database) -> None:
+    docs = counting_table(db, refuse_containing="BAD", batch_size=3)
+    rows = [{"id": f"d{i}", "body": f"text {i}" + (" BAD" if i in (2, 5) else "")} for i in range(8)]
+    with pytest.raises(pe.EmbeddingIncompleteError, match="a text contains 'BAD'"):
+        docs.add(rows)  # the default writes nothing
+    assert len(docs) == 0
+    assert docs.add(rows, on_error="null") == 8
+    stored = docs.to_polars().sort("id")
+    assert stored.filter(pl.col("vec").is_null())["id"].to_list() == ["d2", "d5"]
+    assert sorted(failure.text for failure in pe.last_stats().failures) == ["text 2 BAD", "text 5 BAD"]
+    assert docs.upsert([{"id": "d9", "body": "more BAD"}], on_error="null") == 1
+    assert docs.get("d9")["vec"] is None
+    assert docs.fill(on_error="null") == 0  # still refused: still null, and reported
+    assert pe.last_stats().failed == 3

@@ -31,7 +31,7 @@ from typing import Any
 
 import polars as pl
 
-from polars_embed.engine import EmbedJob, Images, Truncate, as_input_series
+from polars_embed.engine import EmbedJob, Images, LongTexts, OnError, Pool, Truncate, as_input_series
 from polars_embed.provider import Kind, Provider
 from polars_embed.stats import before_reading
 
@@ -50,6 +50,9 @@ class ColumnEmbedder:
     progress: bool | None
     truncate: Truncate
     max_tokens: int | None = None
+    on_error: OnError = "raise"
+    long_texts: LongTexts = "truncate"
+    pool: Pool = "mean"
     images: Images | None = None
 
     def __call__(self, texts: pl.Series, **_polars_arguments: Any) -> pl.Series:  # Polars adds return_dtype
@@ -73,6 +76,9 @@ class ColumnEmbedder:
             truncate=self.truncate,
             max_tokens=self.max_tokens,
             images=self.images,
+            on_error=self.on_error,
+            long_texts=self.long_texts,
+            pool=self.pool,
         )
 
 

@@ -21,6 +21,7 @@ from polars_embed.errors import DimensionMismatchError, InputTypeError, InvalidI
 from polars_embed.kernels import squared_norms
 from polars_embed.keywords import KeywordIndex
 from polars_embed.metadata import provider_of
+from polars_embed.provider import Provider
 from polars_embed.quantization import Quantization, QuantizedVectors, quantize
 
 # What the front ends (the Polars namespaces, embedding tables) share: one rule for each of
@@ -35,6 +36,7 @@ __all__ = [
     "check_same_width",
     "null_where",
     "parse_query",
+    "unit_length",
     "valid_rows",
     "vector_chunks",
     "vector_width",
@@ -42,6 +44,14 @@ __all__ = [
 
 VectorsLike = Sequence[float] | Sequence[Sequence[float]] | np.ndarray | pl.Series
 QueryLike = str | Sequence[str] | VectorsLike
+
+
+def unit_length(promised: bool | None, stored: Provider | None) -> bool:
+    """Whether cosine may skip the vectors' norms: as the user promised, else as the provider
+    that made them says (False when it is not known)."""
+    if promised is not None:
+        return promised
+    return stored is not None and stored.normalized
 
 
 def vector_width(dtype: pl.DataType, *, column: str) -> int:

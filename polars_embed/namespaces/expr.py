@@ -15,8 +15,21 @@ from typing import Any
 import numpy as np
 import polars as pl
 
+from polars_embed._chunks import CHUNK_DTYPE, check_overlap, chunk_budget, chunks_column
 from polars_embed._project import Method, check_projection, fit_projection, kmeans
-from polars_embed.engine import Images, Truncate, check_accepts, resolve_truncate, width_of
+from polars_embed.engine import (
+    Images,
+    LongTexts,
+    OnError,
+    Pool,
+    Truncate,
+    as_text_series,
+    check_accepts,
+    check_long_texts,
+    check_on_error,
+    resolve_truncate,
+    width_of,
+)
 from polars_embed.errors import InvalidInputError
 from polars_embed.kernels import Metric, l2_normalize, pairwise_scores
 from polars_embed.namespaces._column_jobs import ColumnEmbedder
@@ -27,7 +40,7 @@ from polars_embed.namespaces._vectors import (
     check_same_width,
     null_where,
 )
-from polars_embed.provider import Kind, check_kind
+from polars_embed.provider import Kind, Provider, check_kind
 from polars_embed.registry import ProviderLike, resolve_provider
 
 __all__ = ["EmbedExprNamespace"]
@@ -50,6 +63,9 @@ class EmbedExprNamespace:
         progress: bool | None = None,
         truncate: Truncate = "warn",
         max_tokens: int | None = None,
+        on_error: OnError = "raise",
+        long_texts: LongTexts = "truncate",
+        pool: Pool = "mean",
         **options: Any,
     ) -> pl.Expr:
         """Embed a text column, one vector per row.
@@ -79,6 +95,16 @@ class EmbedExprNamespace:
         max_tokens
             A token budget, as for :func:`polars_embed.embed`, for the whole column,
             however many batches Polars hands over (preview it with ``lf.embed.estimate``).
+        on_error
+            ``"raise"`` (the default) fails the column when the provider refuses a
+            text; ``"null"`` gives the refused rows null vectors, embeds the rest and
+            lists the rows in ``polars_embed.last_stats().failures``, as for
+            :func:`polars_embed.embed`.
+        long_texts, pool
+            ``long_texts="chunk"`` embeds every chunk of a text longer than the model
+            reads (see :meth:`chunks`) and pools them per row, ``pool="mean"`` or
+            ``"max"``, as for :func:`polars_embed.embed`; ``"truncate"`` (the default)
+            embeds its beginning.
         **options
             Provider options, e.g. ``model="..."``, ``batch_size=64``.
 
@@ -116,9 +142,11 @@ class EmbedExprNamespace:
         └───────┴─────────────────────────┘
         """
         check_kind(kind)
+        check_on_error(on_error)
+        check_long_texts(long_texts, pool)
         resolved, rule = resolve_truncate(provider, truncate, **options)
         return self._expr.map_batches(
-            ColumnEmbedder(resolved, kind, progress, rule, max_tokens),
+            ColumnEmbedder(resolved, kind, progress, rule, max_tokens, on_error, long_texts, pool),
             return_dtype=pl.Array(pl.Float32, width_of(resolved)),
             is_elementwise=True,
         )
@@ -204,6 +232,73 @@ class EmbedExprNamespace:
         return self._expr.map_batches(
             ColumnEmbedder(resolved, "document", progress, "warn", images=images),
             return_dtype=pl.Array(pl.Float32, width_of(resolved)),
+            is_elementwise=True,
+        )
+
+    def chunks(
+        self,
+        *,
+        max_tokens: int | None = None,
+        overlap: int = 0,
+        provider: ProviderLike = None,
+        kind: Kind = "document",
+        **options: Any,
+    ) -> pl.Expr:
+        """Cut each text into chunks of at most ``max_tokens`` tokens, with their offsets.
+
+        Chunks are cut where a token starts: by the provider's own tokenizer where it
+        has one (sentence-transformers models), else by an estimate (a word and the
+        spaces after it, of b UTF-8 bytes, is ceil(b / 3) tokens), at the start of a
+        word unless one word is longer than a chunk. The first chunk starts at 0 and
+        the last ends at the text's end; without overlap each ends where the next
+        starts, so ``"".join`` of a row's chunk texts is its text.
+
+        Parameters
+        ----------
+        max_tokens
+            Tokens of text per chunk. Default: what the provider's model reads (or its
+            service takes) less the tokens it adds to every text; required without a
+            provider, or with one that reads texts of any length.
+        overlap
+            Tokens each chunk repeats from the end of the one before, 0 to ``max_tokens - 1``.
+        provider
+            Whose tokens to count: a name, ``"name:model"`` or a Provider (with
+            ``**options``); by default none, and the estimate counts.
+        kind
+            ``"document"`` or ``"query"``: the prompt the default ``max_tokens`` leaves room for.
+
+        Returns
+        -------
+        pl.Expr
+            ``pl.List(pl.Struct({"text": pl.String, "start": pl.UInt32, "end": pl.UInt32}))``:
+            character offsets, ``text[start:end]`` being the chunk's text; null for a null
+            text, no chunks for a blank one. ``.explode()`` gives one row per chunk.
+
+        Examples
+        --------
+        >>> import polars as pl
+        >>> import polars_embed
+        >>> df = pl.DataFrame({"body": ["one two three four five", None]})  # 2 tokens a word
+        >>> df.select(pl.col("body").embed.chunks(max_tokens=4).explode()).unnest("body")
+        shape: (4, 3)
+        ┌─────────────┬───────┬──────┐
+        │ text        ┆ start ┆ end  │
+        │ ---         ┆ ---   ┆ ---  │
+        │ str         ┆ u32   ┆ u32  │
+        ╞═════════════╪═══════╪══════╡
+        │ one two     ┆ 0     ┆ 8    │
+        │ three four  ┆ 8     ┆ 19   │
+        │ five        ┆ 19    ┆ 23   │
+        │ null        ┆ null  ┆ null │
+        └─────────────┴───────┴──────┘
+        """
+        check_kind(kind)
+        resolved = None if provider is None and not options else resolve_provider(provider, **options)
+        if max_tokens is not None or resolved is None:  # checked now, without loading a model
+            check_overlap(overlap, chunk_budget(resolved, kind, max_tokens))
+        return self._expr.map_batches(
+            partial(_chunked, provider=resolved, kind=kind, max_tokens=max_tokens, overlap=overlap),
+            return_dtype=CHUNK_DTYPE,
             is_elementwise=True,
         )
 
@@ -451,6 +546,14 @@ class EmbedExprNamespace:
         return self._expr.map_batches(
             partial(_clustered, k=k, seed=seed, max_iter=max_iter), return_dtype=pl.UInt32
         )
+
+
+def _chunked(
+    texts: pl.Series, provider: Provider | None, kind: Kind, max_tokens: int | None, overlap: int
+) -> pl.Series:
+    size = chunk_budget(provider, kind, max_tokens)
+    check_overlap(overlap, size)
+    return chunks_column(as_text_series(texts, texts.name), provider, size, overlap)
 
 
 def _column_scores(columns: list[pl.Series], metric: Metric) -> pl.Series:

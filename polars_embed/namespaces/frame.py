@@ -32,6 +32,7 @@ from polars_embed.errors import (
 from polars_embed.kernels import Metric, check_k, check_metric, topk
 from polars_embed.keywords import Fused, Fusion, Ranking
 from polars_embed.metadata import provider_for_query, provider_of
+from polars_embed.namespaces._dedup import Dedup, check_threshold
 from polars_embed.namespaces._plot import plot_chart
 from polars_embed.namespaces._vectors import (
     QueryLike,
@@ -42,6 +43,7 @@ from polars_embed.namespaces._vectors import (
     check_same_width,
     null_where,
     parse_query,
+    unit_length,
     valid_rows,
     vector_chunks,
     vector_width,
@@ -406,10 +408,217 @@ class _EmbedNamespace(Generic[FrameT]):
             **options,
         )
 
+    def dedup(
+        self,
+        *,
+        on: str,
+        threshold: float = 0.92,
+        k: int = 10,
+        normalized: bool | None = None,
+        name: str = "cluster_id",
+    ) -> FrameT:
+        """Group near-duplicate rows: add ``name``, the same id for rows whose vectors match.
+
+        Each row is linked to those of its ``k`` nearest rows (exact cosine top-k in
+        blocks, never an ``n x n`` matrix) whose similarity is at least ``threshold``,
+        and rows joined by any chain of links share a group. Groups are numbered in
+        order of first appearance; keep one row of each with
+        ``.unique("cluster_id", keep="first", maintain_order=True)``.
+
+        Parameters
+        ----------
+        on
+            The vector column.
+        threshold
+            The least cosine similarity of a link, from -1 to 1.
+        k
+            Links looked for per row: a group larger than ``k + 1`` is still found
+            whole when its rows link up through one another.
+        normalized
+            Promise that the vectors have unit length (default: what their provider says).
+        name
+            The name of the new column.
+
+        Returns
+        -------
+        DataFrame or LazyFrame
+            This frame with ``name`` (``pl.UInt32``): null where the vector is null
+            or cannot match (all zeros).
+
+        Examples
+        --------
+        >>> import polars as pl
+        >>> import polars_embed
+        >>> df = pl.DataFrame(
+        ...     {"vec": [[1.0, 0.0], [0.0, 1.0], [0.99, 0.05], None, [0.05, 1.0]]},
+        ...     schema={"vec": pl.Array(pl.Float32, 2)},
+        ... )
+        >>> df.embed.dedup(on="vec", threshold=0.95)["cluster_id"].to_list()
+        [0, 1, 0, None, 1]
+        """
+        _check_column(self._schema(), on)
+        _check_new_names(self._schema(), [name])
+        return self._run(Dedup.plan(on=on, threshold=threshold, k=k, normalized=normalized, name=name))
+
+    def match(
+        self,
+        other: pl.DataFrame | pl.LazyFrame,
+        *,
+        on: str | None = None,
+        left_on: str | None = None,
+        right_on: str | None = None,
+        threshold: float = 0.85,
+        k: int = 1,
+        normalized: bool | None = None,
+        suffix: str = "_right",
+        similarity: str = "similarity",
+    ) -> FrameT:
+        """Pair each row with the rows of ``other`` that are the same thing written otherwise.
+
+        The ``k`` nearest rows of ``other`` by cosine similarity (as :meth:`knn_join`
+        finds them) that reach ``threshold``: for entity matching, such as "MS Hex
+        Bolt M12 x 50" against "Mild Steel Hex Bolt M12x50". A row with no match
+        (or no vector) is left out.
+
+        Parameters
+        ----------
+        other
+            The frame to match against; a LazyFrame is collected when this runs.
+        on, left_on, right_on
+            The vector columns, as for :meth:`knn_join`.
+        threshold
+            The least cosine similarity of a pair, from -1 to 1.
+        k
+            Most matches per row, best first.
+        normalized, suffix
+            As for :meth:`knn_join`.
+        similarity
+            The name of the similarity column (``pl.Float32``).
+
+        Returns
+        -------
+        DataFrame or LazyFrame
+            One row per pair: this frame's columns, ``other``'s and the similarity.
+
+        Examples
+        --------
+        >>> import polars as pl
+        >>> import polars_embed
+        >>> embed = pl.col("name").embed.with_provider("hashing", dims=256)
+        >>> ours = pl.DataFrame({"name": ["hex bolt m12 x 50 steel", "rubber washer", None]})
+        >>> theirs = pl.DataFrame({"name": ["steel hex bolt m12 x 50", "copper pipe"]})
+        >>> ours, theirs = ours.with_columns(vec=embed), theirs.with_columns(vec=embed)
+        >>> ours.embed.match(theirs, on="vec", threshold=0.5).select("name", "name_right")
+        shape: (1, 2)
+        ┌─────────────────────────┬─────────────────────────┐
+        │ name                    ┆ name_right              │
+        │ ---                     ┆ ---                     │
+        │ str                     ┆ str                     │
+        ╞═════════════════════════╪═════════════════════════╡
+        │ hex bolt m12 x 50 steel ┆ steel hex bolt m12 x 50 │
+        └─────────────────────────┴─────────────────────────┘
+        """
+        least = check_threshold(threshold)
+        pairs = self.knn_join(
+            other,
+            on=on,
+            left_on=left_on,
+            right_on=right_on,
+            k=k,
+            metric="cosine",
+            normalized=normalized,
+            suffix=suffix,
+            score=similarity,
+        )
+        return pairs.filter(pl.col(similarity) >= least)
+
+    def search_chunks(
+        self,
+        query: QueryLike,
+        *,
+        by: str,
+        on: str = "vec",
+        k: int = 10,
+        query_index: str = "query_index",
+        **search: Any,
+    ) -> FrameT:
+        """The ``k`` documents whose best chunk best matches a query: each once, with that chunk.
+
+        For a frame of chunks, one row per chunk (such as
+        ``df.with_columns(chunk=pl.col("body").embed.chunks(...)).explode("chunk").unnest("chunk")``
+        with the chunks' vectors): rows of one document share ``by``. This is
+        :meth:`search` asked for more rows until ``k`` distinct documents are among
+        them, keeping each document's best row.
+
+        Parameters
+        ----------
+        query, on, k, query_index
+            As for :meth:`search`; ``k`` counts documents.
+        by
+            The column that says which document a row (chunk) is of.
+        **search
+            Any other option of :meth:`search` (``provider=``, ``score=``, ...).
+
+        Returns
+        -------
+        DataFrame or LazyFrame
+            The best row (chunk) of each of the ``k`` best documents, best first, with
+            the score column; for a batch of queries, ``k`` per query.
+
+        Examples
+        --------
+        >>> import polars as pl
+        >>> import polars_embed
+        >>> docs = pl.DataFrame({"id": [1, 2], "body": ["cats purr. dogs bark. cats nap.", "stocks fell"]})
+        >>> chunks = docs.with_columns(chunk=pl.col("body").embed.chunks(max_tokens=5))
+        >>> chunks = chunks.explode("chunk").unnest("chunk")
+        >>> chunks = chunks.with_columns(vec=pl.col("text").embed.with_provider("hashing", dims=64))
+        >>> chunks.embed.search_chunks("cats nap", by="id", k=2).select("id", "text", "start", "end")
+        shape: (2, 4)
+        ┌─────┬─────────────┬───────┬─────┐
+        │ id  ┆ text        ┆ start ┆ end │
+        │ --- ┆ ---         ┆ ---   ┆ --- │
+        │ i64 ┆ str         ┆ u32   ┆ u32 │
+        ╞═════╪═════════════╪═══════╪═════╡
+        │ 1   ┆ cats nap.   ┆ 22    ┆ 31  │
+        │ 2   ┆ stocks fell ┆ 0     ┆ 11  │
+        └─────┴─────────────┴───────┴─────┘
+        """
+        schema = self._schema()
+        if by not in schema:
+            raise ColumnNotFoundError(
+                f"no column {by!r} says which document a chunk is of: "
+                f"pass by= one of {', '.join(map(repr, schema))}"
+            )
+        k = check_k(k)
+        if isinstance(self._frame, pl.LazyFrame):
+            shape = self._frame.embed.search(query, on=on, k=k, query_index=query_index, **search)
+            return self._frame.map_batches(
+                lambda frame: frame.embed.search_chunks(
+                    query, by=by, on=on, k=k, query_index=query_index, **search
+                ),
+                schema=shape.collect_schema(),
+            )
+        depth = k * 4  # documents usually have several chunks
+        while True:
+            depth = min(depth, max(self._frame.height, 1))
+            hits = self.search(query, on=on, k=depth, query_index=query_index, **search)
+            batch = query_index in hits.columns and query_index not in schema
+            best = hits.unique([query_index, by] if batch else [by], keep="first", maintain_order=True)
+            if batch:
+                best = best.group_by(query_index, maintain_order=True).head(k)
+                found = best.group_by(query_index).len()["len"].min() or 0
+            else:
+                best = best.head(k)
+                found = best.height
+            if found >= k or depth >= self._frame.height:
+                return best
+            depth *= 4
+
     def _schema(self) -> pl.Schema:
         raise NotImplementedError
 
-    def _run(self, plan: _Search | _KnnJoin) -> FrameT:
+    def _run(self, plan: _Search | _KnnJoin | Dedup) -> FrameT:
         raise NotImplementedError
 
 
@@ -522,7 +731,7 @@ class EmbedFrameNamespace(_EmbedNamespace[pl.DataFrame]):
     def _schema(self) -> pl.Schema:
         return self._frame.schema
 
-    def _run(self, plan: _Search | _KnnJoin) -> pl.DataFrame:
+    def _run(self, plan: _Search | _KnnJoin | Dedup) -> pl.DataFrame:
         return plan(self._frame)
 
 
@@ -533,7 +742,7 @@ class EmbedLazyFrameNamespace(_EmbedNamespace[pl.LazyFrame]):
     def _schema(self) -> pl.Schema:
         return self._frame.collect_schema()
 
-    def _run(self, plan: _Search | _KnnJoin) -> pl.LazyFrame:
+    def _run(self, plan: _Search | _KnnJoin | Dedup) -> pl.LazyFrame:
         # Not streamable: top-k needs every row before it can answer. No pushdown
         # either: a filter or slice after a search must not change what it searched.
         return self._frame.map_batches(plan, schema=plan.output_schema(self._schema()))
@@ -663,7 +872,7 @@ class _Search:
             self.on,
             k,
             self.metric,
-            _normalized(self.normalized, provider_of(frame[self.on])),
+            unit_length(self.normalized, provider_of(frame[self.on])),
             self.quantized,
         )
 
@@ -779,7 +988,7 @@ class _KnnJoin:
         check_same_width(queries, corpus)
         right_provider = provider_of(corpus)
         self.check_comparable(provider_of(queries), right_provider)
-        normalized = _normalized(self.normalized, right_provider)
+        normalized = unit_length(self.normalized, right_provider)
         # The left side is the queries, one array (a BLAS multiply rounds a score differently
         # with another number of queries); the right side is searched in its chunks.
         indices, scores = _search_frame(
@@ -920,10 +1129,3 @@ def _check_new_names(schema: pl.Schema, names: list[str]) -> None:
         raise DuplicateColumnError(
             f"the output would have two columns named {repeated!r}: pass another name (score= or suffix=)"
         )
-
-
-def _normalized(promised: bool | None, stored: Provider | None) -> bool:
-    """Whether cosine may skip the norms: as promised, else as the column's provider says."""
-    if promised is not None:
-        return promised
-    return stored is not None and stored.normalized

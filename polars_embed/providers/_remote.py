@@ -4,7 +4,9 @@ The engine retries :class:`~polars_embed.RetryableProviderError` and nothing els
 this module decides, once for every web API, which failures are worth retrying:
 answers 408, 409, 429 and 5xx, timeouts and dropped connections, waiting as long as the
 server's ``Retry-After`` asks. Any other failure ends the call at once with the
-service's own message; a refused key (401, 403) also says where to put a valid one.
+service's own message; a refused key (401, 403) also says where to put a valid one, and
+a refused input (400, 413, 422) is an :class:`~polars_embed.InputRefusedError`, which
+``on_error="null"`` narrows down to the texts at fault.
 The SDKs' own retries are off, so the two never multiply.
 """
 
@@ -25,6 +27,7 @@ from typing import Any, ClassVar, TypeVar
 from polars_embed.errors import (
     AuthenticationError,
     ConfigError,
+    InputRefusedError,
     PolarsEmbedError,
     ProviderError,
     RetryableProviderError,
@@ -44,6 +47,8 @@ log = logging.getLogger(__name__)
 
 RETRYABLE_STATUSES = frozenset({408, 409, 429})  # and every 5xx
 AUTHENTICATION_STATUSES = frozenset({401, 403})
+#: Answers that refuse what was sent (a text too long, content refused), not how or by whom.
+REFUSED_INPUT_STATUSES = frozenset({400, 413, 422})
 
 _T = TypeVar("_T")
 
@@ -193,6 +198,8 @@ class RemoteProvider(Provider):
             return RetryableProviderError(message, retry_after=retry_after_seconds(headers))
         if status in AUTHENTICATION_STATUSES:
             return AuthenticationError(f"{message}. The key was refused: {self._key_hint()}")
+        if status in REFUSED_INPUT_STATUSES:
+            return InputRefusedError(message)
         return ProviderError(message)
 
     def _no_answer(self, error: BaseException | None = None) -> RetryableProviderError:

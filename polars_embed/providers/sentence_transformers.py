@@ -213,6 +213,26 @@ class SentenceTransformersProvider(Provider):
             counts[i] = count
         return counts
 
+    def token_spans(self, texts: Sequence[str]) -> list[np.ndarray] | None:
+        """The model's own tokens, where its tokenizer gives character offsets (a fast one)."""
+        model, lock = self._loaded()
+        tokenizer = getattr(model, "tokenizer", None)
+        if not getattr(tokenizer, "is_fast", False):
+            return None
+        if not texts:
+            return []
+        with lock:
+            encoded = tokenizer(
+                list(texts),
+                add_special_tokens=False,
+                truncation=False,
+                max_length=sys.maxsize,
+                return_offsets_mapping=True,
+                return_attention_mask=False,
+                return_token_type_ids=False,
+            )
+        return [np.array(offsets, dtype=np.int64).reshape(-1, 2) for offsets in encoded["offset_mapping"]]
+
     def embed_batch(self, texts: list[Any], *, kind: Kind) -> np.ndarray:
         model, lock = self._loaded()
         images = bool(texts) and not isinstance(texts[0], str)  # the engine's decoded PIL images

@@ -28,7 +28,7 @@ from polars.io.plugins import register_io_source
 import duckdb_ext
 from duckdb_ext._catalog import Table as CatalogTable
 from duckdb_ext._catalog import quote_identifier, quote_literal, resolve_table
-from polars_embed.engine import embed_series
+from polars_embed.engine import OnError, embed_series
 from polars_embed.errors import (
     ConfigError,
     ConflictError,
@@ -388,7 +388,7 @@ class Table:
 
     # --- writes ----------------------------------------------------------------------------
 
-    def add(self, rows: RowsLike, *, progress: bool | None = None) -> int:
+    def add(self, rows: RowsLike, *, progress: bool | None = None, on_error: OnError = "raise") -> int:
         """Add new records, embedding each vector column's source; returns the records added.
 
         All of it is one transaction: when a record is invalid, an id exists
@@ -404,6 +404,11 @@ class Table:
             checked; null vectors are embedded.
         progress
             Show a progress bar while embedding.
+        on_error
+            ``"null"``: a record whose text the provider refuses (see
+            :func:`polars_embed.embed`) is written with a null vector, which
+            :meth:`fill` tries again, and listed in ``polars_embed.last_stats().failures``;
+            ``"raise"`` (the default) writes nothing.
 
         Raises
         ------
@@ -412,17 +417,17 @@ class Table:
         ConflictError
             Some ids are in the table already (use :meth:`upsert` to replace them).
         """
-        return self._write(rows, replace=False, progress=progress)
+        return self._write(rows, replace=False, progress=progress, on_error=on_error)
 
-    def upsert(self, rows: RowsLike, *, progress: bool | None = None) -> int:
+    def upsert(self, rows: RowsLike, *, progress: bool | None = None, on_error: OnError = "raise") -> int:
         """Add or replace records by id; returns the records added or changed.
 
         Only records that differ from the stored ones are written, and only
         vectors whose source text changed (or that are missing) are embedded:
         a record whose text is unchanged keeps its vector. One transaction, as
-        :meth:`add`.
+        :meth:`add`; ``on_error`` as for :meth:`add`.
         """
-        return self._write(rows, replace=True, progress=progress)
+        return self._write(rows, replace=True, progress=progress, on_error=on_error)
 
     def delete(
         self, ids: str | Sequence[str] | pl.Series | None = None, *, where: Filter | None = None
@@ -454,7 +459,7 @@ class Table:
         with self._database._registered(frame.to_frame() if isinstance(frame, pl.Series) else frame) as name:
             yield name
 
-    def _write(self, rows: RowsLike, *, replace: bool, progress: bool | None) -> int:
+    def _write(self, rows: RowsLike, *, replace: bool, progress: bool | None, on_error: OnError) -> int:
         self._database._check_writable(self.name)
         frame = prepare(rows, self._declaration, table=self.name)
         if frame.height == 0:
@@ -464,7 +469,7 @@ class Table:
             self._check_declaration()
             plan = self._plan(frame, replace=replace)  # row by row with the frame
             work = _where(frame.hstack(plan.drop(_ROW)), ~plan[_UNCHANGED])
-            work = self._embedded(work, progress)
+            work = self._embedded(work, progress, on_error)
             self._store(connection, work)
         log.info("%s %d records of %s", "upserted" if replace else "added", work.height, self.name)
         return work.height
@@ -547,14 +552,16 @@ class Table:
         column = f"{alias}.{self._sql(name)}"
         return f"json({column})::VARCHAR" if name == self._declaration.metadata else column
 
-    def _embedded(self, work: pl.DataFrame, progress: bool | None) -> pl.DataFrame:
+    def _embedded(self, work: pl.DataFrame, progress: bool | None, on_error: OnError) -> pl.DataFrame:
         """The rows to write, with every vector the plan says to embed embedded through the engine."""
         for i, column in enumerate(self._declaration.vectors):
             embed = work[_EMBED.format(i)]
             if not embed.any():
                 continue
             texts = null_where(work[column.source], ~embed.to_numpy())
-            vectors = embed_series(texts, self.provider(column.name), kind="document", progress=progress)
+            vectors = embed_series(
+                texts, self.provider(column.name), kind="document", progress=progress, on_error=on_error
+            )
             work = work.with_columns(work[column.name].zip_with(~embed, vectors.alias(column.name)))
         return work
 
@@ -788,13 +795,19 @@ class Table:
         self._declaration = new
 
     def fill(
-        self, column: str | None = None, *, batch_rows: int = 10_000, progress: bool | None = None
+        self,
+        column: str | None = None,
+        *,
+        batch_rows: int = 10_000,
+        progress: bool | None = None,
+        on_error: OnError = "raise",
     ) -> int:
         """Embed the records a vector column has no vector for yet, committing each batch as it lands.
 
         After :meth:`add_vector_column`, or to finish a fill that stopped: a rerun
         continues where the last one stopped (``duckdb_ext.embed_table`` does the
-        work). Without ``column``, every vector column is filled.
+        work). Without ``column``, every vector column is filled; ``on_error`` as for
+        :meth:`add`.
 
         Returns
         -------
@@ -815,6 +828,7 @@ class Table:
                         provider=self.provider(vectors.name),
                         batch_rows=batch_rows,
                         progress=progress,
+                        on_error=on_error,
                     )
         finally:
             # The batches committed one by one: a new generation says the kept vectors are old.
