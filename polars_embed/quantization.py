@@ -79,9 +79,10 @@ _FOLD_AFTER = 4
 # Corpus rows per block when making a twin: small enough that temporaries stay in cache.
 _QUANTIZE_BLOCK = 8192
 # Up to this many queries, numkong's int8 dot products do the int8 coarse pass: one
-# query took a fifth of a float32 matrix-vector product, and the cost grows with each
-# query, where the float32 multiply of the codes (about 3.5 matrix-vector products for
-# one query, as it converts every block) grows far more slowly.
+# query took about a fifth of a float32 matrix-vector product, and the cost grows with
+# each query, where the float32 multiply of the codes (3.5 to 5 matrix-vector products
+# for one query, as it converts every block) grows far more slowly. Chosen from those
+# two figures (benchmarks/README.md), not timed at the crossing.
 _INT8_KERNEL_QUERIES = 16
 
 
