@@ -12,13 +12,16 @@ divides each entry's time by it. Shrink the data for a smoke run with
 
 from __future__ import annotations
 
+import contextlib
 import os
+from unittest import mock
 
 import numpy as np
 import pytest
 
 from benchmarks.corpus import minilm_vectors
 from benchmarks.ratios import interleaved
+from polars_embed import quantization
 from polars_embed.kernels import l2_normalize, squared_norms, topk
 from polars_embed.quantization import quantize, quantized_topk, recall_at_k
 
@@ -187,15 +190,26 @@ def twins(corpus):
     return {kind: quantize(corpus, kind) for kind in ("int8", "binary")}
 
 
-def quantized_entry(benchmark, twins, corpus, kind, queries):
+def quantized_entry(benchmark, twins, corpus, kind, queries, kernels):
+    """Quantised search against exact ``topk``, on numkong's kernels or on numpy alone."""
+    if kernels == "numkong":
+        pytest.importorskip("numkong")
     twin = twins[kind]
     benchmark.extra_info["twin_bytes_over_float32"] = round(twin.nbytes / corpus.nbytes, 4)
-    found, _ = interleaved(
-        benchmark,
-        lambda: quantized_topk(queries, corpus, twin, K),
-        lambda: topk(queries, corpus, K, normalized=True),
-        rounds=ROUNDS,
-    )
+    with contextlib.ExitStack() as stack:
+        if kernels == "numpy":
+            stack.enter_context(mock.patch.object(quantization, "_numkong", return_value=None))
+        found, _ = interleaved(
+            benchmark,
+            lambda: quantized_topk(queries, corpus, twin, K),
+            lambda: topk(queries, corpus, K, normalized=True),
+            rounds=ROUNDS,
+        )
+    packed = twin._derived.get("numkong_bits")
+    if packed is not None:
+        # What the kernel reads: numkong's packed copy of the bits, made on the first search.
+        packed_bytes = sum(matrix.nbytes for matrix in packed)
+        benchmark.extra_info["packed_bytes_over_float32"] = round(packed_bytes / corpus.nbytes, 4)
     exact, _ = topk(queries, corpus, K, normalized=True)
     hits = sum(len(set(f) & set(e)) for f, e in zip(found.tolist(), exact.tolist(), strict=True))
     # Random Gaussian vectors are the worst case for quantisation: see the MiniLM group.
@@ -212,9 +226,10 @@ def test_quantized_single_exact(benchmark, queries, corpus):
 
 
 @QUANTIZED_SINGLE
+@pytest.mark.parametrize("kernels", ["numkong", "numpy"])
 @pytest.mark.parametrize("kind", ["int8", "binary"])
-def test_quantized_single(benchmark, twins, queries, corpus, kind):
-    quantized_entry(benchmark, twins, corpus, kind, queries[:1])
+def test_quantized_single(benchmark, twins, queries, corpus, kind, kernels):
+    quantized_entry(benchmark, twins, corpus, kind, queries[:1], kernels)
 
 
 @QUANTIZED_BATCH
@@ -223,9 +238,10 @@ def test_quantized_batch_exact(benchmark, queries, corpus):
 
 
 @QUANTIZED_BATCH
+@pytest.mark.parametrize("kernels", ["numkong", "numpy"])
 @pytest.mark.parametrize("kind", ["int8", "binary"])
-def test_quantized_batch(benchmark, twins, queries, corpus, kind):
-    quantized_entry(benchmark, twins, corpus, kind, queries)
+def test_quantized_batch(benchmark, twins, queries, corpus, kind, kernels):
+    quantized_entry(benchmark, twins, corpus, kind, queries, kernels)
 
 
 @pytest.fixture(scope="module")

@@ -748,15 +748,9 @@ def _merge_block(
     else:
         kept_keys, kept_indices = best_keys, best_indices
 
-    width = int(xp.max(counts))
-    slot = xp.arange(width, device=array_api_compat.device(keys))
-    present = slot[None, :] < counts[:, None]
-    picked = xp.take(positions, xp.reshape(xp.where(present, starts[:, None] + slot, 0), (-1,)))
-    n_candidates = kept_keys.shape[0]
-    columns = xp.reshape(picked % keys.shape[1], (n_candidates, width))
-    values = xp.reshape(xp.take(xp.reshape(keys, (-1,)), picked), (n_candidates, width))
-    all_keys = xp.concat([kept_keys, xp.where(present, values, -xp.inf)], axis=1)
-    all_indices = xp.concat([kept_indices, xp.where(present, columns + first_row, -1)], axis=1)
+    values, columns = _gather_candidates(xp, keys, positions, starts, counts)
+    all_keys = xp.concat([kept_keys, values], axis=1)
+    all_indices = xp.concat([kept_indices, xp.where(columns >= 0, columns + first_row, -1)], axis=1)
     # Stable, so equal keys keep their order: kept entries (lower row numbers, already
     # ordered) before candidates (in row-number order). Negating rather than asking for
     # descending order spares the flips that array_api_compat adds for numpy.
@@ -820,6 +814,24 @@ def _candidates(
     row_numbers = xp.arange(keys.shape[0] + 1, device=array_api_compat.device(keys))
     bounds = xp.searchsorted(positions // keys.shape[1], row_numbers)
     return positions, bounds[:-1], bounds[1:] - bounds[:-1]
+
+
+def _gather_candidates(
+    xp: Namespace, keys: Array, positions: Array, starts: Array, counts: Array
+) -> tuple[Array, Array]:
+    """The candidates :func:`_candidates` found, one row per entry of ``starts``: (keys, columns).
+
+    Rows are padded to the longest with key -inf and column -1; columns stay
+    in order within each row.
+    """
+    width = int(xp.max(counts))
+    slot = xp.arange(width, device=array_api_compat.device(keys))
+    present = slot[None, :] < counts[:, None]
+    picked = xp.take(positions, xp.reshape(xp.where(present, starts[:, None] + slot, 0), (-1,)))
+    n_rows = counts.shape[0]
+    columns = xp.reshape(picked % keys.shape[1], (n_rows, width))
+    values = xp.reshape(xp.take(xp.reshape(keys, (-1,)), picked), (n_rows, width))
+    return xp.where(present, values, -xp.inf), xp.where(present, columns, -1)
 
 
 def _cut_threshold(xp: Namespace, keys: Array, crowded: Array, k: int) -> Array:

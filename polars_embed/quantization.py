@@ -9,6 +9,16 @@ A twin (:func:`quantize`) holds one of two codes per corpus row:
   64 to a word; a thirty-second of the float32 bytes. The coarse score is the
   Hamming distance to the query's bits, counted with popcount.
 
+The coarse pass runs in numpy, on one thread per core. Where numkong is
+installed (``polars-embed[quantized]``, optional), its SIMD kernels take over
+the parts numpy does slowly: the Hamming distances of every query (over a
+packed copy of the bits, made on the first search and kept with the twin), and
+the int8 dot products of a few queries (numpy has no int8 matrix product). For
+many int8 queries the coarse pass stays a float32 BLAS multiply of the codes:
+on CPUs without int8 dot-product instructions (AVX-512 VNNI), no int8 kernel
+measured faster than it, so int8 then saves memory, not time
+(benchmarks/README.md).
+
 :func:`quantized_topk` ranks every row by the coarse score, keeps
 ``oversample * k`` candidates per query, and rescores those exactly, by cosine
 similarity on their float32 vectors: the scores returned are exact, only the
@@ -20,11 +30,13 @@ Only cosine similarity is offered: both codes describe directions.
 
 from __future__ import annotations
 
+import functools
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
-from typing import Literal, get_args
+from dataclasses import dataclass, field
+from types import ModuleType
+from typing import Any, Literal, get_args
 
 import array_api_compat
 
@@ -36,9 +48,10 @@ from polars_embed.kernels import (
     Corpus,
     _as_float32,
     _blocks,
+    _candidates,
     _chunks,
     _corpus_chunks,
-    _merge_block,
+    _gather_candidates,
     _rank,
     _searchable,
     _squared_norms,
@@ -58,8 +71,19 @@ _KINDS: tuple[str, ...] = get_args(Quantization)
 DEFAULT_OVERSAMPLE: dict[str, int] = {"int8": 4, "binary": 200}
 # Corpus rows per block of the Hamming pass: its temporaries stay in the caches.
 _HAMMING_BLOCK = 16384
+# Corpus rows per call of a numkong kernel (and per packed matrix of bits).
+_KERNEL_BLOCK = 8192
+# The coarse pass sorts its waiting candidates into each query's best list once they
+# number this many times the list's length.
+_FOLD_AFTER = 4
 # Corpus rows per block when making a twin: small enough that temporaries stay in cache.
 _QUANTIZE_BLOCK = 8192
+# Up to this many queries, numkong's int8 dot products do the int8 coarse pass: one
+# query took about a fifth of a float32 matrix-vector product, and the cost grows with
+# each query, where the float32 multiply of the codes (3.5 to 5 matrix-vector products
+# for one query, as it converts every block) grows far more slowly. Chosen from those
+# two figures (benchmarks/README.md), not timed at the crossing.
+_INT8_KERNEL_QUERIES = 16
 
 
 @dataclass(frozen=True, eq=False)
@@ -78,10 +102,16 @@ class QuantizedVectors:
     center: Array | None
     searchable: Array
     width: int
+    # What an optional kernel library made from the codes on first use (packed bits).
+    _derived: dict[str, Any] = field(default_factory=dict, init=False, repr=False)
 
     @property
     def n_rows(self) -> int:
         return self.searchable.shape[0]
+
+    def __getstate__(self) -> dict[str, Any]:
+        # What a kernel library derived (it may not pickle) is made again after unpickling.
+        return {**self.__dict__, "_derived": {}}
 
     @property
     def nbytes(self) -> int:
@@ -204,13 +234,7 @@ def quantized_topk(
         if candidates == 0:
             rows = xp.full((queries.shape[0], 0), -1, dtype=xp.int64, device=_device(queries))
         elif quantized.kind == "int8":
-            rows, _ = topk(
-                unit * quantized.scales,
-                quantized.codes,
-                candidates,
-                metric="dot",
-                valid=quantized.searchable,
-            )
+            rows = _int8_topk(xp, unit * quantized.scales, quantized, candidates)
         else:
             rows = _hamming_topk(xp, unit, quantized, candidates)
         rows = xp.where(usable[:, None], rows, -1)
@@ -286,52 +310,191 @@ def recall_at_k(
     return hits / total if total else 1.0
 
 
-def _hamming_topk(xp: Namespace, unit: Array, quantized: QuantizedVectors, candidates: int) -> Array:
-    """Each query's ``candidates`` rows of least Hamming distance, ties to the lower row.
+def _numkong() -> ModuleType | None:
+    """numkong, the optional SIMD kernels of the coarse pass, or None where it is not installed."""
+    try:
+        import numkong
+    except ImportError:
+        return None
+    return numkong
 
-    The corpus is split into one range of rows per core, each ranked on its
-    own thread (numpy's bitwise passes release the GIL), and the ranges'
-    lists merge by :func:`topk_merge`.
+
+def _kernels(xp: Namespace) -> ModuleType | None:
+    """numkong for numpy arrays where it is installed; None for the plain array path."""
+    return _numkong() if array_api_compat.is_numpy_namespace(xp) else None
+
+
+def _int8_topk(xp: Namespace, scaled: Array, quantized: QuantizedVectors, candidates: int) -> Array:
+    """Each query's ``candidates`` rows of largest dot product of ``scaled`` with the int8 codes.
+
+    A few queries go to numkong's int8 kernels, quantised to int8 themselves
+    (each by its own largest value, which leaves its ranking unchanged). More
+    queries, or no numkong, run the float32 BLAS multiply of :func:`topk`,
+    which converts the codes block by block.
     """
+    nk = _kernels(xp)
+    if nk is None or scaled.shape[0] > _INT8_KERNEL_QUERIES:
+        rows, _ = topk(scaled, quantized.codes, candidates, metric="dot", valid=quantized.searchable)
+        return rows
+    import numpy
+
+    largest = numpy.max(numpy.abs(scaled), axis=1, keepdims=True)
+    query_codes = numpy.round(scaled * (127 / numpy.where(largest > 0, largest, 1.0))).astype(numpy.int8)
+
+    def dot_products(rows: slice, scratch: dict[str, Array]) -> Array:
+        return numpy.asarray(nk.cdist(query_codes, quantized.codes[rows], "dot"), dtype=numpy.float32)
+
+    return _coarse_topk(xp, dot_products, query_codes.shape[0], quantized, candidates, _KERNEL_BLOCK)
+
+
+def _hamming_topk(xp: Namespace, unit: Array, quantized: QuantizedVectors, candidates: int) -> Array:
+    """Each query's ``candidates`` rows of least Hamming distance, ties to the lower row."""
     query_words = _xp.pack_bits(xp, (unit - quantized.center) > 0)
+    n_queries, n_words = query_words.shape
+    nk = _kernels(xp)
+    if nk is not None:
+        import numpy
+
+        packed = _packed_bits(nk, quantized)
+        query_bytes = numpy.ascontiguousarray(query_words).view(numpy.uint8)
+        # A block's distances are (queries, block) uint32: a query chunk keeps them in budget.
+        query_chunk = max(1, _SCORE_BLOCK_ELEMENTS // _KERNEL_BLOCK)
+
+        def distances(rows: slice, scratch: dict[str, Array], queries: slice) -> Array:
+            # Each thread writes every block into the same two buffers: fresh ones would
+            # cost page faults as large as the work, block after block.
+            shape = (queries.stop - queries.start, rows.stop - rows.start)
+            if scratch.get("keys", numpy.empty(0)).shape != shape:
+                scratch["found"] = nk.empty(shape, dtype="uint32")
+                scratch["keys"] = numpy.empty(shape, dtype=numpy.float32)
+            block = packed[rows.start // _KERNEL_BLOCK]
+            nk.hammings_packed(query_bytes[queries], block, out=scratch["found"])
+            return numpy.negative(numpy.asarray(scratch["found"]), out=scratch["keys"], dtype=numpy.float32)
+
+        chunks = [
+            _coarse_topk(
+                xp,
+                functools.partial(distances, queries=chunk),
+                chunk.stop - chunk.start,
+                quantized,
+                candidates,
+                _KERNEL_BLOCK,
+            )
+            for chunk in _chunks(n_queries, query_chunk)
+        ]
+        return xp.concat(chunks, axis=0) if len(chunks) > 1 else chunks[0]
+
+    def negated_distances(rows: slice, scratch: dict[str, Array]) -> Array:
+        distance = xp.zeros((n_queries, rows.stop - rows.start), dtype=xp.uint16, device=_device(unit))
+        for word in range(n_words):
+            different = quantized.codes[word, rows][None, :] ^ query_words[:, word, None]
+            distance += xp.astype(_xp.bitwise_count(xp, different), xp.uint16)
+        return -xp.astype(distance, xp.float32)
+
+    block_rows = max(1, min(_HAMMING_BLOCK, _SCORE_BLOCK_ELEMENTS // max(n_queries, 1)))
+    return _coarse_topk(xp, negated_distances, n_queries, quantized, candidates, block_rows)
+
+
+def _packed_bits(nk: ModuleType, quantized: QuantizedVectors) -> list[Any]:
+    """The sign bits in numkong's packed layout, one matrix per block of rows, made once per twin."""
+    packed = quantized._derived.get("numkong_bits")
+    if packed is None:
+        import numpy
+
+        codes = numpy.asarray(quantized.codes)
+        packed = [
+            nk.hammings_pack(numpy.ascontiguousarray(codes[:, rows].T).view(numpy.uint8), dtype="uint1")
+            for rows in _chunks(quantized.n_rows, _KERNEL_BLOCK)
+        ]
+        quantized._derived["numkong_bits"] = packed
+    return packed
+
+
+def _coarse_topk(
+    xp: Namespace,
+    keys_of: Callable[[slice, dict[str, Array]], Array],
+    n_queries: int,
+    quantized: QuantizedVectors,
+    candidates: int,
+    block_rows: int,
+) -> Array:
+    """Each query's ``candidates`` rows of largest coarse key, ties to the lower row.
+
+    ``keys_of(rows, scratch)`` gives the ``(queries, rows)`` keys of a block
+    of ``block_rows`` rows (fewer at the end); blocks start at multiples of
+    ``block_rows``, and ``scratch`` is a dict of its own per thread, where it
+    may keep buffers it reuses from block to block. The corpus is split into one range of blocks per core,
+    each ranked on its own thread (numpy and numkong release the GIL), and
+    the ranges' lists merge by :func:`topk_merge`.
+    """
     n_rows = quantized.n_rows
     n_parts = _threads(xp) if n_rows >= 4 * _HAMMING_BLOCK else 1
-    parts = _chunks(n_rows, -(-n_rows // n_parts))
+    n_blocks = -(-n_rows // block_rows)
+    blocks_per_part = -(-n_blocks // n_parts)
+    parts = _chunks(n_rows, blocks_per_part * block_rows)
+    device = _device(quantized.searchable)
 
     def rank(part: slice) -> tuple[Array, Array]:
-        return _hamming_range(xp, query_words, quantized, part, candidates)
+        best_keys = xp.full((n_queries, candidates), -xp.inf, dtype=xp.float32, device=device)
+        best_rows = xp.full((n_queries, candidates), -1, dtype=xp.int64, device=device)
+        # Candidates wait here and are folded into the best lists only once they are a few
+        # times as many as the lists are long: one sort of (k + few) per block would cost
+        # more than the distances when k is in the thousands. Until then a block is
+        # compared with an older k-th best, which only lets a few more candidates wait.
+        waiting_keys: list[Array] = []
+        waiting_rows: list[Array] = []
+
+        def fold() -> None:
+            nonlocal best_keys, best_rows
+            if not waiting_keys:
+                return
+            all_keys = xp.concat([best_keys, *waiting_keys], axis=1)
+            all_rows = xp.concat([best_rows, *waiting_rows], axis=1)
+            waiting_keys.clear()
+            waiting_rows.clear()
+            # A partition first cuts each query's entries to its best (and the ties with
+            # the last of them), so that only those are sorted.
+            nothing = xp.full((n_queries,), -xp.inf, dtype=xp.float32, device=device)
+            found = _candidates(xp, all_keys, nothing, candidates, None, "dot")
+            if found is None:
+                return
+            keys, columns = _gather_candidates(xp, all_keys, *found)
+            rows = xp.take_along_axis(all_rows, xp.maximum(columns, 0), axis=1)
+            short = candidates - keys.shape[1]
+            if short > 0:
+                keys = xp.concat([keys, xp.full((n_queries, short), -xp.inf, dtype=keys.dtype)], axis=1)
+                rows = xp.concat([rows, xp.full((n_queries, short), -1, dtype=rows.dtype)], axis=1)
+                columns = xp.concat([columns, xp.full((n_queries, short), -1, dtype=columns.dtype)], axis=1)
+            best_rows, best_keys = _rank(xp, xp.where(columns >= 0, rows, -1), keys, candidates)
+
+        scratch: dict[str, Array] = {}
+        with _xp.float_errors_ignored():
+            for block in _chunks(part.stop - part.start, block_rows):
+                rows = slice(part.start + block.start, part.start + block.stop)
+                if rows.stop <= rows.start:
+                    continue
+                keys = keys_of(rows, scratch)
+                searchable = quantized.searchable[rows]
+                if not bool(xp.all(searchable)):
+                    keys = xp.where(searchable, keys, -xp.inf)
+                found = _candidates(xp, keys, best_keys[:, candidates - 1], candidates, None, "dot")
+                if found is None:
+                    continue
+                values, columns = _gather_candidates(xp, keys, *found)
+                waiting_keys.append(values)
+                waiting_rows.append(xp.where(columns >= 0, columns + rows.start, -1))
+                if sum(waiting.shape[1] for waiting in waiting_keys) >= _FOLD_AFTER * candidates:
+                    fold()
+            fold()
+        return best_rows, best_keys
 
     if len(parts) == 1:
         results = [rank(parts[0])]
     else:
-        with ThreadPoolExecutor(len(parts), thread_name_prefix="polars-embed-hamming") as pool:
+        with ThreadPoolExecutor(len(parts), thread_name_prefix="polars-embed-coarse") as pool:
             results = list(pool.map(rank, parts))
-    rows, _ = topk_merge([r for r, _ in results], [-d for _, d in results], candidates, metric="dot")
+    rows, _ = topk_merge([r for r, _ in results], [k for _, k in results], candidates, metric="dot")
     return rows
-
-
-def _hamming_range(
-    xp: Namespace, query_words: Array, quantized: QuantizedVectors, part: slice, candidates: int
-) -> tuple[Array, Array]:
-    """Best ``candidates`` rows of one row range by Hamming distance: (rows, distances)."""
-    device = _device(query_words)
-    n_queries, n_words = query_words.shape
-    block_rows = max(1, min(_HAMMING_BLOCK, _SCORE_BLOCK_ELEMENTS // max(n_queries, 1)))
-    best_keys = xp.full((n_queries, candidates), -xp.inf, dtype=xp.float32, device=device)
-    best_rows = xp.full((n_queries, candidates), -1, dtype=xp.int64, device=device)
-    with _xp.float_errors_ignored():
-        for block in _chunks(part.stop - part.start, block_rows):
-            rows = slice(part.start + block.start, part.start + block.stop)
-            if rows.stop <= rows.start:
-                continue
-            distance = xp.zeros((n_queries, rows.stop - rows.start), dtype=xp.uint16, device=device)
-            for word in range(n_words):
-                different = quantized.codes[word, rows][None, :] ^ query_words[:, word, None]
-                distance += xp.astype(_xp.bitwise_count(xp, different), xp.uint16)
-            keys = -xp.astype(distance, xp.float32)
-            keys = xp.where(quantized.searchable[rows], keys, -xp.inf)
-            best_keys, best_rows = _merge_block(xp, keys, rows.start, best_keys, best_rows, None, "dot")
-    return best_rows, -best_keys
 
 
 def _rescore(xp: Namespace, unit: Array, chunks: list[Array], rows: Array, k: int) -> tuple[Array, Array]:

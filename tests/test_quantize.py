@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pickle
+from collections.abc import Iterator
 from unittest import mock
 
 import numpy as np
@@ -14,6 +16,17 @@ from polars_embed.kernels import pairwise_scores, topk
 from polars_embed.quantization import quantize, quantized_topk, recall_at_k
 
 KINDS = ("int8", "binary")
+
+
+@pytest.fixture(autouse=True, params=["numpy", "numkong"])
+def coarse_kernels(request: pytest.FixtureRequest) -> Iterator[str]:
+    """Every test runs on the plain numpy coarse pass and on numkong's kernels (the optional extra)."""
+    if request.param == "numkong":
+        pytest.importorskip("numkong")
+        yield request.param
+        return
+    with mock.patch.object(quantize_module, "_numkong", return_value=None):
+        yield request.param
 
 
 def clustered(rows: int, dims: int, seed: int = 0) -> np.ndarray:
@@ -91,6 +104,58 @@ def test_the_coarse_pass_runs_on_several_threads_with_the_same_result() -> None:
     with mock.patch.object(quantize_module, "_threads", return_value=3):
         three = quantized_topk(queries, corpus, twin, 10)
     np.testing.assert_array_equal(one[0], three[0])
+
+
+def brute_force_candidates(twin: quantize_module.QuantizedVectors, queries: np.ndarray, count: int):
+    """Each query's ``count`` rows of least Hamming distance, ties to the lower row, bit by bit."""
+    unit = queries / np.linalg.norm(queries, axis=1, keepdims=True)
+    query_bits = np.unpackbits(
+        quantize_module._xp.pack_bits(np, (unit - twin.center) > 0).view(np.uint8), axis=1
+    )
+    corpus_bits = np.unpackbits(np.ascontiguousarray(twin.codes.T).view(np.uint8), axis=1)
+    distance = (query_bits[:, None, :] != corpus_bits[None, :, :]).sum(axis=2)
+    distance = np.where(twin.searchable, distance, np.iinfo(np.int64).max)
+    return np.argsort(distance, axis=1, kind="stable")[:, :count]
+
+
+@pytest.mark.parametrize(("rows", "n_queries", "count"), [(3000, 3, 50), (70_000, 2, 700), (5000, 40, 1)])
+def test_the_binary_coarse_pass_keeps_the_rows_of_least_hamming_distance(rows, n_queries, count) -> None:
+    # Many rows tie at each distance: the lower row must win, across blocks and threads.
+    corpus = clustered(rows, 24)
+    corpus[5] = 0  # never a candidate
+    twin = quantize(corpus, "binary")
+    queries = clustered(n_queries, 24, seed=6)
+    unit = queries / np.linalg.norm(queries, axis=1, keepdims=True)
+    with mock.patch.object(quantize_module, "_threads", return_value=3):
+        found = quantize_module._hamming_topk(np, unit, twin, count)
+    np.testing.assert_array_equal(found, brute_force_candidates(twin, queries, count))
+
+
+@pytest.mark.parametrize("n_queries", [1, 5, quantize_module._INT8_KERNEL_QUERIES + 1])
+def test_int8_finds_the_exact_results_for_few_and_many_queries(n_queries: int) -> None:
+    # Few queries take numkong's int8 kernel where it is installed, many the float32 multiply.
+    corpus = clustered(20_000, 64)
+    twin = quantize(corpus, "int8")
+    noise = np.random.default_rng(7).standard_normal((n_queries, 64), dtype=np.float32)
+    queries = corpus[:: 20_000 // n_queries][:n_queries] + 0.3 * noise
+    assert recall_at_k(corpus, twin, queries=queries, k=10) >= 0.99
+
+
+def test_without_numkong_the_numpy_pass_runs() -> None:
+    with mock.patch.dict("sys.modules", {"numkong": None}):  # what a missing package looks like
+        assert quantize_module._numkong() is None
+        corpus = clustered(3000, 32)
+        found, _ = quantized_topk(corpus[:2], corpus, quantize(corpus, "binary"), k=1)
+    np.testing.assert_array_equal(found, [[0], [1]])
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_searched_twin_pickles_and_searches_the_same(kind: str) -> None:
+    corpus = clustered(4000, 32)
+    twin = quantize(corpus, kind)
+    before = quantized_topk(corpus[:3], corpus, twin, 5)[0]  # may leave packed bits with the twin
+    again = pickle.loads(pickle.dumps(twin))
+    np.testing.assert_array_equal(quantized_topk(corpus[:3], corpus, again, 5)[0], before)
 
 
 def test_bad_arguments() -> None:
