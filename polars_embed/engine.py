@@ -907,7 +907,8 @@ def _run_batches(
     futures: dict[Future[Any], list[int]] = {}
     stored: set[Future[Any]] = set()
     try:
-        futures = {pool.submit(request, batch): batch for batch in batches}
+        for batch in batches:  # one at a time: a Ctrl-C among the submissions keeps those made
+            futures[pool.submit(request, batch)] = batch
         for future in as_completed(futures):
             try:
                 store(futures[future], future.result())

@@ -15,6 +15,7 @@ import pyarrow as pa
 import pytest
 
 import polars_embed
+import polars_embed.engine as engine_module
 from polars_embed import (
     ConfigError,
     EmbeddingIncompleteError,
@@ -425,3 +426,33 @@ class TestJobs:
             widths = list(pool.map(lambda _: width_of(provider), range(4)))
             list(pool.map(lambda i: polars_embed.embed([f"t{i}"], provider), range(4)))
         assert widths == [8] * 4 and provider.recorder.most_in_flight == 1
+
+
+def test_a_ctrl_c_among_the_submissions_keeps_the_answers_of_those_already_sent(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Requests already sent are paid for: their answers must reach ``store`` (and so the
+    # cache) even when Ctrl-C lands before the last batch is submitted.
+    sent = threading.Semaphore(0)
+
+    class InterruptedPool(ThreadPoolExecutor):
+        submitted = 0
+
+        def submit(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+            if self.submitted == 2:
+                assert sent.acquire(timeout=30) and sent.acquire(timeout=30)  # both on the wire
+                raise KeyboardInterrupt
+            self.submitted += 1
+            return super().submit(*args, **kwargs)
+
+    def request(batch: list[int]) -> int:
+        sent.release()
+        return batch[0] * 10
+
+    stored: list[int] = []
+    monkeypatch.setattr(engine_module, "ThreadPoolExecutor", InterruptedPool)
+    with pytest.raises(KeyboardInterrupt):
+        engine_module._run_batches(
+            [[0], [1], [2], [3]], request, lambda batch, answer: stored.append(answer), concurrency=4
+        )
+    assert sorted(stored) == [0, 10]
