@@ -196,10 +196,14 @@ def keyword_ranking(
         params=[query],
     ).fetchall()
     wanted = ", ".join(str(int(term)) for term, _ in terms) or "NULL"
-    idf = f"CASE termid {' '.join(f'WHEN {int(term)} THEN {float(idf)!r}' for term, idf in terms)} END"
+    idf_of_term = (
+        f"CASE termid {' '.join(f'WHEN {int(term)} THEN {float(idf)!r}' for term, idf in terms)} END"
+        if terms
+        else "0"  # no term of the query is in the index: nothing matches
+    )
     found = con.sql(
         f"""SELECT docs.name AS row_id, scored.score FROM (
-            SELECT docid, sum({idf if terms else 0} * weight) AS score FROM {schema}.weights
+            SELECT docid, sum({idf_of_term} * weight) AS score FROM {schema}.weights
             WHERE termid IN ({wanted}) GROUP BY docid) AS scored
         JOIN {schema}.docs AS docs ON scored.docid = docs.docid {kept}
         WHERE scored.score > 0 ORDER BY scored.score DESC, docs.name LIMIT {int(depth)}"""

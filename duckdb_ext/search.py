@@ -229,14 +229,15 @@ def search(
         raise InvalidInputError(
             "the query vector must be finite and not all zeros: cosine similarity needs a direction"
         )
+    if ranking is None and not exact:
+        indexed = _indexed_search(con, target, vectors, query_vector, k, where)
+        if indexed is not None:
+            return indexed
+    # Only an exact ranking asks whether the norms are needed (an index search never does).
     unit = unit_length(normalized, stored or _recorded_provider(vectors))
     if ranking is not None:
         assert isinstance(query, str) and texts is not None
         return _ranked_search(con, target, vectors, texts, query, query_vector, k, where, ranking, unit)
-    if not exact:
-        indexed = _indexed_search(con, target, vectors, query_vector, k, where)
-        if indexed is not None:
-            return indexed
     return _exact_search(con, target, vectors, query_vector, k, where, unit)
 
 
