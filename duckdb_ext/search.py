@@ -9,10 +9,10 @@ Two paths give the same kind of answer, a relation of the table's rows plus a
   search asks the index for more rows than ``k`` (as many as the filter's
   selectivity says are needed, twice over, growing if that was not enough) and
   keeps the first ``k`` that pass the filter.
-- **Exact**, otherwise: DuckDB computes every row's dot product with the
-  query and its squared norm; those stream out as Arrow record batches, and
-  the best rows are kept by the rule of :func:`polars_embed.topk` (zero and
-  non-finite vectors never match, ties go to the lower row id). It is also where a
+- **Exact**, otherwise: DuckDB scores every row (its dot product with the
+  query, over its norm) and keeps the best by the rule of
+  :func:`polars_embed.topk` (zero and non-finite vectors never match, ties go
+  to the lower row id). It is also where a
   filtered search goes when the filter is so selective that the index would
   have to return more than a quarter of the rows the exact search would score.
 
@@ -76,7 +76,7 @@ _FETCH_MARGIN = 2
 _FETCH_GROWTH = 4
 _MAX_FETCH_SHARE = 0.25
 _RECOGNITION_SAMPLE = 16
-# Rows per Arrow record batch of an exact search (row id, dot product, squared norm).
+# Rows per Arrow record batch when the vectors themselves are ranked (some hold a NULL).
 _BATCH_ROWS = 65536
 
 
@@ -479,59 +479,48 @@ def _exact_topk(
 ) -> tuple[np.ndarray, np.ndarray]:
     """The row ids and cosine scores of the ``k`` best rows (``restart``: see :func:`_one_snapshot`).
 
-    DuckDB computes each row's dot product with the unit query and, unless the
-    vectors have ``unit`` length, its squared norm, on its own threads; only those
-    numbers per row leave it, as Arrow record batches (zero-copy views, no Python
-    object per row): exporting the vectors themselves cost 20 times numpy's search
-    of them. Rows whose squared norm (where it is computed) is zero or not finite
-    are never returned, as in :func:`polars_embed.topk`;
-    each batch's best rows and the merge follow :func:`polars_embed.topk_merge`'s
-    rule, so ties go to the lower row id.
+    DuckDB ranks the rows itself, on its own threads: each row's dot product with
+    the unit query, divided by the row's norm unless the vectors have ``unit``
+    length, and a top-``k`` ordered by score, then row id, so that ties go to the
+    lower row id as in :func:`polars_embed.topk`; only those ``k`` rows leave it.
+    Rows whose squared norm (where it is computed) is zero or not finite, or
+    whose score is not finite, never match, as in :func:`polars_embed.topk`.
+    Streaming every row's score to numpy instead took up to 1.6 times as long,
+    and exporting the vectors themselves 15 times numpy's search of them
+    (benchmarks/README.md).
     """
     condition = f" AND (\n{where}\n)" if where else ""
     source = f"FROM {table.sql} AS {quote_identifier(table.name)} WHERE {vectors.sql} IS NOT NULL{condition}"
-    unit_query = vector_literal(query / np.linalg.norm(query))
-    found_rows, found_scores = [np.zeros((1, 0), dtype=np.int64)], [np.zeros((1, 0), dtype=np.float32)]
+    dot = f"array_inner_product({vectors.sql}, {vector_literal(query / np.linalg.norm(query))})"
+    if unit:
+        usable, score, squared = "isfinite(dot)", "dot", ""
+    else:
+        usable = "isfinite(dot) AND isfinite(squared) AND squared > 0"
+        score = "(dot / sqrt(squared))::FLOAT"
+        squared = f", array_inner_product({vectors.sql}, {vectors.sql}) AS squared"
+    # A row that cannot match scores NULL, which sorts last: a filter on the score would
+    # be pushed down to the scan and compute every dot product twice (1.5 times the time).
+    scored = (
+        f"SELECT rowid, CASE WHEN {usable} THEN {score} END AS score "
+        f"FROM (SELECT rowid, {dot} AS dot{squared} {source})"
+    )
     try:
-        squared = "" if unit else f", array_inner_product({vectors.sql}, {vectors.sql}) AS squared"
-        reader = con.sql(
-            f"SELECT rowid, array_inner_product({vectors.sql}, {unit_query}) AS dot{squared} {source}"
-        ).to_arrow_reader(_BATCH_ROWS)
-        for batch in reader:
-            rows, scores = _best_of_batch(batch, k)
-            found_rows.append(rows[None, :])
-            found_scores.append(scores[None, :])
+        ranked = con.sql(
+            f"SELECT rowid, score FROM (SELECT rowid, score FROM ({scored}) "
+            f"ORDER BY score DESC NULLS LAST, rowid LIMIT {k}) WHERE score IS NOT NULL"
+        ).fetchnumpy()
+        return ranked["rowid"].astype(np.int64), ranked["score"].astype(np.float32)
     except duckdb.InvalidInputException as error:
         if "NULL" not in str(error):
             raise
-        # Some vector holds a NULL, which DuckDB's array functions refuse: rank the
-        # vectors themselves, where such a row is NaN and never matches (slower).
-        restart()
-        found_rows, found_scores = found_rows[:1], found_scores[:1]
-        for batch in con.sql(f"SELECT rowid, {vectors.sql} {source}").to_arrow_reader(_BATCH_ROWS):
-            values = batch.column(1).flatten().to_numpy(zero_copy_only=False).reshape(-1, vectors.width)
-            indices, scores = topk(query, values, k, normalized=unit)
-            found_rows.append(batch.column(0).to_numpy()[indices])
-            found_scores.append(scores)
+    # Some vector holds a NULL, which DuckDB's array functions refuse: rank the
+    # vectors themselves, where such a row is NaN and never matches (slower).
+    restart()
+    found_rows, found_scores = [np.zeros((1, 0), dtype=np.int64)], [np.zeros((1, 0), dtype=np.float32)]
+    for batch in con.sql(f"SELECT rowid, {vectors.sql} {source}").to_arrow_reader(_BATCH_ROWS):
+        values = batch.column(1).flatten().to_numpy(zero_copy_only=False).reshape(-1, vectors.width)
+        indices, scores = topk(query, values, k, normalized=unit)
+        found_rows.append(batch.column(0).to_numpy()[indices])
+        found_scores.append(scores)
     rows, scores = topk_merge(found_rows, found_scores, k)
     return rows[0], scores[0]
-
-
-def _best_of_batch(batch: pa.RecordBatch, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """The searchable rows of one batch that can be among its ``k`` best (ties kept), unordered:
-    with a ``squared`` norm column, by cosine; without, the dot products are the scores."""
-    row_ids, dot, *norms = (
-        column.to_numpy(zero_copy_only=False).astype(dtype, copy=False)
-        for column, dtype in zip(batch.columns, (np.int64, np.float32, np.float32), strict=False)
-    )
-    with np.errstate(all="ignore"):  # NULL (a vector holding NULL) arrives as NaN
-        searchable = np.isfinite(dot)
-        if norms:
-            (squared,) = norms
-            searchable &= np.isfinite(squared) & (squared > 0)
-            scores = np.where(searchable, dot / np.sqrt(np.where(searchable, squared, 1)), -np.inf)
-        else:
-            scores = np.where(searchable, dot, -np.inf)
-    if len(scores) > k:
-        searchable &= scores >= np.partition(scores, len(scores) - k)[len(scores) - k]
-    return row_ids[searchable], scores[searchable]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import itertools
 import json
 import logging
 import subprocess
@@ -268,24 +269,29 @@ class TestExactSearch:
         np.testing.assert_allclose(found["score"].to_numpy(), scores[0], rtol=1e-6)
         assert found.columns == ["id", "body", "vector", "score"]
 
-    def test_batches_give_the_kernels_answer_over_the_whole_table(
+    def test_ties_go_to_the_lower_row_as_in_the_kernel(
         self, con: duckdb.DuckDBPyConnection, monkeypatch: pytest.MonkeyPatch
     ) -> None:
-        # Small integers: exact scores and many ties, which must go to the lower row id
-        # across batches as within one topk.
+        # Small integers: exact scores and many ties, which must go to the lower row id in
+        # DuckDB's own top k, and across the batches of the path that ranks the vectors
+        # themselves (taken once a vector holds a NULL), as within one topk.
         monkeypatch.setattr(importlib.import_module("duckdb_ext.search"), "_BATCH_ROWS", 100)
         rng = np.random.default_rng(14)
         vectors = rng.integers(-1, 2, (1000, 5)).astype(np.float32)
         vectors[[3, 500]] = 0
         con.register("frame", pl.DataFrame({"id": range(1000), "vector": vectors}))
         con.sql("CREATE TABLE docs AS SELECT * FROM frame ORDER BY id")
-        for query in rng.integers(-1, 2, (5, 5)).astype(np.float32):
-            if not query.any():
-                continue
-            indices, scores = polars_embed.topk(query, vectors, k=30)
-            found = duckdb_ext.search(con, "docs", "vector", query, k=30, exact=True).pl()
-            assert found["id"].to_list() == indices[0].tolist()
-            np.testing.assert_allclose(found["score"].to_numpy(), scores[0], rtol=1e-6)
+        queries = [query for query in rng.integers(-1, 2, (5, 5)).astype(np.float32) if query.any()]
+        for holding_null in (False, True):
+            if holding_null:
+                con.sql("INSERT INTO docs VALUES (1000, [1, NULL, 1, 1, 1])")
+            for query, normalized in itertools.product(queries, (False, True)):
+                indices, scores = polars_embed.topk(query, vectors, k=30, normalized=normalized)
+                found = duckdb_ext.search(
+                    con, "docs", "vector", query, k=30, exact=True, normalized=normalized
+                ).pl()
+                assert found["id"].to_list() == indices[0].tolist()
+                np.testing.assert_allclose(found["score"].to_numpy(), scores[0], rtol=1e-6)
 
     def test_vectors_promised_unit_length_are_ranked_by_their_dot_products(
         self, con: duckdb.DuckDBPyConnection
