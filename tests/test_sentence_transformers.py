@@ -433,7 +433,7 @@ def bfloat16_cpu(monkeypatch: pytest.MonkeyPatch, told_afresh: None) -> Iterator
 
 
 @pytest.mark.skipif(
-    st_provider._cpu_supports_bfloat16(), reason="this CPU has AVX-512 BF16 or AMX: no fallback to see"
+    st_provider._cpu_supports_bfloat16(), reason="this CPU has AMX: no fallback to see"
 )
 class TestPrecisionWhereTheCpuLacksIt:
     @pytest.mark.parametrize("precision", ["bfloat16", "float16"])

@@ -14,7 +14,7 @@ embeds is read from the same files (its input module's modality configuration, o
 CLIP configuration), and its width from the CLIP projection.
 
 ``precision="bfloat16"`` runs the model in bfloat16 where the hardware multiplies it
-natively (a CPU with AVX-512 BF16 or AMX, a CUDA GPU that has it), and
+fast (a CPU with AMX, a CUDA GPU that has it), and
 ``"float16"`` on a CUDA GPU; elsewhere one log line says so and float32 runs. The
 vectors are float32 either way, and say which precision made them: the spec (and so
 the embedding cache and the files) names the precision that ran, never one that was
@@ -121,9 +121,10 @@ class SentenceTransformersProvider(Provider):
         itself declares for ``"query"`` and ``"document"``, if any.
     precision
         ``"float32"`` (the default), ``"bfloat16"`` or ``"float16"``: the arithmetic the
-        model runs in. bfloat16 pays on CPUs with AVX-512 BF16 or AMX (Intel Xeon since
-        Cooper Lake and Sapphire Rapids, AMD since Zen 4) and on recent GPUs, float16 on
-        CUDA GPUs; where the hardware lacks it, float32 runs, and one log line says so.
+        model runs in. bfloat16 pays on CPUs with AMX (Intel Xeon since Sapphire Rapids)
+        and on recent GPUs, float16 on CUDA GPUs; where the hardware lacks it, float32
+        runs, and one log line says so. AVX-512 BF16 without AMX is not enough: there
+        MiniLM ran 1.35x slower in bfloat16 than in float32 (benchmarks/README.md).
         Vectors are float32 either way, within a cosine of about 0.9999 of float32's.
         Part of the vectors' identity: the cache and files keep them apart from float32 ones.
     trust_remote_code
@@ -329,7 +330,7 @@ def _runnable_precision(precision: str, device: str | None) -> str:
         native = (
             _cpu_supports_bfloat16() if kind == "cpu" else kind == "cuda" and torch.cuda.is_bf16_supported()
         )
-        needs = "a CPU with AVX-512 BF16 or AMX, or a CUDA GPU with bfloat16"
+        needs = "a CPU with AMX (AVX-512 BF16 alone runs it slower than float32), or a CUDA GPU with bfloat16"
     else:
         native, needs = kind == "cuda", "a CUDA GPU"
     if native:
@@ -344,13 +345,15 @@ def _runnable_precision(precision: str, device: str | None) -> str:
 
 
 def _cpu_supports_bfloat16() -> bool:
-    """Whether this CPU multiplies bfloat16 natively (AVX-512 BF16 or AMX), as torch sees it."""
+    """Whether this CPU multiplies bfloat16 faster than float32 (AMX tiles), as torch sees it.
+
+    AVX-512 BF16 alone is not enough: on a Xeon with it and no AMX, torch 2.13 ran
+    MiniLM 1.35x slower in bfloat16 than in float32.
+    """
     import torch
 
-    checks = (
-        getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
-    )
-    return any(check() for check in checks if check is not None)
+    check = getattr(torch.cpu, "_is_amx_tile_supported", None)
+    return bool(check is not None and check())
 
 
 @contextmanager
