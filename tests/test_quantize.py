@@ -137,14 +137,19 @@ def test_the_binary_coarse_pass_keeps_the_rows_of_least_hamming_distance(rows, n
     )
 
 
+@pytest.mark.parametrize("int8_instructions", [True, False], ids=["vnni", "no-vnni"])
 @pytest.mark.parametrize("n_queries", [1, 5, quantize_module._INT8_KERNEL_QUERIES + 1])
-def test_int8_finds_the_exact_results_for_few_and_many_queries(n_queries: int) -> None:
-    # Few queries take numkong's int8 kernel where it is installed, many the float32 multiply.
+def test_int8_finds_the_exact_results_for_few_and_many_queries(
+    n_queries: int, int8_instructions: bool
+) -> None:
+    # Few queries take numkong's int8 kernel where it is installed; many take it only where
+    # the CPU has int8 dot-product instructions, else the float32 multiply.
     corpus = clustered(20_000, 64)
     twin = quantize(corpus, "int8")
     noise = np.random.default_rng(7).standard_normal((n_queries, 64), dtype=np.float32)
     queries = corpus[:: 20_000 // n_queries][:n_queries] + 0.3 * noise
-    assert recall_at_k(corpus, twin, queries=queries, k=10) >= 0.99
+    with mock.patch.object(quantize_module, "_has_int8_dot_products", return_value=int8_instructions):
+        assert recall_at_k(corpus, twin, queries=queries, k=10) >= 0.99
 
 
 def test_without_numkong_the_numpy_pass_runs() -> None:
