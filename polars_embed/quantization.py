@@ -11,12 +11,12 @@ A twin (:func:`quantize`) holds one of two codes per corpus row:
 
 The coarse pass runs in numpy, on one thread per core. Where numkong is
 installed (``polars-embed[quantized]``, optional), its SIMD kernels take over
-the parts numpy does slowly: the Hamming distances of every query (over a
-packed copy of the bits, made on the first search and kept with the twin), and
-the int8 dot products of a few queries (numpy has no int8 matrix product). For
-many int8 queries the coarse pass stays a float32 BLAS multiply of the codes:
-on CPUs without int8 dot-product instructions (AVX-512 VNNI), no int8 kernel
-measured faster than it, so int8 then saves memory, not time
+the parts numpy does slowly: the Hamming distances and the int8 dot products
+(numpy has no int8 matrix product), over a packed copy of the codes made on
+the first search and kept with the twin. On CPUs without int8 dot-product
+instructions (AVX-512 VNNI, AVX-VNNI) numkong only takes the int8 products of a
+few queries: for many, no int8 kernel measured faster than a float32 BLAS
+multiply of the codes, which then runs, so int8 saves memory, not time
 (benchmarks/README.md).
 
 :func:`quantized_topk` ranks every row by the coarse score, keeps
