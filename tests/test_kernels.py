@@ -491,13 +491,23 @@ def split_rows(array, cuts):
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(problems(), st.lists(st.integers(0, 40), max_size=6))
 def test_a_corpus_in_chunks_gives_what_one_array_gives(problem, cuts):
-    # Small integers make every score exact, so chunk and block boundaries cannot change
-    # a single bit: ties, null rows (valid) and NaN, infinite and zero rows included.
+    # Small integers make every dot and L2 score exact, so chunk and block boundaries cannot
+    # change a single bit: ties, null rows (valid) and NaN, infinite and zero rows included.
     corpus, metric = problem["corpus"], problem["metric"]
     cuts = [cut for cut in cuts if cut <= corpus.shape[0]]
     kwargs = {"metric": metric, "valid": problem["valid"], "block_size": problem["block_size"]}
     want = topk(problem["queries"], corpus, problem["k"], **kwargs)
     got = topk(problem["queries"], split_rows(corpus, cuts), problem["k"], **kwargs)
+    if metric == "cosine":
+        # The unit query is not exact: another block shape may sum its products in another
+        # order (an AVX-512 BLAS moved one score by its last bit), and with it reorder a
+        # near-tie. Both answers must still be a correct top k.
+        for indices, scores in (want, got):
+            check_against_reference(
+                problem["queries"], corpus, problem["k"], metric, problem["valid"], indices, scores, False
+            )
+        np.testing.assert_allclose(got[1], want[1], rtol=1e-6, equal_nan=True)
+        return
     np.testing.assert_array_equal(got[0], want[0])
     np.testing.assert_array_equal(got[1], want[1])
 
