@@ -432,9 +432,7 @@ def bfloat16_cpu(monkeypatch: pytest.MonkeyPatch, told_afresh: None) -> Iterator
         del st_provider._models[key]  # the bfloat16 copy of the model: not for other tests
 
 
-@pytest.mark.skipif(
-    st_provider._cpu_supports_bfloat16(), reason="this CPU has AMX: no fallback to see"
-)
+@pytest.mark.skipif(st_provider._cpu_supports_bfloat16(), reason="this CPU has AMX: no fallback to see")
 class TestPrecisionWhereTheCpuLacksIt:
     @pytest.mark.parametrize("precision", ["bfloat16", "float16"])
     def test_one_log_line_then_float32_runs_and_says_so(
