@@ -506,8 +506,8 @@ def _exact_topk(
     )
     try:
         ranked = con.sql(
-            f"SELECT rowid, score FROM (SELECT rowid, score FROM ({scored}) "
-            f"ORDER BY score DESC NULLS LAST, rowid LIMIT {k}) WHERE score IS NOT NULL"
+            f"SELECT * FROM ({scored} ORDER BY score DESC NULLS LAST, rowid LIMIT {k}) "
+            "WHERE score IS NOT NULL"
         ).fetchnumpy()
         return ranked["rowid"].astype(np.int64), ranked["score"].astype(np.float32)
     except duckdb.InvalidInputException as error:
