@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import gc
 import logging
+import sys
+import threading
 import time
 from pathlib import Path
 
@@ -13,6 +16,7 @@ import pytest
 import polars_embed
 from polars_embed import ConfigError, DimensionMismatchError, InvalidInputError, kernels
 from polars_embed.engine import EmbedJob
+from polars_embed.namespaces import _column_jobs
 from polars_embed.namespaces import expr as expr_module
 from tests.providers import CountingProvider, LongTextsProvider, RefusesFirstCall, vector_for
 
@@ -422,6 +426,44 @@ class TestOneJobPerColumn:
         assert provider.recorder.batches == []
         with pytest.raises(ConfigError, match=r"truncate must be one of \('warn', 'error'\)"):
             pl.col("text").embed.with_provider(provider, truncate="ignore")
+
+    @pytest.mark.parametrize("enabled", [True, False])
+    def test_reading_the_threads_stacks_starts_no_garbage_collection(
+        self, enabled: bool, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        # A collection inside sys._current_frames() can hang Python 3.11 (python/cpython#106883).
+        read_stacks, inside, collected = sys._current_frames, threading.Event(), []
+
+        def watched() -> dict:
+            inside.set()
+            try:
+                return read_stacks()
+            finally:
+                inside.clear()
+
+        monkeypatch.setattr(sys, "_current_frames", watched)
+        idle = threading.Event()
+        threads = [threading.Thread(target=idle.wait) for _ in range(8)]
+        for thread in threads:
+            thread.start()
+        threshold = gc.get_threshold()
+        gc.callbacks.append(lambda phase, info: collected.append(phase) if inside.is_set() else None)
+        (gc.enable if enabled else gc.disable)()
+        gc.set_threshold(1)  # each new frame object would start a collection
+        try:
+            stacks = _column_jobs._thread_stacks()
+            state = gc.isenabled()
+        finally:
+            gc.set_threshold(*threshold)
+            gc.callbacks.pop()
+            gc.enable()
+            idle.set()
+            for thread in threads:
+                thread.join()
+        assert all(thread.ident in stacks for thread in threads)
+        assert state is enabled
+        if sys.version_info < (3, 12):
+            assert collected == []
 
 
 class TestWidthProbes:

@@ -21,6 +21,7 @@ no morsel for ``IDLE_SECONDS``.
 
 from __future__ import annotations
 
+import gc
 import os
 import sys
 import threading
@@ -147,7 +148,7 @@ def close_finished() -> None:
     with _lock:
         if not _open:
             return
-        stacks = sys._current_frames()
+        stacks = _thread_stacks()
         finished = [
             key
             for key, column in _open.items()
@@ -174,6 +175,31 @@ def _watch() -> None:
                 return
 
 
+_stacks_lock = threading.Lock()
+
+
+def _thread_stacks() -> dict[int, FrameType]:
+    """``sys._current_frames()``, with the cyclic garbage collector paused around it.
+
+    On Python 3.11 a collection that starts inside ``sys._current_frames()`` (it
+    allocates frame objects while holding the interpreter's thread-list lock) can run a
+    finalizer that gives up the GIL to a thread waiting for that lock: the process hangs
+    (python/cpython#106883, fixed only from 3.12). The lock keeps two callers from
+    turning the collector back on under each other.
+    """
+    if sys.version_info >= (3, 12):
+        return sys._current_frames()
+    with _stacks_lock:
+        paused = gc.isenabled()
+        if paused:
+            gc.disable()
+        try:
+            return sys._current_frames()
+        finally:
+            if paused:
+                gc.enable()
+
+
 def _running_queries(caller: FrameType | None) -> list[Query] | None:
     """The Polars calls that may be running the query a morsel belongs to, as (thread,
     frame that entered Polars); ``None`` when the morsel was not handed over by Polars."""
@@ -190,7 +216,7 @@ def _running_queries(caller: FrameType | None) -> list[Query] | None:
     here = threading.get_ident()
     return [
         (thread, entered)
-        for thread, top in sys._current_frames().items()
+        for thread, top in _thread_stacks().items()
         if thread != here and (entered := _entered_polars(_below_morsels(top))) is not None
     ]
 
