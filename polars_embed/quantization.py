@@ -106,7 +106,9 @@ class QuantizedVectors:
     ``codes`` is ``(n, width)`` int8 for ``"int8"``, ``(words, n)`` uint64
     for ``"binary"`` (word-major, so each pass reads one word of every row);
     ``scales`` (int8) and ``center`` (binary) are per-dimension float32;
-    ``searchable`` says which rows can match (finite, non-zero, valid).
+    ``searchable`` says which rows can match (finite, non-zero, valid), and
+    ``squared_norms`` holds the float32 rows' squared norms, so that rescoring
+    (and an exact search) need not compute them again.
     """
 
     kind: Quantization
@@ -115,6 +117,7 @@ class QuantizedVectors:
     center: Array | None
     searchable: Array
     width: int
+    squared_norms: Array
     # What an optional kernel library made from the codes on first use (packed bits).
     _derived: dict[str, Any] = field(default_factory=dict, init=False, repr=False)
 
@@ -166,20 +169,19 @@ def quantize(corpus: Corpus, kind: Quantization, *, valid: Array | None = None) 
         return _blocks(xp, chunks, _QUANTIZE_BLOCK)
 
     with _xp.float_errors_ignored():
-        searchable = [_searchable(xp, _squared_norms(xp, rows), "cosine") for _, rows in blocks()]
-        searchable = _concat(xp, searchable, (0,), xp.bool, chunks[0])
+        norms = _concat(xp, [_squared_norms(xp, rows) for _, rows in blocks()], (0,), xp.float32, chunks[0])
+        searchable = _searchable(xp, norms, "cosine")
         if valid is not None:
             searchable = searchable & valid
         if kind == "int8":
             scales = _int8_scales(xp, blocks(), searchable, width)
             codes = [_int8_codes(xp, rows, scales) for _, rows in blocks()]
-            return QuantizedVectors(
-                kind, _concat(xp, codes, (0, width), xp.int8, chunks[0]), scales, None, searchable, width
-            )
+            codes = _concat(xp, codes, (0, width), xp.int8, chunks[0])
+            return QuantizedVectors(kind, codes, scales, None, searchable, width, norms)
         center = _mean(xp, blocks(), searchable, width)
         words = [xp.matrix_transpose(_sign_words(xp, rows, center)) for _, rows in blocks()]
         codes = _concat(xp, words, (-(-width // 64), 0), xp.uint64, chunks[0], axis=1)
-        return QuantizedVectors(kind, codes, None, center, searchable, width)
+        return QuantizedVectors(kind, codes, None, center, searchable, width, norms)
 
 
 def quantized_topk(
@@ -214,6 +216,13 @@ def quantized_topk(
         As :func:`~polars_embed.kernels.topk` returns them for cosine: best
         first, ties to the lower row, -1 and NaN for a query that cannot match.
 
+    Notes
+    -----
+    Where an int8 twin's coarse pass would cost more than exact search, the
+    float32 vectors are searched exactly instead: on numpy arrays without
+    numkong, and for more than 16 queries on a CPU without int8 dot-product
+    instructions (AVX-512 VNNI, AVX-VNNI or Arm's dot product).
+
     Examples
     --------
     >>> import numpy as np
@@ -239,6 +248,12 @@ def quantized_topk(
             f"corpus has {n_rows} of width {chunks[0].shape[1]} and the queries width {queries.shape[1]}: "
             "make the twin from this corpus"
         )
+    numpy_int8 = quantized.kind == "int8" and array_api_compat.is_numpy_namespace(xp)
+    if numpy_int8 and not _int8_kernel_runs(xp, queries.shape[0]):
+        # The coarse pass would be the float32 multiply of the codes, converted block by
+        # block: more than exact search costs (1.2x for 100 queries, 2.4x for one,
+        # benchmarks/README.md), so the exact search runs, with the exact answers.
+        return topk(queries, chunks, k, valid=quantized.searchable, squared_norms=quantized.squared_norms)
     candidates = min(k * oversample, quantized.n_rows)
     with _xp.float_errors_ignored():
         squared = xp.vecdot(queries, queries)
@@ -251,7 +266,8 @@ def quantized_topk(
         else:
             rows = _hamming_topk(xp, unit, quantized, candidates)
         rows = xp.where(usable[:, None], rows, -1)
-        return _rescore(xp, unit, chunks, rows, min(k, int(xp.count_nonzero(quantized.searchable))))
+        usable_rows = int(xp.count_nonzero(quantized.searchable))
+        return _rescore(xp, unit, chunks, quantized.squared_norms, rows, min(k, usable_rows))
 
 
 def recall_at_k(
@@ -340,15 +356,14 @@ def _kernels(xp: Namespace) -> ModuleType | None:
 def _int8_topk(xp: Namespace, scaled: Array, quantized: QuantizedVectors, candidates: int) -> Array:
     """Each query's ``candidates`` rows of largest dot product of ``scaled`` with the int8 codes.
 
-    Queries go to numkong's packed int8 matrix product, quantised to int8 themselves
-    (each by its own largest value, which leaves its ranking unchanged): a few queries
-    on any CPU, any number where the CPU has int8 dot-product instructions (there it
-    took half the time of the float32 multiply for 100 queries). Otherwise, or without
-    numkong, the float32 BLAS multiply of :func:`topk` runs, converting the codes block
-    by block.
+    On numpy arrays, queries go to numkong's packed int8 matrix product, quantised to
+    int8 themselves (each by its own largest value, which leaves its ranking unchanged):
+    see :func:`_int8_kernel_runs` for when (elsewhere :func:`quantized_topk` searches
+    exactly instead). Other array libraries (CuPy) take the float32 multiply of
+    :func:`topk`, converting the codes block by block.
     """
     nk = _kernels(xp)
-    if nk is None or (scaled.shape[0] > _INT8_KERNEL_QUERIES and not _has_int8_dot_products(nk)):
+    if nk is None or not _int8_kernel_runs(xp, scaled.shape[0]):
         rows, _ = topk(scaled, quantized.codes, candidates, metric="dot", valid=quantized.searchable)
         return rows
     import numpy
@@ -373,6 +388,15 @@ def _int8_topk(xp: Namespace, scaled: Array, quantized: QuantizedVectors, candid
 
     step_blocks = max(1, min(_KERNEL_STEP_ROWS, _SCORE_BLOCK_ELEMENTS // n_queries) // _KERNEL_BLOCK)
     return _coarse_topk(xp, dot_products, n_queries, quantized, candidates, step_blocks * _KERNEL_BLOCK)
+
+
+def _int8_kernel_runs(xp: Namespace, n_queries: int) -> bool:
+    """Whether numkong's int8 kernel does the int8 coarse pass of these queries: on numpy
+    arrays where numkong is installed, for a few queries on any CPU, and for any number
+    where the CPU has int8 dot-product instructions (there it took half the time of the
+    float32 multiply for 100 queries)."""
+    nk = _kernels(xp)
+    return nk is not None and (n_queries <= _INT8_KERNEL_QUERIES or _has_int8_dot_products(nk))
 
 
 def _has_int8_dot_products(nk: ModuleType) -> bool:
@@ -663,8 +687,11 @@ def _coarse_topk(
     return rows
 
 
-def _rescore(xp: Namespace, unit: Array, chunks: list[Array], rows: Array, k: int) -> tuple[Array, Array]:
-    """Exact cosine of each query with its candidate rows, and the best ``k`` of them."""
+def _rescore(
+    xp: Namespace, unit: Array, chunks: list[Array], squared_norms: Array, rows: Array, k: int
+) -> tuple[Array, Array]:
+    """Exact cosine of each query with its candidate rows (of these ``squared_norms``), and
+    the best ``k`` of them."""
     n_queries, n_candidates = rows.shape
     width = unit.shape[1]
     found = rows >= 0
@@ -676,7 +703,7 @@ def _rescore(xp: Namespace, unit: Array, chunks: list[Array], rows: Array, k: in
     def cosines(chunk: slice) -> Array:
         picked = xp.where(found[chunk, :], rows[chunk, :], 0)
         vectors = xp.reshape(_take_rows(xp, chunks, xp.reshape(picked, (-1,))), (-1, n_candidates, width))
-        norms = xp.sqrt(_squared_norms(xp, vectors))
+        norms = xp.sqrt(xp.reshape(xp.take(squared_norms, xp.reshape(picked, (-1,))), picked.shape))
         return xp.vecdot(vectors, unit[chunk, None, :]) / xp.where(norms > 0, norms, 1.0)
 
     query_chunks = _chunks(n_queries, per_chunk)

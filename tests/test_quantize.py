@@ -12,7 +12,7 @@ import pytest
 
 import polars_embed
 from polars_embed import quantization as quantize_module
-from polars_embed.kernels import pairwise_scores, topk
+from polars_embed.kernels import pairwise_scores, squared_norms, topk
 from polars_embed.quantization import quantize, quantized_topk, recall_at_k
 
 KINDS = ("int8", "binary")
@@ -95,6 +95,14 @@ def test_the_twins_take_a_quarter_and_a_thirty_second_of_the_bytes() -> None:
     assert quantize(corpus, "binary").nbytes == corpus.nbytes // 32
 
 
+@pytest.mark.parametrize("kind", KINDS)
+def test_the_twin_keeps_the_squared_norms_its_rescoring_divides_by(kind: str) -> None:
+    corpus = clustered(3000, 32)
+    twin = quantize([corpus[:1000], corpus[1000:]], kind)
+    assert twin.squared_norms.dtype == np.float32
+    np.testing.assert_allclose(twin.squared_norms, squared_norms(corpus), rtol=1e-6)
+
+
 def test_the_coarse_pass_runs_on_several_threads_with_the_same_result() -> None:
     corpus = clustered(80_000, 32)
     queries = clustered(3, 32, seed=4)
@@ -150,6 +158,28 @@ def test_int8_finds_the_exact_results_for_few_and_many_queries(
     queries = corpus[:: 20_000 // n_queries][:n_queries] + 0.3 * noise
     with mock.patch.object(quantize_module, "_has_int8_dot_products", return_value=int8_instructions):
         assert recall_at_k(corpus, twin, queries=queries, k=10) >= 0.99
+
+
+def test_an_int8_twin_whose_coarse_pass_costs_more_is_searched_exactly(coarse_kernels: str) -> None:
+    # Without numkong, or for many queries without int8 dot-product instructions, the
+    # coarse pass would be the float32 multiply of the codes: exact search is cheaper.
+    corpus = clustered(5000, 32)
+    corpus[7] = np.nan  # never a result, as in exact search
+    twin = quantize(corpus, "int8", valid=np.arange(5000) != 11)
+    queries = clustered(quantize_module._INT8_KERNEL_QUERIES + 1, 32, seed=8)
+    with (
+        mock.patch.object(quantize_module, "_has_int8_dot_products", return_value=False),
+        mock.patch.object(quantize_module, "_int8_topk", side_effect=AssertionError("coarse pass ran")),
+    ):
+        found, scores = quantized_topk(queries, corpus, twin, k=10)
+        if coarse_kernels == "numpy":
+            few_found, _ = quantized_topk(queries[:2], corpus, twin, k=10)
+    exact_found, exact_scores = topk(queries, corpus, 10, metric="cosine", valid=twin.searchable)
+    np.testing.assert_array_equal(found, exact_found)
+    np.testing.assert_array_equal(scores, exact_scores)
+    assert not np.isin([7, 11], found).any()
+    if coarse_kernels == "numpy":
+        np.testing.assert_array_equal(few_found, exact_found[:2])
 
 
 def test_without_numkong_the_numpy_pass_runs() -> None:
