@@ -79,11 +79,12 @@ _KERNEL_STEP_ROWS = 65536
 _FOLD_AFTER = 4
 # Corpus rows per block when making a twin: small enough that temporaries stay in cache.
 _QUANTIZE_BLOCK = 8192
-# Up to this many queries, numkong's int8 dot products do the int8 coarse pass: one
-# query took about a fifth of a float32 matrix-vector product, and the cost grows with
-# each query, where the float32 multiply of the codes (3.5 to 5 matrix-vector products
-# for one query, as it converts every block) grows far more slowly. Chosen from those
-# two figures (benchmarks/README.md), not timed at the crossing.
+# Up to this many queries, numkong's int8 dot products do the int8 coarse pass on any
+# CPU: one query took about a fifth of a float32 matrix-vector product, and the cost
+# grows with each query, where a float32 multiply grows far more slowly. Chosen from
+# those figures (benchmarks/README.md), not timed at the crossing: on AVX2, 16 queries
+# took 0.4x an exact search that computed the norms. Beyond it, without int8 dot-product
+# instructions, the search is exact (quantized_topk).
 _INT8_KERNEL_QUERIES = 16
 # numkong's targets that have int8 dot-product instructions (its get_capabilities() names).
 _INT8_DOT_TARGETS = (
@@ -358,12 +359,12 @@ def _int8_topk(xp: Namespace, scaled: Array, quantized: QuantizedVectors, candid
 
     On numpy arrays, queries go to numkong's packed int8 matrix product, quantised to
     int8 themselves (each by its own largest value, which leaves its ranking unchanged):
-    see :func:`_int8_kernel_runs` for when (elsewhere :func:`quantized_topk` searches
-    exactly instead). Other array libraries (CuPy) take the float32 multiply of
-    :func:`topk`, converting the codes block by block.
+    :func:`quantized_topk` comes here only where :func:`_int8_kernel_runs` says so, and
+    searches exactly elsewhere. Other array libraries (CuPy) take the float32 multiply
+    of :func:`topk`, converting the codes block by block.
     """
     nk = _kernels(xp)
-    if nk is None or not _int8_kernel_runs(xp, scaled.shape[0]):
+    if nk is None:
         rows, _ = topk(scaled, quantized.codes, candidates, metric="dot", valid=quantized.searchable)
         return rows
     import numpy
