@@ -50,6 +50,25 @@ def test_ci_also_runs_the_tests_on_the_newest_releases() -> None:
     assert ".venv-latest/bin/python -m pytest" in lines
 
 
+def test_ci_shrinks_every_benchmark_that_makes_much_data() -> None:
+    """A benchmark size left at its default in CI's smoke run took two of its three minutes
+    (the 100,000-row dedup): every size over a thousand rows must be set there."""
+    read = re.compile(r'(?:environ\.get|_size)\(\s*"(POLARS_EMBED_BENCH_\w+)",\s*"([^"]*)"\)')
+    sizes = {
+        name: default
+        for module in (ROOT / "benchmarks").glob("*.py")
+        for name, default in read.findall(module.read_text())
+    }
+    assert "POLARS_EMBED_BENCH_DEDUP_N" in sizes and "POLARS_EMBED_BENCH_JOIN" in sizes
+    large = {
+        name
+        for name, default in sizes.items()
+        if re.fullmatch(r"[\d_x]+", default) and max(int(part) for part in default.split("x")) > 1000
+    }
+    smoke = (ROOT / ".ci" / "run").read_text()
+    assert {name for name in large if f"{name}=" not in smoke} == set()
+
+
 def test_nothing_but_polars_embed_ray_imports_ray() -> None:
     """Ray is an optional extra: every other module imports without it, and never loads it."""
     code = """
