@@ -70,6 +70,13 @@ _KINDS: tuple[str, ...] = get_args(Quantization)
 DEFAULT_OVERSAMPLE: dict[str, int] = {"int8": 4, "binary": 200}
 # Corpus rows per block of the Hamming pass: its temporaries stay in the caches.
 _HAMMING_BLOCK = 16384
+# Corpus rows per step of numpy's Hamming count: each operation takes the GIL once, and
+# steps of 16384 rows left two threads waiting on each other (one query: 14 ms, not 7.5).
+_NUMPY_HAMMING_BLOCK = 65536
+# Up to this many queries, numpy counts the Hamming distances where numkong's kernel for
+# them is its AVX-512 one: on a Zen 5 core it took 36 ms over 1M rows for one query and
+# 56 ms for 16, numpy's count 7 ms a query (benchmarks/README.md).
+_NUMPY_HAMMING_QUERIES = 8
 # Corpus rows per call of a numkong kernel (and per packed matrix of bits).
 _KERNEL_BLOCK = 8192
 # At most this many corpus rows per step of a numkong pass: the cut-offs tighten step by step.
@@ -446,10 +453,17 @@ def _hamming_topk(xp: Namespace, unit: Array, quantized: QuantizedVectors, candi
     import numpy
 
     nk = _kernels(xp)
-    if nk is None:
-        steps = _chunks(quantized.n_rows, block_rows)
+    if nk is None or (n_queries <= _NUMPY_HAMMING_QUERIES and _has_tiled_hamming(nk)):
+        codes = numpy.asarray(quantized.codes)
+        steps = _chunks(
+            quantized.n_rows, max(1, min(_NUMPY_HAMMING_BLOCK, _SCORE_BLOCK_ELEMENTS // n_queries))
+        )
         return _least_distances(
-            lambda rows, scratch: counted(rows, scratch)[None], steps, n_queries, quantized, candidates
+            lambda rows, scratch: _numpy_hamming(codes, query_words, rows, scratch),
+            steps,
+            n_queries,
+            quantized,
+            candidates,
         )
     packed = _packed_bits(nk, quantized)
     query_bytes = numpy.ascontiguousarray(query_words).view(numpy.uint8)
@@ -485,6 +499,35 @@ def _hamming_topk(xp: Namespace, unit: Array, quantized: QuantizedVectors, candi
     return numpy.concatenate(found, axis=0) if len(found) > 1 else found[0]
 
 
+def _numpy_hamming(codes: Any, query_words: Any, rows: slice, scratch: dict[str, Any]) -> Any:
+    """The ``(1, queries, rows)`` uint16 Hamming distances of the word-major ``codes`` of
+    ``rows`` to each query's words, one word at a time into buffers a thread reuses from step
+    to step: a fresh array per operation took twice the time."""
+    import numpy
+
+    n_queries, n_words = query_words.shape
+    width = rows.stop - rows.start
+    if scratch.get("width") != width:
+        scratch["width"] = width
+        scratch["different"] = numpy.empty(width, dtype=numpy.uint64)
+        scratch["count"] = numpy.empty(width, dtype=numpy.uint8)
+        scratch["distances"] = numpy.empty((1, n_queries, width), dtype=numpy.uint16)
+    different, count, distances = scratch["different"], scratch["count"], scratch["distances"]
+    distances.fill(0)
+    for query in range(n_queries):
+        for word in range(n_words):
+            numpy.bitwise_xor(codes[word, rows], query_words[query, word], out=different)
+            numpy.bitwise_count(different, out=count)
+            numpy.add(distances[0, query], count, out=distances[0, query])
+    return distances
+
+
+def _has_tiled_hamming(nk: ModuleType) -> bool:
+    """Whether numkong counts Hamming distances with its AVX-512 kernel, which costs as much
+    for one query as numpy's count for several (benchmarks/README.md)."""
+    return bool(nk.get_capabilities().get("icelake"))
+
+
 def _least_distances(
     distances_of: Callable[[slice, dict[str, Any]], Any],
     steps: list[slice],
@@ -500,9 +543,12 @@ def _least_distances(
     a dict of its own per thread. A distance is a small integer (0 to the
     width), so each query's cut-off is read off a histogram of its distances,
     with no sort or partition of scores, and a step is filtered by one
-    comparison with it. The steps are split into one range per core, each
-    ranked on its own thread (numpy and numkong release the GIL); the ranges'
-    lists merge the same way. Rows come out in no particular order, padded with -1.
+    comparison with it. The histogram of the rows that passed is kept up to
+    date, so the cut-off tightens after every step, and the rows waiting are
+    sorted into each query's best list only when they take much memory. The
+    steps are split into one range per core, each ranked on its own thread
+    (numpy and numkong release the GIL); the ranges' lists merge the same way.
+    Rows come out in no particular order, padded with -1.
     """
     import numpy
 
@@ -517,6 +563,7 @@ def _least_distances(
         cutoff = numpy.full(n_queries, least.beyond, dtype=numpy.int64)
         kept: list[list[Any]] = []  # (query, distance, row) of each query's best, then of waiting rows
         waiting = 0
+        passed_counts = numpy.zeros(least.n_bins, dtype=numpy.int64)  # per query and distance
         for step in part:
             distances = distances_of(step, scratch)
             n_blocks, _, width = distances.shape
@@ -532,11 +579,13 @@ def _least_distances(
             query, column = numpy.divmod(at, width)
             distance = distances.reshape(-1)[passed].astype(numpy.int64)
             kept.append([query, distance, step.start + block * width + column])
+            passed_counts += numpy.bincount(least.bin(query, distance), minlength=least.n_bins)
+            # A later row at a query's candidates-th least distance so far loses to the rows
+            # already at or below it (ties go to the lower row): only a smaller one enters.
+            cutoff = numpy.minimum(cutoff, least.threshold(passed_counts)[0])
             waiting += query.size
             if waiting >= _FOLD_AFTER * candidates * n_queries:
-                # A later row at a query's last distance loses to those kept: only a smaller one enters.
-                kept, cutoff = least.keep(kept)
-                kept, waiting = [kept], 0
+                kept, waiting = [least.keep(kept)[0]], 0
         return least.keep(kept)[0]
 
     if len(parts) == 1:
@@ -565,9 +614,7 @@ class _Least:
         import numpy
 
         query, distance, row = (numpy.concatenate([part[i] for part in parts]) for i in range(3))
-        last, below = self._threshold(
-            numpy.bincount(query * (self.beyond + 1) + distance, minlength=self.n_queries * (self.beyond + 1))
-        )
+        last, below = self.threshold(numpy.bincount(self.bin(query, distance), minlength=self.n_bins))
         keep = distance < last[query]
         # Of the rows at a query's last distance, the lowest fill its list.
         ties = numpy.flatnonzero(distance == last[query])
@@ -581,13 +628,21 @@ class _Least:
         """Each query's ``candidates``-th least distance in a ``(blocks, queries, width)`` step."""
         import numpy
 
-        offsets = (numpy.arange(self.n_queries) * (self.beyond + 1))[None, :, None]
-        counts = numpy.bincount(
-            (distances + offsets).reshape(-1), minlength=self.n_queries * (self.beyond + 1)
-        )
-        return self._threshold(counts)[0]
+        query = numpy.arange(self.n_queries)[None, :, None]
+        return self.threshold(numpy.bincount(self.bin(query, distances).reshape(-1), minlength=self.n_bins))[
+            0
+        ]
 
-    def _threshold(self, counts: Any) -> tuple[Any, Any]:
+    @property
+    def n_bins(self) -> int:
+        """Bins of the queries' histograms of distances, ``beyond + 1`` per query."""
+        return self.n_queries * (self.beyond + 1)
+
+    def bin(self, query: Any, distance: Any) -> Any:
+        """The histogram bin of each (query, distance)."""
+        return query * (self.beyond + 1) + distance
+
+    def threshold(self, counts: Any) -> tuple[Any, Any]:
         """From the queries' histograms (flat, ``beyond + 1`` bins each): each query's
         ``candidates``-th least distance (``beyond`` where it has fewer), and how many are below it."""
         import numpy

@@ -126,23 +126,60 @@ def brute_force_candidates(twin: quantize_module.QuantizedVectors, queries: np.n
     return np.argsort(distance, axis=1, kind="stable")[:, :count]
 
 
+@pytest.mark.parametrize("tiled_hamming", [True, False], ids=["few-queries-on-numpy", "numkong-for-all"])
 @pytest.mark.parametrize(
-    ("rows", "n_queries", "count"), [(3000, 3, 50), (70_000, 2, 700), (5000, 40, 1), (20_000, 2, 9000)]
+    ("rows", "n_queries", "count", "width"),
+    [
+        (3000, 3, 50, 24),
+        (70_000, 2, 700, 24),
+        (140_000, 2, 300, 24),
+        (5000, 40, 1, 24),
+        (20_000, 2, 9000, 24),
+        (4000, 5, 60, 130),
+    ],
 )
-def test_the_binary_coarse_pass_keeps_the_rows_of_least_hamming_distance(rows, n_queries, count) -> None:
+def test_the_binary_coarse_pass_keeps_the_rows_of_least_hamming_distance(
+    rows, n_queries, count, width, tiled_hamming
+) -> None:
     # Many rows tie at each distance: the lower row must win, across blocks, steps and
-    # threads, also where a step holds fewer rows than a list (the last case).
-    corpus = clustered(rows, 24)
+    # threads, also where a step holds fewer rows than a list (the 9000 case), and for
+    # codes of several words, the last one partly filled.
+    corpus = clustered(rows, width)
     corpus[5] = 0  # never a candidate
     twin = quantize(corpus, "binary")
-    queries = clustered(n_queries, 24, seed=6)
+    queries = clustered(n_queries, width, seed=6)
     unit = queries / np.linalg.norm(queries, axis=1, keepdims=True)
-    with mock.patch.object(quantize_module, "_threads", return_value=3):
+    with (
+        mock.patch.object(quantize_module, "_threads", return_value=3),
+        mock.patch.object(quantize_module, "_has_tiled_hamming", return_value=tiled_hamming),
+    ):
         found = quantize_module._hamming_topk(np, unit, twin, count)
     # The same rows per query, in whatever order.
     np.testing.assert_array_equal(
         np.sort(found, axis=1), np.sort(brute_force_candidates(twin, queries, count), axis=1)
     )
+
+
+@pytest.mark.parametrize("tiled_hamming", [True, False])
+def test_numkong_counts_hamming_distances_for_few_queries_only_without_its_avx512_kernel(
+    coarse_kernels: str, tiled_hamming: bool
+) -> None:
+    # numkong's AVX-512 Hamming kernel costs as much for one query as numpy's count for
+    # several: up to _NUMPY_HAMMING_QUERIES queries, numpy counts there.
+    corpus = clustered(3000, 32)
+    twin = quantize(corpus, "binary")
+    few = clustered(quantize_module._NUMPY_HAMMING_QUERIES, 32, seed=3)
+    many = clustered(quantize_module._NUMPY_HAMMING_QUERIES + 1, 32, seed=3)
+    packings = mock.Mock(wraps=quantize_module._packed_bits)
+    with (
+        mock.patch.object(quantize_module, "_has_tiled_hamming", return_value=tiled_hamming),
+        mock.patch.object(quantize_module, "_packed_bits", packings),
+    ):
+        quantized_topk(few, corpus, twin, 10)
+        numkong_for_few = packings.called
+        quantized_topk(many, corpus, twin, 10)
+    assert numkong_for_few == (coarse_kernels == "numkong" and not tiled_hamming)
+    assert packings.called == (coarse_kernels == "numkong")
 
 
 @pytest.mark.parametrize("int8_instructions", [True, False], ids=["vnni", "no-vnni"])
