@@ -70,12 +70,9 @@ _KINDS: tuple[str, ...] = get_args(Quantization)
 DEFAULT_OVERSAMPLE: dict[str, int] = {"int8": 4, "binary": 200}
 # Corpus rows per block of the Hamming pass: its temporaries stay in the caches.
 _HAMMING_BLOCK = 16384
-# Corpus rows per step of numpy's Hamming count: each operation takes the GIL once, and
-# steps of 16384 rows left two threads waiting on each other (one query: 14 ms, not 7.5).
-_NUMPY_HAMMING_BLOCK = 65536
 # Up to this many queries, numpy counts the Hamming distances where numkong's kernel for
 # them is its AVX-512 one: on a Zen 5 core it took 36 ms over 1M rows for one query and
-# 56 ms for 16, numpy's count 7 ms a query (benchmarks/README.md).
+# 56 ms for 16, numpy's count about 7 ms a query (benchmarks/README.md).
 _NUMPY_HAMMING_QUERIES = 8
 # Corpus rows per call of a numkong kernel (and per packed matrix of bits).
 _KERNEL_BLOCK = 8192
@@ -455,9 +452,7 @@ def _hamming_topk(xp: Namespace, unit: Array, quantized: QuantizedVectors, candi
     nk = _kernels(xp)
     if nk is None or (n_queries <= _NUMPY_HAMMING_QUERIES and _has_tiled_hamming(nk)):
         codes = numpy.asarray(quantized.codes)
-        steps = _chunks(
-            quantized.n_rows, max(1, min(_NUMPY_HAMMING_BLOCK, _SCORE_BLOCK_ELEMENTS // n_queries))
-        )
+        steps = _chunks(quantized.n_rows, block_rows)
         return _least_distances(
             lambda rows, scratch: _numpy_hamming(codes, query_words, rows, scratch),
             steps,
@@ -501,24 +496,22 @@ def _hamming_topk(xp: Namespace, unit: Array, quantized: QuantizedVectors, candi
 
 def _numpy_hamming(codes: Any, query_words: Any, rows: slice, scratch: dict[str, Any]) -> Any:
     """The ``(1, queries, rows)`` uint16 Hamming distances of the word-major ``codes`` of
-    ``rows`` to each query's words, one word at a time into buffers a thread reuses from step
-    to step: a fresh array per operation took twice the time."""
+    ``rows`` to each query's words: three operations per query, into buffers a thread
+    reuses from step to step (an operation per word, or fresh arrays, took up to twice
+    the time)."""
     import numpy
 
-    n_queries, n_words = query_words.shape
-    width = rows.stop - rows.start
+    n_words, width = codes.shape[0], rows.stop - rows.start
     if scratch.get("width") != width:
         scratch["width"] = width
-        scratch["different"] = numpy.empty(width, dtype=numpy.uint64)
-        scratch["count"] = numpy.empty(width, dtype=numpy.uint8)
-        scratch["distances"] = numpy.empty((1, n_queries, width), dtype=numpy.uint16)
+        scratch["different"] = numpy.empty((n_words, width), dtype=numpy.uint64)
+        scratch["count"] = numpy.empty((n_words, width), dtype=numpy.uint8)
+        scratch["distances"] = numpy.empty((1, query_words.shape[0], width), dtype=numpy.uint16)
     different, count, distances = scratch["different"], scratch["count"], scratch["distances"]
-    distances.fill(0)
-    for query in range(n_queries):
-        for word in range(n_words):
-            numpy.bitwise_xor(codes[word, rows], query_words[query, word], out=different)
-            numpy.bitwise_count(different, out=count)
-            numpy.add(distances[0, query], count, out=distances[0, query])
+    for query, words in enumerate(query_words):
+        numpy.bitwise_xor(codes[:, rows], words[:, None], out=different)
+        numpy.bitwise_count(different, out=count)
+        numpy.sum(count, axis=0, dtype=numpy.uint16, out=distances[0, query])
     return distances
 
 
