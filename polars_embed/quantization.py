@@ -13,11 +13,13 @@ The coarse pass runs in numpy, on one thread per core. Where numkong is
 installed (``polars-embed[quantized]``, optional), its SIMD kernels take over
 the parts numpy does slowly: the Hamming distances and the int8 dot products
 (numpy has no int8 matrix product), over a packed copy of the codes made on
-the first search and kept with the twin. On CPUs without int8 dot-product
-instructions (AVX-512 VNNI, AVX-VNNI) numkong only takes the int8 products of a
-few queries: for many, no int8 kernel measured faster than a float32 BLAS
-multiply of the codes, which then runs, so int8 saves memory, not time
-(benchmarks/README.md).
+the first search and kept with the twin. Two exceptions, from measurements
+(benchmarks/README.md): where numkong's Hamming kernel is its AVX-512 one, it
+costs as much for one query as numpy's count for several, so numpy counts for
+up to 8 queries; and on CPUs without int8 dot-product instructions (AVX-512
+VNNI, AVX-VNNI) numkong only takes the int8 products of up to 16 queries: for
+more, no int8 kernel measured faster than float32 search, so the search is
+exact, and int8 saves memory, not time.
 
 :func:`quantized_topk` ranks every row by the coarse score, keeps
 ``oversample * k`` candidates per query, and rescores those exactly, by cosine
