@@ -432,7 +432,45 @@ def bfloat16_cpu(monkeypatch: pytest.MonkeyPatch, told_afresh: None) -> Iterator
         del st_provider._models[key]  # the bfloat16 copy of the model: not for other tests
 
 
-@pytest.mark.skipif(st_provider._cpu_supports_bfloat16(), reason="this CPU has AMX: no fallback to see")
+@pytest.mark.parametrize(
+    ("amx", "avx512_bf16", "vendor", "native"),
+    [
+        (True, True, "GenuineIntel", True),
+        (False, True, "AuthenticAMD", True),
+        (False, True, "GenuineIntel", False),  # measured 1.35x slower than float32
+        (False, False, "AuthenticAMD", False),
+        (False, True, "", False),
+    ],
+)
+def test_bfloat16_runs_on_amx_or_amds_avx512_bf16(
+    monkeypatch: pytest.MonkeyPatch, amx: bool, avx512_bf16: bool, vendor: str, native: bool
+) -> None:
+    import torch
+
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx, raising=False)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16, raising=False)
+    monkeypatch.setattr(st_provider, "_cpu_vendor", lambda: vendor)
+    assert st_provider._cpu_supports_bfloat16() is native
+
+
+def test_the_cpu_vendor_is_read_where_proc_cpuinfo_is_missing(monkeypatch: pytest.MonkeyPatch) -> None:
+    def no_file(*args: object, **kwargs: object) -> None:
+        raise FileNotFoundError("/proc/cpuinfo")
+
+    monkeypatch.setattr("builtins.open", no_file)
+    monkeypatch.setattr(
+        st_provider.platform, "processor", lambda: "AMD64 Family 26 Model 2 Stepping 0, AuthenticAMD"
+    )
+    assert st_provider._cpu_vendor() == "AuthenticAMD"
+    monkeypatch.setattr(st_provider.platform, "processor", lambda: "arm")
+    assert st_provider._cpu_vendor() == ""
+
+
+@pytest.fixture
+def cpu_without_bfloat16(monkeypatch: pytest.MonkeyPatch, told_afresh: None) -> None:
+    monkeypatch.setattr(st_provider, "_cpu_supports_bfloat16", lambda: False)
+
+
 class TestPrecisionWhereTheCpuLacksIt:
     @pytest.mark.parametrize("precision", ["bfloat16", "float16"])
     def test_one_log_line_then_float32_runs_and_says_so(
@@ -440,7 +478,7 @@ class TestPrecisionWhereTheCpuLacksIt:
         precision: str,
         minilm: polars_embed.Provider,
         caplog: pytest.LogCaptureFixture,
-        told_afresh: None,
+        cpu_without_bfloat16: None,
         cache_on: None,
     ) -> None:
         asked = polars_embed.resolve_provider("sentence-transformers", device="cpu", precision=precision)
