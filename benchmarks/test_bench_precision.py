@@ -2,7 +2,7 @@
 
 - ``raw_sentence_transformer_encode`` (reference): float32, as everywhere else;
 - ``engine_embed_bfloat16``: the provider with ``precision="bfloat16"``: bfloat16 where the
-  CPU multiplies it natively (AVX-512 BF16, AMX), else float32 after one log line;
+  CPU multiplies it natively (AMX, or AMD's AVX-512 BF16), else float32 after one log line;
 - ``raw_encode_bfloat16_forced``: the model cast to bfloat16 whatever the CPU, which is what
   the fallback spares a CPU without native bfloat16 (torch then emulates it).
 
