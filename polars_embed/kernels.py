@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import logging
 import operator
+import os
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -585,9 +586,11 @@ class _Pipeline:
     next multiply (numpy and BLAS release the GIL). At most two tasks of one
     pipeline wait at once, so at most three blocks of keys are alive. The
     worker is one thread for the process, started on first use: searches run
-    from several threads at once share it, each still in its own order. Only
-    for numpy: CuPy already runs asynchronously, and its current device and
-    stream are per-thread.
+    from several threads at once share it, each still in its own order. A child
+    made by fork starts its own (it has none of its parent's threads, so a task
+    handed to the parent's worker would wait forever). Only for numpy: CuPy
+    already runs asynchronously, and its current device and stream are
+    per-thread.
     """
 
     _worker: ThreadPoolExecutor | None = None
@@ -603,6 +606,11 @@ class _Pipeline:
             if cls._worker is None:
                 cls._worker = ThreadPoolExecutor(1, thread_name_prefix="polars-embed-topk")
             return cls._worker
+
+    @classmethod
+    def _forget_worker(cls) -> None:
+        """In a child made by fork: the parent's worker thread (and maybe its lock's holder) is gone."""
+        cls._worker, cls._worker_lock = None, threading.Lock()
 
     def __enter__(self) -> _Pipeline:
         return self
@@ -623,6 +631,10 @@ class _Pipeline:
         while len(self._pending) >= 2:
             self._pending.pop(0).result()
         self._pending.append(self._executor.submit(_errors_ignored, task, *args))
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_Pipeline._forget_worker)
 
 
 def _errors_ignored(task: Callable[..., None], *args: Any) -> None:

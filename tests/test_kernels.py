@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import doctest
 import itertools
+import multiprocessing
+import os
 import tracemalloc
 import warnings
 from unittest import mock
@@ -377,6 +379,24 @@ def test_corpus_is_never_copied_whole():
         finally:
             tracemalloc.stop()
         assert peak < 32 * 2**20 < float32_copy / 3
+
+
+_FORK_CORPUS = np.random.default_rng(5).standard_normal((300_000, 16), dtype=np.float32)
+
+
+def _search_the_fork_corpus(_: object = None) -> list[int]:
+    return topk(_FORK_CORPUS[:3], _FORK_CORPUS, 4)[0].ravel().tolist()
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork on this platform")
+def test_a_child_forked_after_a_search_searches_too():
+    # The search of many blocks hands work to a worker thread started on first use; a
+    # forked child has no such thread, and its search used to wait for it forever.
+    in_parent = _search_the_fork_corpus()
+    assert kernels._Pipeline._worker is not None  # the parent's worker has started
+    with multiprocessing.get_context("fork").Pool(1) as pool:
+        in_child = pool.apply_async(_search_the_fork_corpus).get(timeout=60)
+    assert in_child == in_parent
 
 
 def test_l2_normalize_keeps_zero_rows_and_warns_about_nothing():
