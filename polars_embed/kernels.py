@@ -27,16 +27,15 @@ from __future__ import annotations
 
 import logging
 import operator
-import os
-import threading
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any, Literal, get_args
 
 import array_api_compat
 
 from polars_embed import _xp
+from polars_embed._pools import shared_pool
 from polars_embed._xp import Array, Namespace
 from polars_embed.errors import ConfigError, DimensionMismatchError, InputTypeError, InvalidInputError
 
@@ -585,32 +584,15 @@ class _Pipeline:
     On the worker, a block's norms and selection overlap with the main thread's
     next multiply (numpy and BLAS release the GIL). At most two tasks of one
     pipeline wait at once, so at most three blocks of keys are alive. The
-    worker is one thread for the process, started on first use: searches run
-    from several threads at once share it, each still in its own order. A child
-    made by fork starts its own (it has none of its parent's threads, so a task
-    handed to the parent's worker would wait forever). Only for numpy: CuPy
-    already runs asynchronously, and its current device and stream are
-    per-thread.
+    worker is one thread for the process, started on first use (a forked child
+    starts its own): searches run from several threads at once share it, each
+    still in its own order. Only for numpy: CuPy already runs asynchronously,
+    and its current device and stream are per-thread.
     """
 
-    _worker: ThreadPoolExecutor | None = None
-    _worker_lock = threading.Lock()
-
     def __init__(self, *, threaded: bool) -> None:
-        self._executor = self._shared_worker() if threaded else None
+        self._executor = shared_pool("polars-embed-topk", 1) if threaded else None
         self._pending: list[Future[None]] = []
-
-    @classmethod
-    def _shared_worker(cls) -> ThreadPoolExecutor:
-        with cls._worker_lock:
-            if cls._worker is None:
-                cls._worker = ThreadPoolExecutor(1, thread_name_prefix="polars-embed-topk")
-            return cls._worker
-
-    @classmethod
-    def _forget_worker(cls) -> None:
-        """In a child made by fork: the parent's worker thread (and maybe its lock's holder) is gone."""
-        cls._worker, cls._worker_lock = None, threading.Lock()
 
     def __enter__(self) -> _Pipeline:
         return self
@@ -631,10 +613,6 @@ class _Pipeline:
         while len(self._pending) >= 2:
             self._pending.pop(0).result()
         self._pending.append(self._executor.submit(_errors_ignored, task, *args))
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_Pipeline._forget_worker)
 
 
 def _errors_ignored(task: Callable[..., None], *args: Any) -> None:

@@ -15,7 +15,14 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from polars_embed import ConfigError, DimensionMismatchError, InputTypeError, InvalidInputError, kernels
+from polars_embed import (
+    ConfigError,
+    DimensionMismatchError,
+    InputTypeError,
+    InvalidInputError,
+    _pools,
+    kernels,
+)
 from polars_embed.kernels import l2_normalize, pairwise_scores, topk
 
 METRICS = ("cosine", "dot", "l2")
@@ -393,7 +400,7 @@ def test_a_child_forked_after_a_search_searches_too():
     # The search of many blocks hands work to a worker thread started on first use; a
     # forked child has no such thread, and its search used to wait for it forever.
     in_parent = _search_the_fork_corpus()
-    assert kernels._Pipeline._worker is not None  # the parent's worker has started
+    assert _pools._pools  # the parent's worker has started
     with multiprocessing.get_context("fork").Pool(1) as pool:
         in_child = pool.apply_async(_search_the_fork_corpus).get(timeout=60)
     assert in_child == in_parent

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import multiprocessing
+import os
 import pickle
 from collections.abc import Iterator
 from unittest import mock
@@ -112,6 +114,24 @@ def test_the_coarse_pass_runs_on_several_threads_with_the_same_result() -> None:
     with mock.patch.object(quantize_module, "_threads", return_value=3):
         three = quantized_topk(queries, corpus, twin, 10)
     np.testing.assert_array_equal(one[0], three[0])
+
+
+_FORK_CORPUS = clustered(80_000, 16)
+
+
+def _binary_search_of_the_fork_corpus(_: object = None) -> list[int]:
+    twin = quantize(_FORK_CORPUS, "binary")
+    return quantized_topk(_FORK_CORPUS[:2], _FORK_CORPUS, twin, 5)[0].ravel().tolist()
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork on this platform")
+def test_a_child_forked_after_a_search_searches_on_threads_of_its_own() -> None:
+    # The coarse pass runs on a pool of threads kept for the process; a forked child has
+    # none of them, and a search there must not wait for the parent's.
+    in_parent = _binary_search_of_the_fork_corpus()
+    with multiprocessing.get_context("fork").Pool(1) as pool:
+        in_child = pool.apply_async(_binary_search_of_the_fork_corpus).get(timeout=60)
+    assert in_child == in_parent
 
 
 def brute_force_candidates(twin: quantize_module.QuantizedVectors, queries: np.ndarray, count: int):
