@@ -178,14 +178,7 @@ def topk(
     n_rows = sum(chunk.shape[0] for chunk in chunks)
     # Every buffer below is (queries, k) wide: never wider than the corpus has rows.
     k = min(k, max(n_rows, 1))
-    if valid is not None and valid.dtype != xp.bool:
-        raise InputTypeError(
-            f"valid must be a boolean array (True for rows that may match), got {valid.dtype}"
-        )
-    if valid is not None and valid.shape != (n_rows,):
-        raise InvalidInputError(
-            f"valid must have one entry per corpus row, shape ({n_rows},), but has shape {valid.shape}"
-        )
+    _check_valid(xp, valid, n_rows)
     if squared_norms is not None and squared_norms.shape != (n_rows,):
         raise InvalidInputError(
             f"squared_norms must have one entry per corpus row, shape ({n_rows},), "
@@ -850,6 +843,20 @@ def _searchable_columns(xp: Namespace, rows: Array, columns: Array, metric: Metr
         picked = xp.take(rows, columns, axis=0)
         return _searchable(xp, _squared_norms(xp, picked), metric)
     return xp.take(_searchable(xp, _squared_norms(xp, rows), metric), columns)
+
+
+def _check_valid(xp: Namespace, valid: Array | None, n_rows: int) -> None:
+    """Refuse a ``valid`` mask that is not boolean or not one entry per corpus row."""
+    if valid is None:
+        return
+    if valid.dtype != xp.bool:
+        raise InputTypeError(
+            f"valid must be a boolean array (True for rows that may match), got {valid.dtype}"
+        )
+    if valid.shape != (n_rows,):
+        raise InvalidInputError(
+            f"valid must have one entry per corpus row, shape ({n_rows},), but has shape {valid.shape}"
+        )
 
 
 def _take_rows(xp: Namespace, chunks: list[Array], rows: Array) -> Array:

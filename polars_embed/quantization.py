@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import ModuleType
 from typing import Any, Literal, get_args
 
@@ -50,6 +50,7 @@ from polars_embed.kernels import (
     _as_float32,
     _blocks,
     _candidates,
+    _check_valid,
     _chunks,
     _corpus_chunks,
     _gather_candidates,
@@ -136,6 +137,13 @@ class QuantizedVectors:
         # What a kernel library derived (it may not pickle) is made again after unpickling.
         return {**self.__dict__, "_derived": {}}
 
+    def _searching_only(self, valid: Array) -> QuantizedVectors:
+        """This twin with only the rows where ``valid`` is True searchable, sharing its codes
+        and what a kernel library derived from them."""
+        twin = replace(self, searchable=self.searchable & valid)
+        object.__setattr__(twin, "_derived", self._derived)  # frozen: the one way to share it
+        return twin
+
     @property
     def nbytes(self) -> int:
         """Bytes held by the codes, which is what the coarse pass reads."""
@@ -178,6 +186,7 @@ def quantize(corpus: Corpus, kind: Quantization, *, valid: Array | None = None) 
     with _xp.float_errors_ignored():
         norms = _concat(xp, [_squared_norms(xp, rows) for _, rows in blocks()], (0,), xp.float32, chunks[0])
         searchable = _searchable(xp, norms, "cosine")
+        _check_valid(xp, valid, norms.shape[0])
         if valid is not None:
             searchable = searchable & valid
         if kind == "int8":
@@ -198,6 +207,7 @@ def quantized_topk(
     k: int = 10,
     *,
     oversample: int | None = None,
+    valid: Array | None = None,
 ) -> tuple[Array, Array]:
     """The ``k`` rows of best cosine similarity, found through the twin and rescored exactly.
 
@@ -215,6 +225,9 @@ def quantized_topk(
     oversample : int, optional
         Candidates rescored per result (``oversample * k`` per query). More
         gives better recall and costs more. Default: 4 for int8, 200 for binary.
+    valid : boolean array, shape (n,), optional
+        False marks rows that must not be returned in this search (a filter),
+        besides those the twin was made without.
 
     Returns
     -------
@@ -255,6 +268,9 @@ def quantized_topk(
             f"corpus has {n_rows} of width {chunks[0].shape[1]} and the queries width {queries.shape[1]}: "
             "make the twin from this corpus"
         )
+    _check_valid(xp, valid, n_rows)
+    if valid is not None:
+        quantized = quantized._searching_only(valid)
     numpy_int8 = quantized.kind == "int8" and array_api_compat.is_numpy_namespace(xp)
     if numpy_int8 and not _int8_kernel_runs(xp, queries.shape[0]):
         # The coarse pass would be the float32 multiply of the codes, converted block by

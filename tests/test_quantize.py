@@ -247,6 +247,38 @@ def test_without_numkong_the_numpy_pass_runs() -> None:
     np.testing.assert_array_equal(found, [[0], [1]])
 
 
+@pytest.mark.parametrize("kind", ["int8", "binary"])
+def test_a_filter_restricts_one_search_and_leaves_the_twin_as_it_was(kind: str) -> None:
+    corpus = clustered(6000, 32)
+    queries = clustered(4, 32, seed=9)
+    twin = quantize(corpus, kind)
+    quantized_topk(queries, corpus, twin, 10)  # what a kernel library derives, made once
+    derived = dict(twin._derived)
+    valid = np.arange(6000) % 3 == 0
+    found, scores = quantized_topk(queries, corpus, twin, 10, valid=valid)
+    assert valid[found].all()
+    exact, exact_scores = topk(queries, corpus, 10, metric="cosine", valid=valid)
+    if kind == "int8":
+        np.testing.assert_array_equal(found, exact)
+    else:
+        assert np.mean([len(set(f) & set(e)) / 10 for f, e in zip(found, exact, strict=True)]) >= 0.9
+    np.testing.assert_allclose(scores[:, 0], exact_scores[:, 0], rtol=1e-5)
+    assert twin.searchable.all() and twin._derived == derived  # the twin itself is unchanged
+    unfiltered, _ = quantized_topk(queries, corpus, twin, 10)
+    assert not valid[unfiltered].all()
+
+
+def test_a_filter_of_the_wrong_shape_or_type_is_refused() -> None:
+    corpus = clustered(500, 8)
+    twin = quantize(corpus, "binary")
+    with pytest.raises(polars_embed.InvalidInputError, match="one entry per corpus row"):
+        quantized_topk(corpus[:1], corpus, twin, 3, valid=np.ones(499, dtype=bool))
+    with pytest.raises(polars_embed.InputTypeError, match="boolean"):
+        quantized_topk(corpus[:1], corpus, twin, 3, valid=np.ones(500))
+    with pytest.raises(polars_embed.InvalidInputError, match="one entry per corpus row"):
+        quantize(corpus, "int8", valid=np.ones(3, dtype=bool))
+
+
 @pytest.mark.parametrize("kind", KINDS)
 def test_a_searched_twin_pickles_and_searches_the_same(kind: str) -> None:
     corpus = clustered(4000, 32)
