@@ -63,7 +63,7 @@ from polars_embed.kernels import (
     topk_merge,
 )
 
-__all__ = ["Quantization", "QuantizedVectors", "quantize", "quantized_topk", "recall_at_k"]
+__all__ = ["Quantization", "QuantizedSearch", "QuantizedVectors", "quantize", "quantized_topk", "recall_at_k"]
 
 Quantization = Literal["int8", "binary"]
 _KINDS: tuple[str, ...] = get_args(Quantization)
@@ -148,6 +148,29 @@ class QuantizedVectors:
     def nbytes(self) -> int:
         """Bytes held by the codes, which is what the coarse pass reads."""
         return _nbytes(self.codes)
+
+
+@dataclass(frozen=True)
+class QuantizedSearch:
+    """A quantised search's options, as a front end's ``quantized=`` and ``oversample=`` ask for them."""
+
+    kind: Quantization
+    oversample: int | None
+
+    @classmethod
+    def check(
+        cls, kind: str | None, oversample: int | None, metric: str = "cosine"
+    ) -> QuantizedSearch | None:
+        """The options, or None for an exact search; a clear error for options that do not fit."""
+        if kind is None:
+            if oversample is not None:
+                raise ConfigError("oversample= is for a quantized= search; pass quantized='int8' or 'binary'")
+            return None
+        if kind not in _KINDS:
+            raise ConfigError(f"quantized must be 'int8', 'binary' or None, got {kind!r}")
+        if metric != "cosine":
+            raise ConfigError(f"a quantized search ranks by cosine similarity, not {metric!r}: drop metric=")
+        return cls(kind, None if oversample is None else check_k(oversample))
 
 
 def quantize(corpus: Corpus, kind: Quantization, *, valid: Array | None = None) -> QuantizedVectors:

@@ -596,6 +596,30 @@ class TestSearch:
         assert found["title"].to_list() == [f"title {i.removeprefix('doc-')}" for i in found["id"]]
         assert docs._vectors == {}  # read again at the next search
 
+    @pytest.mark.parametrize("kind", ["int8", "binary"])
+    def test_a_quantized_search_ranks_the_filtered_records_and_keeps_its_twin(
+        self, docs: pe.Table, kind: str
+    ) -> None:
+        query = docs.provider().embed_batch(["black cat near the river"], kind="query")[0]
+        keep = pl.col("year") == 2003
+        found = docs.search("black cat near the river", k=10, where=keep, quantized=kind).to_polars()
+        assert found["id"].to_list() == exact_top(docs, query, keep, 10)
+        exact = docs.search("black cat near the river", k=10, where=keep).to_polars()
+        np.testing.assert_allclose(found["score"], exact["score"], rtol=1e-5)  # exact cosines
+        column = docs._declaration.vector(None).name
+        twin = docs._vectors[column].twins[kind]
+        docs.search("red car", quantized=kind, oversample=2).to_polars()
+        assert docs._vectors[column].twins[kind] is twin  # kept while the table is unchanged
+        docs.add([{"id": "new", "title": "t", "body": "zebra zebra zebra"}])
+        assert docs.search("zebra zebra zebra", k=1, quantized=kind).to_polars()["id"].to_list() == ["new"]
+        assert docs._vectors[column].twins[kind] is not twin
+
+    def test_quantized_options_are_checked_when_the_search_is_made(self, docs: pe.Table) -> None:
+        with pytest.raises(pe.ConfigError, match="quantized must be 'int8', 'binary' or None"):
+            docs.search("cat", quantized="int4")
+        with pytest.raises(pe.ConfigError, match="oversample= is for a quantized= search"):
+            docs.search("cat", oversample=5)
+
     def test_filters_that_refer_to_nothing_are_errors(self, docs: pe.Table) -> None:
         with pytest.raises(pe.ConfigError, match=r"uses columns \['colour'\]"):
             docs.search("cat", where=pl.col("colour") == "red").to_polars()

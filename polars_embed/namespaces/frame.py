@@ -14,7 +14,7 @@ import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from os import PathLike
-from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar, get_args
+from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar
 
 import numpy as np
 import polars as pl
@@ -49,7 +49,7 @@ from polars_embed.namespaces._vectors import (
     vector_width,
 )
 from polars_embed.provider import Kind, Provider
-from polars_embed.quantization import Quantization, quantized_topk
+from polars_embed.quantization import Quantization, QuantizedSearch, quantized_topk
 from polars_embed.registry import ProviderLike, RerankerLike, resolve_provider
 
 if TYPE_CHECKING:
@@ -238,7 +238,7 @@ class _EmbedNamespace(Generic[FrameT]):
             normalized=normalized,
             score=score,
             query_index=query_index,
-            quantized=_Quantized.check(quantized, oversample, metric),
+            quantized=QuantizedSearch.check(quantized, oversample, metric),
             options=options,
             ranking=Ranking.check(
                 text=text,
@@ -355,7 +355,7 @@ class _EmbedNamespace(Generic[FrameT]):
             how=how,
             suffix=suffix,
             score=score,
-            quantized=_Quantized.check(quantized, oversample, metric),
+            quantized=QuantizedSearch.check(quantized, oversample, metric),
         )
         return self._run(join)
 
@@ -761,7 +761,7 @@ class _Search:
     texts: tuple[str, ...] | None  # text queries, embedded when the search runs
     vectors: np.ndarray | None  # (q, d) float32 vector queries
     provider: Provider | None
-    quantized: _Quantized | None
+    quantized: QuantizedSearch | None
     ranking: Ranking | None = None  # hybrid and reranked searches
 
     @classmethod
@@ -777,7 +777,7 @@ class _Search:
         normalized: bool | None,
         score: str,
         query_index: str,
-        quantized: _Quantized | None,
+        quantized: QuantizedSearch | None,
         options: dict[str, Any],
         ranking: Ranking | None = None,
     ) -> _Search:
@@ -937,7 +937,7 @@ class _KnnJoin:
     keep_unmatched: bool
     score: str
     right_names: dict[str, str]  # right column -> output name
-    quantized: _Quantized | None
+    quantized: QuantizedSearch | None
 
     @classmethod
     def plan(
@@ -954,7 +954,7 @@ class _KnnJoin:
         how: str,
         suffix: str,
         score: str,
-        quantized: _Quantized | None,
+        quantized: QuantizedSearch | None,
     ) -> _KnnJoin:
         if left_on is None or right_on is None:
             raise ConfigError("knn_join needs the vector columns: pass on=, or left_on= and right_on=")
@@ -1030,26 +1030,6 @@ class _KnnJoin:
         )
 
 
-@dataclass(frozen=True)
-class _Quantized:
-    """A quantised search's options, checked."""
-
-    kind: Quantization
-    oversample: int | None
-
-    @classmethod
-    def check(cls, kind: str | None, oversample: int | None, metric: str) -> _Quantized | None:
-        if kind is None:
-            if oversample is not None:
-                raise ConfigError("oversample= is for a quantized= search; pass quantized='int8' or 'binary'")
-            return None
-        if kind not in get_args(Quantization):
-            raise ConfigError(f"quantized must be 'int8', 'binary' or None, got {kind!r}")
-        if metric != "cosine":
-            raise ConfigError(f"a quantized search ranks by cosine similarity, not {metric!r}: drop metric=")
-        return cls(kind, None if oversample is None else check_k(oversample))
-
-
 def _search_frame(
     queries: np.ndarray,
     frame: pl.DataFrame,
@@ -1057,7 +1037,7 @@ def _search_frame(
     k: int,
     metric: Metric,
     normalized: bool,
-    quantized: _Quantized | None = None,
+    quantized: QuantizedSearch | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """:func:`topk` over the chunks of ``frame[on]``, with what it derives from them kept for the next
     search: the row norms, or the quantised twin."""

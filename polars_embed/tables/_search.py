@@ -38,6 +38,7 @@ from polars_embed.errors import ConfigError, DimensionMismatchError, MissingDepe
 from polars_embed.kernels import check_k, topk
 from polars_embed.keywords import Fusion, Ranking
 from polars_embed.namespaces._vectors import parse_query
+from polars_embed.quantization import QuantizedSearch, quantized_topk
 from polars_embed.registry import RerankerLike
 from polars_embed.tables._declaration import VectorColumn
 
@@ -73,6 +74,7 @@ class Search:
     exact: bool = False
     leave_out: str | None = None
     ranking: Ranking | None = None  # hybrid and reranked searches
+    quantized: QuantizedSearch | None = None
 
     @classmethod
     def of(
@@ -93,8 +95,11 @@ class Search:
         weight: float = 0.5,
         rerank: RerankerLike | None = None,
         rerank_top: int = 50,
+        quantized: str | None = None,
+        oversample: int | None = None,
     ) -> Search:
         column = table._declaration.vector(on)
+        quantized_search = QuantizedSearch.check(quantized, oversample)
         try:
             texts, vectors, single = parse_query(query)
         except (TypeError, ValueError) as error:
@@ -129,6 +134,7 @@ class Search:
             exact,
             leave_out,
             ranking,
+            quantized_search,
         )
 
     def where(self, condition: Filter) -> Search:
@@ -206,6 +212,11 @@ class Search:
         if len(kept.ids) == 0 or (valid is not None and not valid.any()):
             indices = np.zeros((len(queries), 0), dtype=np.int64)
             scores = np.zeros((len(queries), 0), dtype=np.float32)
+        elif self.quantized is not None:
+            twin = kept.twin(self.quantized.kind)
+            indices, scores = quantized_topk(
+                queries, kept.matrix, twin, depth, oversample=self.quantized.oversample, valid=valid
+            )
         else:
             indices, scores = topk(queries, kept.matrix, depth, valid=valid, normalized=kept.normalized)
         return kept, indices, scores
@@ -253,7 +264,9 @@ class Search:
         return result.select("query_index", *table.schema, "score", *ranking.columns)
 
     def _through_index(self) -> bool:
-        if self.exact or any(isinstance(condition, pl.Expr) for condition in self.filters):
+        if self.exact or self.quantized is not None:
+            return False
+        if any(isinstance(condition, pl.Expr) for condition in self.filters):
             return False
         with self.table._database._lock:
             return has_hnsw_index(self.table._database.connection, self.table._located)

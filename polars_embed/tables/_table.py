@@ -42,6 +42,7 @@ from polars_embed.keywords import Fusion
 from polars_embed.metadata import check_width, remember
 from polars_embed.namespaces._vectors import null_where
 from polars_embed.provider import Provider
+from polars_embed.quantization import Quantization, QuantizedVectors, quantize
 from polars_embed.registry import ProviderLike, RerankerLike, resolve_provider
 from polars_embed.tables._declaration import (
     MAX_VECTOR_COLUMNS,
@@ -77,6 +78,14 @@ class _Vectors:
     matrix: np.ndarray
     normalized: bool
     row_ids: np.ndarray  # where each record was when read: a hint, checked when used
+    twins: dict[str, QuantizedVectors] = dataclasses.field(default_factory=dict, compare=False)
+
+    def twin(self, kind: Quantization) -> QuantizedVectors:
+        """The quantised twin of these vectors, made by their first quantised search."""
+        twin = self.twins.get(kind)
+        if twin is None:
+            twin = self.twins[kind] = quantize(self.matrix, kind)
+        return twin
 
 
 class Table:
@@ -618,6 +627,8 @@ class Table:
         weight: float = 0.5,
         rerank: RerankerLike | None = None,
         rerank_top: int = 50,
+        quantized: Quantization | None = None,
+        oversample: int | None = None,
     ) -> Search:
         """The records nearest to a query, as a :class:`Search` to refine and run.
 
@@ -659,6 +670,13 @@ class Table:
             :class:`~polars_embed.Reranker`) that reorders the best ``rerank_top``
             candidates by reading the query with each one's text; ``score`` is then
             its relevance.
+        quantized, oversample
+            ``"int8"`` or ``"binary"``: rank the records that pass the filters on a
+            compact twin of the vectors (made by the first such search and kept
+            while the table is unchanged, as the vectors are), then rescore
+            ``oversample * k`` candidates exactly, as ``df.embed.search`` does (see
+            :func:`polars_embed.quantized_topk`). Scores are exact cosines; the set
+            found may miss a few of the exact search's. Never through an HNSW index.
         """
         return Search.of(
             self,
@@ -675,6 +693,8 @@ class Table:
             weight=weight,
             rerank=rerank,
             rerank_top=rerank_top,
+            quantized=quantized,
+            oversample=oversample,
         )
 
     def similar(
