@@ -11,7 +11,8 @@ Run: ``python -m pytest benchmarks/test_bench_tables.py``
 - ``search`` and ``similar`` through the table, reading the hits from DuckDB,
   against ``df.embed.search`` on the same vectors in memory. The table keeps a
   column's vectors in memory after its first search; ``search_cold`` forgets
-  them before each round, so it includes reading every vector from DuckDB.
+  them before each round, so it includes reading every vector from DuckDB;
+  ``search_quantized`` ranks on a quantised twin of the kept vectors.
 
 Shrink with ``POLARS_EMBED_BENCH_TABLES_ROWS=5000``. The database is a file in
 a temporary directory; the embedding cache is off, so every round embeds.
@@ -214,6 +215,16 @@ def test_table_similar(benchmark: Any, searched: tuple[pe.Table, pl.DataFrame]) 
     table, _ = searched
     found = benchmark.pedantic(lambda: table.similar("doc-7", k=K).to_polars(), rounds=20, warmup_rounds=2)
     assert found.height == K and "doc-7" not in found["id"].to_list()
+
+
+@pytest.mark.parametrize("kind", ["int8", "binary"])
+def test_table_search_quantized(benchmark: Any, searched: tuple[pe.Table, pl.DataFrame], kind: str) -> None:
+    """The twin is made in the warm-up rounds and kept with the table's vectors."""
+    benchmark.group = SEARCH_GROUP
+    table, _ = searched
+    search = table.search(QUERY, k=K, quantized=kind)
+    found = benchmark.pedantic(search.to_polars, rounds=20, warmup_rounds=2)
+    assert found.height == K
 
 
 def test_table_search_filtered(benchmark: Any, searched: tuple[pe.Table, pl.DataFrame]) -> None:
