@@ -613,6 +613,8 @@ class TestSearch:
         docs.add([{"id": "new", "title": "t", "body": "zebra zebra zebra"}])
         assert docs.search("zebra zebra zebra", k=1, quantized=kind).to_polars()["id"].to_list() == ["new"]
         assert docs._vectors[column].twins[kind] is not twin
+        similar = docs.similar("doc-10", k=5, quantized=kind).to_polars()["id"].to_list()
+        assert similar == docs.similar("doc-10", k=5).to_polars()["id"].to_list() and "doc-10" not in similar
 
     def test_quantized_options_are_checked_when_the_search_is_made(self, docs: pe.Table) -> None:
         with pytest.raises(pe.ConfigError, match="quantized must be 'int8', 'binary' or None"):

@@ -707,6 +707,8 @@ class Table:
         include: Mapping[str, Any] | None = None,
         exclude: Mapping[str, Any] | None = None,
         exact: bool = False,
+        quantized: Quantization | None = None,
+        oversample: int | None = None,
     ) -> Search:
         """The records nearest to a stored record's vector, leaving that record out; see :meth:`search`."""
         column = self._declaration.vector(on)
@@ -732,6 +734,8 @@ class Table:
             exclude=exclude,
             exact=exact,
             leave_out=id,
+            quantized=quantized,
+            oversample=oversample,
         )
 
     def _vectors_for_search(self, column: VectorColumn) -> _Vectors:
