@@ -470,8 +470,9 @@ def _hamming_topk(xp: Namespace, unit: Array, quantized: QuantizedVectors, candi
     query_words = _xp.pack_bits(xp, (unit - quantized.center) > 0)
     n_queries, n_words = query_words.shape
 
-    def counted(rows: slice, scratch: dict[str, Array]) -> Array:
-        """The (queries, rows) distances, by popcount of the differing words."""
+    def counted(rows: slice) -> Array:
+        """The (queries, rows) distances, by popcount of the differing words, in standard
+        array calls (the path of other array libraries than numpy)."""
         distance = xp.zeros((n_queries, rows.stop - rows.start), dtype=xp.uint16, device=_device(unit))
         for word in range(n_words):
             different = quantized.codes[word, rows][None, :] ^ query_words[:, word, None]
@@ -482,7 +483,7 @@ def _hamming_topk(xp: Namespace, unit: Array, quantized: QuantizedVectors, candi
     if not array_api_compat.is_numpy_namespace(xp):
         return _coarse_topk(
             xp,
-            lambda rows, scratch: -xp.astype(counted(rows, scratch), xp.float32),
+            lambda rows, scratch: -xp.astype(counted(rows), xp.float32),
             n_queries,
             quantized,
             candidates,
@@ -622,7 +623,7 @@ def _least_distances(
                 kept, waiting = [least.keep(kept)[0]], 0
         return least.keep(kept)[0]
 
-    ranked = _on_cores(rank, parts)
+    ranked = _on_cores(numpy, rank, parts)
     query, _, row = ranked[0] if len(ranked) == 1 else least.keep(ranked)[0]
     order = numpy.argsort(query, kind="stable")
     query, row = query[order], row[order]
@@ -764,7 +765,7 @@ def _coarse_topk(
             fold()
         return best_rows, best_keys
 
-    results = _on_cores(rank, parts)
+    results = _on_cores(xp, rank, parts)
     rows, _ = topk_merge([r for r, _ in results], [k for _, k in results], candidates, metric="dot")
     return rows
 
@@ -790,8 +791,7 @@ def _rescore(
 
     query_chunks = _chunks(n_queries, per_chunk)
     # numpy's gathers and products release the GIL: 100 queries rescored in half the time.
-    on_cores = _threads(xp) > 1
-    keys = _on_cores(cosines, query_chunks) if on_cores else [cosines(chunk) for chunk in query_chunks]
+    keys = _on_cores(xp, cosines, query_chunks)
     keys = xp.where(found, xp.concat(keys, axis=0), -xp.inf)
     indices, best = _best_of(xp, xp.where(found, rows, -1), keys, min(k, n_candidates))
     indices = xp.where(best > -xp.inf, indices, -1)
@@ -878,15 +878,15 @@ def _threads(xp: Namespace) -> int:
     return max(1, len(cores))
 
 
-def _on_cores(task: Callable[[Any], Any], items: list[Any]) -> list[Any]:
-    """``[task(item) for item in items]``, on the process's numpy pool of one thread per core
-    where there are several items (numpy and numkong release the GIL): starting threads
-    for each search cost about a millisecond of a one-query search's 12 ms."""
-    if len(items) == 1:
-        return [task(items[0])]
-    import numpy
-
-    return list(shared_pool("polars-embed-quantized", _threads(numpy)).map(task, items))
+def _on_cores(xp: Namespace, task: Callable[[Any], Any], items: list[Any]) -> list[Any]:
+    """``[task(item) for item in items]``, on the process's pool of one thread per core where
+    there are several items and ``xp`` is numpy (numpy and numkong release the GIL; CuPy is
+    asynchronous already). The pool is kept: starting threads for each search cost about a
+    millisecond of a one-query search's 12 ms."""
+    threads = _threads(xp)
+    if len(items) <= 1 or threads == 1:
+        return [task(item) for item in items]
+    return list(shared_pool("polars-embed-quantized", threads).map(task, items))
 
 
 def _device(x: Array) -> object:

@@ -388,11 +388,9 @@ def test_corpus_is_never_copied_whole():
         assert peak < 32 * 2**20 < float32_copy / 3
 
 
-_FORK_CORPUS = np.random.default_rng(5).standard_normal((300_000, 16), dtype=np.float32)
-
-
 def _search_the_fork_corpus(_: object = None) -> list[int]:
-    return topk(_FORK_CORPUS[:3], _FORK_CORPUS, 4)[0].ravel().tolist()
+    corpus = np.random.default_rng(5).standard_normal((300_000, 16), dtype=np.float32)
+    return topk(corpus[:3], corpus, 4)[0].ravel().tolist()
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork on this platform")

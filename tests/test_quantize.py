@@ -116,12 +116,10 @@ def test_the_coarse_pass_runs_on_several_threads_with_the_same_result() -> None:
     np.testing.assert_array_equal(one[0], three[0])
 
 
-_FORK_CORPUS = clustered(80_000, 16)
-
-
 def _binary_search_of_the_fork_corpus(_: object = None) -> list[int]:
-    twin = quantize(_FORK_CORPUS, "binary")
-    return quantized_topk(_FORK_CORPUS[:2], _FORK_CORPUS, twin, 5)[0].ravel().tolist()
+    corpus = clustered(80_000, 16)
+    twin = quantize(corpus, "binary")
+    return quantized_topk(corpus[:2], corpus, twin, 5)[0].ravel().tolist()
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork on this platform")
