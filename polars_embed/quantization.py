@@ -63,7 +63,15 @@ from polars_embed.kernels import (
     topk_merge,
 )
 
-__all__ = ["Quantization", "QuantizedSearch", "QuantizedVectors", "quantize", "quantized_topk", "recall_at_k"]
+__all__ = [
+    "Quantization",
+    "QuantizedSearch",
+    "QuantizedVectors",
+    "quantize",
+    "quantized_candidates",
+    "quantized_topk",
+    "recall_at_k",
+]
 
 Quantization = Literal["int8", "binary"]
 _KINDS: tuple[str, ...] = get_args(Quantization)
@@ -278,42 +286,104 @@ def quantized_topk(
            [2]])
     """
     k = check_k(k)
-    oversample = DEFAULT_OVERSAMPLE[quantized.kind] if oversample is None else check_k(oversample)
     chunks = _corpus_chunks(corpus)
     xp = _xp.namespace(queries, *chunks)
-    if queries.ndim == 1:
-        queries = xp.reshape(queries, (1, queries.shape[0]))
-    queries = _as_float32(xp, queries)
     n_rows = sum(chunk.shape[0] for chunk in chunks)
-    if queries.shape[1] != quantized.width or n_rows != quantized.n_rows:
+    if n_rows != quantized.n_rows:
         raise DimensionMismatchError(
             f"the twin was made from {quantized.n_rows} vectors of width {quantized.width}, but the "
-            f"corpus has {n_rows} of width {chunks[0].shape[1]} and the queries width {queries.shape[1]}: "
-            "make the twin from this corpus"
+            f"corpus has {n_rows} of width {chunks[0].shape[1]}: make the twin from this corpus"
         )
-    _check_valid(xp, valid, n_rows)
-    if valid is not None:
-        quantized = quantized._searching_only(valid)
+    queries, quantized = _searched(xp, queries, quantized, valid)
     numpy_int8 = quantized.kind == "int8" and array_api_compat.is_numpy_namespace(xp)
     if numpy_int8 and not _int8_kernel_runs(xp, queries.shape[0]):
         # The coarse pass would be the float32 multiply of the codes, converted block by
         # block: more than exact search costs (1.2x for 100 queries, 2.4x for one,
         # benchmarks/README.md), so the exact search runs, with the exact answers.
         return topk(queries, chunks, k, valid=quantized.searchable, squared_norms=quantized.squared_norms)
-    candidates = min(k * oversample, quantized.n_rows)
     with _xp.float_errors_ignored():
-        squared = xp.vecdot(queries, queries)
-        usable = xp.isfinite(squared) & (squared > 0)
-        unit = xp.where(usable[:, None], queries / xp.sqrt(xp.where(usable, squared, 1.0))[:, None], 0.0)
-        if candidates == 0:
-            rows = xp.full((queries.shape[0], 0), -1, dtype=xp.int64, device=_device(queries))
-        elif quantized.kind == "int8":
-            rows = _int8_topk(xp, unit * quantized.scales, quantized, candidates)
-        else:
-            rows = _hamming_topk(xp, unit, quantized, candidates)
-        rows = xp.where(usable[:, None], rows, -1)
+        unit, rows = _coarse_pass(xp, queries, quantized, k, oversample)
         usable_rows = int(xp.count_nonzero(quantized.searchable))
         return _rescore(xp, unit, chunks, quantized.squared_norms, rows, min(k, usable_rows))
+
+
+def quantized_candidates(
+    queries: Array,
+    quantized: QuantizedVectors,
+    k: int = 10,
+    *,
+    oversample: int | None = None,
+    valid: Array | None = None,
+) -> Array:
+    """The rows of the coarse pass alone: each query's ``oversample * k`` candidates, to be
+    rescored on float32 vectors kept elsewhere (a database table, say).
+
+    Parameters
+    ----------
+    queries : array, shape (q, d) or (d,)
+        Query vectors.
+    quantized : QuantizedVectors
+        The twin, from :func:`quantize`.
+    k, oversample, valid
+        As in :func:`quantized_topk`.
+
+    Returns
+    -------
+    int64 array, shape (q, c)
+        Each query's candidate rows of the twin, in no particular order, padded with
+        -1 where fewer rows can match (and all -1 for a query that cannot match).
+        The int8 coarse pass runs even where exact search would cost less, since the
+        float32 vectors are not at hand.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> corpus = np.random.default_rng(0).standard_normal((5000, 64), dtype=np.float32)
+    >>> candidates = quantized_candidates(corpus[:2], quantize(corpus, "int8"), k=3)
+    >>> candidates.shape, [row in found for row, found in zip([0, 1], candidates.tolist())]
+    ((2, 12), [True, True])
+    """
+    k = check_k(k)
+    xp = _xp.namespace(queries)
+    queries, quantized = _searched(xp, queries, quantized, valid)
+    with _xp.float_errors_ignored():
+        return _coarse_pass(xp, queries, quantized, k, oversample)[1]
+
+
+def _searched(
+    xp: Namespace, queries: Array, quantized: QuantizedVectors, valid: Array | None
+) -> tuple[Array, QuantizedVectors]:
+    """The queries as a float32 (q, d) matrix of the twin's width, and the twin with only the
+    ``valid`` rows searchable."""
+    if queries.ndim == 1:
+        queries = xp.reshape(queries, (1, queries.shape[0]))
+    queries = _as_float32(xp, queries)
+    if queries.shape[1] != quantized.width:
+        raise DimensionMismatchError(
+            f"the queries have width {queries.shape[1]}, but the twin was made from vectors of width "
+            f"{quantized.width}: embed them with the corpus's provider"
+        )
+    _check_valid(xp, valid, quantized.n_rows)
+    return queries, quantized if valid is None else quantized._searching_only(valid)
+
+
+def _coarse_pass(
+    xp: Namespace, queries: Array, quantized: QuantizedVectors, k: int, oversample: int | None
+) -> tuple[Array, Array]:
+    """The unit queries (zero for one that cannot match), and each one's candidate rows by the
+    twin's codes, -1 where none."""
+    oversample = DEFAULT_OVERSAMPLE[quantized.kind] if oversample is None else check_k(oversample)
+    candidates = min(k * oversample, quantized.n_rows)
+    squared = xp.vecdot(queries, queries)
+    usable = xp.isfinite(squared) & (squared > 0)
+    unit = xp.where(usable[:, None], queries / xp.sqrt(xp.where(usable, squared, 1.0))[:, None], 0.0)
+    if candidates == 0:
+        rows = xp.full((queries.shape[0], 0), -1, dtype=xp.int64, device=_device(queries))
+    elif quantized.kind == "int8":
+        rows = _int8_topk(xp, unit * quantized.scales, quantized, candidates)
+    else:
+        rows = _hamming_topk(xp, unit, quantized, candidates)
+    return unit, xp.where(usable[:, None], rows, -1)
 
 
 def recall_at_k(

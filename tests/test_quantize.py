@@ -15,7 +15,7 @@ import pytest
 import polars_embed
 from polars_embed import quantization as quantize_module
 from polars_embed.kernels import pairwise_scores, squared_norms, topk
-from polars_embed.quantization import quantize, quantized_topk, recall_at_k
+from polars_embed.quantization import quantize, quantized_candidates, quantized_topk, recall_at_k
 
 KINDS = ("int8", "binary")
 
@@ -347,3 +347,20 @@ def test_exact_topk_is_what_recall_compares_with() -> None:
     found, _ = quantized_topk(queries, corpus, twin, 5, oversample=400)  # every row rescored
     np.testing.assert_array_equal(found, exact)
     assert recall_at_k(corpus, twin, queries=queries, k=5, oversample=400) == 1.0
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_the_candidates_alone_hold_the_best_rows_of_the_filter(kind: str) -> None:
+    corpus = clustered(6000, 32)
+    twin = quantize(corpus, kind)
+    queries = corpus[[5, 17, 4001]] + 0.01
+    valid = np.arange(6000) % 4 != 1
+    candidates = quantized_candidates(queries, twin, 10, oversample=8, valid=valid)
+    assert candidates.shape == (3, 80) and candidates.dtype == np.int64
+    exact, _ = topk(queries, corpus, 1, metric="cosine", valid=valid)
+    for row, best in zip(candidates, exact[:, 0], strict=True):
+        assert len(set(row.tolist())) == 80 and valid[row].all() and best in row
+    (everything,) = quantized_candidates(queries[0], twin, 10, oversample=1000, valid=valid)
+    assert sorted(everything[everything >= 0].tolist()) == np.flatnonzero(valid).tolist()
+    with pytest.raises(ValueError, match="width 8, but the twin was made from vectors of width 32"):
+        quantized_candidates(queries[:, :8], twin)
