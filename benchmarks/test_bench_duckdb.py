@@ -239,6 +239,31 @@ def test_search_hnsw(benchmark: Any, search_db: tuple, corpus: tuple[np.ndarray,
     assert len(found) == K
 
 
+@pytest.mark.parametrize("kind", ["int8", "binary"])
+def test_search_quantized(
+    benchmark: Any, search_db: tuple, corpus: tuple[np.ndarray, np.ndarray], kind: str
+) -> None:
+    """``search(quantized=...)`` on the unindexed table; recall@10 against the kernel, on the
+    corpus's vectors (MiniLM's unless the provider is overridden), goes to extra_info."""
+    benchmark.group = SEARCH_GROUP
+    con, _ = search_db
+    vectors, queries = corpus
+    expected, _ = polars_embed.topk(queries, vectors, k=K)
+    hits = 0
+    for query, best in zip(queries, expected, strict=True):
+        found = duckdb_ext.search(con, "docs_plain", "vector", query, k=K, quantized=kind)
+        hits += len({row[0] for row in found.select("id").fetchall()} & set(best.tolist()))
+    benchmark.extra_info["recall_at_10"] = round(hits / expected.size, 4)
+    benchmark.extra_info["corpus_provider"] = CORPUS_PROVIDER
+    next_query = cycling(queries)
+    found = benchmark.pedantic(
+        lambda: duckdb_ext.search(con, "docs_plain", "vector", next_query(), k=K, quantized=kind).fetchall(),
+        rounds=SEARCH_ROUNDS,
+        warmup_rounds=1,
+    )
+    assert len(found) == K
+
+
 def test_search_hnsw_filtered(
     benchmark: Any, search_db: tuple, corpus: tuple[np.ndarray, np.ndarray]
 ) -> None:
@@ -342,3 +367,23 @@ def test_exact_duckdb_column_scan(benchmark: Any, exact_db: tuple) -> None:
         rounds=ROUNDS,
     )
     assert counted == (EXACT_ROWS,)
+
+
+@pytest.mark.parametrize("kind", ["int8", "binary"])
+def test_search_quantized_large(benchmark: Any, exact_db: tuple, kind: str) -> None:
+    """``search(quantized=...)``: the coarse pass on the column's twin in memory, then the
+    candidates read back from DuckDB by row id and rescored exactly. The twin is made by the
+    first search, before the timing (its time goes to extra_info); these random vectors are
+    quantisation's worst case, so only the time is compared here (recall: ``test_search_quantized``)."""
+    con, vectors, queries = exact_db
+    benchmark.group = EXACT_GROUP
+    query = queries[0]
+
+    def search() -> list:
+        return duckdb_ext.search(con, "exact_docs", "vector", query, k=K, quantized=kind).fetchall()
+
+    started = time.perf_counter()
+    search()
+    benchmark.extra_info["twin_made_seconds"] = round(time.perf_counter() - started, 2)
+    found = interleaved(benchmark, search, lambda: numpy_matvec_argpartition(vectors, query), rounds=ROUNDS)
+    assert len(found) == K

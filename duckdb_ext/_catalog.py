@@ -20,6 +20,7 @@ from typing import Any
 
 import duckdb
 import numpy as np
+import pyarrow as pa
 
 from polars_embed.errors import ConfigError
 from polars_embed.metadata import VectorSpec
@@ -110,6 +111,13 @@ class Column:
                 f"file with duckdb_ext.load_parquet, which does that"
             )
         raise ConfigError(problem)
+
+    def matrix(self, values: pa.Array | pa.ChunkedArray) -> np.ndarray:
+        """This ``FLOAT[d]`` column's ``values``, read out of DuckDB through Arrow, as a float32
+        ``(n, d)`` matrix, where a NULL element is NaN (none may be a NULL vector)."""
+        if isinstance(values, pa.ChunkedArray):
+            values = values.combine_chunks()
+        return values.flatten().to_numpy(zero_copy_only=False).reshape(-1, self.width)
 
     def stored_spec(self) -> VectorSpec | None:
         """The description of the vectors kept in the comment, if the comment is one.

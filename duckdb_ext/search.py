@@ -46,6 +46,7 @@ from duckdb_ext._catalog import (
     resolve_table,
     vector_literal,
 )
+from duckdb_ext._twins import quantized_table_topk
 from duckdb_ext.vss import load_vss
 from polars_embed.engine import embed_queries
 from polars_embed.errors import (
@@ -61,6 +62,7 @@ from polars_embed.keywords import Fusion, Ranking
 from polars_embed.metadata import provider_for_query, provider_of
 from polars_embed.namespaces._vectors import unit_length
 from polars_embed.provider import Provider
+from polars_embed.quantization import Quantization, QuantizedSearch
 from polars_embed.registry import ProviderLike, RerankerLike, resolve_provider
 
 log = logging.getLogger(__name__)
@@ -97,6 +99,8 @@ def search(
     weight: float = 0.5,
     rerank: RerankerLike | None = None,
     rerank_top: int = 50,
+    quantized: Quantization | None = None,
+    oversample: int | None = None,
 ) -> duckdb.DuckDBPyRelation:
     """Find the ``k`` rows whose vectors are most similar to ``query``.
 
@@ -149,6 +153,19 @@ def search(
         :class:`~polars_embed.Reranker`) that reorders the best ``rerank_top``
         candidates by reading the query with each one's ``text``; ``score`` is then
         its relevance.
+    quantized
+        ``"int8"`` or ``"binary"``: rank the rows on a compact twin of the vectors
+        (:func:`polars_embed.quantize`) and rescore the best ``oversample * k``
+        exactly, as :meth:`polars_embed.namespaces.frame.EmbedFrameNamespace.search`
+        does; never through an HNSW index. The first such search reads the column
+        once to make the twin, kept in memory for this connection; a search after
+        the table's rows changed makes it again (see :mod:`duckdb_ext._twins`).
+        On duckdb 1.x, reading more than about 50 candidates back costs a scan
+        of the table, so ``"int8"`` (40 candidates for ``k=10``) pays there and
+        ``"binary"`` (2,000) pays on duckdb 2.x.
+    oversample
+        Candidates rescored per result with ``quantized`` (default 4 for
+        ``"int8"``, 200 for ``"binary"``).
 
     Returns
     -------
@@ -160,10 +177,11 @@ def search(
     Raises
     ------
     ConfigError
-        If the table or column does not exist, the column is not ``FLOAT[d]``
-        (a ``FLOAT[]`` list column: the message gives the cast), the table has
-        a column named ``score`` or ``rowid``, or the model that must embed a
-        text query is not known or is not the column's.
+        If ``exact`` and ``quantized`` are both given, the table or column does
+        not exist, the column is not ``FLOAT[d]`` (a ``FLOAT[]`` list column: the
+        message gives the cast), the table has a column named ``score`` or
+        ``rowid``, or the model that must embed a text query is not known or is
+        not the column's.
     DimensionMismatchError
         If the query vector, or the provider's vectors, are not ``d`` wide.
     ValueError
@@ -192,6 +210,12 @@ def search(
     [('a black dog',), ('a small dog',)]
     """
     k = check_k(k)  # before it reaches SQL text
+    twin_search = QuantizedSearch.check(quantized, oversample)
+    if exact and twin_search is not None:
+        raise ConfigError(
+            "exact=True ranks every row by its float32 vector and quantized= ranks them on a twin: "
+            "pass one of them"
+        )
     if where is not None and not where.strip():
         where = None
     ranking = Ranking.check(
@@ -229,7 +253,7 @@ def search(
         raise InvalidInputError(
             "the query vector must be finite and not all zeros: cosine similarity needs a direction"
         )
-    if ranking is None and not exact:
+    if ranking is None and not exact and twin_search is None:
         indexed = _indexed_search(con, target, vectors, query_vector, k, where)
         if indexed is not None:
             return indexed
@@ -237,8 +261,10 @@ def search(
     unit = unit_length(normalized, stored or _recorded_provider(vectors))
     if ranking is not None:
         assert isinstance(query, str) and texts is not None
-        return _ranked_search(con, target, vectors, texts, query, query_vector, k, where, ranking, unit)
-    return _exact_search(con, target, vectors, query_vector, k, where, unit)
+        return _ranked_search(
+            con, target, vectors, texts, query, query_vector, k, where, ranking, unit, twin_search
+        )
+    return _exact_search(con, target, vectors, query_vector, k, where, unit, twin_search)
 
 
 def _query_provider(
@@ -363,11 +389,12 @@ def _exact_search(
     k: int,
     where: str | None,
     unit: bool,
+    twin_search: QuantizedSearch | None,
 ) -> duckdb.DuckDBPyRelation:
     # Row ids are only stable within one snapshot (a checkpoint after deletes renumbers
     # rows), so the hits are ranked and fetched in one, and kept as they were then.
     with _one_snapshot(con) as restart:
-        rows, scores = _exact_topk(con, table, vectors, query, k, where, unit, restart)
+        rows, scores = _vector_topk(con, table, vectors, query, k, where, unit, twin_search, restart)
         hits = _hits(con, table, rows, scores)
     return con.from_arrow(hits)
 
@@ -383,13 +410,14 @@ def _ranked_search(
     where: str | None,
     ranking: Ranking,
     unit: bool,
+    twin_search: QuantizedSearch | None,
 ) -> duckdb.DuckDBPyRelation:
     """A hybrid or reranked search: both rankings and the hits read in one snapshot."""
     if ranking.keywords:
         fts.prepare_index(con, table, texts)  # it may write the index: before the read-only snapshot
     depth = ranking.depth(k)
     with _one_snapshot(con) as restart:
-        vector = _exact_topk(con, table, vectors, query_vector, depth, where, unit, restart)
+        vector = _vector_topk(con, table, vectors, query_vector, depth, where, unit, twin_search, restart)
         keyword = fts.keyword_ranking(con, table, texts, query, depth, where) if ranking.keywords else None
         ranked = ranking.combine(
             query,
@@ -467,6 +495,24 @@ def _in_transaction(con: duckdb.DuckDBPyConnection) -> bool:
     return first == second
 
 
+def _vector_topk(
+    con: duckdb.DuckDBPyConnection,
+    table: Table,
+    vectors: Column,
+    query: np.ndarray,
+    k: int,
+    where: str | None,
+    unit: bool,
+    twin_search: QuantizedSearch | None,
+    restart: Callable[[], None],
+) -> tuple[np.ndarray, np.ndarray]:
+    """The row ids and cosine scores of the ``k`` best rows: on the column's twin and rescored
+    exactly with ``twin_search``, else exactly."""
+    if twin_search is not None:
+        return quantized_table_topk(con, table, vectors, query, k, where, twin_search)
+    return _exact_topk(con, table, vectors, query, k, where, unit, restart)
+
+
 def _exact_topk(
     con: duckdb.DuckDBPyConnection,
     table: Table,
@@ -518,7 +564,7 @@ def _exact_topk(
     restart()
     found_rows, found_scores = [np.zeros((1, 0), dtype=np.int64)], [np.zeros((1, 0), dtype=np.float32)]
     for batch in con.sql(f"SELECT rowid, {vectors.sql} {source}").to_arrow_reader(_BATCH_ROWS):
-        values = batch.column(1).flatten().to_numpy(zero_copy_only=False).reshape(-1, vectors.width)
+        values = vectors.matrix(batch.column(1))
         indices, scores = topk(query, values, k, normalized=unit)
         found_rows.append(batch.column(0).to_numpy()[indices])
         found_scores.append(scores)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import gc
 import importlib
 import itertools
 import json
@@ -10,6 +11,7 @@ import logging
 import subprocess
 import sys
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 
 import duckdb
@@ -35,6 +37,7 @@ from polars_embed import (
 from polars_embed.metadata import VectorSpec
 from tests.providers import CountingProvider, LongTextsProvider, RefusesFirstCall
 from tests.test_kernels import peak_bytes
+from tests.test_quantize import clustered
 
 HOSTILE_TABLE = 'we"ird; DROP TABLE victim; --'
 HOSTILE_TEXT = "bo'dy\"; DELETE FROM victim; --"
@@ -701,3 +704,145 @@ def test_refused_rows_stay_null_and_are_reported() -> None:
 
     duckdb_ext.register(con, refusing, name="careful", on_error="null")
     assert dict(con.sql("SELECT body, careful(body) IS NULL FROM docs").fetchall()) == missing
+
+
+def vector_table(con: duckdb.DuckDBPyConnection, vectors: np.ndarray, name: str = "docs") -> None:
+    con.register("frame", pl.DataFrame({"id": range(len(vectors)), "vector": vectors}))
+    con.sql(f"CREATE TABLE {name} AS SELECT * FROM frame ORDER BY id")
+    con.unregister("frame")
+
+
+class TestQuantizedSearch:
+    KINDS = ("int8", "binary")
+
+    @pytest.mark.parametrize("kind", KINDS)
+    def test_with_every_row_rescored_it_is_the_exact_search(
+        self, con: duckdb.DuckDBPyConnection, kind: str
+    ) -> None:
+        vectors = clustered(400, 24)
+        vector_table(con, vectors)
+        for query, where in itertools.product(clustered(3, 24, seed=9), (None, "id % 3 = 1")):
+            exact = duckdb_ext.search(con, "docs", "vector", query, k=8, where=where, exact=True).pl()
+            found = duckdb_ext.search(
+                con, "docs", "vector", query, k=8, where=where, quantized=kind, oversample=60
+            ).pl()
+            assert found["id"].to_list() == exact["id"].to_list()
+            np.testing.assert_allclose(found["score"].to_numpy(), exact["score"].to_numpy(), rtol=1e-5)
+            assert found.columns == exact.columns
+
+    @pytest.mark.parametrize(("kind", "least"), [("int8", 0.99), ("binary", 0.95)])
+    def test_with_the_default_oversampling_it_finds_the_exact_rows(
+        self, con: duckdb.DuckDBPyConnection, kind: str, least: float
+    ) -> None:
+        vector_table(con, clustered(8000, 64))
+        queries = clustered(20, 64, seed=4)
+        hits = total = 0
+        for query in queries:
+            exact = duckdb_ext.search(con, "docs", "vector", query, k=10, exact=True).pl()["id"]
+            found = duckdb_ext.search(con, "docs", "vector", query, k=10, quantized=kind).pl()["id"]
+            hits += len(set(exact) & set(found))
+            total += len(exact)
+        assert hits / total >= least
+
+    def test_the_twin_is_kept_and_made_again_after_every_kind_of_write(
+        self, con: duckdb.DuckDBPyConnection, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        vectors = clustered(3000, 16)
+        vector_table(con, vectors)
+        far = np.full(16, -40.0, dtype=np.float32)  # unlike every row: the search must see it at once
+
+        def best(k: int = 1) -> list[int]:
+            found = duckdb_ext.search(con, "docs", "vector", far, k=k, quantized="int8", oversample=1)
+            return [row for (row,) in found.select("id").fetchall()]
+
+        def twins_made() -> int:
+            made = sum("twin of" in record.getMessage() for record in caplog.records)
+            caplog.clear()
+            return made
+
+        caplog.set_level(logging.INFO, logger="duckdb_ext._twins")
+        exact_best = duckdb_ext.search(con, "docs", "vector", far, k=1, exact=True).select("id").fetchall()
+        assert best() == [exact_best[0][0]] and twins_made() == 1
+        assert best() == [exact_best[0][0]] and twins_made() == 0  # kept
+        con.sql("UPDATE docs SET id = id + 0")  # other columns: the vectors are as they were
+        best()
+        assert twins_made() == 0
+        con.sql("DROP TABLE docs")
+        vectors[1] = far  # a row no check compares, under the same row count and last row id
+        vector_table(con, vectors)
+        assert best() == [1] and twins_made() == 1
+        con.sql("DELETE FROM docs WHERE id = 1")
+        assert best() == [exact_best[0][0]] and twins_made() == 1
+        con.execute("INSERT INTO docs VALUES (5000, ?)", [far.tolist()])
+        assert best() == [5000] and twins_made() == 1
+        con.sql("UPDATE docs SET vector = vector WHERE id = 5000")  # a vector update: a new row id
+        assert best() == [5000] and twins_made() == 1
+        con.sql("DELETE FROM docs WHERE id = 5000")
+        assert best() != [5000] and twins_made() == 1
+        con.execute("UPDATE docs SET vector = ? WHERE id = 7", [far.tolist()])
+        assert best() == [7] and twins_made() == 1
+        # In place, under the same row ids and count: caught by the rows compared.
+        con.sql(
+            "ALTER TABLE docs ALTER vector SET DATA TYPE FLOAT[16] USING list_transform(vector, lambda x: -x)"
+        )
+        flipped = duckdb_ext.search(con, "docs", "vector", far, k=3, exact=True).select("id").fetchall()
+        assert best(3) == [row for (row,) in flipped] and twins_made() == 1
+
+    def test_a_checkpoint_that_moves_rows_is_caught(self, tmp_path: Path) -> None:
+        con = duckdb.connect(str(tmp_path / "docs.duckdb"))
+        vector_table(con, clustered(300000, 8))
+        (query,) = con.sql("SELECT vector FROM docs WHERE id = 250000").fetchnumpy()["vector"]
+        search = partial(
+            duckdb_ext.search, con, "docs", "vector", query, k=1, quantized="int8", oversample=50
+        )
+        assert search().select("id").fetchall() == [(250000,)]
+        con.sql("DELETE FROM docs WHERE id < 200000")
+        con.sql("CHECKPOINT")  # on duckdb 1.5, row 250,000 becomes row 50,000
+        assert search().select("id").fetchall() == [(250000,)]
+        con.begin()  # a search inside the caller's transaction sees what it wrote
+        con.execute("INSERT INTO docs VALUES (-1, ?)", [query.tolist()])
+        assert sorted(search(k=2).select("id").fetchall()) == [(-1,), (250000,)]
+        con.rollback()
+        assert search(k=2).select("id").fetchall()[0] == (250000,)
+        con.close()
+
+    def test_null_zero_and_unusable_vectors_are_never_returned(self, con: duckdb.DuckDBPyConnection) -> None:
+        con.sql("CREATE TABLE docs (id INTEGER, vector FLOAT[3])")
+        con.sql(
+            "INSERT INTO docs VALUES (1, [1, 0, 0]), (2, NULL), (3, [0, 0, 0]), (4, [0, -1, 0]), "
+            "(5, [1, NULL, 0]), (6, ['nan'::FLOAT, 1, 0]), (7, ['inf'::FLOAT, 0, 0])"
+        )
+        for kind in self.KINDS:
+            found = duckdb_ext.search(con, "docs", "vector", [1, 1, 0], k=10, quantized=kind)
+            assert found.select("id").fetchall() == [(1,), (4,)]
+            assert (
+                duckdb_ext.search(con, "docs", "vector", [1, 1, 0], where="id > 4", quantized=kind).fetchall()
+                == []
+            )
+        con.sql("CREATE TABLE empty (id INTEGER, vector FLOAT[3])")
+        assert duckdb_ext.search(con, "empty", "vector", [1, 0, 0], quantized="binary").fetchall() == []
+
+    def test_the_twin_goes_with_its_connection(self) -> None:
+        con = duckdb.connect()
+        vector_table(con, clustered(100, 8))
+        duckdb_ext.search(con, "docs", "vector", np.ones(8), quantized="binary").fetchall()
+        twins = importlib.import_module("duckdb_ext._twins")._twins
+        assert con in twins
+        con.close()
+        del con
+        gc.collect()
+        assert len(twins) == 0
+
+    def test_bad_options(self, con: duckdb.DuckDBPyConnection) -> None:
+        vector_table(con, clustered(50, 8))
+        search = partial(duckdb_ext.search, con, "docs", "vector", np.ones(8))
+        with pytest.raises(ConfigError, match="pass one of them"):
+            search(exact=True, quantized="int8")
+        with pytest.raises(ConfigError, match="quantized must be 'int8', 'binary' or None"):
+            search(quantized="int4")
+        with pytest.raises(ConfigError, match="oversample= is for a quantized= search"):
+            search(oversample=3)
+        with pytest.raises(ConfigError, match="must be a positive"):
+            search(quantized="int8", oversample=0)
+        with pytest.raises(DimensionMismatchError, match="width 3"):
+            duckdb_ext.search(con, "docs", "vector", np.ones(3), quantized="int8")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from functools import partial
 from pathlib import Path
 
@@ -339,6 +340,23 @@ class TestDuckDB:
         assert [row[0] for row in hits] == [CORPUS[row] for row in fused.rows[:5]]
         np.testing.assert_allclose([row[2] for row in hits], fused.scores[:5], rtol=1e-5)
         assert [row[3] for row in hits] == [int(rank) or None for rank in fused.vector_ranks[:5]]
+
+    def test_the_vectors_can_be_ranked_on_a_twin(self, caplog: pytest.LogCaptureFixture) -> None:
+        caplog.set_level(logging.INFO, logger="duckdb_ext._twins")
+        con = duckdb.connect()
+        frame = pl.DataFrame({"body": CORPUS}).with_columns(
+            vec=pl.col("body").embed.with_provider("hashing", dims=64)
+        )
+        ticket_table(con, frame)
+        search = partial(
+            duckdb_ext.search, con, "tickets", "vec", QUERY, k=len(CORPUS), text="body", hybrid=True
+        )
+        exact = search().select("body, keyword_rank").fetchall()
+        # Every row rescored: the same rows, and the keyword ranking is untouched.
+        assert sorted(
+            search(quantized="int8", oversample=len(CORPUS)).select("body, keyword_rank").fetchall(), key=str
+        ) == sorted(exact, key=str)
+        assert any("int8 twin" in record.getMessage() for record in caplog.records)
 
     def test_the_index_is_built_once_and_again_when_rows_are_added(
         self, monkeypatch: pytest.MonkeyPatch

@@ -1,0 +1,161 @@
+"""Quantised search of a DuckDB vector column: a compact twin in memory, rescored in DuckDB.
+
+The first ``search(..., quantized=...)`` of a column reads its vectors once and
+makes their twin (:func:`polars_embed.quantize`), kept in this process for the
+connection, and dropped with it. A search runs the coarse pass on the twin, then
+reads the candidates' float32 vectors back from the table by row id and rescores
+them exactly, so the scores are exact and the float32 vectors never stay in memory.
+
+DuckDB tells nothing of writes, so each search first checks that the twin is
+still of the table's rows, and makes it again when it is not. A row id names the
+same vector for as long as the row lives: an update of the vector column is a
+delete and an insert in DuckDB (the row gets a new row id). What the check reads:
+
+- the table's oid, which a table dropped and made again under its name changes;
+- its row count and last row id, which every insert, delete and vector update changes;
+- the vectors of a few rows spread over the table, compared exactly: a checkpoint
+  after deletes can move rows to lower row ids, and would move these too.
+"""
+
+from __future__ import annotations
+
+import logging
+import weakref
+from dataclasses import dataclass
+
+import duckdb
+import numpy as np
+
+from duckdb_ext._catalog import Column, Table, one_row, quote_identifier
+from polars_embed.kernels import topk
+from polars_embed.quantization import QuantizedSearch, QuantizedVectors, quantize, quantized_candidates
+
+__all__ = ["quantized_table_topk"]
+
+log = logging.getLogger(__name__)
+
+# Rows per Arrow record batch when a column's vectors are read to make its twin.
+_BATCH_ROWS = 65536
+# Rows whose vectors the freshness check compares (the last one always among them).
+_SAMPLES = 8
+
+
+@dataclass(frozen=True)
+class _TableState:
+    oid: int
+    rows: int
+    last_row: int | None
+
+
+@dataclass(frozen=True, eq=False)
+class _Twin:
+    quantized: QuantizedVectors
+    row_ids: np.ndarray  # the table's row id of each twin row, ascending
+    state: _TableState
+    sample_rows: np.ndarray
+    sample_vectors: np.ndarray
+
+
+# Per connection, by (database, schema, table, column, kind): its twins.
+_twins: weakref.WeakKeyDictionary[duckdb.DuckDBPyConnection, dict[tuple[str, ...], _Twin]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def quantized_table_topk(
+    con: duckdb.DuckDBPyConnection,
+    table: Table,
+    vectors: Column,
+    query: np.ndarray,
+    k: int,
+    where: str | None,
+    search: QuantizedSearch,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The row ids and exact cosine scores of the ``k`` best rows passing ``where``, found
+    through the column's twin; to be called within one snapshot."""
+    twin = _current_twin(con, table, vectors, search.kind)
+    valid = None if where is None else _passing(con, table, twin, where)
+    (candidates,) = quantized_candidates(query, twin.quantized, k, oversample=search.oversample, valid=valid)
+    candidates = np.unique(candidates[candidates >= 0])  # ascending row ids: ties go to the lower
+    if candidates.size == 0:
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)
+    row_ids, values = _vectors_of(con, table, vectors, twin.row_ids[candidates])
+    (picked,), (scores,) = topk(query, values, k, normalized=False)
+    kept = picked >= 0
+    return row_ids[picked[kept]], scores[kept]
+
+
+def _current_twin(con: duckdb.DuckDBPyConnection, table: Table, vectors: Column, kind: str) -> _Twin:
+    """The column's twin of this kind, made again unless it is of the table's rows as they are."""
+    twins = _twins.setdefault(con, {})
+    key = (table.database, table.schema, table.name, vectors.name, kind)
+    state = _state(con, table)
+    twin = twins.get(key)
+    if twin is not None and twin.state == state:
+        rows, values = _vectors_of(con, table, vectors, twin.sample_rows)
+        same = np.array_equal(rows, twin.sample_rows)
+        if same and np.array_equal(values, twin.sample_vectors, equal_nan=True):
+            return twin
+    log.info("making the %s twin of %s.%s for its %d rows", kind, table, vectors.name, state.rows)
+    twins[key] = twin = _make_twin(con, table, vectors, kind, state)
+    return twin
+
+
+def _state(con: duckdb.DuckDBPyConnection, table: Table) -> _TableState:
+    (oid,) = one_row(
+        con,
+        "SELECT table_oid FROM duckdb_tables() "
+        "WHERE database_name = ? AND schema_name = ? AND table_name = ?",
+        [table.database, table.schema, table.name],
+    )
+    rows, last_row = one_row(con, f"SELECT count(*), max(rowid) FROM {table.sql}")
+    return _TableState(oid, rows, last_row)
+
+
+def _make_twin(
+    con: duckdb.DuckDBPyConnection, table: Table, vectors: Column, kind: str, state: _TableState
+) -> _Twin:
+    row_ids, chunks = [], []
+    query = f"SELECT rowid, {vectors.sql} FROM {table.sql} WHERE {vectors.sql} IS NOT NULL"
+    for batch in con.sql(query).to_arrow_reader(_BATCH_ROWS):
+        row_ids.append(batch.column(0).to_numpy())
+        chunks.append(vectors.matrix(batch.column(1)))
+    ids = np.concatenate(row_ids) if row_ids else np.zeros(0, dtype=np.int64)
+    order = np.argsort(ids, kind="stable")  # a scan may not keep the rows in order
+    if not chunks:
+        chunks = [np.zeros((0, vectors.width), dtype=np.float32)]
+    elif np.any(order != np.arange(ids.size)):
+        chunks = [np.concatenate(chunks)[order]]
+    quantized = quantize(chunks, kind)  # type: ignore[arg-type]
+    ids = ids[order]
+    picked = np.unique(np.linspace(0, ids.size - 1, _SAMPLES).astype(np.int64)) if ids.size else ids
+    samples = ids[picked]
+    _, sample_vectors = _vectors_of(con, table, vectors, samples)
+    return _Twin(quantized, ids, state, samples, sample_vectors)
+
+
+def _passing(con: duckdb.DuckDBPyConnection, table: Table, twin: _Twin, where: str) -> np.ndarray:
+    """Which of the twin's rows pass the SQL condition ``where``."""
+    passing = con.sql(
+        f"SELECT rowid FROM {table.sql} AS {quote_identifier(table.name)} WHERE (\n{where}\n)"
+    ).fetchnumpy()["rowid"]
+    positions = np.searchsorted(twin.row_ids, passing)
+    inside = positions < twin.row_ids.size
+    positions = positions[inside][twin.row_ids[positions[inside]] == passing[inside]]
+    valid = np.zeros(twin.row_ids.size, dtype=bool)
+    valid[positions] = True
+    return valid
+
+
+def _vectors_of(
+    con: duckdb.DuckDBPyConnection, table: Table, vectors: Column, row_ids: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """The row ids among ``row_ids`` that the table holds, ascending, and their vectors."""
+    if row_ids.size == 0:
+        return row_ids, np.zeros((0, vectors.width), dtype=np.float32)
+    listed = ", ".join(map(str, row_ids.tolist()))
+    found = con.sql(
+        f"SELECT rowid, {vectors.sql} FROM {table.sql} "
+        f"WHERE rowid IN (SELECT unnest([{listed}]::BIGINT[])) ORDER BY rowid"
+    ).to_arrow_table()
+    return found.column(0).to_numpy(), vectors.matrix(found.column(1))
