@@ -178,6 +178,32 @@ def test_the_binary_coarse_pass_keeps_the_rows_of_least_hamming_distance(
     )
 
 
+@pytest.mark.parametrize(
+    ("rows", "n_queries", "count"),
+    [(3000, 3, 50), (20_000, 2, 700), (70_000, 4, 300), (20_000, 2, 9000), (5000, 40, 1), (20_000, 20, 60)],
+)
+def test_the_int8_coarse_pass_keeps_the_rows_of_largest_product(
+    coarse_kernels: str, rows: int, n_queries: int, count: int
+) -> None:
+    # numkong's int32 products, ranked as integers: the rows of the largest product of the
+    # query's codes with the corpus's, ties to the lower row, across kernel blocks (the last
+    # one shorter), threads, and lists longer than a block (the 9000 case).
+    if coarse_kernels == "numpy":
+        pytest.skip("numpy alone ranks the scaled float32 query against the codes, not its codes")
+    corpus = np.round(clustered(rows, 16) * 2) / 2  # coarse values: many equal products
+    corpus[5] = 0  # never a candidate
+    twin = quantize(corpus, "int8")
+    queries = clustered(n_queries, 16, seed=6)
+    scaled = queries / np.linalg.norm(queries, axis=1, keepdims=True) * twin.scales
+    with mock.patch.object(quantize_module, "_threads", return_value=3):
+        found = quantize_module._int8_topk(np, scaled, twin, count)
+    largest = np.abs(scaled).max(axis=1, keepdims=True)
+    query_codes = np.round(scaled * (127 / largest)).astype(np.int32)
+    products = np.where(twin.searchable, query_codes @ twin.codes.T.astype(np.int32), np.iinfo(np.int32).min)
+    expected = np.argsort(-products.astype(np.int64), axis=1, kind="stable")[:, :count]
+    np.testing.assert_array_equal(np.sort(found, axis=1), np.sort(expected, axis=1))
+
+
 @pytest.mark.parametrize("tiled_hamming", [True, False])
 def test_numkong_counts_hamming_distances_for_few_queries_only_without_its_avx512_kernel(
     coarse_kernels: str, tiled_hamming: bool
