@@ -32,6 +32,7 @@ Only cosine similarity is offered: both codes describe directions.
 
 from __future__ import annotations
 
+import itertools
 import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
@@ -218,18 +219,19 @@ def quantize(corpus: Corpus, kind: Quantization, *, valid: Array | None = None) 
         return _blocks(xp, chunks, _QUANTIZE_BLOCK)
 
     with _xp.float_errors_ignored():
-        norms = _concat(xp, [_squared_norms(xp, rows) for _, rows in blocks()], (0,), xp.float32, chunks[0])
+        norms = _on_blocks(xp, blocks(), lambda _, rows: _squared_norms(xp, rows))
+        norms = _concat(xp, norms, (0,), xp.float32, chunks[0])
         searchable = _searchable(xp, norms, "cosine")
         _check_valid(xp, valid, norms.shape[0])
         if valid is not None:
             searchable = searchable & valid
         if kind == "int8":
             scales = _int8_scales(xp, blocks(), searchable, width)
-            codes = [_int8_codes(xp, rows, scales) for _, rows in blocks()]
+            codes = _on_blocks(xp, blocks(), lambda _, rows: _int8_codes(xp, rows, scales))
             codes = _concat(xp, codes, (0, width), xp.int8, chunks[0])
             return QuantizedVectors(kind, codes, scales, None, searchable, width, norms)
         center = _mean(xp, blocks(), searchable, width)
-        words = [xp.matrix_transpose(_sign_words(xp, rows, center)) for _, rows in blocks()]
+        words = _on_blocks(xp, blocks(), lambda _, rows: xp.matrix_transpose(_sign_words(xp, rows, center)))
         codes = _concat(xp, words, (-(-width // 64), 0), xp.uint64, chunks[0], axis=1)
         return QuantizedVectors(kind, codes, None, center, searchable, width, norms)
 
@@ -924,9 +926,13 @@ def _best_of(xp: Namespace, rows: Array, keys: Array, k: int) -> tuple[Array, Ar
 def _int8_scales(xp: Namespace, blocks: Iterator[tuple[int, Array]], searchable: Array, width: int) -> Array:
     """Per dimension, the largest absolute value of the searchable unit vectors over 127."""
     largest = xp.zeros((width,), dtype=xp.float32, device=_device(searchable))
-    for first_row, rows in blocks:
+
+    def block_largest(first_row: int, rows: Array) -> Array:
         unit = _unit_rows(xp, rows, searchable[first_row : first_row + rows.shape[0]])
-        largest = xp.maximum(largest, xp.max(xp.abs(unit), axis=0))
+        return xp.max(xp.abs(unit), axis=0)
+
+    for block in _on_blocks(xp, blocks, block_largest):
+        largest = xp.maximum(largest, block)
     return xp.where(largest > 0, largest, 1.0) / 127
 
 
@@ -949,9 +955,12 @@ def _unit_rows(xp: Namespace, rows: Array, searchable: Array | None) -> Array:
 def _mean(xp: Namespace, blocks: Iterator[tuple[int, Array]], searchable: Array, width: int) -> Array:
     """The mean of the searchable unit vectors: signs around it split the corpus evenly."""
     total = xp.zeros((width,), dtype=xp.float32, device=_device(searchable))
-    for first_row, rows in blocks:
-        unit = _unit_rows(xp, rows, searchable[first_row : first_row + rows.shape[0]])
-        total = total + xp.sum(unit, axis=0)
+
+    def block_sum(first_row: int, rows: Array) -> Array:
+        return xp.sum(_unit_rows(xp, rows, searchable[first_row : first_row + rows.shape[0]]), axis=0)
+
+    for block in _on_blocks(xp, blocks, block_sum):  # summed in the blocks' order, as one thread would
+        total = total + block
     return total / max(int(xp.count_nonzero(searchable)), 1)
 
 
@@ -984,6 +993,23 @@ def _on_cores(xp: Namespace, task: Callable[[Any], Any], items: list[Any]) -> li
     if len(items) <= 1 or threads == 1:
         return [task(item) for item in items]
     return list(shared_pool("polars-embed-quantized", threads).map(task, items))
+
+
+def _on_blocks(
+    xp: Namespace, blocks: Iterator[tuple[int, Array]], task: Callable[[int, Array], Any]
+) -> list[Any]:
+    """``[task(first_row, rows) for first_row, rows in blocks]``, a few blocks at a time on the
+    cores (:func:`_on_cores`): only those few are held at once where blocks are joined copies."""
+
+    def run(block: tuple[int, Array]) -> Any:
+        with _xp.float_errors_ignored():  # numpy's error state is a thread's own
+            return task(*block)
+
+    results: list[Any] = []
+    at_once = 4 * _threads(xp)
+    while group := list(itertools.islice(blocks, at_once)):
+        results += _on_cores(xp, run, group)
+    return results
 
 
 def _device(x: Array) -> object:

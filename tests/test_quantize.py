@@ -91,6 +91,18 @@ def test_a_twin_of_chunks_is_the_twin_of_the_whole(kind: str) -> None:
     )
 
 
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_twin_made_on_several_threads_is_the_one_of_one_thread(kind: str) -> None:
+    corpus = clustered(45_000, 24)  # six blocks, the last one shorter
+    corpus[7] = np.nan
+    with mock.patch.object(quantize_module, "_threads", return_value=1):
+        alone = quantize(corpus, kind)
+    with mock.patch.object(quantize_module, "_threads", return_value=3):
+        shared = quantize(corpus, kind)
+    for field in ("codes", "scales", "center", "searchable", "squared_norms"):
+        np.testing.assert_array_equal(getattr(shared, field), getattr(alone, field))
+
+
 def test_the_twins_take_a_quarter_and_a_thirty_second_of_the_bytes() -> None:
     corpus = clustered(1000, 384)
     assert quantize(corpus, "int8").nbytes == corpus.nbytes // 4
