@@ -130,12 +130,14 @@ class Column:
 
 @dataclass(frozen=True)
 class Table:
-    """A base table as the catalog names it, with its columns when it was looked up."""
+    """A base table as the catalog names it, with its columns and oid when it was looked up
+    (a table dropped and made again under its name gets another oid)."""
 
     database: str
     schema: str
     name: str
     columns: tuple[Column, ...] = field(default=(), compare=False, repr=False)
+    oid: int = field(default=0, compare=False, repr=False)
 
     @property
     def sql(self) -> str:
@@ -183,17 +185,17 @@ def resolve_table(con: duckdb.DuckDBPyConnection, table: TableName) -> Table:
     parts = table_parts(table)
     *qualifiers, name = parts
     rows = con.sql(
-        "SELECT database_name, schema_name, table_name, column_name, data_type, comment, "
+        "SELECT database_name, schema_name, table_name, table_oid, column_name, data_type, comment, "
         "current_database(), current_schema() FROM duckdb_columns() AS c "
         "WHERE lower(table_name) = lower(?) AND EXISTS (SELECT 1 FROM duckdb_tables() AS t "
         "WHERE t.database_name = c.database_name AND t.schema_name = c.schema_name "
         "AND t.table_name = c.table_name) ORDER BY column_index",
         params=[name],
     ).fetchall()
-    columns: dict[tuple[str, str, str], list[Column]] = {}
-    for database, schema, spelled, column_name, data_type, comment, _, _ in rows:
+    columns: dict[tuple[str, str, str, int], list[Column]] = {}
+    for database, schema, spelled, oid, column_name, data_type, comment, _, _ in rows:
         table_sql = ".".join(map(quote_identifier, (database, schema, spelled)))
-        columns.setdefault((database, schema, spelled), []).append(
+        columns.setdefault((database, schema, spelled, oid), []).append(
             Column(column_name, data_type, comment, table_sql)
         )
     if rows:
@@ -205,9 +207,9 @@ def resolve_table(con: duckdb.DuckDBPyConnection, table: TableName) -> Table:
         else:
             places = [("temp", "main"), (current_database, current_schema)]
         for place in places:
-            for (database, schema, spelled), found in columns.items():
+            for (database, schema, spelled, oid), found in columns.items():
                 if (database.lower(), schema.lower()) == (place[0].lower(), place[1].lower()):
-                    return Table(database, schema, spelled, tuple(found))
+                    return Table(database, schema, spelled, tuple(found), oid)
     raise ConfigError(
         f"no table {'.'.join(parts)!r} (views are not searchable: search needs a base table's rowid)"
     )

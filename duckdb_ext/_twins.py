@@ -102,14 +102,8 @@ def _current_twin(con: duckdb.DuckDBPyConnection, table: Table, vectors: Column,
 
 
 def _state(con: duckdb.DuckDBPyConnection, table: Table) -> _TableState:
-    (oid,) = one_row(
-        con,
-        "SELECT table_oid FROM duckdb_tables() "
-        "WHERE database_name = ? AND schema_name = ? AND table_name = ?",
-        [table.database, table.schema, table.name],
-    )
     rows, last_row = one_row(con, f"SELECT count(*), max(rowid) FROM {table.sql}")
-    return _TableState(oid, rows, last_row)
+    return _TableState(table.oid, rows, last_row)
 
 
 def _make_twin(

@@ -257,14 +257,22 @@ def search(
         indexed = _indexed_search(con, target, vectors, query_vector, k, where)
         if indexed is not None:
             return indexed
-    # Only an exact ranking asks whether the norms are needed (an index search never does).
-    unit = unit_length(normalized, stored or _recorded_provider(vectors))
+    if twin_search is not None:
+
+        def rank_vectors(depth: int, restart: Callable[[], None]) -> tuple[np.ndarray, np.ndarray]:
+            return quantized_table_topk(con, target, vectors, query_vector, depth, where, twin_search)
+
+    else:
+        # Only an exact ranking asks whether the norms are needed (an index search never does).
+        unit = unit_length(normalized, stored or _recorded_provider(vectors))
+
+        def rank_vectors(depth: int, restart: Callable[[], None]) -> tuple[np.ndarray, np.ndarray]:
+            return _exact_topk(con, target, vectors, query_vector, depth, where, unit, restart)
+
     if ranking is not None:
         assert isinstance(query, str) and texts is not None
-        return _ranked_search(
-            con, target, vectors, texts, query, query_vector, k, where, ranking, unit, twin_search
-        )
-    return _exact_search(con, target, vectors, query_vector, k, where, unit, twin_search)
+        return _ranked_search(con, target, texts, query, rank_vectors, k, where, ranking)
+    return _exact_search(con, target, rank_vectors, k)
 
 
 def _query_provider(
@@ -381,20 +389,18 @@ def _index_sql(table: Table, vectors: Column, literal: str, *, fetch: int, k: in
     )
 
 
+# The row ids and cosine scores of a search's best rows, as many as asked for (``restart``:
+# see _one_snapshot): exactly, or on the column's twin and rescored.
+_VectorRanking = Callable[[int, Callable[[], None]], tuple[np.ndarray, np.ndarray]]
+
+
 def _exact_search(
-    con: duckdb.DuckDBPyConnection,
-    table: Table,
-    vectors: Column,
-    query: np.ndarray,
-    k: int,
-    where: str | None,
-    unit: bool,
-    twin_search: QuantizedSearch | None,
+    con: duckdb.DuckDBPyConnection, table: Table, rank_vectors: _VectorRanking, k: int
 ) -> duckdb.DuckDBPyRelation:
     # Row ids are only stable within one snapshot (a checkpoint after deletes renumbers
     # rows), so the hits are ranked and fetched in one, and kept as they were then.
     with _one_snapshot(con) as restart:
-        rows, scores = _vector_topk(con, table, vectors, query, k, where, unit, twin_search, restart)
+        rows, scores = rank_vectors(k, restart)
         hits = _hits(con, table, rows, scores)
     return con.from_arrow(hits)
 
@@ -402,22 +408,19 @@ def _exact_search(
 def _ranked_search(
     con: duckdb.DuckDBPyConnection,
     table: Table,
-    vectors: Column,
     texts: Column,
     query: str,
-    query_vector: np.ndarray,
+    rank_vectors: _VectorRanking,
     k: int,
     where: str | None,
     ranking: Ranking,
-    unit: bool,
-    twin_search: QuantizedSearch | None,
 ) -> duckdb.DuckDBPyRelation:
     """A hybrid or reranked search: both rankings and the hits read in one snapshot."""
     if ranking.keywords:
         fts.prepare_index(con, table, texts)  # it may write the index: before the read-only snapshot
     depth = ranking.depth(k)
     with _one_snapshot(con) as restart:
-        vector = _vector_topk(con, table, vectors, query_vector, depth, where, unit, twin_search, restart)
+        vector = rank_vectors(depth, restart)
         keyword = fts.keyword_ranking(con, table, texts, query, depth, where) if ranking.keywords else None
         ranked = ranking.combine(
             query,
@@ -493,24 +496,6 @@ def _in_transaction(con: duckdb.DuckDBPyConnection) -> bool:
     transaction of its own, with an id of its own."""
     (first,), (second,) = (one_row(con, "SELECT txid_current()") for _ in range(2))
     return first == second
-
-
-def _vector_topk(
-    con: duckdb.DuckDBPyConnection,
-    table: Table,
-    vectors: Column,
-    query: np.ndarray,
-    k: int,
-    where: str | None,
-    unit: bool,
-    twin_search: QuantizedSearch | None,
-    restart: Callable[[], None],
-) -> tuple[np.ndarray, np.ndarray]:
-    """The row ids and cosine scores of the ``k`` best rows: on the column's twin and rescored
-    exactly with ``twin_search``, else exactly."""
-    if twin_search is not None:
-        return quantized_table_topk(con, table, vectors, query, k, where, twin_search)
-    return _exact_topk(con, table, vectors, query, k, where, unit, restart)
 
 
 def _exact_topk(
