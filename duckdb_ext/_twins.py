@@ -1,10 +1,12 @@
-"""Quantised search of a DuckDB vector column: a compact twin in memory, rescored in DuckDB.
+"""Searches of a DuckDB vector column that rank its rows in memory, on a twin kept for the connection.
 
 The first ``search(..., quantized=...)`` of a column reads its vectors once and
 makes their twin (:func:`polars_embed.quantize`), kept in this process for the
 connection, and dropped with it. A search runs the coarse pass on the twin, then
 reads the candidates' float32 vectors back from the table by row id and rescores
 them exactly, so the scores are exact and the float32 vectors never stay in memory.
+``search(..., in_memory=True)`` keeps a float32 copy of the vectors instead (with
+their squared norms), which :func:`polars_embed.topk` ranks exactly.
 
 DuckDB tells nothing of writes, so each search first checks that the twin is
 still of the table's rows, and makes it again when it is not. A row id names the
@@ -27,10 +29,10 @@ import duckdb
 import numpy as np
 
 from duckdb_ext._catalog import Column, Table, one_row, quote_identifier
-from polars_embed.kernels import topk
+from polars_embed.kernels import squared_norms, topk
 from polars_embed.quantization import QuantizedSearch, QuantizedVectors, quantize, quantized_candidates
 
-__all__ = ["quantized_table_topk"]
+__all__ = ["twin_topk"]
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +51,11 @@ class _TableState:
 
 @dataclass(frozen=True, eq=False)
 class _Twin:
-    quantized: QuantizedVectors
+    """What the rows are ranked on: a quantised twin, or (kind "float32") the vectors' copy."""
+
+    quantized: QuantizedVectors | None
+    copy: list[np.ndarray]  # the float32 vectors, in chunks; empty for a quantised twin
+    squared_norms: np.ndarray  # of the float32 vectors
     row_ids: np.ndarray  # the table's row id of each twin row, ascending
     state: _TableState
     sample_rows: np.ndarray
@@ -62,19 +68,25 @@ _twins: weakref.WeakKeyDictionary[duckdb.DuckDBPyConnection, dict[tuple[str, ...
 )
 
 
-def quantized_table_topk(
+def twin_topk(
     con: duckdb.DuckDBPyConnection,
     table: Table,
     vectors: Column,
     query: np.ndarray,
     k: int,
     where: str | None,
-    search: QuantizedSearch,
+    search: QuantizedSearch | None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """The row ids and exact cosine scores of the ``k`` best rows passing ``where``, found
-    through the column's twin; to be called within one snapshot."""
-    twin = _current_twin(con, table, vectors, search.kind)
+    through the column's twin of ``search``'s kind, or ranked on the copy of its vectors
+    without one; to be called within one snapshot."""
+    twin = _current_twin(con, table, vectors, "float32" if search is None else search.kind)
     valid = None if where is None else _passing(con, table, twin, where)
+    if search is None:
+        (rows,), (scores,) = topk(query, twin.copy, k, valid=valid, squared_norms=twin.squared_norms)
+        kept = rows >= 0
+        return twin.row_ids[rows[kept]], scores[kept]
+    assert twin.quantized is not None
     (candidates,) = quantized_candidates(query, twin.quantized, k, oversample=search.oversample, valid=valid)
     candidates = np.unique(candidates[candidates >= 0])  # ascending row ids: ties go to the lower
     if candidates.size == 0:
@@ -120,12 +132,16 @@ def _make_twin(
         chunks = [np.zeros((0, vectors.width), dtype=np.float32)]
     elif np.any(order != np.arange(ids.size)):
         chunks = [np.concatenate(chunks)[order]]
-    quantized = quantize(chunks, kind)  # type: ignore[arg-type]
+    if kind == "float32":
+        quantized, copy, norms = None, chunks, squared_norms(chunks)
+    else:
+        quantized, copy = quantize(chunks, kind), []  # type: ignore[arg-type]
+        norms = quantized.squared_norms
     ids = ids[order]
     picked = np.unique(np.linspace(0, ids.size - 1, _SAMPLES).astype(np.int64)) if ids.size else ids
     samples = ids[picked]
     _, sample_vectors = _vectors_of(con, table, vectors, samples)
-    return _Twin(quantized, ids, state, samples, sample_vectors)
+    return _Twin(quantized, copy, np.asarray(norms), ids, state, samples, sample_vectors)
 
 
 def _passing(con: duckdb.DuckDBPyConnection, table: Table, twin: _Twin, where: str) -> np.ndarray:
@@ -150,6 +166,6 @@ def _vectors_of(
     listed = ", ".join(map(str, row_ids.tolist()))
     found = con.sql(
         f"SELECT rowid, {vectors.sql} FROM {table.sql} "
-        f"WHERE rowid IN (SELECT unnest([{listed}]::BIGINT[])) ORDER BY rowid"
+        f"WHERE rowid = ANY([{listed}]::BIGINT[]) ORDER BY rowid"
     ).to_arrow_table()
     return found.column(0).to_numpy(), vectors.matrix(found.column(1))

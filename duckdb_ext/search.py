@@ -46,7 +46,7 @@ from duckdb_ext._catalog import (
     resolve_table,
     vector_literal,
 )
-from duckdb_ext._twins import quantized_table_topk
+from duckdb_ext._twins import twin_topk
 from duckdb_ext.vss import load_vss
 from polars_embed.engine import embed_queries
 from polars_embed.errors import (
@@ -101,6 +101,7 @@ def search(
     rerank_top: int = 50,
     quantized: Quantization | None = None,
     oversample: int | None = None,
+    in_memory: bool = False,
 ) -> duckdb.DuckDBPyRelation:
     """Find the ``k`` rows whose vectors are most similar to ``query``.
 
@@ -166,6 +167,12 @@ def search(
     oversample
         Candidates rescored per result with ``quantized`` (default 4 for
         ``"int8"``, 200 for ``"binary"``).
+    in_memory
+        Rank every row exactly on a float32 copy of the vectors (and their norms)
+        kept in memory for this connection, by :func:`polars_embed.topk`, as fast
+        as numpy on an array, where DuckDB's own exact ranking takes several times
+        as long; the copy costs ``4 * d`` bytes a row, and is made and checked as
+        ``quantized``'s twin is. Never through an HNSW index.
 
     Returns
     -------
@@ -177,11 +184,11 @@ def search(
     Raises
     ------
     ConfigError
-        If ``exact`` and ``quantized`` are both given, the table or column does
-        not exist, the column is not ``FLOAT[d]`` (a ``FLOAT[]`` list column: the
-        message gives the cast), the table has a column named ``score`` or
-        ``rowid``, or the model that must embed a text query is not known or is
-        not the column's.
+        If ``quantized`` is given with ``exact`` or ``in_memory``, the table or
+        column does not exist, the column is not ``FLOAT[d]`` (a ``FLOAT[]`` list
+        column: the message gives the cast), the table has a column named
+        ``score`` or ``rowid``, or the model that must embed a text query is not
+        known or is not the column's.
     DimensionMismatchError
         If the query vector, or the provider's vectors, are not ``d`` wide.
     ValueError
@@ -211,10 +218,10 @@ def search(
     """
     k = check_k(k)  # before it reaches SQL text
     twin_search = QuantizedSearch.check(quantized, oversample)
-    if exact and twin_search is not None:
+    if twin_search is not None and (exact or in_memory):
         raise ConfigError(
-            "exact=True ranks every row by its float32 vector and quantized= ranks them on a twin: "
-            "pass one of them"
+            f"{'exact' if exact else 'in_memory'}=True ranks every row by its float32 vector and "
+            "quantized= ranks them on a twin: pass one of them"
         )
     if where is not None and not where.strip():
         where = None
@@ -253,14 +260,14 @@ def search(
         raise InvalidInputError(
             "the query vector must be finite and not all zeros: cosine similarity needs a direction"
         )
-    if ranking is None and not exact and twin_search is None:
+    if ranking is None and not exact and twin_search is None and not in_memory:
         indexed = _indexed_search(con, target, vectors, query_vector, k, where)
         if indexed is not None:
             return indexed
-    if twin_search is not None:
+    if twin_search is not None or in_memory:
 
         def rank_vectors(depth: int, restart: Callable[[], None]) -> tuple[np.ndarray, np.ndarray]:
-            return quantized_table_topk(con, target, vectors, query_vector, depth, where, twin_search)
+            return twin_topk(con, target, vectors, query_vector, depth, where, twin_search)
 
     else:
         # Only an exact ranking asks whether the norms are needed (an index search never does).

@@ -712,7 +712,11 @@ def vector_table(con: duckdb.DuckDBPyConnection, vectors: np.ndarray, name: str 
     con.unregister("frame")
 
 
-class TestQuantizedSearch:
+# The searches that rank on something kept in memory: a quantised twin, or the vectors' copy.
+IN_MEMORY = {"int8": {"quantized": "int8"}, "binary": {"quantized": "binary"}, "copy": {"in_memory": True}}
+
+
+class TestSearchInMemory:
     KINDS = ("int8", "binary")
 
     @pytest.mark.parametrize("kind", KINDS)
@@ -730,6 +734,21 @@ class TestQuantizedSearch:
             np.testing.assert_allclose(found["score"].to_numpy(), exact["score"].to_numpy(), rtol=1e-5)
             assert found.columns == exact.columns
 
+    def test_the_copy_in_memory_ranks_exactly_with_the_kernel(self, con: duckdb.DuckDBPyConnection) -> None:
+        # Small integers: exact scores and many ties, which go to the lower row id.
+        rng = np.random.default_rng(14)
+        vectors = rng.integers(-1, 2, (3000, 5)).astype(np.float32)
+        vector_table(con, vectors)
+        for query, where in itertools.product(
+            rng.integers(-1, 2, (4, 5)).astype(np.float32), (None, "id % 3 = 1")
+        ):
+            if not query.any():
+                continue
+            exact = duckdb_ext.search(con, "docs", "vector", query, k=30, where=where, exact=True).pl()
+            found = duckdb_ext.search(con, "docs", "vector", query, k=30, where=where, in_memory=True).pl()
+            assert found["id"].to_list() == exact["id"].to_list()
+            np.testing.assert_allclose(found["score"].to_numpy(), exact["score"].to_numpy(), rtol=1e-6)
+
     @pytest.mark.parametrize(("kind", "least"), [("int8", 0.99), ("binary", 0.95)])
     def test_with_the_default_oversampling_it_finds_the_exact_rows(
         self, con: duckdb.DuckDBPyConnection, kind: str, least: float
@@ -744,15 +763,18 @@ class TestQuantizedSearch:
             total += len(exact)
         assert hits / total >= least
 
+    @pytest.mark.parametrize(
+        "options", [{"quantized": "int8", "oversample": 1}, {"in_memory": True}], ids=["int8", "copy"]
+    )
     def test_the_twin_is_kept_and_made_again_after_every_kind_of_write(
-        self, con: duckdb.DuckDBPyConnection, caplog: pytest.LogCaptureFixture
+        self, con: duckdb.DuckDBPyConnection, caplog: pytest.LogCaptureFixture, options: dict
     ) -> None:
         vectors = clustered(3000, 16)
         vector_table(con, vectors)
         far = np.full(16, -40.0, dtype=np.float32)  # unlike every row: the search must see it at once
 
         def best(k: int = 1) -> list[int]:
-            found = duckdb_ext.search(con, "docs", "vector", far, k=k, quantized="int8", oversample=1)
+            found = duckdb_ext.search(con, "docs", "vector", far, k=k, **options)
             return [row for (row,) in found.select("id").fetchall()]
 
         def twins_made() -> int:
@@ -788,13 +810,14 @@ class TestQuantizedSearch:
         flipped = duckdb_ext.search(con, "docs", "vector", far, k=3, exact=True).select("id").fetchall()
         assert best(3) == [row for (row,) in flipped] and twins_made() == 1
 
-    def test_a_checkpoint_that_moves_rows_is_caught(self, tmp_path: Path) -> None:
+    @pytest.mark.parametrize(
+        "options", [{"quantized": "int8", "oversample": 50}, {"in_memory": True}], ids=["int8", "copy"]
+    )
+    def test_a_checkpoint_that_moves_rows_is_caught(self, tmp_path: Path, options: dict) -> None:
         con = duckdb.connect(str(tmp_path / "docs.duckdb"))
         vector_table(con, clustered(300000, 8))
         (query,) = con.sql("SELECT vector FROM docs WHERE id = 250000").fetchnumpy()["vector"]
-        search = partial(
-            duckdb_ext.search, con, "docs", "vector", query, k=1, quantized="int8", oversample=50
-        )
+        search = partial(duckdb_ext.search, con, "docs", "vector", query, k=1, **options)
         assert search().select("id").fetchall() == [(250000,)]
         con.sql("DELETE FROM docs WHERE id < 200000")
         con.sql("CHECKPOINT")  # on duckdb 1.5, row 250,000 becomes row 50,000
@@ -812,15 +835,15 @@ class TestQuantizedSearch:
             "INSERT INTO docs VALUES (1, [1, 0, 0]), (2, NULL), (3, [0, 0, 0]), (4, [0, -1, 0]), "
             "(5, [1, NULL, 0]), (6, ['nan'::FLOAT, 1, 0]), (7, ['inf'::FLOAT, 0, 0])"
         )
-        for kind in self.KINDS:
-            found = duckdb_ext.search(con, "docs", "vector", [1, 1, 0], k=10, quantized=kind)
+        for options in IN_MEMORY.values():
+            found = duckdb_ext.search(con, "docs", "vector", [1, 1, 0], k=10, **options)
             assert found.select("id").fetchall() == [(1,), (4,)]
             assert (
-                duckdb_ext.search(con, "docs", "vector", [1, 1, 0], where="id > 4", quantized=kind).fetchall()
+                duckdb_ext.search(con, "docs", "vector", [1, 1, 0], where="id > 4", **options).fetchall()
                 == []
             )
-        con.sql("CREATE TABLE empty (id INTEGER, vector FLOAT[3])")
-        assert duckdb_ext.search(con, "empty", "vector", [1, 0, 0], quantized="binary").fetchall() == []
+            con.sql("CREATE OR REPLACE TABLE empty (id INTEGER, vector FLOAT[3])")
+            assert duckdb_ext.search(con, "empty", "vector", [1, 0, 0], **options).fetchall() == []
 
     def test_the_twin_goes_with_its_connection(self) -> None:
         con = duckdb.connect()
@@ -836,8 +859,10 @@ class TestQuantizedSearch:
     def test_bad_options(self, con: duckdb.DuckDBPyConnection) -> None:
         vector_table(con, clustered(50, 8))
         search = partial(duckdb_ext.search, con, "docs", "vector", np.ones(8))
-        with pytest.raises(ConfigError, match="pass one of them"):
+        with pytest.raises(ConfigError, match=r"exact=True ranks every row .* pass one of them"):
             search(exact=True, quantized="int8")
+        with pytest.raises(ConfigError, match=r"in_memory=True ranks every row .* pass one of them"):
+            search(in_memory=True, quantized="binary")
         with pytest.raises(ConfigError, match="quantized must be 'int8', 'binary' or None"):
             search(quantized="int4")
         with pytest.raises(ConfigError, match="oversample= is for a quantized= search"):
