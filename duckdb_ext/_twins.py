@@ -17,6 +17,12 @@ delete and an insert in DuckDB (the row gets a new row id). What the check reads
 - its row count and last row id, which every insert, delete and vector update changes;
 - the vectors of a few rows spread over the table, compared exactly: a checkpoint
   after deletes can move rows to lower row ids, and would move these too.
+
+One write escapes it: ``ALTER TABLE ... ALTER ... USING`` rewrites vectors in place,
+under the same row ids, and is seen only where it changes one of the rows compared
+(a rewrite of every row always is). Until a write that is seen, a quantised search
+may miss the rows it rewrote (it rescores what it finds on the table's vectors), and
+a search on the copy ranks them by their old vectors.
 """
 
 from __future__ import annotations
