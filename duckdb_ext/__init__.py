@@ -12,9 +12,11 @@ Table and column names are always quoted; ``where=`` in :func:`search` is SQL
 written by the caller. vss (HNSW indexes) is optional: everything but
 :func:`load_vss`, :func:`connect` and :func:`create_hnsw_index` works without it.
 It is packaged for duckdb 1.5.5 only (the ``vss`` extra); on duckdb 2.x,
-:func:`search` is always exact, by :func:`polars_embed.topk`. So is fts, which
-``search(..., hybrid=True)`` ranks keywords with (the ``fts`` extra); without it a
-hybrid search on a table is refused, and everything else works.
+:func:`search` ranks every row: exactly (by DuckDB, or with ``in_memory=True`` by
+:func:`polars_embed.topk` on a copy of the vectors), or on a quantised twin with
+exact rescoring (``quantized=``). fts, which ``search(..., hybrid=True)`` ranks
+keywords with (the ``fts`` extra), is packaged for duckdb 1.5.5 only too; without it
+a hybrid search on a table is refused, and everything else works.
 """
 
 from duckdb_ext._catalog import TableName
