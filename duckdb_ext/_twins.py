@@ -171,7 +171,6 @@ def _vectors_of(
         return row_ids, np.zeros((0, vectors.width), dtype=np.float32)
     listed = ", ".join(map(str, row_ids.tolist()))
     found = con.sql(
-        f"SELECT rowid, {vectors.sql} FROM {table.sql} "
-        f"WHERE rowid = ANY([{listed}]::BIGINT[]) ORDER BY rowid"
+        f"SELECT rowid, {vectors.sql} FROM {table.sql} WHERE rowid = ANY([{listed}]::BIGINT[]) ORDER BY rowid"
     ).to_arrow_table()
     return found.column(0).to_numpy(), vectors.matrix(found.column(1))
