@@ -480,8 +480,9 @@ def _int8_topk(xp: Namespace, scaled: Array, quantized: QuantizedVectors, candid
     On numpy arrays, queries go to numkong's packed int8 matrix product, quantised to
     int8 themselves (each by its own largest value, which leaves its ranking unchanged):
     :func:`quantized_topk` comes here only where :func:`_int8_kernel_runs` says so, and
-    searches exactly elsewhere. Other array libraries (CuPy) take the float32 multiply
-    of :func:`topk`, converting the codes block by block.
+    searches exactly elsewhere (:func:`quantized_candidates` always comes here). Other
+    array libraries (CuPy) take the float32 multiply of :func:`topk`, converting the
+    codes block by block.
     """
     nk = _kernels(xp)
     if nk is None:
