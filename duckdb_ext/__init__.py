@@ -23,7 +23,7 @@ from duckdb_ext._catalog import TableName
 from duckdb_ext.fts import create_fts_index, load_fts
 from duckdb_ext.functions import embed_table, record_provider, register
 from duckdb_ext.parquet import load_parquet
-from duckdb_ext.search import search
+from duckdb_ext.search import recall_at_k, search
 from duckdb_ext.vss import connect, create_hnsw_index, load_vss
 
 __all__ = [
@@ -35,6 +35,7 @@ __all__ = [
     "load_fts",
     "load_parquet",
     "load_vss",
+    "recall_at_k",
     "record_provider",
     "register",
     "search",

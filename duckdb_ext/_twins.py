@@ -36,9 +36,15 @@ import numpy as np
 
 from duckdb_ext._catalog import Column, Table, one_row, quote_identifier
 from polars_embed.kernels import squared_norms, topk
-from polars_embed.quantization import QuantizedSearch, QuantizedVectors, quantize, quantized_candidates
+from polars_embed.quantization import (
+    QuantizedSearch,
+    QuantizedVectors,
+    quantize,
+    quantized_candidates,
+    share_found,
+)
 
-__all__ = ["twin_topk"]
+__all__ = ["twin_recall", "twin_topk"]
 
 log = logging.getLogger(__name__)
 
@@ -124,9 +130,61 @@ def _state(con: duckdb.DuckDBPyConnection, table: Table) -> _TableState:
     return _TableState(table.oid, rows, last_row)
 
 
+def twin_recall(
+    con: duckdb.DuckDBPyConnection,
+    table: Table,
+    vectors: Column,
+    search: QuantizedSearch,
+    k: int,
+    sample: int,
+    seed: int,
+) -> float:
+    """The share of the exact top ``k`` that :func:`twin_topk` finds, for ``sample`` of the
+    table's rows drawn at random as queries, each left out of both lists; within one snapshot."""
+    twin = _current_twin(con, table, vectors, search.kind)
+    assert twin.quantized is not None
+    ids, chunks = _read_vectors(con, table, vectors)
+    searchable = np.asarray(twin.quantized.searchable)
+    rng = np.random.default_rng(seed)
+    picked = np.sort(
+        rng.choice(np.flatnonzero(searchable), min(sample, int(searchable.sum())), replace=False)
+    )
+    if picked.size == 0:
+        return 1.0
+    starts = np.cumsum([0] + [chunk.shape[0] for chunk in chunks])
+    queries = np.concatenate(
+        [
+            chunk[picked[(picked >= first) & (picked < end)] - first]
+            for chunk, first, end in zip(chunks, starts[:-1], starts[1:], strict=True)
+        ]
+    )
+    exact, _ = topk(queries, chunks, k + 1, valid=searchable)
+    found = np.full(exact.shape, -1, dtype=np.int64)
+    for i, query in enumerate(queries):
+        rows, _ = twin_topk(con, table, vectors, query, k + 1, None, search)
+        found[i, : rows.size] = np.searchsorted(ids, rows)
+    return share_found(found, np.asarray(exact), k, left_out=picked)
+
+
 def _make_twin(
     con: duckdb.DuckDBPyConnection, table: Table, vectors: Column, kind: str, state: _TableState
 ) -> _Twin:
+    ids, chunks = _read_vectors(con, table, vectors)
+    if kind == "float32":
+        quantized, copy, norms = None, chunks, squared_norms(chunks)
+    else:
+        quantized, copy = quantize(chunks, kind), []  # type: ignore[arg-type]
+        norms = quantized.squared_norms
+    picked = np.unique(np.linspace(0, ids.size - 1, _SAMPLES).astype(np.int64)) if ids.size else ids
+    samples = ids[picked]
+    _, sample_vectors = _vectors_of(con, table, vectors, samples)
+    return _Twin(quantized, copy, np.asarray(norms), ids, state, samples, sample_vectors)
+
+
+def _read_vectors(
+    con: duckdb.DuckDBPyConnection, table: Table, vectors: Column
+) -> tuple[np.ndarray, list[np.ndarray]]:
+    """The row ids of the rows with a vector, ascending, and those vectors, in chunks."""
     row_ids, chunks = [], []
     query = f"SELECT rowid, {vectors.sql} FROM {table.sql} WHERE {vectors.sql} IS NOT NULL"
     for batch in con.sql(query).to_arrow_reader(_BATCH_ROWS):
@@ -135,19 +193,10 @@ def _make_twin(
     ids = np.concatenate(row_ids) if row_ids else np.zeros(0, dtype=np.int64)
     order = np.argsort(ids, kind="stable")  # a scan may not keep the rows in order
     if not chunks:
-        chunks = [np.zeros((0, vectors.width), dtype=np.float32)]
-    elif np.any(order != np.arange(ids.size)):
-        chunks = [np.concatenate(chunks)[order]]
-    if kind == "float32":
-        quantized, copy, norms = None, chunks, squared_norms(chunks)
-    else:
-        quantized, copy = quantize(chunks, kind), []  # type: ignore[arg-type]
-        norms = quantized.squared_norms
-    ids = ids[order]
-    picked = np.unique(np.linspace(0, ids.size - 1, _SAMPLES).astype(np.int64)) if ids.size else ids
-    samples = ids[picked]
-    _, sample_vectors = _vectors_of(con, table, vectors, samples)
-    return _Twin(quantized, copy, np.asarray(norms), ids, state, samples, sample_vectors)
+        return ids, [np.zeros((0, vectors.width), dtype=np.float32)]
+    if np.any(order != np.arange(ids.size)):
+        return ids[order], [np.concatenate(chunks)[order]]
+    return ids, chunks
 
 
 def _passing(con: duckdb.DuckDBPyConnection, table: Table, twin: _Twin, where: str) -> np.ndarray:

@@ -46,7 +46,7 @@ from duckdb_ext._catalog import (
     resolve_table,
     vector_literal,
 )
-from duckdb_ext._twins import twin_topk
+from duckdb_ext._twins import twin_recall, twin_topk
 from duckdb_ext.vss import load_vss
 from polars_embed.engine import embed_queries
 from polars_embed.errors import (
@@ -280,6 +280,70 @@ def search(
         assert isinstance(query, str) and texts is not None
         return _ranked_search(con, target, texts, query, rank_vectors, k, where, ranking)
     return _exact_search(con, target, rank_vectors, k)
+
+
+def recall_at_k(
+    con: duckdb.DuckDBPyConnection,
+    table: TableName,
+    column: str,
+    quantized: Quantization,
+    *,
+    k: int = 10,
+    sample: int = 100,
+    seed: int = 0,
+    oversample: int | None = None,
+) -> float:
+    """The share of the exact top ``k`` that ``search(..., quantized=...)`` finds on this table.
+
+    ``sample`` of the table's rows with a vector, drawn at random, are searched
+    for, each left out of its own results, both through the column's twin (made
+    or reused as :func:`search` does) and exactly; the share of the exact results
+    the quantised searches found is the recall, what ``quantized`` trades on your
+    data (:func:`polars_embed.recall_at_k` for a table). The column's vectors are
+    read into memory once for the exact side.
+
+    Parameters
+    ----------
+    con, table, column
+        As in :func:`search`.
+    quantized : {"int8", "binary"}
+        The twin to measure.
+    k : int, default 10
+        Results per query compared.
+    sample : int, default 100
+        Rows drawn as queries.
+    seed : int, default 0
+        Seed of that draw.
+    oversample : int, optional
+        As in :func:`search`.
+
+    Returns
+    -------
+    float
+        Between 0 and 1; 1.0 when every exact result was found (or there are no vectors).
+
+    Examples
+    --------
+    >>> import duckdb, duckdb_ext, numpy as np, polars as pl
+    >>> con = duckdb.connect()
+    >>> vectors = np.random.default_rng(0).standard_normal((2000, 32), dtype=np.float32)
+    >>> _ = con.register("frame", pl.DataFrame({"vector": vectors}))
+    >>> _ = con.sql("CREATE TABLE docs AS SELECT * FROM frame")
+    >>> duckdb_ext.recall_at_k(con, "docs", "vector", "int8", k=5, sample=20, oversample=20) > 0.95
+    True
+    """
+    k = check_k(k)
+    search = QuantizedSearch.check(quantized, oversample)
+    if search is None:
+        raise ConfigError("recall_at_k measures a quantised search: pass quantized='int8' or 'binary'")
+    if isinstance(sample, bool) or not isinstance(sample, int) or sample < 1:
+        raise ConfigError(f"sample must be a positive number of rows to draw as queries, got {sample!r}")
+    target = resolve_table(con, table)
+    vectors = target.require_column(column)
+    vectors.width  # noqa: B018 - a column that is not FLOAT[d] is refused here, with the cast
+    target.check_row_ids()
+    with _one_snapshot(con):
+        return twin_recall(con, target, vectors, search, k, sample, seed)
 
 
 def _query_provider(

@@ -72,6 +72,7 @@ __all__ = [
     "quantized_candidates",
     "quantized_topk",
     "recall_at_k",
+    "share_found",
 ]
 
 Quantization = Literal["int8", "binary"]
@@ -446,15 +447,28 @@ def recall_at_k(
     wanted = k + 1 if leave_out else k
     exact, _ = topk(queries, chunks, wanted, metric="cosine", valid=quantized.searchable)
     found, _ = quantized_topk(queries, chunks, quantized, wanted, oversample=oversample)
-    exact, found = numpy.asarray(exact), numpy.asarray(found)
+    return share_found(numpy.asarray(found), numpy.asarray(exact), k, left_out=picked if leave_out else None)
+
+
+def share_found(found: Any, exact: Any, k: int, *, left_out: Any = None) -> float:
+    """The share of each query's exact top ``k`` rows that ``found`` holds, over all queries.
+
+    ``found`` and ``exact`` are (q, n) arrays of rows, -1 for none, best first; with
+    ``left_out``, each query's own row (the row it was drawn from) is dropped from both
+    lists before their first ``k`` are compared (so both must hold ``k + 1``). 1.0 when
+    there is nothing to find.
+
+    >>> import numpy as np
+    >>> share_found(np.array([[3, 1, 7]]), np.array([[3, 7, 2]]), 2, left_out=np.array([3]))
+    0.5
+    """
     hits = total = 0
-    for i in range(exact.shape[0]):
-        expected = [row for row in exact[i].tolist() if row >= 0]
-        got = [row for row in found[i].tolist() if row >= 0]
-        if leave_out:
-            query_row = int(picked[i])
-            expected = [row for row in expected if row != query_row][:k]
-            got = [row for row in got if row != query_row][:k]
+    for i, (got, expected) in enumerate(zip(found.tolist(), exact.tolist(), strict=True)):
+        got, expected = [row for row in got if row >= 0], [row for row in expected if row >= 0]
+        if left_out is not None:
+            got = [row for row in got if row != left_out[i]]
+            expected = [row for row in expected if row != left_out[i]]
+        expected, got = expected[:k], got[:k]
         hits += len(set(expected) & set(got))
         total += len(expected)
     return hits / total if total else 1.0

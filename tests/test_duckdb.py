@@ -845,6 +845,40 @@ class TestSearchInMemory:
             con.sql("CREATE OR REPLACE TABLE empty (id INTEGER, vector FLOAT[3])")
             assert duckdb_ext.search(con, "empty", "vector", [1, 0, 0], **options).fetchall() == []
 
+    @pytest.mark.parametrize("kind", KINDS)
+    def test_recall_is_the_share_of_exact_results_the_searches_find(
+        self, con: duckdb.DuckDBPyConnection, kind: str
+    ) -> None:
+        vectors = clustered(150, 12)
+        vector_table(con, vectors)
+        hits = 0
+        for row, query in enumerate(vectors):  # every row a query: the draw holds them all
+            exact = duckdb_ext.search(con, "docs", "vector", query, k=6, in_memory=True).pl()["id"]
+            found = duckdb_ext.search(con, "docs", "vector", query, k=6, quantized=kind, oversample=1).pl()[
+                "id"
+            ]
+            expected_rows = [other for other in exact if other != row][:5]
+            found_rows = [other for other in found if other != row][:5]
+            hits += len(set(expected_rows) & set(found_rows))
+        expected = hits / (5 * len(vectors))
+        assert expected < 1  # oversample=1 misses some
+        recall = duckdb_ext.recall_at_k(con, "docs", "vector", kind, k=5, sample=150, oversample=1)
+        assert recall == pytest.approx(expected)
+        assert duckdb_ext.recall_at_k(con, "docs", "vector", kind, k=5, sample=50, oversample=100) == 1.0
+        twins = importlib.import_module("duckdb_ext._twins")._twins[con]
+        assert [key[-1] for key in twins] == ["float32", kind]  # the search's copy; recall keeps none
+
+    def test_recall_needs_a_quantized_kind_and_a_sample(self, con: duckdb.DuckDBPyConnection) -> None:
+        con.sql("CREATE TABLE empty (id INTEGER, vector FLOAT[3])")
+        assert duckdb_ext.recall_at_k(con, "empty", "vector", "int8") == 1.0
+        with pytest.raises(ConfigError, match="pass quantized='int8' or 'binary'"):
+            duckdb_ext.recall_at_k(con, "empty", "vector", None)  # type: ignore[arg-type]
+        with pytest.raises(ConfigError, match="sample must be a positive number"):
+            duckdb_ext.recall_at_k(con, "empty", "vector", "binary", sample=0)
+        con.sql("CREATE TABLE texts (body VARCHAR)")
+        with pytest.raises(ConfigError, match="not a FLOAT"):
+            duckdb_ext.recall_at_k(con, "texts", "body", "binary")
+
     def test_the_twin_goes_with_its_connection(self) -> None:
         con = duckdb.connect()
         vector_table(con, clustered(100, 8))

@@ -15,7 +15,7 @@ import pytest
 import polars_embed
 from polars_embed import quantization as quantize_module
 from polars_embed.kernels import pairwise_scores, squared_norms, topk
-from polars_embed.quantization import quantize, quantized_candidates, quantized_topk, recall_at_k
+from polars_embed.quantization import quantize, quantized_candidates, quantized_topk, recall_at_k, share_found
 
 KINDS = ("int8", "binary")
 
@@ -402,3 +402,11 @@ def test_the_candidates_alone_hold_the_best_rows_of_the_filter(kind: str) -> Non
     assert sorted(everything[everything >= 0].tolist()) == np.flatnonzero(valid).tolist()
     with pytest.raises(ValueError, match="width 8, but the twin was made from vectors of width 32"):
         quantized_candidates(queries[:, :8], twin)
+
+
+def test_share_found_compares_the_first_k_rows_left_after_the_query_row() -> None:
+    exact = np.array([[4, 2, 9, 1], [-1, -1, -1, -1]])
+    found = np.array([[2, 4, 1, 9], [3, -1, -1, -1]])  # the second query has nothing to find
+    assert share_found(found, exact, 2) == 1.0
+    assert share_found(found, exact, 2, left_out=np.array([4, 3])) == 0.5  # [2, 9] against [2, 1]
+    assert share_found(found[1:], exact[1:], 3) == 1.0
