@@ -62,12 +62,18 @@ class _TableState:
 
 
 @dataclass(frozen=True, eq=False)
+class _Copy:
+    """The float32 vectors, in chunks, and their squared norms."""
+
+    chunks: list[np.ndarray]
+    squared_norms: np.ndarray
+
+
+@dataclass(frozen=True, eq=False)
 class _Twin:
     """What the rows are ranked on: a quantised twin, or (kind "float32") the vectors' copy."""
 
-    quantized: QuantizedVectors | None
-    copy: list[np.ndarray]  # the float32 vectors, in chunks; empty for a quantised twin
-    squared_norms: np.ndarray  # of the float32 vectors
+    ranked: QuantizedVectors | _Copy
     row_ids: np.ndarray  # the table's row id of each twin row, ascending
     state: _TableState
     sample_rows: np.ndarray
@@ -94,12 +100,27 @@ def twin_topk(
     without one; to be called within one snapshot."""
     twin = _current_twin(con, table, vectors, "float32" if search is None else search.kind)
     valid = None if where is None else _passing(con, table, twin, where)
-    if search is None:
-        (rows,), (scores,) = topk(query, twin.copy, k, valid=valid, squared_norms=twin.squared_norms)
+    return _ranked_on(con, table, vectors, twin, query, k, valid, search)
+
+
+def _ranked_on(
+    con: duckdb.DuckDBPyConnection,
+    table: Table,
+    vectors: Column,
+    twin: _Twin,
+    query: np.ndarray,
+    k: int,
+    valid: np.ndarray | None,
+    search: QuantizedSearch | None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`twin_topk` on a twin already checked against the table."""
+    if isinstance(twin.ranked, _Copy):
+        copy = twin.ranked
+        (rows,), (scores,) = topk(query, copy.chunks, k, valid=valid, squared_norms=copy.squared_norms)
         kept = rows >= 0
         return twin.row_ids[rows[kept]], scores[kept]
-    assert twin.quantized is not None
-    (candidates,) = quantized_candidates(query, twin.quantized, k, oversample=search.oversample, valid=valid)
+    assert search is not None
+    (candidates,) = quantized_candidates(query, twin.ranked, k, oversample=search.oversample, valid=valid)
     candidates = np.unique(candidates[candidates >= 0])  # ascending row ids: ties go to the lower
     if candidates.size == 0:
         return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)
@@ -142,9 +163,9 @@ def twin_recall(
     """The share of the exact top ``k`` that :func:`twin_topk` finds, for ``sample`` of the
     table's rows drawn at random as queries, each left out of both lists; within one snapshot."""
     twin = _current_twin(con, table, vectors, search.kind)
-    assert twin.quantized is not None
+    assert isinstance(twin.ranked, QuantizedVectors)
     ids, chunks = _read_vectors(con, table, vectors)
-    searchable = np.asarray(twin.quantized.searchable)
+    searchable = np.asarray(twin.ranked.searchable)
     rng = np.random.default_rng(seed)
     picked = np.sort(
         rng.choice(np.flatnonzero(searchable), min(sample, int(searchable.sum())), replace=False)
@@ -161,7 +182,7 @@ def twin_recall(
     exact, _ = topk(queries, chunks, k + 1, valid=searchable)
     found = np.full(exact.shape, -1, dtype=np.int64)
     for i, query in enumerate(queries):
-        rows, _ = twin_topk(con, table, vectors, query, k + 1, None, search)
+        rows, _ = _ranked_on(con, table, vectors, twin, query, k + 1, None, search)
         found[i, : rows.size] = np.searchsorted(ids, rows)
     return share_found(found, np.asarray(exact), k, left_out=picked)
 
@@ -171,14 +192,13 @@ def _make_twin(
 ) -> _Twin:
     ids, chunks = _read_vectors(con, table, vectors)
     if kind == "float32":
-        quantized, copy, norms = None, chunks, squared_norms(chunks)
+        ranked: QuantizedVectors | _Copy = _Copy(chunks, squared_norms(chunks))
     else:
-        quantized, copy = quantize(chunks, kind), []  # type: ignore[arg-type]
-        norms = quantized.squared_norms
+        ranked = quantize(chunks, kind)  # type: ignore[arg-type]
     picked = np.unique(np.linspace(0, ids.size - 1, _SAMPLES).astype(np.int64)) if ids.size else ids
     samples = ids[picked]
     _, sample_vectors = _vectors_of(con, table, vectors, samples)
-    return _Twin(quantized, copy, np.asarray(norms), ids, state, samples, sample_vectors)
+    return _Twin(ranked, ids, state, samples, sample_vectors)
 
 
 def _read_vectors(
