@@ -20,6 +20,11 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
+# After a multiply, OpenBLAS's threads spin for about 0.1 s before they sleep: on two
+# cores, a candidate timed straight after its reference shared them with those threads
+# (an int8 search of 1M rows took 164 ms there, 119 ms after a pause of 0.1 s).
+_SETTLE_SECONDS = 0.2
+
 
 def tables(benchmarks: Iterable[Mapping[str, Any]]) -> str:
     """Markdown tables, one per group, of pytest-benchmark results (as in its JSON)."""
@@ -68,15 +73,18 @@ def interleaved(
 
     Each round's ratio (candidate time over the reference time just before it)
     goes to ``extra_info``: min and median, as ``interleaved_min`` and
-    ``interleaved_median``. Returns what the last call of ``candidate`` returned.
+    ``interleaved_median``. Before each run, untimed, the machine settles for
+    ``_SETTLE_SECONDS``, so that neither pays for the other's idle BLAS threads. Returns what the last call of ``candidate`` returned.
     """
     paired: list[float] = []
     reference_seconds: list[float] = []
 
     def run_reference() -> None:
+        time.sleep(_SETTLE_SECONDS)
         started = time.perf_counter()
         reference()
         reference_seconds.append(time.perf_counter() - started)
+        time.sleep(_SETTLE_SECONDS)
 
     def run_candidate() -> Any:
         started = time.perf_counter()

@@ -81,8 +81,12 @@ _KINDS: tuple[str, ...] = get_args(Quantization)
 # vectors of real-word sentences (benchmarks/README.md): int8 found every exact
 # result even at 2, binary reached 0.994 at 200 (0.94 at 50). Random vectors need more.
 DEFAULT_OVERSAMPLE: dict[str, int] = {"int8": 4, "binary": 200}
-# Corpus rows per block of the Hamming pass: its temporaries stay in the caches.
-_HAMMING_BLOCK = 16384
+# Bytes of a step's differing words in the Hamming pass of numpy and CuPy: steps this
+# large make few array calls per row (one query over 1M x 384 bits took 9.5 ms in steps
+# of 16,384 rows, 5.6 ms in steps of 65,536), and the temporaries still fit in L2.
+_HAMMING_STEP_BYTES = 3 * 2**20
+# From this many corpus rows on, a coarse pass runs one range of rows per core.
+_THREADED_ROWS = 65536
 # Up to this many queries, numpy counts the Hamming distances where numkong's kernel for
 # them is its AVX-512 one: on a Zen 5 core it took 36 ms over 1M rows for one query and
 # 56 ms for 16, numpy's count about 7 ms a query (benchmarks/README.md).
@@ -219,21 +223,36 @@ def quantize(corpus: Corpus, kind: Quantization, *, valid: Array | None = None) 
         # Walked once per pass, never kept: joined small chunks are the only copies.
         return _blocks(xp, chunks, _QUANTIZE_BLOCK)
 
+    n_rows = sum(chunk.shape[0] for chunk in chunks)
+    _check_valid(xp, valid, n_rows)
+    device = _device(chunks[0])
+
+    def written(
+        shape: tuple[int, ...], dtype: object, make: Callable[[Array], Array], axis: int = 0
+    ) -> Array:
+        # Each block's result goes straight into one array, in C order: no joined copy
+        # beside the parts, and the word-major bits really are word-major (a join of
+        # transposed blocks came out row by row, and the Hamming pass took 1.5x as long).
+        out = xp.empty(shape, dtype=dtype, device=device)
+
+        def write(first_row: int, rows: Array) -> None:
+            out[(slice(None),) * axis + (slice(first_row, first_row + rows.shape[0]),)] = make(rows)
+
+        _on_blocks(xp, blocks(), write)
+        return out
+
     with _xp.float_errors_ignored():
-        norms = _on_blocks(xp, blocks(), lambda _, rows: _squared_norms(xp, rows))
-        norms = _concat(xp, norms, (0,), xp.float32, chunks[0])
+        norms = written((n_rows,), xp.float32, lambda rows: _squared_norms(xp, rows))
         searchable = _searchable(xp, norms, "cosine")
-        _check_valid(xp, valid, norms.shape[0])
         if valid is not None:
             searchable = searchable & valid
         if kind == "int8":
             scales = _int8_scales(xp, blocks(), searchable, width)
-            codes = _on_blocks(xp, blocks(), lambda _, rows: _int8_codes(xp, rows, scales))
-            codes = _concat(xp, codes, (0, width), xp.int8, chunks[0])
+            codes = written((n_rows, width), xp.int8, lambda rows: _int8_codes(xp, rows, scales))
             return QuantizedVectors(kind, codes, scales, None, searchable, width, norms)
         center = _mean(xp, blocks(), searchable, width)
-        words = _on_blocks(xp, blocks(), lambda _, rows: xp.matrix_transpose(_sign_words(xp, rows, center)))
-        codes = _concat(xp, words, (-(-width // 64), 0), xp.uint64, chunks[0], axis=1)
+        words = (-(-width // 64), n_rows)
+        codes = written(words, xp.uint64, lambda rows: xp.matrix_transpose(_sign_words(xp, rows, center)), 1)
         return QuantizedVectors(kind, codes, None, center, searchable, width, norms)
 
 
@@ -507,7 +526,8 @@ def _int8_topk(xp: Namespace, scaled: Array, quantized: QuantizedVectors, candid
     largest = numpy.max(numpy.abs(scaled), axis=1, keepdims=True)
     query_codes = numpy.round(scaled * (127 / numpy.where(largest > 0, largest, 1.0))).astype(numpy.int8)
     n_queries = query_codes.shape[0]
-    packed = _packed_codes(nk, quantized)
+    codes = numpy.asarray(quantized.codes)
+    packed = _packed(quantized, "numkong_int8", lambda rows: nk.dots_pack(codes[rows], dtype="int8"))
 
     def dot_products(rows: slice, scratch: dict[str, Array]) -> Array:
         # The int32 products are ranked as they come, in buffers a thread keeps for every
@@ -556,17 +576,13 @@ def _has_int8_dot_products(nk: ModuleType) -> bool:
     return any(capabilities.get(name) for name in _INT8_DOT_TARGETS)
 
 
-def _packed_codes(nk: ModuleType, quantized: QuantizedVectors) -> list[Any]:
-    """The int8 codes in numkong's packed layout, one matrix per block of rows, made once per twin."""
-    packed = quantized._derived.get("numkong_int8")
+def _packed(quantized: QuantizedVectors, layout: str, pack: Callable[[slice], Any]) -> list[Any]:
+    """The twin's codes in one of numkong's packed layouts, one matrix per block of rows
+    (``pack`` makes a block's), made once per twin."""
+    packed = quantized._derived.get(layout)
     if packed is None:
-        import numpy
-
-        codes = numpy.asarray(quantized.codes)
-        packed = [
-            nk.dots_pack(codes[rows], dtype="int8") for rows in _chunks(quantized.n_rows, _KERNEL_BLOCK)
-        ]
-        quantized._derived["numkong_int8"] = packed
+        packed = [pack(rows) for rows in _chunks(quantized.n_rows, _KERNEL_BLOCK)]
+        quantized._derived[layout] = packed
     return packed
 
 
@@ -584,7 +600,7 @@ def _hamming_topk(xp: Namespace, unit: Array, quantized: QuantizedVectors, candi
             distance += xp.astype(_xp.bitwise_count(xp, different), xp.uint16)
         return distance
 
-    block_rows = max(1, min(_HAMMING_BLOCK, _SCORE_BLOCK_ELEMENTS // max(n_queries, 1)))
+    block_rows = max(1, min(_HAMMING_STEP_BYTES // (8 * n_words), _SCORE_BLOCK_ELEMENTS // max(n_queries, 1)))
     if not array_api_compat.is_numpy_namespace(xp):
         return _coarse_topk(
             xp,
@@ -607,7 +623,13 @@ def _hamming_topk(xp: Namespace, unit: Array, quantized: QuantizedVectors, candi
             quantized,
             candidates,
         )
-    packed = _packed_bits(nk, quantized)
+    codes = numpy.asarray(quantized.codes)
+
+    def pack(rows: slice) -> Any:
+        row_major = numpy.ascontiguousarray(codes[:, rows].T)
+        return nk.hammings_pack(row_major.view(numpy.uint8), dtype="uint1")
+
+    packed = _packed(quantized, "numkong_bits", pack)
     query_bytes = numpy.ascontiguousarray(query_words).view(numpy.uint8)
     full_blocks, last_rows = divmod(quantized.n_rows, _KERNEL_BLOCK)
     found = []
@@ -695,7 +717,7 @@ def _least_distances(
     least = _Least(n_queries, quantized.width + 1, candidates)
     searchable = numpy.asarray(quantized.searchable)
     every_row = bool(searchable.all())
-    n_parts = max(1, min(len(steps), _threads(numpy) if quantized.n_rows >= 4 * _HAMMING_BLOCK else 1))
+    n_parts = max(1, min(len(steps), _threads(numpy) if quantized.n_rows >= _THREADED_ROWS else 1))
     parts = [[steps[i] for i in part] for part in numpy.array_split(numpy.arange(len(steps)), n_parts)]
 
     def rank(part: list[slice]) -> list[Any]:
@@ -790,21 +812,6 @@ class _Least:
         return last, numpy.where(last > 0, below, 0)
 
 
-def _packed_bits(nk: ModuleType, quantized: QuantizedVectors) -> list[Any]:
-    """The sign bits in numkong's packed layout, one matrix per block of rows, made once per twin."""
-    packed = quantized._derived.get("numkong_bits")
-    if packed is None:
-        import numpy
-
-        codes = numpy.asarray(quantized.codes)
-        packed = [
-            nk.hammings_pack(numpy.ascontiguousarray(codes[:, rows].T).view(numpy.uint8), dtype="uint1")
-            for rows in _chunks(quantized.n_rows, _KERNEL_BLOCK)
-        ]
-        quantized._derived["numkong_bits"] = packed
-    return packed
-
-
 def _coarse_topk(
     xp: Namespace,
     keys_of: Callable[[slice, dict[str, Array]], Array],
@@ -823,7 +830,7 @@ def _coarse_topk(
     the ranges' lists merge by :func:`topk_merge`.
     """
     n_rows = quantized.n_rows
-    n_parts = _threads(xp) if n_rows >= 4 * _HAMMING_BLOCK else 1
+    n_parts = _threads(xp) if n_rows >= _THREADED_ROWS else 1
     n_blocks = -(-n_rows // block_rows)
     blocks_per_part = -(-n_blocks // n_parts)
     parts = _chunks(n_rows, blocks_per_part * block_rows)
@@ -981,14 +988,6 @@ def _mean(xp: Namespace, blocks: Iterator[tuple[int, Array]], searchable: Array,
 
 def _sign_words(xp: Namespace, rows: Array, center: Array) -> Array:
     return _xp.pack_bits(xp, (_unit_rows(xp, rows, None) - center) > 0)
-
-
-def _concat(
-    xp: Namespace, parts: list[Array], empty_shape: tuple[int, ...], dtype: object, like: Array, axis: int = 0
-) -> Array:
-    if not parts:
-        return xp.zeros(empty_shape, dtype=dtype, device=_device(like))
-    return xp.concat(parts, axis=axis) if len(parts) > 1 else parts[0]
 
 
 def _threads(xp: Namespace) -> int:
