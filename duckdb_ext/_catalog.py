@@ -187,10 +187,10 @@ def resolve_table(con: duckdb.DuckDBPyConnection, table: TableName) -> Table:
     rows = con.sql(
         "SELECT database_name, schema_name, table_name, table_oid, column_name, data_type, comment, "
         "current_database(), current_schema() FROM duckdb_columns() AS c "
-        "WHERE lower(table_name) = lower(?) AND EXISTS (SELECT 1 FROM duckdb_tables() AS t "
-        "WHERE t.database_name = c.database_name AND t.schema_name = c.schema_name "
-        "AND t.table_name = c.table_name) ORDER BY column_index",
-        params=[name],
+        # Views have columns too; oids are the database instance's, one per catalog entry.
+        "WHERE lower(table_name) = lower(?) AND table_oid IN "
+        "(SELECT table_oid FROM duckdb_tables() WHERE lower(table_name) = lower(?)) ORDER BY column_index",
+        params=[name, name],
     ).fetchall()
     columns: dict[tuple[str, str, str, int], list[Column]] = {}
     for database, schema, spelled, oid, column_name, data_type, comment, _, _ in rows:
