@@ -74,7 +74,8 @@ def interleaved(
     Each round's ratio (candidate time over the reference time just before it)
     goes to ``extra_info``: min and median, as ``interleaved_min`` and
     ``interleaved_median``. Before each run, untimed, the machine settles for
-    ``_SETTLE_SECONDS``, so that neither pays for the other's idle BLAS threads. Returns what the last call of ``candidate`` returned.
+    ``_SETTLE_SECONDS``, so that neither pays for the other's idle BLAS threads.
+    Returns what the last call of ``candidate`` returned.
     """
     paired: list[float] = []
     reference_seconds: list[float] = []
