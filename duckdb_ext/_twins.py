@@ -35,7 +35,7 @@ import duckdb
 import numpy as np
 
 from duckdb_ext._catalog import Column, Table, quote_identifier
-from polars_embed.kernels import squared_norms, topk
+from polars_embed.kernels import squared_norms, take_rows, topk
 from polars_embed.quantization import (
     QuantizedSearch,
     QuantizedVectors,
@@ -189,7 +189,7 @@ def twin_recall(
     )
     if picked.size == 0:
         return 1.0
-    queries = _rows_of(chunks, picked)
+    queries = take_rows(chunks, picked)
     exact, _ = topk(queries, chunks, k + 1, valid=searchable)
     found = np.full(exact.shape, -1, dtype=np.int64)
     for i, query in enumerate(queries):
@@ -207,18 +207,7 @@ def _make_twin(
     else:
         ranked = quantize(chunks, kind)  # type: ignore[arg-type]
     picked = np.unique(np.linspace(0, ids.size - 1, _SAMPLES).astype(np.int64)) if ids.size else ids
-    return _Twin(ranked, ids, state, ids[picked], _rows_of(chunks, picked))
-
-
-def _rows_of(chunks: list[np.ndarray], positions: np.ndarray) -> np.ndarray:
-    """The rows at these ascending positions of the chunks taken as one matrix."""
-    starts = np.cumsum([0] + [chunk.shape[0] for chunk in chunks])
-    return np.concatenate(
-        [
-            chunk[positions[(positions >= first) & (positions < end)] - first]
-            for chunk, first, end in zip(chunks, starts[:-1], starts[1:], strict=True)
-        ]
-    )
+    return _Twin(ranked, ids, state, ids[picked], take_rows(chunks, picked))
 
 
 def _read_vectors(

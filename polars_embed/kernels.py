@@ -47,6 +47,7 @@ __all__ = [
     "l2_normalize",
     "pairwise_scores",
     "squared_norms",
+    "take_rows",
     "topk",
     "topk_merge",
 ]
@@ -857,6 +858,12 @@ def _check_valid(xp: Namespace, valid: Array | None, n_rows: int) -> None:
         raise InvalidInputError(
             f"valid must have one entry per corpus row, shape ({n_rows},), but has shape {valid.shape}"
         )
+
+
+def take_rows(corpus: Corpus, rows: Array) -> Array:
+    """The corpus rows numbered ``rows`` (row numbers across the chunks, in any order), as float32."""
+    chunks = _corpus_chunks(corpus)
+    return _take_rows(_xp.namespace(*chunks), chunks, rows)
 
 
 def _take_rows(xp: Namespace, chunks: list[Array], rows: Array) -> Array:

@@ -251,8 +251,12 @@ def quantize(corpus: Corpus, kind: Quantization, *, valid: Array | None = None) 
             codes = written((n_rows, width), xp.int8, lambda rows: _int8_codes(xp, rows, scales))
             return QuantizedVectors(kind, codes, scales, None, searchable, width, norms)
         center = _mean(xp, blocks(), searchable, width)
-        words = (-(-width // 64), n_rows)
-        codes = written(words, xp.uint64, lambda rows: xp.matrix_transpose(_sign_words(xp, rows, center)), 1)
+        codes = written(
+            (-(-width // 64), n_rows),  # word-major
+            xp.uint64,
+            lambda rows: xp.matrix_transpose(_sign_words(xp, rows, center)),
+            axis=1,
+        )
         return QuantizedVectors(kind, codes, None, center, searchable, width, norms)
 
 
@@ -613,8 +617,8 @@ def _hamming_topk(xp: Namespace, unit: Array, quantized: QuantizedVectors, candi
     import numpy
 
     nk = _kernels(xp)
+    codes = numpy.asarray(quantized.codes)
     if nk is None or (n_queries <= _NUMPY_HAMMING_QUERIES and _has_tiled_hamming(nk)):
-        codes = numpy.asarray(quantized.codes)
         steps = _chunks(quantized.n_rows, block_rows)
         return _least_distances(
             lambda rows, scratch: _numpy_hamming(codes, query_words, rows, scratch),
@@ -623,7 +627,6 @@ def _hamming_topk(xp: Namespace, unit: Array, quantized: QuantizedVectors, candi
             quantized,
             candidates,
         )
-    codes = numpy.asarray(quantized.codes)
 
     def pack(rows: slice) -> Any:
         row_major = numpy.ascontiguousarray(codes[:, rows].T)

@@ -621,3 +621,14 @@ def test_the_standard_fallbacks_for_bits_agree_with_numpy():
     # Bit order inside a word may differ; the number of set bits and equality may not.
     np.testing.assert_array_equal(np.bitwise_count(packed).sum(axis=1), bits.sum(axis=1))
     np.testing.assert_array_equal(np.bitwise_count(standard).sum(axis=1), bits.sum(axis=1))
+
+
+@pytest.mark.parametrize("split", [[], [3], [0, 3, 3, 9]], ids=["one-array", "two-chunks", "empty-chunks"])
+def test_take_rows_gathers_row_numbers_across_chunks_in_their_order(split: list[int]) -> None:
+    corpus = np.arange(12 * 4, dtype=np.float64).reshape(12, 4)
+    chunks = np.split(corpus, split) if split else corpus
+    rows = np.array([11, 0, 5, 3, 5, 9])
+    taken = kernels.take_rows(chunks, rows)
+    assert taken.dtype == np.float32
+    np.testing.assert_array_equal(taken, corpus[rows].astype(np.float32))
+    assert kernels.take_rows(chunks, np.zeros(0, dtype=np.int64)).shape == (0, 4)
