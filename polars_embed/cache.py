@@ -68,6 +68,7 @@ from typing import Any, TypeVar
 import numpy as np
 import platformdirs
 
+from polars_embed._env import env_flag
 from polars_embed.provider import Kind, Provider
 
 log = logging.getLogger(__name__)
@@ -139,10 +140,9 @@ def configure_cache(
 
 def cache_settings() -> CacheSettings:
     """The settings in force: :func:`configure_cache` first, then the environment."""
-    switch = os.environ.get("POLARS_EMBED_CACHE", "1").strip().lower()
     directory = os.environ.get("POLARS_EMBED_CACHE_DIR") or platformdirs.user_cache_dir("polars-embed")
     return CacheSettings(
-        enabled=bool(_overrides.get("enabled", switch not in ("0", "false", "no", "off"))),
+        enabled=bool(_overrides.get("enabled", env_flag("POLARS_EMBED_CACHE") is not False)),
         path=Path(_overrides.get("path", Path(directory) / FILE_NAME)),  # type: ignore[arg-type]
         max_bytes=int(_overrides.get("max_bytes", DEFAULT_MAX_BYTES)),  # type: ignore[call-overload]
     )

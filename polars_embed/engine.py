@@ -36,6 +36,7 @@ import pyarrow as pa
 from tqdm import tqdm
 
 from polars_embed._chunks import chunk_budget, chunk_texts
+from polars_embed._env import env_flag
 from polars_embed._inputs import Images, Prepared, check_accepts, prepare
 from polars_embed._tokens import approximate_token_counter, approximate_tokens
 from polars_embed.cache import InFlight, cache_for, text_keys
@@ -1046,9 +1047,9 @@ def progress_bar(total: int, label: str, progress: bool | None) -> tqdm:
 
 
 def _progress_by_default() -> bool:
-    setting = os.environ.get("POLARS_EMBED_PROGRESS")
+    setting = env_flag("POLARS_EMBED_PROGRESS")
     if setting is not None:
-        return setting.strip().lower() not in ("0", "false", "no", "off", "")
+        return setting
     if "PYTEST_CURRENT_TEST" in os.environ:
         return False
     return "ipykernel" in sys.modules or bool(sys.stderr and sys.stderr.isatty())

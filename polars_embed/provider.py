@@ -73,6 +73,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import numpy as np
 
+from polars_embed._env import switch_value
 from polars_embed.errors import ConfigError, MissingDependencyError
 
 if TYPE_CHECKING:
@@ -510,10 +511,10 @@ def _coerce(value: Any, name: str, cls: type, *, reference: str) -> Any:
         return value
     try:
         if expected is bool:
-            lowered = value.strip().lower()
-            if lowered not in ("1", "0", "true", "false", "yes", "no", "on", "off"):
+            switch = switch_value(value)
+            if switch is None:
                 raise ValueError(value)
-            return lowered in ("1", "true", "yes", "on")
+            return switch
         return expected(value)
     except ValueError:
         raise ConfigError(

@@ -456,3 +456,24 @@ def test_a_ctrl_c_among_the_submissions_keeps_the_answers_of_those_already_sent(
             [[0], [1], [2], [3]], request, lambda batch, answer: stored.append(answer), concurrency=4
         )
     assert sorted(stored) == [0, 10]
+
+
+@pytest.mark.parametrize(
+    ("value", "flag"),
+    [("0", False), (" No ", False), ("OFF", False), ("false", False), ("1", True), ("yes", True), ("", None)],
+)
+def test_every_switch_reads_its_environment_variable_alike(
+    monkeypatch: pytest.MonkeyPatch, value: str, flag: bool | None
+) -> None:
+    from polars_embed import cache
+    from polars_embed._env import env_flag
+
+    monkeypatch.setattr(cache, "_overrides", {})  # configure_cache's settings would come first
+    for name in ("POLARS_EMBED_CACHE", "POLARS_EMBED_PROGRESS", "POLARS_EMBED_TORCH_MATMUL"):
+        monkeypatch.setenv(name, value)
+        assert env_flag(name) is flag
+    # Empty is unset: the cache's default is on, progress's is off under pytest.
+    assert cache.cache_settings().enabled is (flag is not False)
+    assert engine_module._progress_by_default() is bool(flag)
+    monkeypatch.delenv("POLARS_EMBED_CACHE")
+    assert env_flag("POLARS_EMBED_CACHE") is None

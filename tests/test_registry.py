@@ -149,6 +149,28 @@ class TestReferences:
         with pytest.raises(ConfigError, match="takes a int; its reference '\\$env:PE_TEST_DIMS' gave 'wide'"):
             _ = provider.dimension
 
+    @pytest.mark.parametrize(
+        ("text", "expected"), [("Off", False), (" YES ", True), ("0", False), ("on", True)]
+    )
+    def test_env_switch_reads_as_every_switch_does(
+        self, monkeypatch: pytest.MonkeyPatch, text: str, expected: bool
+    ) -> None:
+        provider = polars_embed.get_registry().create(
+            "sentence-transformers", normalize="$env:PE_TEST_NORMALIZE"
+        )
+        monkeypatch.setenv("PE_TEST_NORMALIZE", text)
+        assert provider.resolve("normalize") is expected
+
+    def test_env_switch_that_is_neither_on_nor_off_is_an_error(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        provider = polars_embed.get_registry().create(
+            "sentence-transformers", normalize="$env:PE_TEST_NORMALIZE"
+        )
+        monkeypatch.setenv("PE_TEST_NORMALIZE", "maybe")
+        with pytest.raises(
+            ConfigError, match="takes a bool; its reference '\\$env:PE_TEST_NORMALIZE' gave 'maybe'"
+        ):
+            provider.resolve("normalize")
+
     def test_optional_numbers_are_checked_and_converted_too(self, monkeypatch: pytest.MonkeyPatch) -> None:
         with pytest.raises(ConfigError, match="option 'dims' of provider 'openai' takes a int, got 'wide'"):
             polars_embed.get_registry().create("openai", dims="wide")
