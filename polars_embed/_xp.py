@@ -9,10 +9,13 @@ library-specific branch and a slower fallback that uses standard calls only.
 from __future__ import annotations
 
 import contextlib
+import os
+import sys
 from typing import Any, TypeAlias
 
 import array_api_compat
 
+from polars_embed._env import env_flag
 from polars_embed.errors import InputTypeError
 
 # The standard has no array type to annotate with; any conforming array is accepted.
@@ -45,6 +48,77 @@ def float_errors_ignored() -> contextlib.AbstractContextManager[Any]:
     except ImportError:  # numpy-free installs (e.g. CuPy only) have no such warnings
         return contextlib.nullcontext()
     return numpy.errstate(all="ignore")
+
+
+# Below this many multiply-adds a product is over in microseconds, and handing it to
+# torch costs more than its faster kernel saves (measured in benchmarks/README.md).
+_TORCH_MIN_MULTIPLY_ADDS = 2**18
+# torch's CPU threads (GNU OpenMP) hang a child forked after its parent used them.
+_forked_child = False
+
+
+def matmul(xp: Namespace, a: Array, b: Array) -> Array:
+    """Return the matrix product ``a @ b`` of two 2-D arrays.
+
+    numpy float32 products of two or more rows go through torch's CPU matmul
+    when torch is already imported (as the sentence-transformers provider
+    imports it): on x86 its wheels carry MKL, whose float32 GEMM measured 1.4x
+    to 4x as fast as the OpenBLAS in numpy's wheels. The arrays are shared,
+    not copied. Nothing here imports torch: that costs about a second. numpy
+    keeps one-row products (its matrix-vector product is the faster),
+    small ones, arrays with negative strides (torch cannot view them), and
+    every product while torch's float32 matmul is allowed a lower precision
+    (``torch.set_float32_matmul_precision("medium")`` makes it bfloat16 on
+    CPUs with AMX), since topk promises exact float32 scores. A forked child
+    keeps numpy too: torch's threads hang there once its parent used them.
+    ``POLARS_EMBED_TORCH_MATMUL=0`` keeps every product in numpy.
+    """
+    torch = _torch_for(xp, a, b)
+    if torch is None:
+        return a @ b
+    try:
+        product = torch.matmul(torch.from_dlpack(a), torch.from_dlpack(b))
+    except BufferError:  # numpy before 2.1 cannot export read-only arrays, as Arrow's are
+        return a @ b
+    return product.numpy()
+
+
+def _torch_for(xp: Namespace, a: Array, b: Array) -> Any:
+    """torch, where :func:`matmul` hands it this product; else None."""
+    torch = sys.modules.get("torch")
+    if torch is None or _forked_child or not array_api_compat.is_numpy_namespace(xp):
+        return None
+    import numpy
+
+    if a.ndim != 2 or b.ndim != 2 or a.shape[0] < 2:
+        return None
+    if a.shape[0] * a.shape[1] * b.shape[1] < _TORCH_MIN_MULTIPLY_ADDS:
+        return None
+    if a.dtype != numpy.float32 or b.dtype != numpy.float32 or min(a.strides + b.strides) < 0:
+        return None
+    if env_flag("POLARS_EMBED_TORCH_MATMUL") is False or not _exact_float32_matmul(torch):
+        return None
+    return torch
+
+
+def _exact_float32_matmul(torch: Any) -> bool:
+    """Whether torch computes float32 CPU products in float32, not bfloat16 or TF32."""
+    try:
+        settings = getattr(torch.backends.mkldnn, "matmul", None)  # torch 2.9 and later
+        if settings is not None:
+            return settings.fp32_precision in ("none", "ieee")
+        return torch.get_float32_matmul_precision() == "highest"
+    except RuntimeError:  # torch refuses to say when both of its setting APIs were used
+        return False
+
+
+def _note_fork() -> None:
+    global _forked_child
+    _forked_child = True
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_note_fork)
 
 
 def kth_largest(xp: Namespace, x: Array, k: int) -> Array:

@@ -337,7 +337,9 @@ def test_mismatched_widths_name_both():
         pairwise_scores(np.ones((2, 3), np.float32), np.ones(4, np.float32))
 
 
-def test_memory_stays_bounded_for_many_queries():
+def test_memory_stays_bounded_for_many_queries(monkeypatch):
+    # tracemalloc traces numpy's arrays, not the products torch would make.
+    monkeypatch.setenv("POLARS_EMBED_TORCH_MATMUL", "0")
     rng = np.random.default_rng(0)
     n_queries, n_rows = 1000, 200_000
     corpus = rng.standard_normal((n_rows, 8), dtype=np.float32)
@@ -632,3 +634,101 @@ def test_take_rows_gathers_row_numbers_across_chunks_in_their_order(split: list[
     assert taken.dtype == np.float32
     np.testing.assert_array_equal(taken, corpus[rows].astype(np.float32))
     assert kernels.take_rows(chunks, np.zeros(0, dtype=np.int64)).shape == (0, 4)
+
+
+@pytest.fixture
+def torch_products(monkeypatch):
+    """torch, imported, with its matmul counting the products topk hands it."""
+    torch = pytest.importorskip("torch")
+    calls = []
+    real_matmul = torch.matmul
+
+    def counted(a, b):
+        calls.append((tuple(a.shape), tuple(b.shape)))
+        return real_matmul(a, b)
+
+    monkeypatch.setattr(torch, "matmul", counted)
+    monkeypatch.delenv("POLARS_EMBED_TORCH_MATMUL", raising=False)
+    return torch, calls
+
+
+def integer_problem(n_rows=40_000, n_queries=24, width=32):
+    """Small integers, so that every BLAS computes the same float32 products exactly."""
+    rng = np.random.default_rng(21)
+    corpus = rng.integers(-4, 5, (n_rows, width)).astype(np.float32)
+    corpus[[10, n_rows // 2]] = 0
+    corpus[30, 3] = np.nan
+    return rng.integers(-4, 5, (n_queries, width)).astype(np.float32), corpus
+
+
+@pytest.mark.parametrize("metric", METRICS)
+def test_batches_multiplied_by_torch_give_what_numpy_gives(torch_products, monkeypatch, metric):
+    _, calls = torch_products
+    queries, corpus = integer_problem()
+    corpus.flags.writeable = False  # as a column read from Arrow is
+    valid = np.arange(corpus.shape[0]) % 5 != 0
+    chunks = split_rows(corpus, [15_000])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        got = topk(queries, chunks, 10, metric=metric, valid=valid)
+    assert calls, "the batch did not go through torch"
+    monkeypatch.setenv("POLARS_EMBED_TORCH_MATMUL", "0")
+    calls.clear()
+    want = topk(queries, chunks, 10, metric=metric, valid=valid)
+    assert not calls
+    np.testing.assert_array_equal(got[0], want[0])
+    np.testing.assert_allclose(got[1], want[1], rtol=1e-6)
+
+
+def test_one_query_small_products_and_reversed_views_stay_in_numpy(torch_products):
+    _, calls = torch_products
+    queries, corpus = integer_problem()
+    topk(queries[0], corpus, 5)
+    topk(queries[:4], corpus[:100], 5)
+    # torch cannot view negative strides (it aborts the process): numpy multiplies them.
+    reversed_rows = corpus[::-1]
+    indices, _ = topk(queries, reversed_rows, 5, metric="dot")
+    assert not calls
+    want, _ = topk(queries, np.ascontiguousarray(reversed_rows), 5, metric="dot")
+    np.testing.assert_array_equal(indices, want)
+
+
+def test_torch_allowed_a_lower_precision_leaves_the_product_to_numpy(torch_products):
+    torch, calls = torch_products
+    rng = np.random.default_rng(22)
+    corpus = rng.standard_normal((20_000, 64), dtype=np.float32)
+    queries = rng.standard_normal((16, 64), dtype=np.float32)
+    torch.set_float32_matmul_precision("medium")  # bfloat16 products where the CPU has AMX
+    try:
+        _, scores = topk(queries, corpus, 5, metric="dot")
+    finally:
+        torch.set_float32_matmul_precision("highest")
+    assert not calls
+    want = reference_topk(queries, corpus, 5, "dot")
+    np.testing.assert_allclose(scores, want[1], rtol=1e-5)
+    topk(queries, corpus, 5, metric="dot")
+    assert calls  # and back at full precision, torch again
+
+
+def test_an_array_numpy_cannot_export_to_torch_is_multiplied_by_numpy(torch_products):
+    from polars_embed import _xp
+
+    class Unexportable(np.ndarray):
+        """What numpy before 2.1 does with a read-only array: refuse to export it."""
+
+        def __dlpack__(self, *args, **kwargs):
+            raise BufferError("Cannot export readonly array since signalling readonly is unsupported")
+
+    queries, corpus = integer_problem(n_rows=2000)
+    product = _xp.matmul(np, queries, corpus.T.view(Unexportable))
+    np.testing.assert_array_equal(np.asarray(product), queries @ corpus.T)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork on this platform")
+def test_a_child_forked_after_torch_multiplied_still_searches(torch_products):
+    _, calls = torch_products
+    in_parent = _search_the_fork_corpus()
+    assert calls
+    with multiprocessing.get_context("fork").Pool(1) as pool:
+        in_child = pool.apply_async(_search_the_fork_corpus).get(timeout=60)
+    assert in_child == in_parent
