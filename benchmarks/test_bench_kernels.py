@@ -86,6 +86,26 @@ def test_batch_bare_matmul(benchmark, bare_matmul):
 
 
 @BATCH
+def test_batch_bare_torch_matmul(benchmark, queries, corpus):
+    """The same multiply by torch (MKL in its x86 wheels), which topk uses where torch is imported."""
+    torch = pytest.importorskip("torch")
+    scores = torch.empty((queries.shape[0], corpus.shape[0]), dtype=torch.float32)
+    queries_t, corpus_t = torch.from_dlpack(queries), torch.from_dlpack(corpus)
+    run(benchmark, lambda: torch.matmul(queries_t, corpus_t.T, out=scores))
+
+
+@pytest.fixture(params=["numpy", "torch"])
+def multiply(request, monkeypatch):
+    """Which library multiplies topk's batches: numpy, or torch, which topk uses where it is imported."""
+    if request.param == "torch":
+        pytest.importorskip("torch")
+        monkeypatch.delenv("POLARS_EMBED_TORCH_MATMUL", raising=False)
+    else:
+        monkeypatch.setenv("POLARS_EMBED_TORCH_MATMUL", "0")
+    return request.param
+
+
+@BATCH
 def test_batch_numpy_full_matrix_argpartition(benchmark, queries, corpus):
     run(benchmark, lambda: numpy_topk(queries @ corpus.T))
 
@@ -94,7 +114,7 @@ def test_batch_numpy_full_matrix_argpartition(benchmark, queries, corpus):
 @pytest.mark.parametrize(
     ("metric", "normalized"), [("cosine", False), ("cosine", True), ("dot", False), ("l2", False)]
 )
-def test_batch_topk(benchmark, queries, corpus, bare_matmul, metric, normalized):
+def test_batch_topk(benchmark, queries, corpus, bare_matmul, metric, normalized, multiply):
     # The bare multiply runs just before each round: groups run minutes apart, and the
     # machine's speed drifts by more than the differences measured here.
     indices, _ = interleaved(
@@ -233,29 +253,42 @@ def quantized_entry(benchmark, twins, corpus, kind, queries, kernels):
 
 QUANTIZED_SINGLE = pytest.mark.benchmark(group=f"quantized: 1 query x {N_ROWS} x {WIDTH}")
 QUANTIZED_BATCH = pytest.mark.benchmark(group=f"quantized: {N_QUERIES} queries x {N_ROWS} x {WIDTH}")
+# Exact search, the reference of the quantised groups, multiplies in numpy, as in earlier
+# runs; the batch group also times it with torch's multiply.
+NUMPY_EXACT = pytest.mark.parametrize("multiply", ["numpy"], indirect=True)
 
 
 @QUANTIZED_SINGLE
-def test_quantized_single_exact(benchmark, queries, corpus):
+@NUMPY_EXACT
+def test_quantized_single_exact(benchmark, queries, corpus, multiply):
     run(benchmark, topk, queries[:1], corpus, K, normalized=True, reference=True)
 
 
 @QUANTIZED_SINGLE
+@NUMPY_EXACT
 @pytest.mark.parametrize("kernels", ["numkong", "numpy"])
 @pytest.mark.parametrize("kind", ["int8", "binary"])
-def test_quantized_single(benchmark, twins, queries, corpus, kind, kernels):
+def test_quantized_single(benchmark, twins, queries, corpus, kind, kernels, multiply):
     quantized_entry(benchmark, twins, corpus, kind, queries[:1], kernels)
 
 
 @QUANTIZED_BATCH
-def test_quantized_batch_exact(benchmark, queries, corpus):
+@NUMPY_EXACT
+def test_quantized_batch_exact(benchmark, queries, corpus, multiply):
     run(benchmark, topk, queries, corpus, K, normalized=True, reference=True)
 
 
 @QUANTIZED_BATCH
+@pytest.mark.parametrize("multiply", ["torch"], indirect=True)
+def test_quantized_batch_exact_torch(benchmark, queries, corpus, multiply):
+    run(benchmark, topk, queries, corpus, K, normalized=True)
+
+
+@QUANTIZED_BATCH
+@NUMPY_EXACT
 @pytest.mark.parametrize("kernels", ["numkong", "numpy"])
 @pytest.mark.parametrize("kind", ["int8", "binary"])
-def test_quantized_batch(benchmark, twins, queries, corpus, kind, kernels):
+def test_quantized_batch(benchmark, twins, queries, corpus, kind, kernels, multiply):
     quantized_entry(benchmark, twins, corpus, kind, queries, kernels)
 
 
