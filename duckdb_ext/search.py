@@ -217,12 +217,9 @@ def search(
     [('a black dog',), ('a small dog',)]
     """
     k = check_k(k)  # before it reaches SQL text
-    twin_search = QuantizedSearch.check(quantized, oversample)
-    if twin_search is not None and (exact or in_memory):
-        raise ConfigError(
-            f"{'exact' if exact else 'in_memory'}=True ranks every row by its float32 vector and "
-            "quantized= ranks them on a twin: pass one of them"
-        )
+    twin_search = QuantizedSearch.check(
+        quantized, oversample, exact_by="exact" if exact else "in_memory" if in_memory else None
+    )
     if where is not None and not where.strip():
         where = None
     ranking = Ranking.check(

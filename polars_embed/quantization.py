@@ -176,15 +176,29 @@ class QuantizedSearch:
 
     @classmethod
     def check(
-        cls, kind: str | None, oversample: int | None, metric: str = "cosine"
+        cls,
+        kind: str | None,
+        oversample: int | None,
+        metric: str = "cosine",
+        *,
+        exact_by: str | None = None,
     ) -> QuantizedSearch | None:
-        """The options, or None for an exact search; a clear error for options that do not fit."""
+        """The options, or None for an exact search; a clear error for options that do not fit.
+
+        ``exact_by`` names the front end's option that was set to rank every row
+        exactly (``"exact"``, ``"in_memory"``), which a twin cannot honour.
+        """
         if kind is None:
             if oversample is not None:
                 raise ConfigError("oversample= is for a quantized= search; pass quantized='int8' or 'binary'")
             return None
         if kind not in _KINDS:
             raise ConfigError(f"quantized must be 'int8', 'binary' or None, got {kind!r}")
+        if exact_by is not None:
+            raise ConfigError(
+                f"{exact_by}=True ranks every row by its float32 vector and quantized= ranks them on "
+                "a twin: pass one of them"
+            )
         if metric != "cosine":
             raise ConfigError(f"a quantized search ranks by cosine similarity, not {metric!r}: drop metric=")
         return cls(kind, None if oversample is None else check_k(oversample))

@@ -621,6 +621,11 @@ class TestSearch:
             docs.search("cat", quantized="int4")
         with pytest.raises(pe.ConfigError, match="oversample= is for a quantized= search"):
             docs.search("cat", oversample=5)
+        # exact=True asks for every record ranked by its float32 vector, which a twin cannot do.
+        with pytest.raises(pe.ConfigError, match=r"exact=True ranks every row .* pass one of them"):
+            docs.search("cat", exact=True, quantized="int8")
+        with pytest.raises(pe.ConfigError, match=r"exact=True ranks every row .* pass one of them"):
+            docs.similar("doc-10", exact=True, quantized="binary")
 
     def test_filters_that_refer_to_nothing_are_errors(self, docs: pe.Table) -> None:
         with pytest.raises(pe.ConfigError, match=r"uses columns \['colour'\]"):

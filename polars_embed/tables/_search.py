@@ -99,7 +99,7 @@ class Search:
         oversample: int | None = None,
     ) -> Search:
         column = table._declaration.vector(on)
-        quantized_search = QuantizedSearch.check(quantized, oversample)
+        quantized_search = QuantizedSearch.check(quantized, oversample, exact_by="exact" if exact else None)
         try:
             texts, vectors, single = parse_query(query)
         except (TypeError, ValueError) as error:

@@ -649,7 +649,7 @@ class Table:
             ``lang`` equal to ``"en"`` (a list: any of its values); ``exclude``
             drops those that have any.
         exact
-            Rank exactly even when the column has an HNSW index.
+            Rank exactly even when the column has an HNSW index (not with ``quantized``).
         text
             The text column that ``hybrid`` and ``rerank`` read; default: the vector
             column's own source (name one when that source is images).
