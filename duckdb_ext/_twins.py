@@ -41,6 +41,7 @@ from polars_embed.quantization import (
     QuantizedVectors,
     quantize,
     quantized_candidates,
+    sampled_rows,
     share_found,
 )
 
@@ -182,15 +183,11 @@ def twin_recall(
     twin = _current_twin(con, table, vectors, search.kind)
     assert isinstance(twin.ranked, QuantizedVectors)
     ids, chunks = _read_vectors(con, table, vectors)
-    searchable = np.asarray(twin.ranked.searchable)
-    rng = np.random.default_rng(seed)
-    picked = np.sort(
-        rng.choice(np.flatnonzero(searchable), min(sample, int(searchable.sum())), replace=False)
-    )
+    picked = sampled_rows(twin.ranked, sample, seed)
     if picked.size == 0:
         return 1.0
     queries = take_rows(chunks, picked)
-    exact, _ = topk(queries, chunks, k + 1, valid=searchable)
+    exact, _ = topk(queries, chunks, k + 1, valid=twin.ranked.searchable)
     found = np.full(exact.shape, -1, dtype=np.int64)
     for i, query in enumerate(queries):
         rows, _ = _ranked_on(con, table, vectors, twin, query, k + 1, None, search)

@@ -72,6 +72,7 @@ __all__ = [
     "quantized_candidates",
     "quantized_topk",
     "recall_at_k",
+    "sampled_rows",
     "share_found",
 ]
 
@@ -476,15 +477,29 @@ def recall_at_k(
     xp = _xp.namespace(*chunks)
     leave_out = queries is None
     if leave_out:
-        searchable = numpy.flatnonzero(numpy.asarray(quantized.searchable))
-        picked = numpy.sort(
-            numpy.random.default_rng(seed).choice(searchable, min(sample, searchable.size), replace=False)
-        )
+        picked = sampled_rows(quantized, sample, seed)
         queries = _take_rows(xp, chunks, xp.asarray(picked, device=_device(chunks[0])))
     wanted = k + 1 if leave_out else k
     exact, _ = topk(queries, chunks, wanted, metric="cosine", valid=quantized.searchable)
     found, _ = quantized_topk(queries, chunks, quantized, wanted, oversample=oversample)
     return share_found(numpy.asarray(found), numpy.asarray(exact), k, left_out=picked if leave_out else None)
+
+
+def sampled_rows(quantized: QuantizedVectors, sample: int, seed: int) -> Any:
+    """``sample`` of the twin's searchable rows drawn at random by ``seed`` (all of them where
+    there are fewer), ascending, as a numpy array: the queries a recall is measured on.
+
+    >>> import numpy as np
+    >>> corpus = np.random.default_rng(0).standard_normal((6, 4), dtype=np.float32)
+    >>> twin = quantize(corpus, "int8", valid=np.arange(6) % 2 == 0)
+    >>> sampled_rows(twin, 2, seed=0).size, set(sampled_rows(twin, 10, seed=0).tolist())
+    (2, {0, 2, 4})
+    """
+    import numpy
+
+    searchable = numpy.flatnonzero(numpy.asarray(quantized.searchable))
+    drawn = numpy.random.default_rng(seed).choice(searchable, min(sample, searchable.size), replace=False)
+    return numpy.sort(drawn)
 
 
 def share_found(found: Any, exact: Any, k: int, *, left_out: Any = None) -> float:
