@@ -9,7 +9,8 @@ A twin (:func:`quantize`) holds one of two codes per corpus row:
   64 to a word; a thirty-second of the float32 bytes. The coarse score is the
   Hamming distance to the query's bits, counted with popcount.
 
-The coarse pass runs in numpy, on one thread per core. Where numkong is
+The coarse pass runs in numpy, on one thread per core (numpy's Hamming pass of
+up to 16 queries on one: bound by memory, it was faster alone). Where numkong is
 installed (``polars-embed[quantized]``, optional), its SIMD kernels take over
 the parts numpy does slowly: the Hamming distances and the int8 dot products
 (numpy has no int8 matrix product), over a packed copy of the codes made on
@@ -86,12 +87,22 @@ DEFAULT_OVERSAMPLE: dict[str, int] = {"int8": 4, "binary": 200}
 # large make few array calls per row (one query over 1M x 384 bits took 9.5 ms in steps
 # of 16,384 rows, 5.6 ms in steps of 65,536), and the temporaries still fit in L2.
 _HAMMING_STEP_BYTES = 3 * 2**20
+# Popcounts of this many 64-bit words add up in a byte (3 x 64 <= 255) in numpy's Hamming pass.
+_WORDS_PER_BYTE_SUM = 3
+# Words xored in one call of numpy's Hamming pass (1 MiB): few enough to stay in L2, and
+# enough that two threads do not wait on each other for the GIL between calls.
+_HAMMING_CALL_WORDS = 131072
 # From this many corpus rows on, a coarse pass runs one range of rows per core.
 _THREADED_ROWS = 65536
 # Up to this many queries, numpy counts the Hamming distances where numkong's kernel for
 # them is its AVX-512 one: on a Zen 5 core it took 36 ms over 1M rows for one query and
 # 56 ms for 16, numpy's count about 7 ms a query (benchmarks/README.md).
 _NUMPY_HAMMING_QUERIES = 8
+# Up to this many queries, numpy's Hamming pass runs on one thread: two took longer over 1M
+# rows (one query 10.7 ms against 9.2 ms, 16 queries 105 ms against 91 ms), 32 queries less
+# (160 ms against 183 ms): small calls wait on each other for the GIL, and one query is bound
+# by memory (benchmarks/README.md).
+_ONE_THREAD_HAMMING_QUERIES = 16
 # Corpus rows per call of a numkong kernel (and per packed matrix of bits).
 _KERNEL_BLOCK = 8192
 # At most this many corpus rows per step of a numkong pass: the cut-offs tighten step by step.
@@ -655,6 +666,7 @@ def _hamming_topk(xp: Namespace, unit: Array, quantized: QuantizedVectors, candi
             n_queries,
             quantized,
             candidates,
+            threaded=n_queries > _ONE_THREAD_HAMMING_QUERIES,
         )
 
     def pack(rows: slice) -> Any:
@@ -697,22 +709,36 @@ def _hamming_topk(xp: Namespace, unit: Array, quantized: QuantizedVectors, candi
 
 def _numpy_hamming(codes: Any, query_words: Any, rows: slice, scratch: dict[str, Any]) -> Any:
     """The ``(1, queries, rows)`` uint16 Hamming distances of the word-major ``codes`` of
-    ``rows`` to each query's words: three operations per query, into buffers a thread
-    reuses from step to step (an operation per word, or fresh arrays, took up to twice
-    the time)."""
+    ``rows`` to each query's words, into buffers a thread reuses from step to step.
+
+    Word by word, for as many queries at once as keep the xor within the core's L2
+    cache: the counts of three words add up in uint8 (at most 192) before they join the
+    uint16 sum. Over 1M rows of 6 words this took 3.7 ms against 6.2 ms for one xor,
+    popcount and sum over all the words of a step (benchmarks/README.md)."""
     import numpy
 
     n_words, width = codes.shape[0], rows.stop - rows.start
     if scratch.get("width") != width:
+        at_once = (min(query_words.shape[0], max(1, _HAMMING_CALL_WORDS // width)), width)
         scratch["width"] = width
-        scratch["different"] = numpy.empty((n_words, width), dtype=numpy.uint64)
-        scratch["count"] = numpy.empty((n_words, width), dtype=numpy.uint8)
+        scratch["different"] = numpy.empty(at_once, dtype=numpy.uint64)
+        scratch["count"] = numpy.empty(at_once, dtype=numpy.uint8)
+        scratch["counts"] = numpy.empty(at_once, dtype=numpy.uint8)
         scratch["distances"] = numpy.empty((1, query_words.shape[0], width), dtype=numpy.uint16)
-    different, count, distances = scratch["different"], scratch["count"], scratch["distances"]
-    for query, words in enumerate(query_words):
-        numpy.bitwise_xor(codes[:, rows], words[:, None], out=different)
-        numpy.bitwise_count(different, out=count)
-        numpy.sum(count, axis=0, dtype=numpy.uint16, out=distances[0, query])
+    distances = scratch["distances"]
+    for queries in _chunks(query_words.shape[0], scratch["different"].shape[0]):
+        n_queries = queries.stop - queries.start
+        different, count, counts = (scratch[name][:n_queries] for name in ("different", "count", "counts"))
+        for first in range(0, n_words, _WORDS_PER_BYTE_SUM):
+            for word in range(first, min(first + _WORDS_PER_BYTE_SUM, n_words)):
+                numpy.bitwise_xor(codes[word, rows][None, :], query_words[queries, word, None], out=different)
+                numpy.bitwise_count(different, out=counts if word == first else count)
+                if word > first:
+                    numpy.add(counts, count, out=counts)
+            if first == 0:
+                numpy.copyto(distances[0, queries], counts)
+            else:
+                numpy.add(distances[0, queries], counts, out=distances[0, queries])
     return distances
 
 
@@ -728,6 +754,8 @@ def _least_distances(
     n_queries: int,
     quantized: QuantizedVectors,
     candidates: int,
+    *,
+    threaded: bool = True,
 ) -> Any:
     """Each query's ``candidates`` rows of least Hamming distance, ties to the lower row (numpy).
 
@@ -741,15 +769,17 @@ def _least_distances(
     date, so the cut-off tightens after every step, and the rows waiting are
     sorted into each query's best list only when they take much memory. The
     steps are split into one range per core, each ranked on its own thread
-    (numpy and numkong release the GIL); the ranges' lists merge the same way.
-    Rows come out in no particular order, padded with -1.
+    (numpy and numkong release the GIL), unless ``threaded`` is False; the
+    ranges' lists merge the same way. Rows come out in no particular order,
+    padded with -1.
     """
     import numpy
 
     least = _Least(n_queries, quantized.width + 1, candidates)
     searchable = numpy.asarray(quantized.searchable)
     every_row = bool(searchable.all())
-    n_parts = max(1, min(len(steps), _threads(numpy) if quantized.n_rows >= _THREADED_ROWS else 1))
+    threads = _threads(numpy) if threaded and quantized.n_rows >= _THREADED_ROWS else 1
+    n_parts = max(1, min(len(steps), threads))
     parts = [[steps[i] for i in part] for part in numpy.array_split(numpy.arange(len(steps)), n_parts)]
 
     def rank(part: list[slice]) -> list[Any]:

@@ -156,6 +156,22 @@ def brute_force_candidates(twin: quantize_module.QuantizedVectors, queries: np.n
     return np.argsort(distance, axis=1, kind="stable")[:, :count]
 
 
+def test_numpy_counts_every_hamming_distance_up_to_the_widest() -> None:
+    # The counts of three words add up in a byte before the uint16 sum: a row whose 7 words
+    # all differ from the query's (448 bits) must not wrap around, in any step of rows.
+    rng = np.random.default_rng(3)
+    codes = rng.integers(0, 2**64, size=(7, 500), dtype=np.uint64)
+    query_words = np.stack([codes[:, 3], ~codes[:, 250], np.zeros(7, dtype=np.uint64)])
+    bits = np.unpackbits(np.ascontiguousarray(codes.T).view(np.uint8), axis=1)
+    query_bits = np.unpackbits(query_words.view(np.uint8), axis=1)
+    expected = (query_bits[:, None, :] != bits[None, :, :]).sum(axis=2)
+    scratch: dict = {}
+    for rows in (slice(0, 500), slice(200, 300), slice(0, 500)):  # the buffers are reused
+        found = quantize_module._numpy_hamming(codes, query_words, rows, scratch)
+        np.testing.assert_array_equal(found[0], expected[:, rows])
+    assert found[0, 0, 3] == 0 and found[0, 1, 250] == 448
+
+
 @pytest.mark.parametrize("tiled_hamming", [True, False], ids=["few-queries-on-numpy", "numkong-for-all"])
 @pytest.mark.parametrize(
     ("rows", "n_queries", "count", "width"),
@@ -163,6 +179,7 @@ def brute_force_candidates(twin: quantize_module.QuantizedVectors, queries: np.n
         (3000, 3, 50, 24),
         (70_000, 2, 700, 24),
         (140_000, 2, 300, 24),
+        (140_000, 20, 40, 24),  # numpy counts on several threads only for more than 16 queries
         (5000, 40, 1, 24),
         (20_000, 2, 9000, 24),
         (4000, 5, 60, 130),
