@@ -83,9 +83,9 @@ _KINDS: tuple[str, ...] = get_args(Quantization)
 # vectors of real-word sentences (benchmarks/README.md): int8 found every exact
 # result even at 2, binary reached 0.994 at 200 (0.94 at 50). Random vectors need more.
 DEFAULT_OVERSAMPLE: dict[str, int] = {"int8": 4, "binary": 200}
-# Bytes of a step's differing words in the Hamming pass of numpy and CuPy: steps this
-# large make few array calls per row (one query over 1M x 384 bits took 9.5 ms in steps
-# of 16,384 rows, 5.6 ms in steps of 65,536), and the temporaries still fit in L2.
+# Bytes of a step's words in the Hamming pass of numpy and CuPy: steps this large make few
+# array calls and cut-off updates per row (one query over 1M x 384 bits took 9.5 ms in
+# steps of 16,384 rows, 5.6 ms in steps of 65,536).
 _HAMMING_STEP_BYTES = 3 * 2**20
 # Popcounts of this many 64-bit words add up in a byte (3 x 64 <= 255) in numpy's Hamming pass.
 _WORDS_PER_BYTE_SUM = 3
