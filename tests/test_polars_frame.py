@@ -316,6 +316,17 @@ class TestLazySearch:
             assert another.embed.search(-query, k=1, normalized=False)["id"].to_list() == [42]
             assert norms.call_count == 4
 
+    def test_a_vector_query_looks_up_no_provider_it_does_not_need(self, animals: pl.DataFrame) -> None:
+        # Looking up the column's provider reads some of its rows: a vector query with the
+        # norms promised, or ranked on a twin (which keeps its own), has no use for it.
+        query = animals["vec"][0].to_numpy()
+        expected = animals.embed.search(query, k=2)["id"].to_list()
+        frame_module = "polars_embed.namespaces.frame"
+        with mock.patch(f"{frame_module}.provider_of", side_effect=AssertionError("looked up")) as lookup:
+            assert animals.embed.search(query, k=2, normalized=True)["id"].to_list() == expected
+            assert animals.embed.search(query, k=2, quantized="int8")["id"].to_list() == expected
+            assert lookup.call_count == 0
+
     def test_a_filter_after_the_search_filters_its_results(self, animals: pl.DataFrame) -> None:
         hits = animals.lazy().embed.search("cat", k=2).filter(pl.col("id") != 4).collect()
         assert hits["text"].to_list() == ["a cat on a mat"]

@@ -820,7 +820,9 @@ class _Search:
 
     def query_vectors(self, column: pl.Series) -> np.ndarray:
         """The queries as a ``(q, d)`` float32 array, text ones embedded for ``column``."""
-        if self.texts is not None and column.null_count() == len(column):
+        if self.texts is None:
+            return self.queries_for(column, None)  # nothing to embed: no provider is looked up
+        if column.null_count() == len(column):
             # nothing can match: spare the provider a call
             return np.zeros((len(self.texts), column.dtype.shape[0]), dtype=np.float32)
         return self.queries_for(column, provider_of(column))
@@ -866,15 +868,13 @@ class _Search:
         self, frame: pl.DataFrame, queries: np.ndarray, k: int
     ) -> tuple[np.ndarray, np.ndarray]:
         """The ``k`` best rows for each query by the vectors, and their scores (:func:`topk`'s layout)."""
-        return _search_frame(
-            queries,
-            frame,
-            self.on,
-            k,
-            self.metric,
-            unit_length(self.normalized, provider_of(frame[self.on])),
-            self.quantized,
-        )
+        # A twin keeps its rows' norms and a promise needs no provider: only an exact search
+        # without one looks up the column's provider, whose rows it reads.
+        if self.quantized is None and self.normalized is None:
+            normalized = unit_length(None, provider_of(frame[self.on]))
+        else:
+            normalized = bool(self.normalized)
+        return _search_frame(queries, frame, self.on, k, self.metric, normalized, self.quantized)
 
 
 def _check_text_search(ranking: Ranking, schema: pl.Schema, texts: tuple[str, ...] | None) -> None:
