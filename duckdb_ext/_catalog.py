@@ -13,8 +13,10 @@ relations and no ``.pl()`` on ``con.execute`` results.
 
 from __future__ import annotations
 
+import contextlib
 import re
-from collections.abc import Sequence
+import uuid
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,6 +37,7 @@ __all__ = [
     "one_row",
     "quote_identifier",
     "quote_literal",
+    "registered",
     "resolve_table",
     "set_comment",
     "table_parts",
@@ -67,6 +70,18 @@ def quote_identifier(name: str) -> str:
 def quote_literal(text: str) -> str:
     """``text`` as a single-quoted SQL string literal."""
     return "'" + text.replace("'", "''") + "'"
+
+
+@contextlib.contextmanager
+def registered(con: duckdb.DuckDBPyConnection, data: Any) -> Iterator[str]:
+    """``data`` (Arrow, Polars, pandas) visible to SQL on ``con`` under a fresh name, quoted for
+    SQL, for the duration of the block: one that cannot clash with the user's names."""
+    name = f"__polars_embed_{uuid.uuid4().hex}"
+    con.register(name, data)
+    try:
+        yield quote_identifier(name)
+    finally:
+        con.unregister(name)
 
 
 def float_literal(values: np.ndarray, sql_type: str) -> str:

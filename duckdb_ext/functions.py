@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -16,7 +15,7 @@ from duckdb_ext._catalog import (
     Column,
     Table,
     TableName,
-    quote_identifier,
+    registered,
     resolve_table,
     set_comment,
 )
@@ -298,7 +297,6 @@ def _fill(
     # Row ids first, then each batch by its row-id range: a result set left open on the
     # connection would be closed by the batch's UPDATE.
     row_ids = con.sql(f"SELECT rowid FROM {table.sql} WHERE {pending} ORDER BY rowid").pl().to_series()
-    staging = f"__polars_embed_batch_{uuid.uuid4().hex}"
     written = 0
     # One job for the table: one stats record and one truncation warning, however many batches.
     with (
@@ -315,14 +313,11 @@ def _fill(
             update = pl.DataFrame({"row": batch.to_series(0), "vector": embedded}).filter(
                 embedded.is_not_null()
             )
-            con.register(staging, update)
-            try:
+            with registered(con, update.to_arrow()) as staging:
                 con.execute(
                     f"UPDATE {table.sql} AS target SET {vectors.sql} = staged.vector "
-                    f"FROM {quote_identifier(staging)} AS staged WHERE target.rowid = staged.row"
+                    f"FROM {staging} AS staged WHERE target.rowid = staged.row"
                 )
-            finally:
-                con.unregister(staging)
             written += update.height
             bar.update(batch.height)
     log.info(

@@ -16,16 +16,14 @@ import contextlib
 import logging
 import re
 import threading
-import uuid
 from collections.abc import Iterator, Mapping
 from os import PathLike
 from typing import Any
 
 import duckdb
 import polars as pl
-import pyarrow as pa
 
-from duckdb_ext._catalog import quote_identifier, quote_literal
+from duckdb_ext._catalog import quote_identifier, quote_literal, registered
 from polars_embed.errors import (
     ConfigError,
     ConflictError,
@@ -301,16 +299,6 @@ class Database:
                     ) from error
                 raise
 
-    @contextlib.contextmanager
-    def _registered(self, frame: pl.DataFrame | pa.Table) -> Iterator[str]:
-        """``frame`` visible to SQL under a fresh name, for the duration of the block."""
-        name = f"__polars_embed_{uuid.uuid4().hex}"
-        self._connection.register(name, frame.to_arrow() if isinstance(frame, pl.DataFrame) else frame)
-        try:
-            yield quote_identifier(name)
-        finally:
-            self._connection.unregister(name)
-
     def _store_declaration(self, name: str, declaration: str) -> None:
         run(self._connection, f"UPDATE {CATALOG} SET declaration = ? WHERE name = ?", [declaration, name])
 
@@ -371,14 +359,11 @@ def _create_statement(connection: duckdb.DuckDBPyConnection, name: str, declarat
             **{column.name: pl.Array(pl.Float32, column.width) for column in declaration.vectors},
         }
     )
-    staged = f"__polars_embed_{uuid.uuid4().hex}"
-    connection.register(staged, empty.to_arrow())
     try:
-        described = connection.sql(f"DESCRIBE SELECT * FROM {quote_identifier(staged)}").fetchall()
+        with registered(connection, empty.to_arrow()) as staged:
+            described = connection.sql(f"DESCRIBE SELECT * FROM {staged}").fetchall()
     except duckdb.Error as error:
         raise ConfigError(f"DuckDB cannot store these column types: {error}") from None
-    finally:
-        connection.unregister(staged)
     columns = []
     for column_name, data_type, *_ in described:
         if column_name == declaration.metadata:

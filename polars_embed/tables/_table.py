@@ -27,7 +27,7 @@ from polars.io.plugins import register_io_source
 
 import duckdb_ext
 from duckdb_ext._catalog import Table as CatalogTable
-from duckdb_ext._catalog import quote_identifier, quote_literal, resolve_table
+from duckdb_ext._catalog import quote_identifier, quote_literal, registered, resolve_table
 from polars_embed.engine import OnError, embed_series
 from polars_embed.errors import (
     ConfigError,
@@ -466,7 +466,8 @@ class Table:
         if frame is None:
             yield ""
             return
-        with self._database._registered(frame.to_frame() if isinstance(frame, pl.Series) else frame) as name:
+        staged = frame.to_frame() if isinstance(frame, pl.Series) else frame
+        with registered(self._database.connection, staged.to_arrow()) as name:
             yield name
 
     def _write(self, rows: RowsLike, *, replace: bool, progress: bool | None, on_error: OnError) -> int:
