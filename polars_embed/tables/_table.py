@@ -660,9 +660,10 @@ class Table:
             ``df.embed.search`` and ``duckdb_ext.search`` do: ``score`` is the fused
             score, and ``vector_rank`` and ``keyword_rank`` (``pl.UInt32``) say where
             each record was in each ranking (null where it was not). The vectors are
-            ranked exactly. The keyword index (DuckDB's fts extension, the ``fts``
-            extra) is built on the first hybrid search and again after the records
-            change; on a duckdb without fts, a hybrid search is refused.
+            ranked exactly, or on the twin with ``quantized``. The keyword index
+            (DuckDB's fts extension, the ``fts`` extra) is built on the first hybrid
+            search and again after the records change; on a duckdb without fts, a
+            hybrid search is refused.
         fusion, weight
             How the rankings are fused: ``"rrf"`` (reciprocal rank fusion) or
             ``"weighted"``, with ``weight`` the vector ranking's share.
