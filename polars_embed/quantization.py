@@ -14,7 +14,9 @@ up to 16 queries on one: bound by memory, it was faster alone). Where numkong is
 installed (``polars-embed[quantized]``, optional), its SIMD kernels take over
 the parts numpy does slowly: the Hamming distances and the int8 dot products
 (numpy has no int8 matrix product), over a packed copy of the codes made on
-the first search and kept with the twin. Two exceptions, from measurements
+the first search of several queries and kept with the twin (one int8 query
+takes numkong's row-by-row product over the codes themselves, which was the
+faster). Two exceptions, from measurements
 (benchmarks/README.md): where numkong's Hamming kernel is its AVX-512 one, it
 costs as much for one query as numpy's count for several, so numpy counts for
 up to 8 queries; and on CPUs without int8 dot-product instructions (AVX-512
@@ -571,6 +573,15 @@ def _int8_topk(xp: Namespace, scaled: Array, quantized: QuantizedVectors, candid
     query_codes = numpy.round(scaled * (127 / numpy.where(largest > 0, largest, 1.0))).astype(numpy.int8)
     n_queries = query_codes.shape[0]
     codes = numpy.asarray(quantized.codes)
+    if n_queries == 1:
+        return _coarse_topk(
+            xp,
+            lambda rows, scratch: _one_query_products(nk, query_codes, codes[rows], scratch),
+            1,
+            quantized,
+            candidates,
+            _KERNEL_STEP_ROWS,
+        )
     packed = _packed(quantized, "numkong_int8", lambda rows: nk.dots_pack(codes[rows], dtype="int8"))
 
     def dot_products(rows: slice, scratch: dict[str, Array]) -> Array:
@@ -603,6 +614,23 @@ def _int8_topk(xp: Namespace, scaled: Array, quantized: QuantizedVectors, candid
     else:
         step_blocks = max(1, min(_KERNEL_STEP_ROWS, _SCORE_BLOCK_ELEMENTS // n_queries) // _KERNEL_BLOCK)
     return _coarse_topk(xp, dot_products, n_queries, quantized, candidates, step_blocks * _KERNEL_BLOCK)
+
+
+def _one_query_products(nk: ModuleType, query_codes: Any, codes: Any, scratch: dict[str, Any]) -> Any:
+    """The ``(1, rows)`` dot products of one int8 query with int8 ``codes``, exact in float32
+    (at most 127 * 127 * width), by numkong's product of one pair of rows at a time.
+
+    Over 1M x 384 on both threads it took 16 ms where the packed matrix product took 21 ms
+    on a CPU with AMX (whose tiles hold 16 queries), as long without AMX, and it needs no
+    packed copy of the codes (benchmarks/README.md)."""
+    import numpy
+
+    if scratch.get("rows") != codes.shape[0]:
+        scratch["rows"] = codes.shape[0]
+        scratch["products"] = numpy.empty((1, codes.shape[0]), dtype=numpy.float32)
+        scratch["out"] = nk.from_dlpack(scratch["products"])
+    nk.cdist(query_codes, codes, metric="dot", out=scratch["out"])
+    return scratch["products"]
 
 
 def _int8_kernel_runs(xp: Namespace, n_queries: int) -> bool:

@@ -274,6 +274,25 @@ def test_int8_finds_the_exact_results_for_few_and_many_queries(
         assert recall_at_k(corpus, twin, queries=queries, k=10) >= 0.99
 
 
+def test_one_int8_query_ranks_as_in_a_batch_without_a_packed_copy(coarse_kernels: str) -> None:
+    # One query takes numkong's row-by-row product over the codes as they are; a batch the
+    # packed matrix product, made on its first search. Both rank by the same integers, ties
+    # to the lower row, over steps and threads.
+    if coarse_kernels == "numpy":
+        pytest.skip("numpy alone packs nothing")
+    corpus = clustered(70_000, 48)
+    corpus[3] = 0  # never a candidate
+    twin = quantize(corpus, "int8")
+    queries = np.concatenate([corpus[[10]] + 0.01, corpus[[500]]])
+    with mock.patch.object(quantize_module, "_threads", return_value=3):
+        alone = quantized_candidates(queries[0], twin, k=10, oversample=30)
+        assert "numkong_int8" not in twin._derived
+        in_batch = quantized_candidates(queries, twin, k=10, oversample=30)
+    assert "numkong_int8" in twin._derived
+    np.testing.assert_array_equal(np.sort(alone[0]), np.sort(in_batch[0]))
+    assert 10 in alone[0] and 3 not in alone[0]
+
+
 def test_an_int8_twin_whose_coarse_pass_costs_more_is_searched_exactly(coarse_kernels: str) -> None:
     # Without numkong, or for many queries without int8 dot-product instructions, the
     # coarse pass would be the float32 multiply of the codes: exact search is cheaper.
