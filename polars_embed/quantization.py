@@ -9,8 +9,7 @@ A twin (:func:`quantize`) holds one of two codes per corpus row:
   64 to a word; a thirty-second of the float32 bytes. The coarse score is the
   Hamming distance to the query's bits, counted with popcount.
 
-The coarse pass runs in numpy, on one thread per core (numpy's Hamming pass of
-up to 16 queries on one: bound by memory, it was faster alone). Where numkong is
+The coarse pass runs in numpy, on one thread per core. Where numkong is
 installed (``polars-embed[quantized]``, optional), its SIMD kernels take over
 the parts numpy does slowly: the Hamming distances and the int8 dot products
 (numpy has no int8 matrix product), over a packed copy of the codes made on
@@ -100,11 +99,6 @@ _THREADED_ROWS = 65536
 # them is its AVX-512 one: on a Zen 5 core it took 36 ms over 1M rows for one query and
 # 56 ms for 16, numpy's count about 7 ms a query (benchmarks/README.md).
 _NUMPY_HAMMING_QUERIES = 8
-# Up to this many queries, numpy's Hamming pass runs on one thread: two took longer over 1M
-# rows (one query 10.7 ms against 9.2 ms, 16 queries 105 ms against 91 ms), 32 queries less
-# (160 ms against 183 ms): small calls wait on each other for the GIL, and one query is bound
-# by memory (benchmarks/README.md).
-_ONE_THREAD_HAMMING_QUERIES = 16
 # Corpus rows per call of a numkong kernel (and per packed matrix of bits).
 _KERNEL_BLOCK = 8192
 # At most this many corpus rows per step of a numkong pass: the cut-offs tighten step by step.
@@ -694,7 +688,6 @@ def _hamming_topk(xp: Namespace, unit: Array, quantized: QuantizedVectors, candi
             n_queries,
             quantized,
             candidates,
-            threaded=n_queries > _ONE_THREAD_HAMMING_QUERIES,
         )
 
     def pack(rows: slice) -> Any:
@@ -782,8 +775,6 @@ def _least_distances(
     n_queries: int,
     quantized: QuantizedVectors,
     candidates: int,
-    *,
-    threaded: bool = True,
 ) -> Any:
     """Each query's ``candidates`` rows of least Hamming distance, ties to the lower row (numpy).
 
@@ -797,17 +788,15 @@ def _least_distances(
     date, so the cut-off tightens after every step, and the rows waiting are
     sorted into each query's best list only when they take much memory. The
     steps are split into one range per core, each ranked on its own thread
-    (numpy and numkong release the GIL), unless ``threaded`` is False; the
-    ranges' lists merge the same way. Rows come out in no particular order,
-    padded with -1.
+    (numpy and numkong release the GIL); the ranges' lists merge the same way.
+    Rows come out in no particular order, padded with -1.
     """
     import numpy
 
     least = _Least(n_queries, quantized.width + 1, candidates)
     searchable = numpy.asarray(quantized.searchable)
     every_row = bool(searchable.all())
-    threads = _threads(numpy) if threaded and quantized.n_rows >= _THREADED_ROWS else 1
-    n_parts = max(1, min(len(steps), threads))
+    n_parts = max(1, min(len(steps), _threads(numpy) if quantized.n_rows >= _THREADED_ROWS else 1))
     parts = [[steps[i] for i in part] for part in numpy.array_split(numpy.arange(len(steps)), n_parts)]
 
     def rank(part: list[slice]) -> list[Any]:

@@ -179,7 +179,7 @@ def test_numpy_counts_every_hamming_distance_up_to_the_widest() -> None:
         (3000, 3, 50, 24),
         (70_000, 2, 700, 24),
         (140_000, 2, 300, 24),
-        (140_000, 20, 40, 24),  # numpy counts on several threads only for more than 16 queries
+        (140_000, 20, 40, 24),  # many queries, each step a call of its own per query
         (5000, 40, 1, 24),
         (20_000, 2, 9000, 24),
         (4000, 5, 60, 130),
