@@ -291,6 +291,10 @@ def test_one_int8_query_ranks_as_in_a_batch_without_a_packed_copy(coarse_kernels
     assert "numkong_int8" in twin._derived
     np.testing.assert_array_equal(np.sort(alone[0]), np.sort(in_batch[0]))
     assert 10 in alone[0] and 3 not in alone[0]
+    # Past 1,040 dimensions a product may not be exact in float32: one query is packed too.
+    wide = quantize(clustered(2000, 1100), "int8")
+    quantized_candidates(clustered(1, 1100, seed=2)[0], wide, k=5)
+    assert "numkong_int8" in wide._derived
 
 
 def test_an_int8_twin_whose_coarse_pass_costs_more_is_searched_exactly(coarse_kernels: str) -> None:
