@@ -870,10 +870,9 @@ class _Search:
         """The ``k`` best rows for each query by the vectors, and their scores (:func:`topk`'s layout)."""
         # A twin keeps its rows' norms and a promise needs no provider: only an exact search
         # without one looks up the column's provider, whose rows it reads.
-        if self.quantized is None and self.normalized is None:
-            normalized = unit_length(None, provider_of(frame[self.on]))
-        else:
-            normalized = bool(self.normalized)
+        needs_provider = self.quantized is None and self.normalized is None
+        stored = provider_of(frame[self.on]) if needs_provider else None
+        normalized = unit_length(self.normalized, stored)
         return _search_frame(queries, frame, self.on, k, self.metric, normalized, self.quantized)
 
 
