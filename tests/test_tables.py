@@ -610,6 +610,10 @@ class TestSearch:
         twin = docs._vectors[column].twins[kind]
         docs.search("red car", quantized=kind, oversample=2).to_polars()
         assert docs._vectors[column].twins[kind] is twin  # kept while the table is unchanged
+        # Writes that change nothing keep it too: re-making a twin reads every vector again.
+        assert docs.upsert(docs.list(limit=5)) == 0 and docs.delete(["no-such-id"]) == 0 and docs.fill() == 0
+        docs.search("red car", quantized=kind).to_polars()
+        assert docs._vectors[column].twins[kind] is twin
         docs.add([{"id": "new", "title": "t", "body": "zebra zebra zebra"}])
         assert docs.search("zebra zebra zebra", k=1, quantized=kind).to_polars()["id"].to_list() == ["new"]
         assert docs._vectors[column].twins[kind] is not twin

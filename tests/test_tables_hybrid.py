@@ -211,6 +211,9 @@ class TestHybrid:
         assert builds == ["body"]
         assert db.open_table("tickets").search(QUERY, hybrid=True).to_polars().height == 10
         assert builds == ["body"]  # another handle on the same state: the index is labelled with it
+        # writes that change nothing: the index stands
+        assert tickets.upsert(tickets.list(limit=3)) == 0 and tickets.delete(where="team = 'none'") == 0
+        assert tickets.fill() == 0 and top(QUERY) and len(builds) == 1
         tickets.add([{"id": "new", "body": "a zebra crossing", "team": "web"}])
         assert top("zebra") == "new" and len(builds) == 2
         # an update that keeps the record count: the old words are gone, the new ones found

@@ -7,12 +7,15 @@ one :class:`Database` serialises the statements on its connection (a DuckDB
 connection is not thread-safe), and every write is one transaction that also
 bumps the table's *generation* in the catalog: a cheap way for readers to know
 their cached vectors are stale, and a write-write conflict (hence a clean
-failure) for two writers of one table at once.
+failure) for two writers of one table at once. A write that turns out to change
+nothing (an upsert of records as they are stored, a delete that matches none) is
+rolled back, bump and all, so that what readers keep stays good.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import re
 import threading
@@ -102,6 +105,14 @@ def _open_error(path: str, read_only: bool, error: duckdb.Error) -> Exception:
     return DatabaseLockedError(f"database {path!r} could not be opened: {message}")
 
 
+@dataclasses.dataclass
+class _Write:
+    """One write transaction: its connection, and whether the write changed the table."""
+
+    connection: duckdb.DuckDBPyConnection
+    changed: bool = True
+
+
 class Database:
     """Embedding tables in one DuckDB database. Made by :func:`connect`; a context manager."""
 
@@ -181,7 +192,8 @@ class Database:
                     f"table {name!r} exists already{' with another declaration' if exist_ok else ''}: "
                     f"open it with db.open_table({name!r}), or drop it first with db.drop_table({name!r})"
                 )
-            with self._transaction(name, new=True) as connection:
+            with self._transaction(name, new=True) as write:
+                connection = write.connection
                 if _relation_exists(connection, name):
                     raise TableExistsError(
                         f"{name!r} is already a table or view of this database that is not an embedding "
@@ -240,9 +252,9 @@ class Database:
                 raise TableNotFoundError(
                     f"database has no embedding table {name!r}; its tables are {self.table_names()}"
                 )
-            with self._transaction(name) as connection:
-                run(connection, f"DROP TABLE {quote_identifier(name)}")
-                run(connection, f"DELETE FROM {CATALOG} WHERE name = ?", [name])
+            with self._transaction(name) as write:
+                run(write.connection, f"DROP TABLE {quote_identifier(name)}")
+                run(write.connection, f"DELETE FROM {CATALOG} WHERE name = ?", [name])
 
     # --- plumbing for tables --------------------------------------------------------------
 
@@ -262,10 +274,11 @@ class Database:
             )
 
     @contextlib.contextmanager
-    def _transaction(self, name: str, *, new: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
+    def _transaction(self, name: str, *, new: bool = False) -> Iterator[_Write]:
         """One write transaction on table ``name``, which bumps its generation: all of it, or none.
 
         ``new`` for the write that creates the table (and the catalog, the first time).
+        A write that sets ``changed = False`` is rolled back instead of committed.
         """
         with self._lock:
             self._check_writable(name)
@@ -282,8 +295,12 @@ class Database:
                     run(
                         connection, f"UPDATE {CATALOG} SET generation = generation + 1 WHERE name = ?", [name]
                     )
-                yield connection
-                connection.commit()
+                write = _Write(connection)
+                yield write
+                if write.changed:
+                    connection.commit()
+                else:
+                    connection.rollback()
             except BaseException as error:
                 with contextlib.suppress(duckdb.Error):  # DuckDB ends a conflicting transaction itself
                     connection.rollback()

@@ -5,7 +5,9 @@ embedded through the engine, so nulls and blanks give null vectors, each
 distinct text is embedded once and the embedding cache keeps what a failed
 write had already paid for. ``upsert`` compares the incoming rows with the
 stored ones in DuckDB first: unchanged rows are not written, and a row whose
-source text is unchanged keeps its vector.
+source text is unchanged keeps its vector. A write that changes nothing (an
+upsert of records as stored, a delete or fill with nothing to do) leaves the
+table's generation as it was, so searches keep what they read of it.
 """
 
 from __future__ import annotations
@@ -435,7 +437,9 @@ class Table:
         Only records that differ from the stored ones are written, and only
         vectors whose source text changed (or that are missing) are embedded:
         a record whose text is unchanged keeps its vector. One transaction, as
-        :meth:`add`; ``on_error`` as for :meth:`add`.
+        :meth:`add`; ``on_error`` as for :meth:`add`. When no record differs,
+        nothing is written, and searches keep the vectors, twins and keyword
+        index they made of the table.
         """
         return self._write(rows, replace=True, progress=progress, on_error=on_error)
 
@@ -454,12 +458,14 @@ class Table:
         return self._delete_where(lambda staged: f"{ident} IN (SELECT {ident} FROM {staged})", doomed)
 
     def _delete_where(self, condition: Callable[[str], str], ids: pl.Series | None = None) -> int:
-        with self._database._transaction(self.name) as connection, self._staged(ids) as staged:
+        with self._database._transaction(self.name) as write, self._staged(ids) as staged:
             try:
-                deleted = run(connection, f"DELETE FROM {self._table_sql} WHERE {condition(staged)}")
+                result = run(write.connection, f"DELETE FROM {self._table_sql} WHERE {condition(staged)}")
+                deleted = int(result[0][0])
             except duckdb.Error as error:
                 raise self._refused(error) from None
-        return int(deleted[0][0])
+            write.changed = deleted > 0
+        return deleted
 
     @contextlib.contextmanager
     def _staged(self, frame: pl.DataFrame | pl.Series | None) -> Iterator[str]:
@@ -476,12 +482,13 @@ class Table:
         if frame.height == 0:
             return 0
         frame = frame.with_row_index(_ROW)
-        with self._database._transaction(self.name) as connection:
+        with self._database._transaction(self.name) as write:
             self._check_declaration()
             plan = self._plan(frame, replace=replace)  # row by row with the frame
             work = _where(frame.hstack(plan.drop(_ROW)), ~plan[_UNCHANGED])
             work = self._embedded(work, progress, on_error)
-            self._store(connection, work)
+            self._store(write.connection, work)
+            write.changed = work.height > 0
         log.info("%s %d records of %s", "upserted" if replace else "added", work.height, self.name)
         return work.height
 
@@ -744,7 +751,7 @@ class Table:
         """The column's non-null vectors and their ids, read once and kept while the table is unchanged.
 
         Unchanged means the same generation (every write through polars-embed
-        bumps it) and the same number of records (which plain SQL inserts and
+        that changes the table bumps it) and the same number of records (which plain SQL inserts and
         deletes change); after other plain SQL writes, call :meth:`refresh`.
         """
         vector = self._sql(column.name)
@@ -764,7 +771,7 @@ class Table:
         return kept
 
     def _state(self) -> tuple[int, int]:
-        """The table's generation (every write through polars-embed bumps it) and record count
+        """The table's generation (every change through polars-embed bumps it) and record count
         (which plain SQL inserts and deletes change): what kept vectors and keyword indexes are of."""
         # count(*), not count(vector): that one can read the whole column.
         return self._frame(
@@ -864,10 +871,10 @@ class Table:
         self._vectors.pop(name, None)
 
     def _change_declaration(self, new: Declaration, *statements: str) -> None:
-        with self._database._transaction(self.name) as connection:
+        with self._database._transaction(self.name) as write:
             self._check_declaration()
             for statement in statements:
-                run(connection, statement)
+                run(write.connection, statement)
             self._database._store_declaration(self.name, new.to_json())
         self._declaration = new
 
@@ -893,7 +900,7 @@ class Table:
         """
         self._database._check_writable(self.name)
         columns = [self._declaration.vector(column)] if column else list(self._declaration.vectors)
-        filled = 0
+        filled, finished = 0, False
         try:
             with self._database._lock:
                 for vectors in columns:
@@ -907,10 +914,13 @@ class Table:
                         progress=progress,
                         on_error=on_error,
                     )
+            finished = True
         finally:
-            # The batches committed one by one: a new generation says the kept vectors are old.
-            with self._database._transaction(self.name):
-                pass
+            # The batches committed one by one: a new generation says the kept vectors are old
+            # (after a failure, some batches may have landed).
+            if filled or not finished:
+                with self._database._transaction(self.name):
+                    pass
         return filled
 
     def agreement(
