@@ -207,6 +207,45 @@ def test_the_binary_coarse_pass_keeps_the_rows_of_least_hamming_distance(
     )
 
 
+@pytest.mark.parametrize("corpus_kind", ["clustered", "filtered", "sample-misleads"])
+def test_the_binary_pass_guesses_a_cutoff_from_a_sample_and_stays_exact(corpus_kind: str) -> None:
+    # A twin of 8 sample strides or more first counts a sample of rows spread over it, and
+    # holds back the rows the sample says are too far. Where the guess is too low (here
+    # only the sampled rows lie near the queries), the short lists are searched again
+    # without it.
+    n_rows, n_queries, count, width = 140_000, 12, 2000, 24
+    queries = clustered(n_queries, width, seed=6)
+    corpus = clustered(n_rows, width)
+    if corpus_kind == "sample-misleads":
+        rng = np.random.default_rng(4)
+        stride = n_rows // quantize_module._SAMPLE_ROWS
+        corpus = -queries[rng.integers(0, n_queries, n_rows)] + 0.3 * rng.standard_normal((n_rows, width))
+        corpus[::stride] = queries[rng.integers(0, n_queries, corpus[::stride].shape[0])]
+        corpus[::stride] += 0.9 * rng.standard_normal(corpus[::stride].shape)
+        corpus = corpus.astype(np.float32)
+        count = 9000
+    twin = quantize(corpus, "binary")
+    if corpus_kind == "filtered":
+        twin = twin._searching_only(np.arange(n_rows) % 3 == 0)
+    unit = queries / np.linalg.norm(queries, axis=1, keepdims=True)
+    passes = []
+    real_pass = quantize_module._least_distances
+
+    def counted_pass(*args, below=None):
+        passes.append(below is not None)
+        return real_pass(*args, below=below)
+
+    with (
+        mock.patch.object(quantize_module, "_has_tiled_hamming", return_value=False),
+        mock.patch.object(quantize_module, "_least_distances", side_effect=counted_pass),
+    ):
+        found = quantize_module._hamming_topk(np, unit, twin, count)
+    np.testing.assert_array_equal(
+        np.sort(found, axis=1), np.sort(brute_force_candidates(twin, queries, count), axis=1)
+    )
+    assert passes == ([True, False] if corpus_kind == "sample-misleads" else [True])
+
+
 @pytest.mark.parametrize(
     ("rows", "n_queries", "count"),
     [(3000, 3, 50), (20_000, 2, 700), (70_000, 4, 300), (20_000, 2, 9000), (5000, 40, 1), (20_000, 20, 60)],
