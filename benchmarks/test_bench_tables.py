@@ -12,7 +12,9 @@ Run: ``python -m pytest benchmarks/test_bench_tables.py``
   against ``df.embed.search`` on the same vectors in memory. The table keeps a
   column's vectors in memory after its first search; ``search_cold`` forgets
   them before each round, so it includes reading every vector from DuckDB;
-  ``search_quantized`` ranks on a quantised twin of the kept vectors.
+  ``search_quantized`` ranks on a quantised twin of the kept vectors;
+  ``search_after_an_unchanged_upsert`` upserts 100 stored records before each
+  search, which keeps them.
 
 Shrink with ``POLARS_EMBED_BENCH_TABLES_ROWS=5000``. The database is a file in
 a temporary directory; the embedding cache is off, so every round embeds.
@@ -224,6 +226,22 @@ def test_table_search_quantized(benchmark: Any, searched: tuple[pe.Table, pl.Dat
     table, _ = searched
     search = table.search(QUERY, k=K, quantized=kind)
     found = benchmark.pedantic(search.to_polars, rounds=20, warmup_rounds=2)
+    assert found.height == K
+
+
+def test_table_search_after_an_unchanged_upsert(
+    benchmark: Any, searched: tuple[pe.Table, pl.DataFrame]
+) -> None:
+    """An upsert whose records are as stored changes nothing, so the kept vectors stay."""
+    benchmark.group = SEARCH_GROUP
+    table, frame = searched
+    stored = frame.head(100).drop("vec")
+
+    def upsert_then_search() -> pl.DataFrame:
+        assert table.upsert(stored) == 0
+        return table.search(QUERY, k=K).to_polars()
+
+    found = benchmark.pedantic(upsert_then_search, rounds=20, warmup_rounds=2)
     assert found.height == K
 
 
