@@ -111,10 +111,11 @@ _IN_PLACE_PRODUCT_QUERIES = 16
 # number this many times the list's length.
 _FOLD_AFTER = 4
 # The Hamming pass first counts the distances of _SAMPLE_ROWS rows spread over a twin of at
-# least _GUESS_LEAST_STRIDE times as many, and lets a row wait only below the distance under which the sample
-# says _GUESS_MARGIN times the candidates lie. Otherwise the cut-offs tighten only step by
-# step: 100 queries over 1M rows had 1.15M rows per thread wait, sorted in twice; with the
-# guess 230,000, sorted in once, and the pass took 157 ms instead of 208 (benchmarks/README.md).
+# least _GUESS_LEAST_STRIDE times as many, and lets a row wait only below the distance under
+# which the sample says _GUESS_MARGIN times the candidates lie. Otherwise the cut-offs tighten
+# only step by step: 100 queries over 1M rows had 1.15M rows per thread wait, sorted in twice;
+# with the guess 230,000, sorted in once, and the pass took 157 ms instead of 208
+# (benchmarks/README.md).
 _SAMPLE_ROWS = 16384
 _GUESS_LEAST_STRIDE = 8
 _GUESS_MARGIN = 2
