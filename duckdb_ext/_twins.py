@@ -56,6 +56,11 @@ log = logging.getLogger(__name__)
 _BATCH_ROWS = 131072
 # Rows whose vectors the freshness check compares (the last one always among them).
 _SAMPLES = 8
+# duckdb 2 reads the rows of a semi-join with a registered table of row ids by row id; 1.5
+# scans the table for it, and reads by row id only a subquery on the same table with the
+# ids written out (2,000 rows of a 1M-row file: 37 ms against 395 ms; on 2.0.1 28 ms against
+# 7 ms; benchmarks/README.md).
+_JOINS_BY_ROW_ID = int(duckdb.__version__.split(".")[0]) >= 2
 
 
 @dataclass(frozen=True)
@@ -242,16 +247,17 @@ def _passing(con: duckdb.DuckDBPyConnection, table: Table, twin: _Twin, where: s
 def _vectors_of(
     con: duckdb.DuckDBPyConnection, table: Table, vectors: Column, row_ids: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
-    """The row ids among ``row_ids`` that the table holds, ascending, and their vectors.
-
-    The ids go to DuckDB as a registered Arrow table, not as a literal list: for binary's
-    2,000 candidates on duckdb 2.0.1 that took 6.4 ms against 18 ms (the same on 1.5.5,
-    where either is a scan; benchmarks/README.md)."""
+    """The row ids among ``row_ids`` that the table holds, ascending, and their vectors, read
+    by row id (see ``_JOINS_BY_ROW_ID``)."""
     if row_ids.size == 0:
         return row_ids, np.zeros((0, vectors.width), dtype=np.float32)
-    with registered(con, pa.table({"row_id": row_ids})) as wanted:
+    selected = f"SELECT rowid, {vectors.sql} FROM {table.sql} WHERE rowid IN"
+    if _JOINS_BY_ROW_ID:
+        with registered(con, pa.table({"row_id": row_ids})) as wanted:
+            found = con.sql(f"{selected} (SELECT row_id FROM {wanted}) ORDER BY rowid").to_arrow_table()
+    else:
+        listed = ", ".join(map(str, row_ids.tolist()))  # the twin's own row ids, integers
         found = con.sql(
-            f"SELECT rowid, {vectors.sql} FROM {table.sql} WHERE rowid IN (SELECT row_id FROM {wanted}) "
-            "ORDER BY rowid"
+            f"{selected} (SELECT rowid FROM {table.sql} WHERE rowid IN ({listed})) ORDER BY rowid"
         ).to_arrow_table()
     return found.column(0).to_numpy(), vectors.matrix(found.column(1))

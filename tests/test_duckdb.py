@@ -719,10 +719,17 @@ IN_MEMORY = {"int8": {"quantized": "int8"}, "binary": {"quantized": "binary"}, "
 class TestSearchInMemory:
     KINDS = ("int8", "binary")
 
+    @pytest.mark.parametrize("joins_by_row_id", [True, False], ids=["joined-ids", "listed-ids"])
     @pytest.mark.parametrize("kind", KINDS)
     def test_with_every_row_rescored_it_is_the_exact_search(
-        self, con: duckdb.DuckDBPyConnection, kind: str
+        self,
+        con: duckdb.DuckDBPyConnection,
+        kind: str,
+        joins_by_row_id: bool,
+        monkeypatch: pytest.MonkeyPatch,
     ) -> None:
+        # The candidates' vectors are read back either way, whichever this duckdb is fast at.
+        monkeypatch.setattr(duckdb_ext._twins, "_JOINS_BY_ROW_ID", joins_by_row_id)
         vectors = clustered(400, 24)
         vector_table(con, vectors)
         for query, where in itertools.product(clustered(3, 24, seed=9), (None, "id % 3 = 1")):
