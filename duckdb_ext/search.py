@@ -161,9 +161,9 @@ def search(
         does; never through an HNSW index. The first such search reads the column
         once to make the twin, kept in memory for this connection; a search after
         the table's rows changed makes it again (see :mod:`duckdb_ext._twins`).
-        On duckdb 1.x, reading more than about 50 candidates back costs a scan
-        of the table, so ``"int8"`` (40 candidates for ``k=10``) pays there and
-        ``"binary"`` (2,000) pays on duckdb 2.x.
+        The candidates are read back by row id: ``"int8"`` reads 40 for
+        ``k=10``, ``"binary"`` 2,000, which duckdb 1.x reads several times as
+        slowly as 2.x.
     oversample
         Candidates rescored per result with ``quantized`` (default 4 for
         ``"int8"``, 200 for ``"binary"``).
