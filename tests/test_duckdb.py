@@ -719,17 +719,23 @@ IN_MEMORY = {"int8": {"quantized": "int8"}, "binary": {"quantized": "binary"}, "
 class TestSearchInMemory:
     KINDS = ("int8", "binary")
 
-    @pytest.mark.parametrize("joins_by_row_id", [True, False], ids=["joined-ids", "listed-ids"])
+    @pytest.mark.parametrize(
+        ("joins_by_row_id", "listed_at_most"),
+        [(True, 50_000), (False, 50_000), (False, 10)],
+        ids=["joined-ids", "listed-ids", "too-many-to-list"],
+    )
     @pytest.mark.parametrize("kind", KINDS)
     def test_with_every_row_rescored_it_is_the_exact_search(
         self,
         con: duckdb.DuckDBPyConnection,
         kind: str,
         joins_by_row_id: bool,
+        listed_at_most: int,
         monkeypatch: pytest.MonkeyPatch,
     ) -> None:
-        # The candidates' vectors are read back either way, whichever this duckdb is fast at.
+        # The candidates' vectors are read back any of the ways, whichever this duckdb is fast at.
         monkeypatch.setattr(duckdb_ext._twins, "_JOINS_BY_ROW_ID", joins_by_row_id)
+        monkeypatch.setattr(duckdb_ext._twins, "_LISTED_ROWS_AT_MOST", listed_at_most)
         vectors = clustered(400, 24)
         vector_table(con, vectors)
         for query, where in itertools.product(clustered(3, 24, seed=9), (None, "id % 3 = 1")):
