@@ -209,6 +209,11 @@ def _make_twin(
 ) -> _Twin:
     ids, chunks = _read_vectors(con, table, vectors)
     if kind == "float32":
+        # The copy goes into numpy's own memory, a chunk at a time: numpy asks Linux for huge
+        # pages, Arrow's allocator does not, and a matrix-vector product over DuckDB's buffers
+        # of 1M x 384 took 61.6 ms against 53.7 ms (benchmarks/README.md).
+        for number, chunk in enumerate(chunks):
+            chunks[number] = np.array(chunk)
         ranked: QuantizedVectors | _Copy = _Copy(chunks, squared_norms(chunks))
     else:
         ranked = quantize(chunks, kind)  # type: ignore[arg-type]
