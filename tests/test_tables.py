@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+from unittest import mock
 
 import duckdb
 import numpy as np
@@ -584,6 +585,18 @@ class TestSearch:
         assert docs.search("zebra zebra zebra", k=1).to_polars()["id"].to_list() == ["new"]
         db.connection.execute("DELETE FROM docs WHERE id = 'new'")
         assert "new" not in docs.search("zebra zebra zebra", k=5).to_polars()["id"].to_list()
+
+    def test_records_added_while_the_vectors_are_read_are_read_too(self, docs: pe.Table) -> None:
+        # The vectors are read into a matrix as large as the record count said just before;
+        # records that landed in between make it grow.
+        generation, _ = docs._state()
+        with mock.patch.object(pe.Table, "_state", return_value=(generation, 1)):
+            kept = docs._vectors_for_search(docs._declaration.vector(None))
+        stored = docs.to_polars().filter(pl.col("body_vec").is_not_null())
+        assert kept.matrix.shape == (stored.height, 32) and sorted(kept.ids) == sorted(stored["id"])
+        by_id = dict(zip(stored["id"], stored["body_vec"].to_numpy(), strict=True))
+        np.testing.assert_array_equal(kept.matrix, np.stack([by_id[id] for id in kept.ids]))
+        assert kept.matrix.base.flags["OWNDATA"]  # numpy's memory, not Arrow's
 
     def test_rows_that_moved_since_their_vectors_were_read_are_found_by_id(self, docs: pe.Table) -> None:
         column = docs._declaration.vector(None)

@@ -69,6 +69,8 @@ _PRESENT = "__polars_embed_present"
 _UNCHANGED = "__polars_embed_unchanged"
 _EMBED = "__polars_embed_embed_{}"
 _KEEP = "__polars_embed_keep_{}"
+# Rows per Arrow batch when a vector column is read for search (DuckDB's row groups are 122,880).
+_READ_BATCH_ROWS = 131072
 
 
 @dataclass(frozen=True)
@@ -77,7 +79,7 @@ class _Vectors:
 
     state: tuple[int, int]  # (generation, records)
     ids: pl.Series
-    matrix: np.ndarray
+    matrix: np.ndarray  # in numpy's memory (see Table._vectors_for_search)
     normalized: bool
     row_ids: np.ndarray  # where each record was when read: a hint, checked when used
     twins: dict[str, QuantizedVectors] = dataclasses.field(default_factory=dict, compare=False)
@@ -761,12 +763,37 @@ class Table:
         kept = self._vectors.get(column.name)
         if kept is not None and kept.state == state:
             return kept
-        read = self._frame(
+        query = (
             f"SELECT rowid, {self._sql(self.id_column)}, {vector} FROM {self._table_sql} "
             f"WHERE {vector} IS NOT NULL"
-        ).rechunk()
-        matrix = read[column.name].to_numpy()
-        kept = _Vectors(state, read[self.id_column], matrix, _unit_length(matrix), read["rowid"].to_numpy())
+        )
+        # Into numpy's own memory, a batch at a time, so that no more than a batch is held twice:
+        # numpy asks Linux for huge pages and Arrow's allocator does not, and a search over
+        # 1M x 384 in Arrow's memory took 12% longer (benchmarks/README.md). One matrix, not
+        # chunks: a quantised search gathers its candidates from it.
+        matrix = np.empty((state[1], column.width), dtype=np.float32)  # pages never written cost nothing
+        row_ids, ids, filled = [], [], 0
+        with self._database._lock:
+            try:
+                for batch in self._database.connection.sql(query).to_arrow_reader(_READ_BATCH_ROWS):
+                    vectors = pl.Series(batch.column(2)).to_numpy()
+                    if filled + len(vectors) > len(matrix):  # records added since the state was read
+                        more = np.empty((len(matrix) + len(vectors), column.width), dtype=np.float32)
+                        matrix = np.concatenate([matrix[:filled], more])
+                    matrix[filled : filled + len(vectors)] = vectors
+                    filled += len(vectors)
+                    row_ids.append(batch.column(0).to_numpy())
+                    ids.append(pl.Series(self.id_column, batch.column(1)))
+            except duckdb.Error as error:
+                raise self._refused(error) from None
+        matrix = matrix[:filled]
+        kept = _Vectors(
+            state,
+            pl.concat(ids).rechunk() if ids else pl.Series(self.id_column, [], dtype=pl.String),
+            matrix,
+            _unit_length(matrix),
+            np.concatenate(row_ids) if row_ids else np.zeros(0, dtype=np.int64),
+        )
         self._vectors[column.name] = kept
         return kept
 
