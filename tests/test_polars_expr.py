@@ -7,6 +7,7 @@ import logging
 import sys
 import threading
 import time
+import types
 from pathlib import Path
 
 import numpy as np
@@ -464,6 +465,21 @@ class TestOneJobPerColumn:
         assert state is enabled
         if sys.version_info < (3, 12):
             assert collected == []
+
+    def test_a_stack_that_changes_while_it_is_walked_keeps_its_job_open(self) -> None:
+        # CPython 3.11 can hand back freed memory (seen: a cell) as f_back of another thread's
+        # frame that returned during the walk: the watcher must neither crash nor close early.
+        def cell() -> object:
+            value = 1
+            return (lambda: value).__closure__[0]  # type: ignore[index]
+
+        wanted = sys._getframe()
+        changed = types.SimpleNamespace(f_back=cell(), f_code=None)
+        assert _column_jobs._on_stack(wanted, changed)  # type: ignore[arg-type]
+        with pytest.raises(_column_jobs._StackChanged):
+            _column_jobs._back(changed)  # type: ignore[arg-type]
+        assert not _column_jobs._on_stack(wanted, types.SimpleNamespace(f_back=None))  # type: ignore[arg-type]
+        assert _column_jobs._back(wanted) is wanted.f_back
 
 
 class TestWidthProbes:

@@ -214,11 +214,15 @@ def _running_queries(caller: FrameType | None) -> list[Query] | None:
     # A Polars worker thread (its stack starts inside Polars): the query is the one
     # some other thread waits for inside Polars.
     here = threading.get_ident()
-    return [
-        (thread, entered)
-        for thread, top in _thread_stacks().items()
-        if thread != here and (entered := _entered_polars(_below_morsels(top))) is not None
-    ]
+    running = []
+    for thread, top in _thread_stacks().items():
+        try:
+            entered = _entered_polars(_below_morsels(top)) if thread != here else None
+        except _StackChanged:
+            continue  # that thread has moved on: it runs no query this morsel could be part of
+        if entered is not None:
+            running.append((thread, entered))
+    return running
 
 
 def _entered_polars(frame: FrameType | None) -> FrameType | None:
@@ -227,7 +231,7 @@ def _entered_polars(frame: FrameType | None) -> FrameType | None:
     worker's (no other code below)."""
     entered = None
     while frame is not None and _in_polars(frame):
-        entered, frame = frame, frame.f_back
+        entered, frame = frame, _back(frame)
     return entered if frame is not None else None
 
 
@@ -237,18 +241,37 @@ def _below_morsels(top: FrameType) -> FrameType | None:
     frame: FrameType | None = top
     while frame is not None:
         if frame.f_code is _MORSEL_CODE:
-            return frame.f_back
-        frame = frame.f_back
+            return _back(frame)
+        frame = _back(frame)
     return top
 
 
 def _on_stack(wanted: FrameType, top: FrameType | None) -> bool:
+    """Whether ``wanted`` is on the stack below ``top``; True where that stack changed while
+    it was walked (the next look, a moment later, tells)."""
     frame = top
-    while frame is not None:
-        if frame is wanted:
-            return True
-        frame = frame.f_back
+    try:
+        while frame is not None:
+            if frame is wanted:
+                return True
+            frame = _back(frame)
+    except _StackChanged:
+        return True
     return False
+
+
+class _StackChanged(Exception):
+    """Another thread's stack changed under a walk of it."""
+
+
+def _back(frame: FrameType) -> FrameType | None:
+    """``frame.f_back``. On CPython 3.11, walking another thread's stack while that thread
+    returns from the frames walked can lead into freed memory: ``f_back`` once gave a
+    ``cell`` there, which is raised as :class:`_StackChanged`."""
+    back = frame.f_back
+    if back is not None and not isinstance(back, FrameType):
+        raise _StackChanged
+    return back
 
 
 def _in_polars(frame: FrameType) -> bool:
