@@ -481,6 +481,22 @@ class TestOneJobPerColumn:
         assert not _column_jobs._on_stack(wanted, types.SimpleNamespace(f_back=None))  # type: ignore[arg-type]
         assert _column_jobs._back(wanted) is wanted.f_back
 
+    def test_a_watcher_that_fails_leaves_the_next_job_to_start_another(
+        self, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        failures: list[BaseException | None] = []
+
+        def refuse() -> None:
+            raise RuntimeError("the watcher fails")
+
+        monkeypatch.setattr(_column_jobs, "close_finished", refuse)
+        monkeypatch.setattr(threading, "excepthook", lambda hook: failures.append(hook.exc_value))
+        watcher = threading.Thread(target=_column_jobs._watch)
+        monkeypatch.setattr(_column_jobs, "_watcher", watcher)
+        watcher.start()
+        watcher.join()
+        assert _column_jobs._watcher is None and isinstance(failures[0], RuntimeError)
+
 
 class TestWidthProbes:
     def test_a_width_probe_at_expression_build_is_retried(self) -> None:

@@ -166,13 +166,19 @@ def close_finished() -> None:
 
 def _watch() -> None:
     global _watcher
-    while True:
-        time.sleep(WATCH_INTERVAL)
-        close_finished()
-        with _lock:
-            if not _open:
+    try:
+        while True:
+            time.sleep(WATCH_INTERVAL)
+            close_finished()
+            with _lock:
+                if not _open:
+                    _watcher = None
+                    return
+    except BaseException:
+        with _lock:  # the next job starts a watcher again
+            if _watcher is threading.current_thread():
                 _watcher = None
-                return
+        raise
 
 
 _stacks_lock = threading.Lock()
