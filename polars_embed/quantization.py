@@ -121,6 +121,9 @@ _GUESS_LEAST_STRIDE = 8
 _GUESS_MARGIN = 2
 # Fewer expected in the sample than this, and the guess is too rough to make.
 _GUESS_LEAST_HITS = 32
+# Queries whose sample is counted at once: their distances (fewer than 2 * _SAMPLE_ROWS each)
+# stay within the score budget.
+_GUESS_QUERIES = _SCORE_BLOCK_ELEMENTS // (2 * _SAMPLE_ROWS)
 # Corpus rows per block when making a twin: small enough that temporaries stay in cache.
 _QUANTIZE_BLOCK = 8192
 # Up to this many queries, numkong's int8 dot products do the int8 coarse pass on any
@@ -711,15 +714,14 @@ def _hamming_topk(xp: Namespace, unit: Array, quantized: QuantizedVectors, candi
                 below=below,
             )
 
-        def sample_by_numpy(stride: int) -> Any:
+        def sample_by_numpy(stride: int, queries: slice) -> Any:
             sampled = _derived(
                 quantized, "sampled_codes", lambda: numpy.ascontiguousarray(codes[:, ::stride])
             )
-            return _numpy_hamming(sampled, query_words, slice(0, sampled.shape[1]), {})[0]
+            return _numpy_hamming(sampled, query_words[queries], slice(0, sampled.shape[1]), {})[0]
 
-        return _exact_after_guess(
-            counted_by_numpy, query_words, _guessed_cutoffs(quantized, candidates, sample_by_numpy)
-        )
+        guess = _guessed_cutoffs(quantized, n_queries, candidates, sample_by_numpy)
+        return _exact_after_guess(counted_by_numpy, query_words, guess)
 
     def pack(rows: slice) -> Any:
         row_major = numpy.ascontiguousarray(codes[:, rows].T)
@@ -760,16 +762,15 @@ def _hamming_topk(xp: Namespace, unit: Array, quantized: QuantizedVectors, candi
     for queries in _chunks(n_queries, max(1, _SCORE_BLOCK_ELEMENTS // _KERNEL_BLOCK)):
         chunk_bytes = query_bytes[queries]
 
-        def sample_by_numkong(stride: int, chunk_bytes: Any = chunk_bytes) -> Any:
+        def sample_by_numkong(stride: int, queries: slice, chunk_bytes: Any = chunk_bytes) -> Any:
             def pack_sample() -> Any:
                 rows = numpy.ascontiguousarray(codes[:, ::stride].T)
                 return nk.hammings_pack(rows.view(numpy.uint8), dtype="uint1")
 
-            return numpy.asarray(
-                nk.hammings_packed(chunk_bytes, _derived(quantized, "numkong_bits_sample", pack_sample))
-            )
+            packed_sample = _derived(quantized, "numkong_bits_sample", pack_sample)
+            return numpy.asarray(nk.hammings_packed(chunk_bytes[queries], packed_sample))
 
-        guess = _guessed_cutoffs(quantized, candidates, sample_by_numkong)
+        guess = _guessed_cutoffs(quantized, chunk_bytes.shape[0], candidates, sample_by_numkong)
         found.append(_exact_after_guess(counted_by_numkong, chunk_bytes, guess))
     return numpy.concatenate(found, axis=0) if len(found) > 1 else found[0]
 
@@ -786,14 +787,17 @@ def _exact_after_guess(counted: Callable[[Any, Any], Any], queries: Any, guess: 
 
 
 def _guessed_cutoffs(
-    quantized: QuantizedVectors, candidates: int, sample_distances: Callable[[int], Any]
+    quantized: QuantizedVectors,
+    n_queries: int,
+    candidates: int,
+    sample_distances: Callable[[int, slice], Any],
 ) -> Any:
     """For each query, a distance below which, by a sample of the twin's rows, about
     ``_GUESS_MARGIN`` times ``candidates`` of its searchable rows lie; None for a twin too
     small to sample, or a search whose sample would hold too few.
 
-    ``sample_distances(stride)`` gives the ``(queries, rows)`` distances of every
-    ``stride``-th row, from the first."""
+    ``sample_distances(stride, queries)`` gives the ``(queries, rows)`` distances of those
+    queries to every ``stride``-th row, from the first, asked for ``_GUESS_QUERIES`` at a time."""
     import numpy
 
     stride = quantized.n_rows // _SAMPLE_ROWS
@@ -805,11 +809,14 @@ def _guessed_cutoffs(
     expected = _GUESS_MARGIN * candidates * in_sample / max(1, int(numpy.count_nonzero(searchable)))
     if not _GUESS_LEAST_HITS <= expected <= in_sample:
         return None
-    distances = sample_distances(stride)
-    least = _Least(distances.shape[0], quantized.width + 1, math.ceil(expected))
-    if not bool(sampled.all()):
-        distances = numpy.where(sampled, distances, least.beyond)
-    return least.histogram_cutoff(distances[None]) + 1
+    cutoffs = []
+    for queries in _chunks(n_queries, _GUESS_QUERIES):
+        distances = sample_distances(stride, queries)
+        least = _Least(distances.shape[0], quantized.width + 1, math.ceil(expected))
+        if not bool(sampled.all()):
+            distances = numpy.where(sampled, distances, least.beyond)
+        cutoffs.append(least.histogram_cutoff(distances[None]) + 1)
+    return numpy.concatenate(cutoffs)
 
 
 def _numpy_hamming(codes: Any, query_words: Any, rows: slice, scratch: dict[str, Any]) -> Any:

@@ -238,6 +238,7 @@ def test_the_binary_pass_guesses_a_cutoff_from_a_sample_and_stays_exact(corpus_k
     with (
         mock.patch.object(quantize_module, "_has_tiled_hamming", return_value=False),
         mock.patch.object(quantize_module, "_least_distances", side_effect=counted_pass),
+        mock.patch.object(quantize_module, "_GUESS_QUERIES", 5),  # the sample counted in parts
     ):
         found = quantize_module._hamming_topk(np, unit, twin, count)
     np.testing.assert_array_equal(
