@@ -35,7 +35,8 @@ import duckdb
 import numpy as np
 import pyarrow as pa
 
-from duckdb_ext._catalog import Column, Table, quote_identifier, registered
+from duckdb_ext import _catalog
+from duckdb_ext._catalog import Column, Table, quote_identifier, registered, row_id_condition
 from polars_embed.kernels import squared_norms, take_rows, topk
 from polars_embed.quantization import (
     QuantizedSearch,
@@ -56,11 +57,6 @@ log = logging.getLogger(__name__)
 _BATCH_ROWS = 131072
 # Rows whose vectors the freshness check compares (the last one always among them).
 _SAMPLES = 8
-# duckdb 2 reads the rows of a semi-join with a registered table of row ids, or of a list of
-# them, by row id; 1.5 scans the table for either, and reads by row id only a subquery on the
-# same table with the ids written out (2,000 rows of a 1M-row file: 37 ms against 395 ms; on
-# 2.0.1 28 ms against 7 ms; benchmarks/README.md).
-_JOINS_BY_ROW_ID = int(duckdb.__version__.split(".")[0]) >= 2
 # Past this many ids a listing costs more to parse than the scan: on 1.5.5, 50,000 rows of a
 # 1M-row file took 428 ms listed and 526 ms joined, 200,000 rows 1.9 s and 0.75 s.
 _LISTED_ROWS_AT_MOST = 50_000
@@ -165,7 +161,7 @@ def _observed(
 ) -> tuple[_TableState, np.ndarray, np.ndarray]:
     """The table's state, and which of ``sample_rows`` it holds with their vectors, in one
     statement: on a search of a large table each statement costs a millisecond or more."""
-    listed = _listed_rows(table, np.zeros(0, dtype=np.int64) if sample_rows is None else sample_rows)
+    listed = row_id_condition(table.sql, np.zeros(0, dtype=np.int64) if sample_rows is None else sample_rows)
     found = con.sql(
         f"WITH state AS (SELECT count(*) AS n_rows, max(rowid) AS last_row FROM {table.sql}) "
         "SELECT state.n_rows, state.last_row, sampled.rowid, sampled.vector FROM state LEFT JOIN "
@@ -256,28 +252,16 @@ def _vectors_of(
     con: duckdb.DuckDBPyConnection, table: Table, vectors: Column, row_ids: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
     """The row ids among ``row_ids`` that the table holds, ascending, and their vectors, read
-    by row id (see ``_JOINS_BY_ROW_ID``)."""
+    by row id (see ``duckdb_ext._catalog.JOINS_BY_ROW_ID``)."""
     if row_ids.size == 0:
         return row_ids, np.zeros((0, vectors.width), dtype=np.float32)
     selected = f"SELECT rowid, {vectors.sql} FROM {table.sql} WHERE"
-    if _JOINS_BY_ROW_ID or row_ids.size > _LISTED_ROWS_AT_MOST:
+    if _catalog.JOINS_BY_ROW_ID or row_ids.size > _LISTED_ROWS_AT_MOST:
         with registered(con, pa.table({"row_id": row_ids})) as wanted:
             found = con.sql(f"{selected} rowid IN (SELECT row_id FROM {wanted})").to_arrow_table()
     else:
-        found = con.sql(f"{selected} {_listed_rows(table, row_ids)}").to_arrow_table()
+        found = con.sql(f"{selected} {row_id_condition(table.sql, row_ids)}").to_arrow_table()
     # Sorted here: an ORDER BY of 2,000 rows took 2.6 ms on duckdb 2.0.1, numpy 0.3 ms.
     found_ids = found.column(0).to_numpy()
     order = np.argsort(found_ids)
     return found_ids[order], vectors.matrix(found.column(1))[order]
-
-
-def _listed_rows(table: Table, row_ids: np.ndarray) -> str:
-    """The SQL condition of the rows with these row ids (the twin's own integers), written as
-    this duckdb reads them by row id, not by a scan of the table (see ``_JOINS_BY_ROW_ID``;
-    8 rows of a 1M-row file on 1.5.5: 4.2 ms against 9.9 ms for ``= ANY``)."""
-    if row_ids.size == 0:
-        return "false"
-    listed = ", ".join(map(str, row_ids.tolist()))
-    if _JOINS_BY_ROW_ID:
-        return f"rowid = ANY([{listed}]::BIGINT[])"
-    return f"rowid IN (SELECT rowid FROM {table.sql} WHERE rowid IN ({listed}))"

@@ -734,7 +734,7 @@ class TestSearchInMemory:
         monkeypatch: pytest.MonkeyPatch,
     ) -> None:
         # The candidates' vectors are read back any of the ways, whichever this duckdb is fast at.
-        monkeypatch.setattr(duckdb_ext._twins, "_JOINS_BY_ROW_ID", joins_by_row_id)
+        monkeypatch.setattr(duckdb_ext._catalog, "JOINS_BY_ROW_ID", joins_by_row_id)
         monkeypatch.setattr(duckdb_ext._twins, "_LISTED_ROWS_AT_MOST", listed_at_most)
         vectors = clustered(400, 24)
         vector_table(con, vectors)

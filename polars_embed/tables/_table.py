@@ -29,7 +29,7 @@ from polars.io.plugins import register_io_source
 
 import duckdb_ext
 from duckdb_ext._catalog import Table as CatalogTable
-from duckdb_ext._catalog import quote_identifier, quote_literal, registered, resolve_table
+from duckdb_ext._catalog import quote_identifier, quote_literal, registered, resolve_table, row_id_condition
 from polars_embed.engine import OnError, embed_series
 from polars_embed.errors import (
     ConfigError,
@@ -817,14 +817,13 @@ class Table:
         wanted = ids.unique()
         if len(wanted) == 0:
             return pl.DataFrame(schema=self.schema)
-        # Each lookup is one statement, in which row ids agree with rows. The subquery on the
-        # same table is what makes DuckDB fetch by row id; a plain IN list would read every row.
+        # Each lookup is one statement, in which row ids agree with rows, written as DuckDB
+        # fetches by row id (duckdb 1.x would read every row for a plain list of them).
         if row_ids is not None:
-            hinted = ", ".join(str(int(row)) for row in row_ids)
-            found = self._frame(
-                f"SELECT * FROM {self._table_sql} WHERE rowid IN "
-                f"(SELECT rowid FROM {self._table_sql} WHERE rowid IN ({hinted}))"
-            ).filter(pl.col(self.id_column).is_in(wanted.implode()))
+            hinted = row_id_condition(self._table_sql, row_ids)
+            found = self._frame(f"SELECT * FROM {self._table_sql} WHERE {hinted}").filter(
+                pl.col(self.id_column).is_in(wanted.implode())
+            )
             if found.height == len(wanted):
                 return found
             self._vectors.clear()
